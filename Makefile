@@ -1,0 +1,86 @@
+# nixl.h — build, tests, benchmarks.
+#   make              examples and test binaries
+#   make test         the whole suite (installs missing Debian packages first when root)
+#   make test-unit    core unit tests (in-process test backend)
+#   make check-headers  each header alone, C99/C11/C++17, gcc/clang, -Werror -pedantic
+#   make asan         unit tests under AddressSanitizer + UndefinedBehaviorSanitizer
+#   make test-verbs   verbs suite on Soft-RoCE (inside a QEMU VM without RDMA hardware)
+#   make test-ucx     UCX suite over tcp, shared memory and cma
+#   make bench        benchmarks (core ns/descriptor, ...)
+
+CC      ?= cc
+CFLAGS  ?= -O2 -g
+WARN     = -std=c11 -Wall -Wextra -Werror -pedantic
+B        = build
+LIBS     = -lpthread
+VERBS_LIBS = -libverbs -lrdmacm -ldl
+UCX_LIBS   = -lucp -lucs
+SAN      = -O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
+HEADERS  = nixl.h $(wildcard nixl_verbs.h nixl_ucx.h)
+
+# Parts of `make test`, in order; verbs and UCX join when their headers exist.
+TEST_PARTS = test-unit check-headers asan
+ifeq ($(words $(wildcard nixl_ucx.h tests/test_ucx.c tests/run-ucx)),3)
+TEST_PARTS += test-ucx
+endif
+ifeq ($(words $(wildcard nixl_verbs.h tests/test_verbs.c tests/softroce/verbs-suite)),3)
+TEST_PARTS += test-verbs
+endif
+
+# Verbs tests run on the host when it has an active RDMA port, else in the VM.
+VM_RUN := $(shell tests/softroce/has-rdma 2>/dev/null || echo tests/softroce/vm-run)
+
+PROGS = $(B)/test_core $(B)/core_bench \
+        $(if $(wildcard tests/test_ucx.c),$(B)/test_ucx) \
+        $(if $(wildcard tests/test_verbs.c),$(B)/test_verbs)
+
+.PHONY: all test test-unit check-headers asan test-verbs test-ucx test-softroce bench deps clean
+all: $(PROGS)
+
+$(B):
+	@mkdir -p $(B)
+
+$(B)/test_core: tests/test_core.c tests/test_backend.h tests/nixl_test.h nixl.h | $(B)
+	$(CC) $(WARN) $(CFLAGS) -I. $< -o $@ $(LIBS)
+
+$(B)/test_core_asan: tests/test_core.c tests/test_backend.h tests/nixl_test.h nixl.h | $(B)
+	$(CC) $(WARN) $(SAN) -I. $< -o $@ $(LIBS)
+
+$(B)/core_bench: tests/bench/core_bench.c tests/test_backend.h nixl.h | $(B)
+	$(CC) $(WARN) -O2 -g -I. $< -o $@ $(LIBS)
+
+$(B)/test_ucx: tests/test_ucx.c tests/nixl_test.h nixl.h nixl_ucx.h | $(B)
+	$(CC) $(WARN) $(CFLAGS) -I. $< -o $@ $(UCX_LIBS) $(LIBS)
+
+$(B)/test_verbs: tests/test_verbs.c tests/nixl_test.h nixl.h nixl_verbs.h | $(B)
+	$(CC) $(WARN) $(CFLAGS) -I. $< -o $@ $(VERBS_LIBS) $(LIBS)
+
+deps:
+	@tests/install-deps
+
+test: deps
+	@tests/run-suite $(TEST_PARTS)
+
+test-unit: $(B)/test_core
+	$(B)/test_core
+
+check-headers:
+	@tests/check-headers
+
+asan: $(B)/test_core_asan
+	ASAN_OPTIONS=detect_leaks=1 $(B)/test_core_asan
+
+test-ucx: $(B)/test_ucx
+	tests/run-ucx
+
+test-verbs: $(B)/test_verbs
+	$(VM_RUN) tests/softroce/verbs-suite
+
+test-softroce:
+	$(VM_RUN) tests/softroce/smoke.sh
+
+bench: $(B)/core_bench
+	$(B)/core_bench
+
+clean:
+	rm -rf $(B)

@@ -1,0 +1,2721 @@
+/* nixl.h — move memory between processes and machines for AI inference.
+   Header-only C library (C99 / C++). Agents, descriptor lists, memory
+   registration, metadata exchange, prepared one-sided READ/WRITE transfers and
+   notifications, over pluggable backends (nixl_verbs.h: raw verbs + rdma_cm;
+   nixl_ucx.h: UCX).
+
+   DO THIS
+   -------
+   In every file that uses the library:
+       #include "nixl.h"            (and "nixl_verbs.h" / "nixl_ucx.h" for backends)
+   In exactly ONE C or C++ file, before those includes:
+       #define NIXL_IMPLEMENTATION
+   That file gets the implementation of every nixl header it includes.
+   Link: -lpthread, plus -libverbs -lrdmacm for verbs, -lucp -lucs for UCX.
+
+   CONFIGURATION MACROS (define before including, in the implementation file)
+       NIXL_STATIC          all functions get static linkage (vendor it privately)
+       NIXL_MAX_BACKENDS    backends per agent (default 8)
+       NIXL_ASSERT(x)       internal assertion (default assert())
+
+   MODEL
+   -----
+   An agent (nixl_agent_create) is one process role, e.g. "prefill-0". It owns
+   backends (nixl_create_backend), registered memory (nixl_register_mem),
+   the metadata it loaded from peers (nixl_load_remote_md), prepared descriptor
+   lists, transfer requests and a notification queue.
+
+     1. Register memory: each region goes to every backend that supports its
+        memory type; success when at least one took it.
+     2. Export metadata (nixl_get_local_md) and ship the blob to the peer,
+        which loads it (nixl_load_remote_md). The blob carries the agent name,
+        each backend's connection info and each region's public data (rkeys).
+     3. Build a request: nixl_create_xfer_req (one shot) or prepare both sides
+        once with nixl_prep_xfer_dlist and pick descriptors by index with
+        nixl_make_xfer_req (the KV-cache pattern: blocks picked by id).
+     4. nixl_post_xfer_req, then nixl_get_xfer_status until it is not
+        NIXL_IN_PROG. A request may be posted again once it is done.
+     5. The target learns of completion through the notification attached to
+        the request: nixl_get_notifs. It is delivered only after every byte of
+        the request has landed in the target's memory.
+
+   Every remote descriptor is checked against the loaded metadata before
+   anything is posted: a descriptor outside the peer's registered regions is
+   NIXL_ERR_NOT_FOUND and never reaches a NIC.
+
+   Loopback: a request whose remote agent is the agent's own name transfers
+   within the agent (no metadata to load), on backends that support it.
+
+   BACKEND SELECTION
+   -----------------
+   A request runs on the first backend, in order, that holds every local
+   descriptor (a registration with that backend) and every remote descriptor
+   (public data for that backend in the peer's metadata, plus the peer's
+   connection info for it). The order is opt->backends when given, else the
+   order in which the backends were created. nixl_query_xfer_backend says which
+   one was chosen.
+
+   THREADS
+   -------
+   Every public function may be called from any thread; an agent serialises
+   calls with one internal mutex. Progress (completions, deferred posts,
+   notification delivery, connection events) happens inside nixl_progress(),
+   inside nixl_get_xfer_status()/nixl_get_notifs(), or on a background thread
+   when nixl_agent_config_t.progress_thread is set. The logger runs on the
+   thread that logs (under the agent lock: it must not call back into nixl);
+   the notification callback of nixl_get_notifs runs on the caller's thread
+   with no lock held.
+
+   ERRORS
+   ------
+   Fallible calls return nixl_status_t (NIXL's codes and values). The code
+   says what class of failure; the log line says what and why. Default
+   logger: stderr, warnings and errors only (NIXL_LOG_LEVEL=debug|info|warn|
+   error|none in the environment changes the level).
+
+   WRITING A BACKEND
+   -----------------
+   See "backend plugin contract" below: fill a nixl_backend_ops_t and pass it
+   to nixl_create_backend. The core does the bookkeeping (metadata, lookup,
+   validation, selection); a backend only moves bytes.
+
+   LICENSE: MIT, at the end of this file.
+*/
+#ifndef NIXL_H
+#define NIXL_H
+
+#if defined(NIXL_IMPLEMENTATION) && !defined(_GNU_SOURCE)
+#define _GNU_SOURCE /* clock_gettime, pthread, strnlen in strict C99 builds */
+#endif
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef NIXL_STATIC
+#if defined(__GNUC__) || defined(__clang__)
+#define NIXL_API static __attribute__((unused))
+#else
+#define NIXL_API static
+#endif
+#else
+#define NIXL_API extern
+#endif
+
+#ifndef NIXL_MAX_BACKENDS
+#define NIXL_MAX_BACKENDS 8
+#endif
+
+#if defined(__GNUC__) || defined(__clang__)
+#define NIXL_PRINTF(f, a) __attribute__((format(printf, f, a)))
+#else
+#define NIXL_PRINTF(f, a)
+#endif
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ======================================================================== */
+/* basic types                                                              */
+/* ======================================================================== */
+
+/* Status codes; values are NIXL's, so code ports one to one. */
+typedef enum nixl_status {
+    NIXL_IN_PROG = 1,
+    NIXL_SUCCESS = 0,
+    NIXL_ERR_NOT_POSTED = -1,
+    NIXL_ERR_INVALID_PARAM = -2,
+    NIXL_ERR_BACKEND = -3,
+    NIXL_ERR_NOT_FOUND = -4,
+    NIXL_ERR_MISMATCH = -5,
+    NIXL_ERR_NOT_ALLOWED = -6,
+    NIXL_ERR_REPOST_ACTIVE = -7,
+    NIXL_ERR_UNKNOWN = -8,
+    NIXL_ERR_NOT_SUPPORTED = -9,
+    NIXL_ERR_REMOTE_DISCONNECT = -10,
+    NIXL_ERR_CANCELED = -11,
+    NIXL_ERR_NO_TELEMETRY = -12
+} nixl_status_t;
+
+/* "NIXL_ERR_NOT_FOUND" etc.; never NULL (unknown values give "NIXL_ERR_?"). */
+NIXL_API const char *nixl_status_str(nixl_status_t s);
+
+/* Memory types. A descriptor's dev_id is the GPU ordinal for VRAM, 0 for DRAM. */
+typedef enum nixl_mem { NIXL_DRAM = 0, NIXL_VRAM, NIXL_BLK, NIXL_OBJ, NIXL_FILE } nixl_mem_t;
+#define NIXL_MEM_COUNT 5
+#define NIXL_MEM_BIT(m) (1u << (unsigned)(m))
+
+NIXL_API const char *nixl_mem_str(nixl_mem_t m); /* "DRAM", "VRAM", ... */
+
+typedef enum nixl_xfer_op { NIXL_READ = 0, NIXL_WRITE = 1 } nixl_xfer_op_t;
+
+typedef struct nixl_desc { uintptr_t addr; size_t len; uint64_t dev_id; } nixl_desc_t;
+typedef struct nixl_dlist { nixl_mem_t mem; const nixl_desc_t *descs; size_t count; } nixl_dlist_t;
+
+typedef struct nixl_agent nixl_agent_t;               /* opaque */
+typedef struct nixl_backend nixl_backend_t;           /* opaque, owned by its agent */
+typedef struct nixl_dlist_handle nixl_dlist_handle_t; /* prepared descriptor list */
+typedef struct nixl_xfer_req nixl_xfer_req_t;         /* transfer request */
+typedef struct nixl_backend_ops nixl_backend_ops_t;   /* backend vtable (plugin contract) */
+
+/* Log levels for nixl_agent_config_t.log_fn. */
+enum { NIXL_LOG_ERROR = 0, NIXL_LOG_WARN = 1, NIXL_LOG_INFO = 2, NIXL_LOG_DEBUG = 3 };
+
+/* ======================================================================== */
+/* agent                                                                    */
+/* ======================================================================== */
+
+/* Zero means default in every field. */
+typedef struct nixl_agent_config {
+    const char *name;     /* required, unique among peers, 1..255 bytes, copied */
+    int progress_thread;  /* 0 (default): the caller drives nixl_progress() */
+    int listen_thread;    /* 1: serve metadata on listen_port (0 = any free port) */
+    uint16_t listen_port;
+    int capture_telemetry; /* 1: requests record nixl_xfer_telemetry_t */
+    /* logger: NULL = stderr at warn and above (NIXL_LOG_LEVEL overrides) */
+    void (*log_fn)(void *user, int level, const char *msg);
+    void *log_user;
+    /* allocator: NULL = malloc/free; used for every allocation of the core */
+    void *(*alloc_fn)(void *user, size_t size);
+    void (*free_fn)(void *user, void *ptr);
+    void *alloc_user;
+} nixl_agent_config_t;
+
+/* Creates an agent. Errors: INVALID_PARAM (no/empty/too long name, only one
+   of alloc_fn/free_fn), NOT_SUPPORTED (listen_thread: not built yet),
+   BACKEND (thread creation failed). Thread safety: any thread. */
+NIXL_API nixl_status_t nixl_agent_create(const nixl_agent_config_t *cfg, nixl_agent_t **agent);
+
+/* Releases everything the agent owns, in reverse order: progress thread,
+   requests (in-flight ones are aborted), prepared lists, remote metadata,
+   registrations, backends. No other thread may use the agent during or after
+   this call. NULL is a no-op. */
+NIXL_API void nixl_agent_destroy(nixl_agent_t *agent);
+
+NIXL_API const char *nixl_agent_name(const nixl_agent_t *agent);
+/* The bound metadata listener port, 0 without a listener. */
+NIXL_API uint16_t nixl_agent_listen_port(const nixl_agent_t *agent);
+
+/* Drives every backend once: completions, deferred posts, notification
+   delivery, connection events. Returns NIXL_IN_PROG when something happened,
+   NIXL_SUCCESS when idle. Any thread. */
+NIXL_API nixl_status_t nixl_progress(nixl_agent_t *agent);
+
+/* ======================================================================== */
+/* backends                                                                 */
+/* ======================================================================== */
+
+/* Creates a backend from its vtable. params: "key=value,key=value" or NULL.
+   Errors: INVALID_PARAM (unknown key, bad value: the log names it; a second
+   backend with the same name; too many backends), BACKEND/NOT_SUPPORTED from
+   the backend's own setup. Any thread. */
+NIXL_API nixl_status_t nixl_create_backend(nixl_agent_t *agent, const nixl_backend_ops_t *ops,
+                                           const char *params, nixl_backend_t **backend);
+NIXL_API const char *nixl_backend_name(const nixl_backend_t *backend); /* "VERBS", "UCX" */
+
+/* Optional arguments. NULL or zero-filled means defaults. */
+typedef struct nixl_opt_args {
+    nixl_backend_t *const *backends; size_t num_backends; /* restrict / order backends */
+    const void *notif; size_t notif_len; int has_notif;   /* notification for a request */
+    const char *ip; uint16_t port;                        /* side-channel peer */
+    int include_conn_info;                                /* partial metadata */
+} nixl_opt_args_t;
+
+/* ======================================================================== */
+/* memory                                                                   */
+/* ======================================================================== */
+
+/* Registers each region with every backend (of opt->backends, or all) that
+   supports descs->mem. Best effort per region: succeeds when every region was
+   taken by at least one backend. Errors: INVALID_PARAM (NULL/zero-length/
+   wrapping descriptor, a region registered already, duplicates in the list),
+   NOT_SUPPORTED (no backend takes this memory type), or the backends' error
+   when none took a region. On error nothing of this call stays registered.
+   Overlapping (but not identical) regions are allowed. Any thread. */
+NIXL_API nixl_status_t nixl_register_mem(nixl_agent_t *agent, const nixl_dlist_t *descs,
+                                         const nixl_opt_args_t *opt);
+
+/* Deregisters exactly the registered regions named (same addr, len, dev_id,
+   mem). Errors: NOT_FOUND (one is not registered; then nothing changes).
+   Prepared lists and requests that use a deregistered region stay valid to
+   release, but posting them returns NOT_FOUND; a request in flight over it
+   completes or fails as the backend reports (verbs: a protection error).
+   Remote peers lose access at once. Any thread. */
+NIXL_API nixl_status_t nixl_deregister_mem(nixl_agent_t *agent, const nixl_dlist_t *descs,
+                                           const nixl_opt_args_t *opt);
+
+/* ======================================================================== */
+/* metadata                                                                 */
+/* ======================================================================== */
+
+/* Serialises the agent's name, every backend's connection info and every
+   registered region's public data into a new blob (free with nixl_free_md).
+   Format: magic "NXMD", version, length, little-endian fields, CRC-32. */
+NIXL_API nixl_status_t nixl_get_local_md(nixl_agent_t *agent, void **blob, size_t *len);
+
+/* Like nixl_get_local_md, for chosen regions only: every descriptor must lie
+   inside a registered region, which is then included (opt->backends limits
+   the backends). Connection info only with opt->include_conn_info. An empty
+   list with include_conn_info gives connection info alone. Errors:
+   NOT_FOUND (descriptor not registered), INVALID_PARAM. */
+NIXL_API nixl_status_t nixl_get_local_partial_md(nixl_agent_t *agent, const nixl_dlist_t *descs,
+                                                 const nixl_opt_args_t *opt, void **blob, size_t *len);
+NIXL_API void nixl_free_md(nixl_agent_t *agent, void *blob);
+
+/* Loads a peer's metadata blob and writes its name into remote_name. For a
+   known agent the regions add up; a region coming back with different public
+   data, or connection info that differs from what was loaded, is refused
+   with NOT_ALLOWED and nothing changes. Errors: INVALID_PARAM (truncated,
+   corrupted, oversized blob; remote_name_cap too small; own name), MISMATCH
+   (a format version this library does not speak), NOT_ALLOWED. Sections for
+   backends this agent lacks are skipped. Any thread. */
+NIXL_API nixl_status_t nixl_load_remote_md(nixl_agent_t *agent, const void *blob, size_t len,
+                                           char *remote_name, size_t remote_name_cap);
+
+/* Forgets a peer: its regions are unloaded from the backends and its
+   connections closed. Requests and lists made for it can only be released.
+   Errors: NOT_FOUND. */
+NIXL_API nixl_status_t nixl_invalidate_remote_md(nixl_agent_t *agent, const char *remote);
+
+/* SUCCESS when metadata of `remote` is loaded and, if descs is given, every
+   descriptor lies inside one of its loaded regions of that memory type;
+   NOT_FOUND otherwise. */
+NIXL_API nixl_status_t nixl_check_remote_md(nixl_agent_t *agent, const char *remote,
+                                            const nixl_dlist_t *descs);
+
+/* Connects now (instead of at the first transfer) on every backend that has
+   the peer's connection info (or those of opt->backends). Errors: NOT_FOUND. */
+NIXL_API nixl_status_t nixl_make_connection(nixl_agent_t *agent, const char *remote,
+                                            const nixl_opt_args_t *opt);
+
+/* Side channel (opt->ip / opt->port name the peer's listener). */
+NIXL_API nixl_status_t nixl_send_local_md(nixl_agent_t *agent, const nixl_opt_args_t *opt);
+NIXL_API nixl_status_t nixl_fetch_remote_md(nixl_agent_t *agent, const char *remote,
+                                            const nixl_opt_args_t *opt);
+NIXL_API nixl_status_t nixl_invalidate_local_md(nixl_agent_t *agent, const nixl_opt_args_t *opt);
+
+/* ======================================================================== */
+/* transfers                                                                */
+/* ======================================================================== */
+
+/* Prepares a descriptor list once for many requests. agent_name NULL or ""
+   prepares the local side (descriptors inside local registrations); a remote
+   name prepares that peer's side (inside its loaded regions); the agent's own
+   name prepares a loopback target side. Errors: NOT_FOUND (a descriptor lies
+   in no registered/loaded region, unknown peer), INVALID_PARAM. */
+NIXL_API nixl_status_t nixl_prep_xfer_dlist(nixl_agent_t *agent, const char *agent_name,
+                                            const nixl_dlist_t *descs, const nixl_opt_args_t *opt,
+                                            nixl_dlist_handle_t **handle);
+
+/* Makes a request from prepared lists by indices: pair i moves
+   local[local_idx[i]] <-> remote[remote_idx[i]]; the lengths of a pair must
+   be equal. local_n must equal remote_n. Errors: INVALID_PARAM (index out of
+   range, length mismatch, a remote handle that is local), NOT_FOUND (remote
+   invalidated), NOT_SUPPORTED (no backend holds both sides, or a notification
+   on a backend without notifications). */
+NIXL_API nixl_status_t nixl_make_xfer_req(nixl_agent_t *agent, nixl_xfer_op_t op,
+                                          nixl_dlist_handle_t *local, const int *local_idx, size_t local_n,
+                                          nixl_dlist_handle_t *remote, const int *remote_idx, size_t remote_n,
+                                          const nixl_opt_args_t *opt, nixl_xfer_req_t **req);
+
+/* One-shot request: prepares both lists and pairs them in order. */
+NIXL_API nixl_status_t nixl_create_xfer_req(nixl_agent_t *agent, nixl_xfer_op_t op,
+                                            const nixl_dlist_t *local, const nixl_dlist_t *remote,
+                                            const char *remote_agent, const nixl_opt_args_t *opt,
+                                            nixl_xfer_req_t **req);
+
+/* Posts a request. opt->has_notif replaces the request's notification for
+   this post and later ones. Returns IN_PROG, or SUCCESS when it finished
+   inline. Errors: REPOST_ACTIVE (still in flight), NOT_FOUND (a region or the
+   peer's metadata went away since it was made), REMOTE_DISCONNECT, BACKEND. */
+NIXL_API nixl_status_t nixl_post_xfer_req(nixl_agent_t *agent, nixl_xfer_req_t *req,
+                                          const nixl_opt_args_t *opt);
+
+/* IN_PROG, SUCCESS, or the error that ended the request; NOT_POSTED before
+   the first post. Drives progress. */
+NIXL_API nixl_status_t nixl_get_xfer_status(nixl_agent_t *agent, nixl_xfer_req_t *req);
+
+/* Releases a request. Never blocks: a request in flight is aborted where the
+   backend can; where it cannot, returns NIXL_ERR_REPOST_ACTIVE, the request
+   stays valid and status keeps reporting until it ends (release it then). */
+NIXL_API nixl_status_t nixl_release_xfer_req(nixl_agent_t *agent, nixl_xfer_req_t *req);
+
+/* Releases a prepared list. Requests made from it keep what they need. */
+NIXL_API nixl_status_t nixl_release_dlist_handle(nixl_agent_t *agent, nixl_dlist_handle_t *handle);
+
+NIXL_API nixl_status_t nixl_query_xfer_backend(nixl_agent_t *agent, const nixl_xfer_req_t *req,
+                                               nixl_backend_t **backend);
+/* The backend's estimate; NOT_SUPPORTED where it has none. */
+NIXL_API nixl_status_t nixl_estimate_xfer_cost(nixl_agent_t *agent, const nixl_xfer_req_t *req,
+                                               int64_t *duration_us, int64_t *err_margin_us);
+
+/* Telemetry of the last completed post (capture_telemetry must be set, else
+   NO_TELEMETRY): start_us = when it was posted (CLOCK_MONOTONIC, µs),
+   post_us = time spent in the post call, xfer_us = post to observed
+   completion, total_bytes and desc_count of the request. */
+typedef struct nixl_xfer_telemetry {
+    uint64_t start_us, post_us, xfer_us, total_bytes, desc_count;
+} nixl_xfer_telemetry_t;
+NIXL_API nixl_status_t nixl_get_xfer_telemetry(nixl_agent_t *agent, const nixl_xfer_req_t *req,
+                                               nixl_xfer_telemetry_t *out);
+
+/* ======================================================================== */
+/* notifications                                                            */
+/* ======================================================================== */
+
+/* Sends a notification bound to no transfer, on the first backend (in order)
+   that has the peer's connection info and supports notifications. Errors:
+   NOT_FOUND (unknown peer), NOT_SUPPORTED, INVALID_PARAM (too large for the
+   backend: see its manual). */
+NIXL_API nixl_status_t nixl_gen_notif(nixl_agent_t *agent, const char *remote, const void *msg,
+                                      size_t len, const nixl_opt_args_t *opt);
+
+/* Drives progress once, then hands every queued notification to fn (sender
+   name, message), in arrival order per sender, and drains the queue. fn runs
+   on the caller's thread with no lock held; it may call nixl functions. */
+typedef void (*nixl_notif_fn)(void *user, const char *remote_agent, const void *msg, size_t len);
+NIXL_API nixl_status_t nixl_get_notifs(nixl_agent_t *agent, nixl_notif_fn fn, void *user);
+
+/* ======================================================================== */
+/* backend plugin contract                                                  */
+/* ======================================================================== */
+/* A backend is a vtable plus an engine (its private state). The core:
+   - calls every vtable function with the agent lock held, so an engine needs
+     no locking of its own unless it runs threads;
+   - keeps all bookkeeping: which regions exist, which peer owns what, and
+     checks every descriptor before prep_xfer sees it;
+   - hands the engine opaque handles it created (md, rmd, request handles)
+     and never looks inside them.
+   Lifetimes: a local md lives from register_mem to deregister_mem; a remote
+   md (rmd) from load_remote_md/load_local_md to unload_md. The core never
+   posts a request after one of its md/rmd was released, and calls
+   release_xfer on such requests before (or without) reusing them; release_xfer
+   must not dereference md/rmd handles.
+   Callbacks into the core (nixl_backend_notif, nixl_backend_peer_down,
+   nixl_backend_log, ...) may only be made from inside a vtable call.        */
+
+#define NIXL_BACKEND_ABI 1
+
+/* capability bits for nixl_backend_ops_t.caps */
+enum {
+    NIXL_CAP_NOTIF = 1,  /* notifications (with requests and gen_notif) */
+    NIXL_CAP_LOCAL = 2,  /* loopback: transfers within one agent (load_local_md) */
+    NIXL_CAP_REMOTE = 4  /* transfers to other agents */
+};
+
+typedef struct nixl_param { const char *key; const char *value; } nixl_param_t;
+
+/* What create() receives. Pointers stay valid only during create(). */
+typedef struct nixl_backend_init {
+    nixl_backend_t *self;         /* pass to nixl_backend_* helpers; lives as long as the engine */
+    const char *agent_name;       /* the owning agent's name */
+    const nixl_param_t *params;   /* parsed key=value pairs, keys already checked */
+    size_t num_params;
+} nixl_backend_init_t;
+
+/* One resolved descriptor pair of a request. */
+typedef struct nixl_xfer_desc {
+    uintptr_t laddr, raddr;
+    size_t len;
+    uint64_t ldev, rdev;
+    void *lmd;  /* the engine's md of the local region holding [laddr, laddr+len) */
+    void *rmd;  /* the engine's rmd of the remote region holding [raddr, raddr+len) */
+} nixl_xfer_desc_t;
+
+typedef struct nixl_xfer_args {
+    nixl_xfer_op_t op;
+    const char *remote;           /* peer name (own name for loopback) */
+    nixl_mem_t lmem, rmem;
+    const nixl_xfer_desc_t *descs; /* valid only during prep_xfer: copy what you need */
+    size_t count;
+    uint64_t total_bytes;
+    int has_notif;                /* the request may carry a notification */
+} nixl_xfer_args_t;
+
+struct nixl_backend_ops {
+    const char *name;      /* "VERBS"; matches sections of peers' metadata */
+    unsigned abi;          /* NIXL_BACKEND_ABI */
+    unsigned mem_mask;     /* NIXL_MEM_BIT() of the memory types it registers */
+    unsigned caps;         /* NIXL_CAP_* */
+    /* accepted param keys, NULL-terminated; a key ending in '.' accepts any
+       key with that prefix ("ucx." takes "ucx.TLS"). NULL: no params. */
+    const char *const *param_keys;
+
+    /* lifecycle: create validates params (bad value: log it, INVALID_PARAM) */
+    nixl_status_t (*create)(const nixl_backend_init_t *init, void **engine);
+    /* may find requests in flight, and requests whose release_xfer it
+       refused: it frees them (the core has forgotten them) */
+    void (*destroy)(void *engine);
+
+    /* local memory: md is the engine's handle of one region */
+    nixl_status_t (*register_mem)(void *engine, nixl_mem_t mem, const nixl_desc_t *region, void **md);
+    void (*deregister_mem)(void *engine, void *md);
+    /* bytes peers need to reach the region (rkey...); engine-owned buffer,
+       valid while registered. May be NULL: no public data. */
+    nixl_status_t (*get_public_data)(void *engine, void *md, const void **data, size_t *len);
+
+    /* connections: conn info is engine-owned and valid until destroy */
+    nixl_status_t (*get_conn_info)(void *engine, const void **info, size_t *len);
+    /* remember how to reach `remote`; must not connect yet */
+    nixl_status_t (*load_remote_conn_info)(void *engine, const char *remote, const void *info, size_t len);
+    nixl_status_t (*connect)(void *engine, const char *remote);      /* may return IN_PROG */
+    nixl_status_t (*disconnect)(void *engine, const char *remote);   /* forget everything of it */
+
+    /* remote memory: rmd is the engine's handle of one peer region */
+    nixl_status_t (*load_remote_md)(void *engine, const char *remote, nixl_mem_t mem,
+                                    const nixl_desc_t *region, const void *pub, size_t len, void **rmd);
+    nixl_status_t (*load_local_md)(void *engine, void *md, void **rmd); /* loopback; NULL without NIXL_CAP_LOCAL */
+    void (*unload_md)(void *engine, void *rmd);
+
+    /* requests: prep once, post many times */
+    nixl_status_t (*prep_xfer)(void *engine, const nixl_xfer_args_t *args, void **handle);
+    /* no allocation or lookup here; returns IN_PROG or SUCCESS (done inline) */
+    nixl_status_t (*post_xfer)(void *engine, void *handle, const void *notif, size_t notif_len, int has_notif);
+    nixl_status_t (*check_xfer)(void *engine, void *handle); /* IN_PROG, SUCCESS or the error */
+    /* SUCCESS: freed (aborting what was in flight, late completions must not
+       touch freed memory); any other value: not freed, the core retries later */
+    nixl_status_t (*release_xfer)(void *engine, void *handle);
+    nixl_status_t (*estimate_cost)(void *engine, void *handle, int64_t *duration_us, int64_t *err_margin_us); /* may be NULL */
+
+    /* notifications: gen_notif sends one; received ones go to the core with
+       nixl_backend_notif() (the "get" half), from inside progress */
+    nixl_status_t (*gen_notif)(void *engine, const char *remote, const void *msg, size_t len);
+
+    /* completions, deferred posts, connection events; IN_PROG if it did
+       anything, SUCCESS when idle */
+    nixl_status_t (*progress)(void *engine);
+};
+
+/* Helpers for backends (call only from inside a vtable call). */
+NIXL_API void nixl_backend_log(nixl_backend_t *be, int level, const char *fmt, ...) NIXL_PRINTF(3, 4);
+/* Queue a received notification from `remote` (copied). */
+NIXL_API void nixl_backend_notif(nixl_backend_t *be, const char *remote, const void *msg, size_t len);
+/* Report that `remote` died or disconnected: after the current vtable call
+   returns, the core invalidates its metadata (unload_md, disconnect) with
+   NIXL_ERR_REMOTE_DISCONNECT as the reason. */
+NIXL_API void nixl_backend_peer_down(nixl_backend_t *be, const char *remote);
+/* The agent's allocator (zeroed memory). */
+NIXL_API void *nixl_backend_alloc(nixl_backend_t *be, size_t size);
+NIXL_API void nixl_backend_free(nixl_backend_t *be, void *ptr);
+/* Param lookup during create(): value or NULL. */
+NIXL_API const char *nixl_param_get(const nixl_backend_init_t *init, const char *key);
+/* Unsigned param with default and range; a bad value is logged with its key
+   and gives INVALID_PARAM. */
+NIXL_API nixl_status_t nixl_param_u64(const nixl_backend_init_t *init, const char *key, uint64_t def,
+                                      uint64_t min, uint64_t max, uint64_t *out);
+/* Monotonic clock in microseconds. */
+NIXL_API uint64_t nixl_now_us(void);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* NIXL_H */
+
+/* ======================================================================== */
+/* implementation                                                           */
+/* ======================================================================== */
+#ifdef NIXL_IMPLEMENTATION
+#ifndef NIXL_IMPLEMENTATION_DONE
+#define NIXL_IMPLEMENTATION_DONE
+
+#include <errno.h>
+#include <pthread.h>
+#include <sched.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#if !defined(CLOCK_MONOTONIC)
+#error "nixl.h: the implementation needs POSIX declarations: include nixl.h with NIXL_IMPLEMENTATION before any system header, or compile with -D_GNU_SOURCE (or -std=gnu11)"
+#endif
+
+#ifndef NIXL_ASSERT
+#include <assert.h>
+#define NIXL_ASSERT(x) assert(x)
+#endif
+
+#define NIXL_MD_MAGIC 0x444d584eu /* "NXMD" little-endian */
+#define NIXL_MD_VERSION 1
+#define NIXL_MD_MAX_NAME 255
+#define NIXL_MD_MAX_BLOB_BYTES (1u << 30)
+#define NIXL_MD_MAX_KEY_BYTES 65535
+#define NIXL_MD_MAX_CONN_BYTES 65536
+#define NIXL_MD_MAX_BACKENDS 64
+/* mem(1) addr(8) len(8) dev(8) nkeys(1) */
+#define NIXL_MD_REGION_FIXED 26
+/* be_idx(1) key_len(2) */
+#define NIXL_MD_KEY_FIXED 3
+
+// >>structs
+
+/* The part every registration record shares: what memory it covers. */
+typedef struct _nixl_span {
+    nixl_mem_t mem;
+    uintptr_t addr;
+    size_t len;
+    uint64_t dev_id;
+} _nixl_span;
+
+/* A registered region: local (md = engine md) or a peer's (md = engine rmd).
+   Refcounted: the table holds one reference, every prepared list entry one;
+   a deregistered/invalidated region stays allocated, dead, until the last
+   list that points at it is released. */
+typedef struct _nixl_region {
+    _nixl_span s;
+    long refs;
+    int dead;
+    unsigned mask;                   /* backends holding md[i] */
+    void *md[NIXL_MAX_BACKENDS];
+    unsigned lmask;                  /* local only: loopback rmd loaded */
+    void *lmd[NIXL_MAX_BACKENDS];
+    unsigned key_mask;               /* remote only: public data known */
+    unsigned char *key[NIXL_MAX_BACKENDS];
+    size_t key_len[NIXL_MAX_BACKENDS];
+} _nixl_region;
+
+/* Regions sorted by (mem, addr, len, dev_id); maxend[i] is the largest end
+   address of v[0..i] within v[i]'s memory type, which bounds the backward
+   scan when regions overlap. */
+typedef struct _nixl_table {
+    _nixl_region **v;
+    uintptr_t *maxend;
+    size_t n, cap;
+} _nixl_table;
+
+typedef struct _nixl_remote {
+    char *name;
+    long refs;                        /* agent list + prepared lists */
+    int dead;
+    nixl_status_t dead_why;           /* NOT_FOUND (invalidated) or REMOTE_DISCONNECT */
+    unsigned conn_mask;               /* connection info known */
+    unsigned char *conn[NIXL_MAX_BACKENDS];
+    size_t conn_len[NIXL_MAX_BACKENDS];
+    unsigned loaded_mask;             /* load_remote_conn_info done */
+    _nixl_table regions;
+    struct _nixl_remote *next;
+} _nixl_remote;
+
+struct nixl_backend {
+    nixl_agent_t *agent;
+    const nixl_backend_ops_t *ops;
+    void *engine;
+    int idx;
+    char *params_buf;                 /* storage behind init.params during create */
+};
+
+/* One entry of a prepared list: a descriptor and the region holding it. */
+typedef struct _nixl_hent {
+    uintptr_t addr;
+    size_t len;
+    uint64_t dev_id;
+    _nixl_region *region;
+} _nixl_hent;
+
+struct nixl_dlist_handle {
+    nixl_agent_t *agent;
+    long refs;                        /* user + requests */
+    int user_released;
+    int loopback;                     /* remote side is the agent itself */
+    _nixl_remote *remote;             /* NULL for local and loopback lists */
+    nixl_mem_t mem;
+    size_t count;
+    _nixl_hent *e;
+    struct nixl_dlist_handle *prev, *next;
+};
+
+struct nixl_xfer_req {
+    nixl_agent_t *agent;
+    nixl_backend_t *be;
+    void *bh;                         /* the engine's handle */
+    nixl_xfer_op_t op;
+    nixl_dlist_handle_t *lh, *rh;
+    int *lidx, *ridx;
+    size_t n;
+    uint64_t total_bytes;
+    nixl_status_t status;
+    uint64_t epoch;                   /* agent epoch when last validated */
+    unsigned char *notif;
+    size_t notif_len;
+    int has_notif;
+    uint64_t t_post, t_post_dur, t_done;
+    int have_telemetry;
+    struct nixl_xfer_req *prev, *next;
+};
+
+typedef struct _nixl_notif {
+    struct _nixl_notif *next;
+    char *sender;
+    unsigned char *msg;
+    size_t len;
+} _nixl_notif;
+
+typedef struct _nixl_down {
+    struct _nixl_down *next;
+    char *name;
+} _nixl_down;
+
+struct nixl_agent {
+    char *name;
+    nixl_agent_config_t cfg;
+    int log_level;
+    pthread_mutex_t lock;
+    nixl_backend_t *be[NIXL_MAX_BACKENDS];
+    int nbe;
+    _nixl_table local;
+    _nixl_remote *remotes;
+    nixl_dlist_handle_t *handles;
+    nixl_xfer_req_t *reqs;
+    uint64_t epoch;                   /* bumped when regions or peers go away */
+    _nixl_notif *nq_head, *nq_tail;
+    _nixl_down *downs;
+    int in_downs;
+    pthread_t thread;
+    int thread_started;
+    volatile int stop;
+};
+
+// >>util
+
+NIXL_API const char *nixl_status_str(nixl_status_t s) {
+    switch (s) {
+    case NIXL_IN_PROG: return "NIXL_IN_PROG";
+    case NIXL_SUCCESS: return "NIXL_SUCCESS";
+    case NIXL_ERR_NOT_POSTED: return "NIXL_ERR_NOT_POSTED";
+    case NIXL_ERR_INVALID_PARAM: return "NIXL_ERR_INVALID_PARAM";
+    case NIXL_ERR_BACKEND: return "NIXL_ERR_BACKEND";
+    case NIXL_ERR_NOT_FOUND: return "NIXL_ERR_NOT_FOUND";
+    case NIXL_ERR_MISMATCH: return "NIXL_ERR_MISMATCH";
+    case NIXL_ERR_NOT_ALLOWED: return "NIXL_ERR_NOT_ALLOWED";
+    case NIXL_ERR_REPOST_ACTIVE: return "NIXL_ERR_REPOST_ACTIVE";
+    case NIXL_ERR_UNKNOWN: return "NIXL_ERR_UNKNOWN";
+    case NIXL_ERR_NOT_SUPPORTED: return "NIXL_ERR_NOT_SUPPORTED";
+    case NIXL_ERR_REMOTE_DISCONNECT: return "NIXL_ERR_REMOTE_DISCONNECT";
+    case NIXL_ERR_CANCELED: return "NIXL_ERR_CANCELED";
+    case NIXL_ERR_NO_TELEMETRY: return "NIXL_ERR_NO_TELEMETRY";
+    }
+    return "NIXL_ERR_?";
+}
+
+NIXL_API const char *nixl_mem_str(nixl_mem_t m) {
+    static const char *const names[NIXL_MEM_COUNT] = {"DRAM", "VRAM", "BLK", "OBJ", "FILE"};
+    return ((unsigned)m < NIXL_MEM_COUNT) ? names[m] : "MEM?";
+}
+
+NIXL_API uint64_t nixl_now_us(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
+}
+
+static void *_nixl_alloc(nixl_agent_t *a, size_t size) {
+    void *p = a->cfg.alloc_fn ? a->cfg.alloc_fn(a->cfg.alloc_user, size ? size : 1) : malloc(size ? size : 1);
+    if (p) memset(p, 0, size);
+    return p;
+}
+
+static void _nixl_free(nixl_agent_t *a, void *p) {
+    if (!p) return;
+    if (a->cfg.free_fn) a->cfg.free_fn(a->cfg.alloc_user, p);
+    else free(p);
+}
+
+/* n elements of size sz, or NULL when n * sz overflows */
+static void *_nixl_alloc_array(nixl_agent_t *a, size_t n, size_t sz) {
+    if (sz && n > (size_t)-1 / sz) return NULL;
+    return _nixl_alloc(a, n * sz);
+}
+
+static char *_nixl_strdup(nixl_agent_t *a, const char *s) {
+    size_t n = strlen(s);
+    char *d = (char *)_nixl_alloc(a, n + 1);
+    if (d) memcpy(d, s, n + 1);
+    return d;
+}
+
+static void *_nixl_memdup(nixl_agent_t *a, const void *p, size_t len) {
+    void *d = _nixl_alloc(a, len);
+    if (d && len) memcpy(d, p, len);
+    return d;
+}
+
+static void _nixl_vlog(nixl_agent_t *a, int level, const char *fmt, va_list ap) {
+    char msg[768];
+    static const char *const lv[] = {"ERROR", "WARN", "INFO", "DEBUG"};
+    if (level > a->log_level) return;
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    if (a->cfg.log_fn) a->cfg.log_fn(a->cfg.log_user, level, msg);
+    else fprintf(stderr, "nixl[%s] %s: %s\n", a->name ? a->name : "?", lv[level < 0 ? 0 : level > 3 ? 3 : level], msg);
+}
+
+static void _nixl_log(nixl_agent_t *a, int level, const char *fmt, ...) NIXL_PRINTF(3, 4);
+static void _nixl_log(nixl_agent_t *a, int level, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    _nixl_vlog(a, level, fmt, ap);
+    va_end(ap);
+}
+
+static int _nixl_level_from_env(void) {
+    const char *e = getenv("NIXL_LOG_LEVEL");
+    if (!e) return NIXL_LOG_WARN;
+    if (!strcmp(e, "debug")) return NIXL_LOG_DEBUG;
+    if (!strcmp(e, "info")) return NIXL_LOG_INFO;
+    if (!strcmp(e, "error")) return NIXL_LOG_ERROR;
+    if (!strcmp(e, "none")) return -1;
+    return NIXL_LOG_WARN;
+}
+
+/* valid: non-empty, addr + len does not wrap */
+static nixl_status_t _nixl_check_desc(nixl_agent_t *a, const char *what, const nixl_desc_t *d, size_t i) {
+    if (d->len == 0) {
+        _nixl_log(a, NIXL_LOG_ERROR, "%s: descriptor %zu has zero length", what, i);
+        return NIXL_ERR_INVALID_PARAM;
+    }
+    if (d->addr == 0) {
+        _nixl_log(a, NIXL_LOG_ERROR, "%s: descriptor %zu has a NULL address", what, i);
+        return NIXL_ERR_INVALID_PARAM;
+    }
+    if (d->addr + d->len < d->addr) {
+        _nixl_log(a, NIXL_LOG_ERROR, "%s: descriptor %zu wraps the address space (0x%llx + %zu)", what, i,
+                  (unsigned long long)d->addr, d->len);
+        return NIXL_ERR_INVALID_PARAM;
+    }
+    return NIXL_SUCCESS;
+}
+
+static nixl_status_t _nixl_check_dlist(nixl_agent_t *a, const char *what, const nixl_dlist_t *l) {
+    if (!l || (l->count && !l->descs)) {
+        _nixl_log(a, NIXL_LOG_ERROR, "%s: NULL descriptor list", what);
+        return NIXL_ERR_INVALID_PARAM;
+    }
+    if ((unsigned)l->mem >= NIXL_MEM_COUNT) {
+        _nixl_log(a, NIXL_LOG_ERROR, "%s: unknown memory type %d", what, (int)l->mem);
+        return NIXL_ERR_INVALID_PARAM;
+    }
+    return NIXL_SUCCESS;
+}
+
+static void _nixl_lock(nixl_agent_t *a) { pthread_mutex_lock(&a->lock); }
+static void _nixl_process_downs(nixl_agent_t *a);
+/* Every public call leaves through here: peers that backends reported dead
+   during the call are invalidated now, outside any vtable call. */
+static void _nixl_unlock(nixl_agent_t *a) {
+    if (a->downs && !a->in_downs) _nixl_process_downs(a);
+    pthread_mutex_unlock(&a->lock);
+}
+
+// >>table
+
+static int _nixl_span_cmp(const _nixl_span *x, const _nixl_span *y) {
+    if (x->mem != y->mem) return x->mem < y->mem ? -1 : 1;
+    if (x->addr != y->addr) return x->addr < y->addr ? -1 : 1;
+    if (x->len != y->len) return x->len < y->len ? -1 : 1;
+    if (x->dev_id != y->dev_id) return x->dev_id < y->dev_id ? -1 : 1;
+    return 0;
+}
+
+static int _nixl_region_qcmp(const void *x, const void *y) {
+    return _nixl_span_cmp(&(*(_nixl_region *const *)x)->s, &(*(_nixl_region *const *)y)->s);
+}
+
+static void _nixl_table_rebuild_maxend(_nixl_table *t) {
+    size_t i;
+    for (i = 0; i < t->n; i++) {
+        uintptr_t end = t->v[i]->s.addr + t->v[i]->s.len;
+        if (i > 0 && t->v[i - 1]->s.mem == t->v[i]->s.mem && t->maxend[i - 1] > end) end = t->maxend[i - 1];
+        t->maxend[i] = end;
+    }
+}
+
+static int _nixl_table_reserve(nixl_agent_t *a, _nixl_table *t, size_t extra) {
+    size_t cap = t->cap ? t->cap : 16;
+    _nixl_region **v;
+    uintptr_t *m;
+    if (t->n + extra <= t->cap) return 1;
+    while (cap < t->n + extra) cap *= 2;
+    v = (_nixl_region **)_nixl_alloc_array(a, cap, sizeof *v);
+    m = (uintptr_t *)_nixl_alloc_array(a, cap, sizeof *m);
+    if (!v || !m) {
+        _nixl_free(a, v);
+        _nixl_free(a, m);
+        return 0;
+    }
+    if (t->n) {
+        memcpy(v, t->v, t->n * sizeof *v);
+        memcpy(m, t->maxend, t->n * sizeof *m);
+    }
+    _nixl_free(a, t->v);
+    _nixl_free(a, t->maxend);
+    t->v = v;
+    t->maxend = m;
+    t->cap = cap;
+    return 1;
+}
+
+/* after appending unsorted entries */
+static void _nixl_table_sort(_nixl_table *t) {
+    if (t->n > 1) qsort(t->v, t->n, sizeof *t->v, _nixl_region_qcmp);
+    _nixl_table_rebuild_maxend(t);
+}
+
+/* index of the last entry whose (mem, addr) <= (mem, addr); -1 if none */
+static long _nixl_table_upper(const _nixl_table *t, nixl_mem_t mem, uintptr_t addr) {
+    size_t lo = 0, hi = t->n;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        const _nixl_span *s = &t->v[mid]->s;
+        if (s->mem < mem || (s->mem == mem && s->addr <= addr)) lo = mid + 1;
+        else hi = mid;
+    }
+    return (long)lo - 1;
+}
+
+/* the region that wholly contains [addr, addr+len) on dev_id, or NULL */
+static _nixl_region *_nixl_table_find_containing(const _nixl_table *t, nixl_mem_t mem, uintptr_t addr,
+                                                 size_t len, uint64_t dev_id) {
+    long i = _nixl_table_upper(t, mem, addr);
+    uintptr_t end = addr + len;
+    for (; i >= 0; i--) {
+        const _nixl_region *r = t->v[i];
+        if (r->s.mem != mem || t->maxend[i] < end) break;
+        if (r->s.addr <= addr && r->s.addr + r->s.len >= end && r->s.dev_id == dev_id) return t->v[i];
+    }
+    return NULL;
+}
+
+static long _nixl_table_find_exact(const _nixl_table *t, const _nixl_span *s) {
+    size_t lo = 0, hi = t->n;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        int c = _nixl_span_cmp(&t->v[mid]->s, s);
+        if (c == 0) return (long)mid;
+        if (c < 0) lo = mid + 1;
+        else hi = mid;
+    }
+    return -1;
+}
+
+static void _nixl_table_remove_at(_nixl_table *t, size_t i) {
+    memmove(t->v + i, t->v + i + 1, (t->n - i - 1) * sizeof *t->v);
+    t->n--;
+    _nixl_table_rebuild_maxend(t);
+}
+
+static void _nixl_region_unref(nixl_agent_t *a, _nixl_region *r) {
+    int i;
+    if (--r->refs > 0) return;
+    for (i = 0; i < NIXL_MAX_BACKENDS; i++) _nixl_free(a, r->key[i]);
+    _nixl_free(a, r);
+}
+
+static void _nixl_table_free(nixl_agent_t *a, _nixl_table *t) {
+    _nixl_free(a, t->v);
+    _nixl_free(a, t->maxend);
+    memset(t, 0, sizeof *t);
+}
+
+// >>agent
+
+/* before an agent exists: the config's logger, or stderr */
+static void _nixl_cfg_log(const nixl_agent_config_t *cfg, const char *fmt, ...) NIXL_PRINTF(2, 3);
+static void _nixl_cfg_log(const nixl_agent_config_t *cfg, const char *fmt, ...) {
+    char msg[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    if (cfg && cfg->log_fn) cfg->log_fn(cfg->log_user, NIXL_LOG_ERROR, msg);
+    else if (_nixl_level_from_env() >= NIXL_LOG_ERROR) fprintf(stderr, "nixl: %s\n", msg);
+}
+
+static void *_nixl_progress_thread_main(void *arg);
+static nixl_status_t _nixl_progress_locked(nixl_agent_t *a);
+
+NIXL_API nixl_status_t nixl_agent_create(const nixl_agent_config_t *cfg, nixl_agent_t **agent) {
+    nixl_agent_t *a;
+    size_t nlen;
+    if (!agent) return NIXL_ERR_INVALID_PARAM;
+    *agent = NULL;
+    if (!cfg || !cfg->name) {
+        _nixl_cfg_log(cfg, "agent_create: a name is required");
+        return NIXL_ERR_INVALID_PARAM;
+    }
+    nlen = strlen(cfg->name);
+    if (nlen == 0 || nlen > NIXL_MD_MAX_NAME) {
+        _nixl_cfg_log(cfg, "agent_create: name must be 1..%d bytes (got %zu)", NIXL_MD_MAX_NAME, nlen);
+        return NIXL_ERR_INVALID_PARAM;
+    }
+    if (!cfg->alloc_fn != !cfg->free_fn) {
+        _nixl_cfg_log(cfg, "agent_create: alloc_fn and free_fn go together");
+        return NIXL_ERR_INVALID_PARAM;
+    }
+    if (cfg->listen_thread) {
+        _nixl_cfg_log(cfg, "agent_create(%s): listen_thread: the metadata listener is not built yet", cfg->name);
+        return NIXL_ERR_NOT_SUPPORTED;
+    }
+    a = (nixl_agent_t *)(cfg->alloc_fn ? cfg->alloc_fn(cfg->alloc_user, sizeof *a) : malloc(sizeof *a));
+    if (!a) return NIXL_ERR_BACKEND;
+    memset(a, 0, sizeof *a);
+    a->cfg = *cfg;
+    a->log_level = _nixl_level_from_env();
+    a->name = _nixl_strdup(a, cfg->name);
+    a->cfg.name = a->name;
+    if (!a->name || pthread_mutex_init(&a->lock, NULL) != 0) {
+        _nixl_free(a, a->name);
+        _nixl_free(a, a);
+        return NIXL_ERR_BACKEND;
+    }
+    if (cfg->progress_thread) {
+        int rc = pthread_create(&a->thread, NULL, _nixl_progress_thread_main, a);
+        if (rc != 0) {
+            _nixl_log(a, NIXL_LOG_ERROR, "agent_create: progress thread: %s", strerror(rc));
+            pthread_mutex_destroy(&a->lock);
+            _nixl_free(a, a->name);
+            _nixl_free(a, a);
+            return NIXL_ERR_BACKEND;
+        }
+        a->thread_started = 1;
+    }
+    *agent = a;
+    return NIXL_SUCCESS;
+}
+
+NIXL_API const char *nixl_agent_name(const nixl_agent_t *agent) { return agent ? agent->name : NULL; }
+NIXL_API uint16_t nixl_agent_listen_port(const nixl_agent_t *agent) {
+    (void)agent;
+    return 0;
+}
+
+/* Spins briefly (low latency for a busy peer), then backs off to short
+   sleeps so an idle agent does not burn a core. */
+static void *_nixl_progress_thread_main(void *arg) {
+    nixl_agent_t *a = (nixl_agent_t *)arg;
+    unsigned idle = 0;
+    while (!a->stop) {
+        nixl_status_t st;
+        _nixl_lock(a);
+        st = _nixl_progress_locked(a);
+        _nixl_unlock(a);
+        if (st == NIXL_IN_PROG) {
+            idle = 0;
+            continue;
+        }
+        if (++idle < 64) {
+            sched_yield();
+        } else {
+            struct timespec ts;
+            ts.tv_sec = 0;
+            ts.tv_nsec = idle < 1024 ? 20000 : 200000;
+            nanosleep(&ts, NULL);
+        }
+    }
+    return NULL;
+}
+
+static void _nixl_req_free(nixl_agent_t *a, nixl_xfer_req_t *r);
+static void _nixl_handle_unref(nixl_agent_t *a, nixl_dlist_handle_t *h);
+static void _nixl_remote_invalidate(nixl_agent_t *a, _nixl_remote *rm, nixl_status_t why);
+static void _nixl_region_deregister(nixl_agent_t *a, _nixl_region *r);
+
+NIXL_API void nixl_agent_destroy(nixl_agent_t *a) {
+    int i;
+    if (!a) return;
+    if (a->thread_started) {
+        a->stop = 1;
+        pthread_join(a->thread, NULL);
+    }
+    _nixl_lock(a);
+    while (a->reqs) {
+        nixl_xfer_req_t *r = a->reqs;
+        if (r->bh && r->be->ops->release_xfer(r->be->engine, r->bh) != NIXL_SUCCESS)
+            _nixl_log(a, NIXL_LOG_WARN, "agent_destroy: backend %s could not abort a request; its engine is destroyed next",
+                      r->be->ops->name);
+        r->bh = NULL;
+        _nixl_req_free(a, r);
+    }
+    while (a->handles) {
+        nixl_dlist_handle_t *h = a->handles;
+        h->user_released = 1;
+        _nixl_handle_unref(a, h);
+    }
+    a->in_downs = 1; /* no deferred work while tearing down */
+    while (a->remotes) _nixl_remote_invalidate(a, a->remotes, NIXL_ERR_NOT_FOUND);
+    while (a->local.n) {
+        _nixl_region *r = a->local.v[a->local.n - 1];
+        _nixl_region_deregister(a, r);
+        a->local.n--;
+        _nixl_region_unref(a, r);
+    }
+    _nixl_table_free(a, &a->local);
+    for (i = a->nbe - 1; i >= 0; i--) {
+        a->be[i]->ops->destroy(a->be[i]->engine);
+        _nixl_free(a, a->be[i]);
+    }
+    while (a->nq_head) {
+        _nixl_notif *n = a->nq_head;
+        a->nq_head = n->next;
+        _nixl_free(a, n);
+    }
+    while (a->downs) {
+        _nixl_down *d = a->downs;
+        a->downs = d->next;
+        _nixl_free(a, d);
+    }
+    pthread_mutex_unlock(&a->lock);
+    pthread_mutex_destroy(&a->lock);
+    _nixl_free(a, a->name);
+    _nixl_free(a, a);
+}
+
+static nixl_status_t _nixl_progress_locked(nixl_agent_t *a) {
+    nixl_status_t any = NIXL_SUCCESS;
+    int i;
+    for (i = 0; i < a->nbe; i++) {
+        nixl_backend_t *b = a->be[i];
+        if (b->ops->progress && b->ops->progress(b->engine) == NIXL_IN_PROG) any = NIXL_IN_PROG;
+    }
+    return any;
+}
+
+NIXL_API nixl_status_t nixl_progress(nixl_agent_t *agent) {
+    nixl_status_t st;
+    if (!agent) return NIXL_ERR_INVALID_PARAM;
+    _nixl_lock(agent);
+    st = _nixl_progress_locked(agent);
+    _nixl_unlock(agent);
+    return st;
+}
+
+// >>backend
+
+NIXL_API const char *nixl_backend_name(const nixl_backend_t *backend) {
+    return backend ? backend->ops->name : NULL;
+}
+
+static int _nixl_param_key_allowed(const nixl_backend_ops_t *ops, const char *key) {
+    const char *const *k;
+    if (!ops->param_keys) return 0;
+    for (k = ops->param_keys; *k; k++) {
+        size_t n = strlen(*k);
+        if (n && (*k)[n - 1] == '.' ? strncmp(key, *k, n) == 0 && key[n] : strcmp(key, *k) == 0) return 1;
+    }
+    return 0;
+}
+
+/* Splits "k=v,k=v" in place into pairs and checks every key. */
+static nixl_status_t _nixl_parse_params(nixl_agent_t *a, const nixl_backend_ops_t *ops, char *buf,
+                                        nixl_param_t *out, size_t cap, size_t *n) {
+    char *p = buf;
+    *n = 0;
+    while (p && *p) {
+        char *comma = strchr(p, ',');
+        char *eq;
+        size_t i;
+        if (comma) *comma = '\0';
+        eq = strchr(p, '=');
+        if (!eq || eq == p) {
+            _nixl_log(a, NIXL_LOG_ERROR, "create_backend(%s): param '%s' is not key=value", ops->name, p);
+            return NIXL_ERR_INVALID_PARAM;
+        }
+        *eq = '\0';
+        if (!_nixl_param_key_allowed(ops, p)) {
+            _nixl_log(a, NIXL_LOG_ERROR, "create_backend(%s): unknown param key '%s'", ops->name, p);
+            return NIXL_ERR_INVALID_PARAM;
+        }
+        for (i = 0; i < *n; i++)
+            if (!strcmp(out[i].key, p)) {
+                _nixl_log(a, NIXL_LOG_ERROR, "create_backend(%s): param '%s' given twice", ops->name, p);
+                return NIXL_ERR_INVALID_PARAM;
+            }
+        if (*n == cap) {
+            _nixl_log(a, NIXL_LOG_ERROR, "create_backend(%s): more than %zu params", ops->name, cap);
+            return NIXL_ERR_INVALID_PARAM;
+        }
+        out[*n].key = p;
+        out[*n].value = eq + 1;
+        (*n)++;
+        p = comma ? comma + 1 : NULL;
+    }
+    return NIXL_SUCCESS;
+}
+
+NIXL_API nixl_status_t nixl_create_backend(nixl_agent_t *a, const nixl_backend_ops_t *ops, const char *params,
+                                           nixl_backend_t **backend) {
+    nixl_param_t pv[64];
+    nixl_backend_init_t init;
+    nixl_backend_t *b;
+    nixl_status_t st;
+    size_t np = 0;
+    int i;
+    if (!a || !ops || !backend) return NIXL_ERR_INVALID_PARAM;
+    *backend = NULL;
+    if (ops->abi != NIXL_BACKEND_ABI || !ops->name || !ops->create || !ops->destroy || !ops->register_mem ||
+        !ops->deregister_mem || !ops->prep_xfer || !ops->post_xfer || !ops->check_xfer || !ops->release_xfer) {
+        _nixl_log(a, NIXL_LOG_ERROR, "create_backend: vtable %s is incomplete or of ABI %u (want %d)",
+                  ops->name ? ops->name : "(unnamed)", ops->abi, NIXL_BACKEND_ABI);
+        return NIXL_ERR_INVALID_PARAM;
+    }
+    _nixl_lock(a);
+    for (i = 0; i < a->nbe; i++)
+        if (!strcmp(a->be[i]->ops->name, ops->name)) {
+            _nixl_log(a, NIXL_LOG_ERROR, "create_backend: a %s backend exists already", ops->name);
+            _nixl_unlock(a);
+            return NIXL_ERR_INVALID_PARAM;
+        }
+    if (a->nbe == NIXL_MAX_BACKENDS) {
+        _nixl_log(a, NIXL_LOG_ERROR, "create_backend: at most %d backends per agent", NIXL_MAX_BACKENDS);
+        _nixl_unlock(a);
+        return NIXL_ERR_INVALID_PARAM;
+    }
+    b = (nixl_backend_t *)_nixl_alloc(a, sizeof *b);
+    if (!b) {
+        _nixl_unlock(a);
+        return NIXL_ERR_BACKEND;
+    }
+    b->agent = a;
+    b->ops = ops;
+    b->idx = a->nbe;
+    if (params) {
+        b->params_buf = _nixl_strdup(a, params);
+        st = b->params_buf ? _nixl_parse_params(a, ops, b->params_buf, pv, sizeof pv / sizeof pv[0], &np)
+                           : NIXL_ERR_BACKEND;
+        if (st != NIXL_SUCCESS) goto fail;
+    }
+    memset(&init, 0, sizeof init);
+    init.self = b;
+    init.agent_name = a->name;
+    init.params = pv;
+    init.num_params = np;
+    st = ops->create(&init, &b->engine);
+    if (st != NIXL_SUCCESS) {
+        _nixl_log(a, NIXL_LOG_ERROR, "create_backend(%s): %s", ops->name, nixl_status_str(st));
+        goto fail;
+    }
+    _nixl_free(a, b->params_buf);
+    b->params_buf = NULL;
+    a->be[a->nbe++] = b;
+    *backend = b;
+    _nixl_unlock(a);
+    return NIXL_SUCCESS;
+fail:
+    _nixl_free(a, b->params_buf);
+    _nixl_free(a, b);
+    _nixl_unlock(a);
+    return st;
+}
+
+NIXL_API void nixl_backend_log(nixl_backend_t *be, int level, const char *fmt, ...) {
+    va_list ap;
+    char full[640];
+    if (!be || level > be->agent->log_level) return;
+    va_start(ap, fmt);
+    vsnprintf(full, sizeof full, fmt, ap);
+    va_end(ap);
+    _nixl_log(be->agent, level, "%s: %s", be->ops->name, full);
+}
+
+NIXL_API void *nixl_backend_alloc(nixl_backend_t *be, size_t size) { return _nixl_alloc(be->agent, size); }
+NIXL_API void nixl_backend_free(nixl_backend_t *be, void *ptr) { _nixl_free(be->agent, ptr); }
+
+NIXL_API void nixl_backend_notif(nixl_backend_t *be, const char *remote, const void *msg, size_t len) {
+    nixl_agent_t *a = be->agent;
+    size_t nlen = strlen(remote);
+    /* one block: entry, sender name, message */
+    _nixl_notif *n = (_nixl_notif *)_nixl_alloc(a, sizeof *n + nlen + 1 + len);
+    if (!n) {
+        _nixl_log(a, NIXL_LOG_ERROR, "notification from %s (%zu bytes) dropped: out of memory", remote, len);
+        return;
+    }
+    n->sender = (char *)(n + 1);
+    memcpy(n->sender, remote, nlen + 1);
+    n->msg = (unsigned char *)n->sender + nlen + 1;
+    if (len) memcpy(n->msg, msg, len);
+    n->len = len;
+    if (a->nq_tail) a->nq_tail->next = n;
+    else a->nq_head = n;
+    a->nq_tail = n;
+}
+
+NIXL_API void nixl_backend_peer_down(nixl_backend_t *be, const char *remote) {
+    nixl_agent_t *a = be->agent;
+    _nixl_down *d;
+    for (d = a->downs; d; d = d->next)
+        if (!strcmp(d->name, remote)) return;
+    d = (_nixl_down *)_nixl_alloc(a, sizeof *d + strlen(remote) + 1);
+    if (!d) return;
+    d->name = (char *)(d + 1);
+    memcpy(d->name, remote, strlen(remote) + 1);
+    d->next = a->downs;
+    a->downs = d;
+    _nixl_log(a, NIXL_LOG_WARN, "%s reports peer %s down", be->ops->name, remote);
+}
+
+NIXL_API const char *nixl_param_get(const nixl_backend_init_t *init, const char *key) {
+    size_t i;
+    for (i = 0; i < init->num_params; i++)
+        if (!strcmp(init->params[i].key, key)) return init->params[i].value;
+    return NULL;
+}
+
+NIXL_API nixl_status_t nixl_param_u64(const nixl_backend_init_t *init, const char *key, uint64_t def, uint64_t min,
+                                      uint64_t max, uint64_t *out) {
+    const char *v = nixl_param_get(init, key);
+    char *end = NULL;
+    unsigned long long x;
+    if (!v) {
+        *out = def;
+        return NIXL_SUCCESS;
+    }
+    errno = 0;
+    x = strtoull(v, &end, 0);
+    if (!*v || *v == '-' || errno || !end || *end) {
+        nixl_backend_log(init->self, NIXL_LOG_ERROR, "param %s='%s' is not an unsigned number", key, v);
+        return NIXL_ERR_INVALID_PARAM;
+    }
+    if (x < min || x > max) {
+        nixl_backend_log(init->self, NIXL_LOG_ERROR, "param %s=%llu out of range [%llu, %llu]", key, x,
+                         (unsigned long long)min, (unsigned long long)max);
+        return NIXL_ERR_INVALID_PARAM;
+    }
+    *out = x;
+    return NIXL_SUCCESS;
+}
+
+/* the backends an opt names, in its order, or all in creation order */
+static nixl_status_t _nixl_backend_order(nixl_agent_t *a, const char *what, const nixl_opt_args_t *opt,
+                                         nixl_backend_t **out, int *n) {
+    size_t i;
+    int j;
+    *n = 0;
+    if (!opt || !opt->backends || !opt->num_backends) {
+        for (j = 0; j < a->nbe; j++) out[(*n)++] = a->be[j];
+        return NIXL_SUCCESS;
+    }
+    if (opt->num_backends > (size_t)a->nbe) {
+        _nixl_log(a, NIXL_LOG_ERROR, "%s: %zu backends named, the agent has %d", what, opt->num_backends, a->nbe);
+        return NIXL_ERR_INVALID_PARAM;
+    }
+    for (i = 0; i < opt->num_backends; i++) {
+        nixl_backend_t *b = opt->backends[i];
+        if (!b || b->agent != a) {
+            _nixl_log(a, NIXL_LOG_ERROR, "%s: backend %zu of opt->backends is not one of this agent's", what, i);
+            return NIXL_ERR_INVALID_PARAM;
+        }
+        out[(*n)++] = b;
+    }
+    return NIXL_SUCCESS;
+}
+
+static unsigned _nixl_order_mask(nixl_backend_t *const *order, int n) {
+    unsigned m = 0;
+    int i;
+    for (i = 0; i < n; i++) m |= 1u << order[i]->idx;
+    return m;
+}
+
+// >>registration
+
+static void _nixl_region_deregister(nixl_agent_t *a, _nixl_region *r) {
+    int i;
+    for (i = 0; i < a->nbe; i++) {
+        if (r->lmask & (1u << i)) a->be[i]->ops->unload_md(a->be[i]->engine, r->lmd[i]);
+        if (r->mask & (1u << i)) a->be[i]->ops->deregister_mem(a->be[i]->engine, r->md[i]);
+    }
+    r->lmask = r->mask = 0;
+    r->dead = 1;
+}
+
+/* registers one region with every eligible backend; SUCCESS if one took it */
+static nixl_status_t _nixl_region_register(nixl_agent_t *a, _nixl_region *r, nixl_backend_t *const *order, int n) {
+    nixl_status_t first_err = NIXL_ERR_NOT_SUPPORTED;
+    nixl_desc_t d;
+    int i;
+    d.addr = r->s.addr;
+    d.len = r->s.len;
+    d.dev_id = r->s.dev_id;
+    for (i = 0; i < n; i++) {
+        nixl_backend_t *b = order[i];
+        nixl_status_t st;
+        if (!(b->ops->mem_mask & NIXL_MEM_BIT(r->s.mem))) continue;
+        st = b->ops->register_mem(b->engine, r->s.mem, &d, &r->md[b->idx]);
+        if (st == NIXL_SUCCESS) {
+            r->mask |= 1u << b->idx;
+        } else {
+            _nixl_log(a, NIXL_LOG_WARN, "register_mem: %s did not take %s 0x%llx+%zu (dev %llu): %s", b->ops->name,
+                      nixl_mem_str(r->s.mem), (unsigned long long)r->s.addr, r->s.len,
+                      (unsigned long long)r->s.dev_id, nixl_status_str(st));
+            if (first_err == NIXL_ERR_NOT_SUPPORTED) first_err = st;
+        }
+    }
+    if (r->mask) return NIXL_SUCCESS;
+    _nixl_log(a, NIXL_LOG_ERROR, "register_mem: no backend took %s 0x%llx+%zu: %s", nixl_mem_str(r->s.mem),
+              (unsigned long long)r->s.addr, r->s.len, nixl_status_str(first_err));
+    return first_err;
+}
+
+static int _nixl_desc_list_has_dup(const nixl_dlist_t *l, size_t i) {
+    size_t j;
+    for (j = 0; j < i; j++)
+        if (l->descs[j].addr == l->descs[i].addr && l->descs[j].len == l->descs[i].len &&
+            l->descs[j].dev_id == l->descs[i].dev_id)
+            return 1;
+    return 0;
+}
+
+static void _nixl_span_from(_nixl_span *s, nixl_mem_t mem, const nixl_desc_t *d) {
+    s->mem = mem;
+    s->addr = d->addr;
+    s->len = d->len;
+    s->dev_id = d->dev_id;
+}
+
+static nixl_status_t _nixl_register_locked(nixl_agent_t *a, const nixl_dlist_t *l, const nixl_opt_args_t *opt) {
+    nixl_backend_t *order[NIXL_MAX_BACKENDS];
+    _nixl_region **made;
+    nixl_status_t st;
+    int n;
+    size_t i, k, done = 0;
+    if ((st = _nixl_check_dlist(a, "register_mem", l)) != NIXL_SUCCESS) return st;
+    if ((st = _nixl_backend_order(a, "register_mem", opt, order, &n)) != NIXL_SUCCESS) return st;
+    if (n == 0) {
+        _nixl_log(a, NIXL_LOG_ERROR, "register_mem: the agent has no backend");
+        return NIXL_ERR_NOT_SUPPORTED;
+    }
+    for (i = 0; i < l->count; i++) {
+        _nixl_span s;
+        if ((st = _nixl_check_desc(a, "register_mem", &l->descs[i], i)) != NIXL_SUCCESS) return st;
+        _nixl_span_from(&s, l->mem, &l->descs[i]);
+        if (_nixl_table_find_exact(&a->local, &s) >= 0 || _nixl_desc_list_has_dup(l, i)) {
+            _nixl_log(a, NIXL_LOG_ERROR, "register_mem: %s 0x%llx+%zu (dev %llu) is registered already",
+                      nixl_mem_str(l->mem), (unsigned long long)s.addr, s.len, (unsigned long long)s.dev_id);
+            return NIXL_ERR_INVALID_PARAM;
+        }
+    }
+    if (!l->count) return NIXL_SUCCESS;
+    made = (_nixl_region **)_nixl_alloc_array(a, l->count, sizeof *made);
+    if (!made || !_nixl_table_reserve(a, &a->local, l->count)) {
+        _nixl_free(a, made);
+        return NIXL_ERR_BACKEND;
+    }
+    st = NIXL_SUCCESS;
+    for (i = 0; i < l->count; i++) {
+        made[i] = (_nixl_region *)_nixl_alloc(a, sizeof(_nixl_region));
+        if (!made[i]) {
+            st = NIXL_ERR_BACKEND;
+            break;
+        }
+        done = i + 1;
+        _nixl_span_from(&made[i]->s, l->mem, &l->descs[i]);
+        made[i]->refs = 1;
+        st = _nixl_region_register(a, made[i], order, n);
+        if (st != NIXL_SUCCESS) break;
+    }
+    if (st != NIXL_SUCCESS) { /* all or nothing: undo this call's regions */
+        for (k = 0; k < done; k++) {
+            _nixl_region_deregister(a, made[k]);
+            _nixl_region_unref(a, made[k]);
+        }
+        _nixl_free(a, made);
+        return st;
+    }
+    for (i = 0; i < l->count; i++) a->local.v[a->local.n++] = made[i];
+    _nixl_table_sort(&a->local);
+    _nixl_free(a, made);
+    return NIXL_SUCCESS;
+}
+
+NIXL_API nixl_status_t nixl_register_mem(nixl_agent_t *agent, const nixl_dlist_t *descs, const nixl_opt_args_t *opt) {
+    nixl_status_t st;
+    if (!agent) return NIXL_ERR_INVALID_PARAM;
+    _nixl_lock(agent);
+    st = _nixl_register_locked(agent, descs, opt);
+    _nixl_unlock(agent);
+    return st;
+}
+
+static nixl_status_t _nixl_deregister_locked(nixl_agent_t *a, const nixl_dlist_t *l) {
+    nixl_status_t st;
+    size_t i;
+    if ((st = _nixl_check_dlist(a, "deregister_mem", l)) != NIXL_SUCCESS) return st;
+    for (i = 0; i < l->count; i++) {
+        _nixl_span s;
+        _nixl_span_from(&s, l->mem, &l->descs[i]);
+        if (_nixl_table_find_exact(&a->local, &s) < 0) {
+            _nixl_log(a, NIXL_LOG_ERROR, "deregister_mem: %s 0x%llx+%zu (dev %llu) is not a registered region",
+                      nixl_mem_str(l->mem), (unsigned long long)s.addr, s.len, (unsigned long long)s.dev_id);
+            return NIXL_ERR_NOT_FOUND;
+        }
+    }
+    for (i = 0; i < l->count; i++) {
+        _nixl_span s;
+        long at;
+        _nixl_region *r;
+        _nixl_span_from(&s, l->mem, &l->descs[i]);
+        at = _nixl_table_find_exact(&a->local, &s);
+        if (at < 0) continue; /* listed twice */
+        r = a->local.v[at];
+        _nixl_region_deregister(a, r);
+        _nixl_table_remove_at(&a->local, (size_t)at);
+        _nixl_region_unref(a, r);
+    }
+    a->epoch++;
+    return NIXL_SUCCESS;
+}
+
+NIXL_API nixl_status_t nixl_deregister_mem(nixl_agent_t *agent, const nixl_dlist_t *descs, const nixl_opt_args_t *opt) {
+    nixl_status_t st;
+    (void)opt;
+    if (!agent) return NIXL_ERR_INVALID_PARAM;
+    _nixl_lock(agent);
+    st = _nixl_deregister_locked(agent, descs);
+    _nixl_unlock(agent);
+    return st;
+}
+
+// >>metadata-format
+/* Blob layout, all integers little-endian:
+     u32 magic "NXMD"  u16 version  u16 flags  u32 total length (incl. CRC)
+     u8 name_len, name
+     u8 nbackends, then per backend: u8 name_len, name, u32 conn_len, conn
+     u32 nregions, then per region:
+         u8 mem, u64 addr, u64 len, u64 dev_id, u8 nkeys,
+         per key: u8 backend index (into the list above), u16 len, bytes
+     u32 CRC-32 (IEEE) of everything before it
+   Per region: 26 bytes + 3 per backend + the backend's key bytes. */
+
+enum { NIXL_MD_FLAG_PARTIAL = 1 };
+
+static uint32_t _nixl_crc32(const unsigned char *p, size_t n) {
+    uint32_t table[256], crc = 0xffffffffu;
+    uint32_t i, k;
+    for (i = 0; i < 256; i++) {
+        uint32_t c = i;
+        for (k = 0; k < 8; k++) c = (c & 1) ? 0xedb88320u ^ (c >> 1) : c >> 1;
+        table[i] = c;
+    }
+    while (n--) crc = table[(crc ^ *p++) & 0xff] ^ (crc >> 8);
+    return crc ^ 0xffffffffu;
+}
+
+/* Writer: with p == NULL it only counts, so encoding is two passes of the
+   same code (size, then bytes) and can never overflow its buffer. */
+typedef struct _nixl_wr { unsigned char *p; size_t pos; } _nixl_wr;
+static void _nixl_w8(_nixl_wr *w, uint64_t v) {
+    if (w->p) w->p[w->pos] = (unsigned char)(v & 0xff);
+    w->pos++;
+}
+static void _nixl_wle(_nixl_wr *w, uint64_t v, int bytes) {
+    int i;
+    for (i = 0; i < bytes; i++) _nixl_w8(w, v >> (8 * i));
+}
+static void _nixl_wbytes(_nixl_wr *w, const void *b, size_t n) {
+    if (w->p && n) memcpy(w->p + w->pos, b, n);
+    w->pos += n;
+}
+
+/* Reader: any read past the end clears ok and returns zeros. */
+typedef struct _nixl_rd { const unsigned char *p; size_t len, pos; int ok; } _nixl_rd;
+static uint64_t _nixl_rle(_nixl_rd *r, int bytes) {
+    uint64_t v = 0;
+    int i;
+    if (!r->ok || r->len - r->pos < (size_t)bytes) {
+        r->ok = 0;
+        return 0;
+    }
+    for (i = 0; i < bytes; i++) v |= (uint64_t)r->p[r->pos + i] << (8 * i);
+    r->pos += (size_t)bytes;
+    return v;
+}
+static const unsigned char *_nixl_rbytes(_nixl_rd *r, size_t n) {
+    const unsigned char *b;
+    if (!r->ok || r->len - r->pos < n) {
+        r->ok = 0;
+        return NULL;
+    }
+    b = r->p + r->pos;
+    r->pos += n;
+    return b;
+}
+
+typedef struct _nixl_md_key { unsigned be; const unsigned char *p; size_t len; } _nixl_md_key;
+typedef struct _nixl_md_reg { _nixl_span s; size_t first_key, nkeys; } _nixl_md_reg;
+typedef struct _nixl_md_be {
+    const unsigned char *name; size_t name_len;
+    const unsigned char *conn; size_t conn_len;
+} _nixl_md_be;
+typedef struct _nixl_md {
+    char name[NIXL_MD_MAX_NAME + 1];
+    unsigned flags;
+    size_t nbe;
+    _nixl_md_be be[NIXL_MD_MAX_BACKENDS];
+    size_t nreg, nkeys;
+    _nixl_md_reg *reg;   /* filled in the second pass */
+    _nixl_md_key *keys;
+} _nixl_md;
+
+static int _nixl_name_ok(const unsigned char *p, size_t n) {
+    return n > 0 && n <= NIXL_MD_MAX_NAME && memchr(p, 0, n) == NULL;
+}
+
+/* Parses a blob. Pass 1 (md->reg == NULL) validates and counts; pass 2
+   fills md->reg/md->keys. Returns SUCCESS, INVALID_PARAM or MISMATCH. */
+static nixl_status_t _nixl_md_parse(const unsigned char *p, size_t len, _nixl_md *md, const char **why) {
+    _nixl_rd r;
+    size_t i, j, nlen, body_end, nreg;
+    const unsigned char *nm;
+    r.p = p;
+    r.len = len;
+    r.pos = 0;
+    r.ok = 1;
+    *why = NULL;
+    if (!p || len < 16) return (*why = "shorter than a header"), NIXL_ERR_INVALID_PARAM;
+    if (_nixl_rle(&r, 4) != NIXL_MD_MAGIC) return (*why = "bad magic"), NIXL_ERR_INVALID_PARAM;
+    if (_nixl_rle(&r, 2) != NIXL_MD_VERSION) return (*why = "unsupported format version"), NIXL_ERR_MISMATCH;
+    md->flags = (unsigned)_nixl_rle(&r, 2);
+    if (_nixl_rle(&r, 4) != len || len > NIXL_MD_MAX_BLOB_BYTES)
+        return (*why = "length field disagrees with the blob size"), NIXL_ERR_INVALID_PARAM;
+    body_end = len - 4;
+    {
+        _nixl_rd c = r;
+        c.pos = body_end;
+        if ((uint32_t)_nixl_rle(&c, 4) != _nixl_crc32(p, body_end))
+            return (*why = "CRC mismatch (corrupted)"), NIXL_ERR_INVALID_PARAM;
+    }
+    r.len = body_end; /* nothing below may read the CRC */
+    nlen = (size_t)_nixl_rle(&r, 1);
+    nm = _nixl_rbytes(&r, nlen);
+    if (!r.ok || !_nixl_name_ok(nm, nlen)) return (*why = "bad agent name"), NIXL_ERR_INVALID_PARAM;
+    memcpy(md->name, nm, nlen);
+    md->name[nlen] = '\0';
+    md->nbe = (size_t)_nixl_rle(&r, 1);
+    if (md->nbe > NIXL_MD_MAX_BACKENDS) return (*why = "too many backends"), NIXL_ERR_INVALID_PARAM;
+    for (i = 0; i < md->nbe && r.ok; i++) {
+        _nixl_md_be *b = &md->be[i];
+        b->name_len = (size_t)_nixl_rle(&r, 1);
+        b->name = _nixl_rbytes(&r, b->name_len);
+        b->conn_len = (size_t)_nixl_rle(&r, 4);
+        if (!r.ok || !_nixl_name_ok(b->name, b->name_len) || b->conn_len > NIXL_MD_MAX_CONN_BYTES)
+            return (*why = "bad backend section"), NIXL_ERR_INVALID_PARAM;
+        b->conn = _nixl_rbytes(&r, b->conn_len);
+        for (j = 0; j < i; j++)
+            if (md->be[j].name_len == b->name_len && !memcmp(md->be[j].name, b->name, b->name_len))
+                return (*why = "backend listed twice"), NIXL_ERR_INVALID_PARAM;
+    }
+    nreg = (size_t)_nixl_rle(&r, 4);
+    if (!r.ok || nreg > (r.len - r.pos) / NIXL_MD_REGION_FIXED)
+        return (*why = "region count larger than the blob"), NIXL_ERR_INVALID_PARAM;
+    if (md->reg && nreg != md->nreg) return (*why = "changed between passes"), NIXL_ERR_INVALID_PARAM;
+    md->nreg = nreg;
+    md->nkeys = 0;
+    for (i = 0; i < nreg && r.ok; i++) {
+        _nixl_md_reg g;
+        unsigned seen[(NIXL_MD_MAX_BACKENDS + 31) / 32] = {0};
+        unsigned mem = (unsigned)_nixl_rle(&r, 1);
+        g.s.mem = (nixl_mem_t)(mem < NIXL_MEM_COUNT ? mem : 0);
+        g.s.addr = (uintptr_t)_nixl_rle(&r, 8);
+        g.s.len = (size_t)_nixl_rle(&r, 8);
+        g.s.dev_id = _nixl_rle(&r, 8);
+        g.nkeys = (size_t)_nixl_rle(&r, 1);
+        g.first_key = md->nkeys;
+        if (!r.ok || mem >= NIXL_MEM_COUNT || g.s.len == 0 || g.s.addr == 0 || g.s.addr + g.s.len < g.s.addr ||
+            g.nkeys > md->nbe)
+            return (*why = "bad region"), NIXL_ERR_INVALID_PARAM;
+        for (j = 0; j < g.nkeys && r.ok; j++) {
+            _nixl_md_key k;
+            k.be = (unsigned)_nixl_rle(&r, 1);
+            k.len = (size_t)_nixl_rle(&r, 2);
+            k.p = _nixl_rbytes(&r, k.len);
+            if (!r.ok || k.be >= md->nbe || (seen[k.be / 32] & (1u << (k.be % 32))))
+                return (*why = "bad region key"), NIXL_ERR_INVALID_PARAM;
+            seen[k.be / 32] |= 1u << (k.be % 32);
+            if (md->keys) md->keys[md->nkeys] = k;
+            md->nkeys++;
+        }
+        if (md->reg) md->reg[i] = g;
+    }
+    if (!r.ok) return (*why = "truncated"), NIXL_ERR_INVALID_PARAM;
+    if (r.pos != body_end) return (*why = "trailing bytes"), NIXL_ERR_INVALID_PARAM;
+    return NIXL_SUCCESS;
+}
+
+static void _nixl_md_release(nixl_agent_t *a, _nixl_md *md) {
+    if (!md) return;
+    _nixl_free(a, md->reg);
+    _nixl_free(a, md->keys);
+    _nixl_free(a, md);
+}
+
+/* Both passes of the parser; *out owns arrays pointing into blob. */
+static nixl_status_t _nixl_md_decode(nixl_agent_t *a, const void *blob, size_t len, _nixl_md **out) {
+    _nixl_md *md = (_nixl_md *)_nixl_alloc(a, sizeof *md);
+    const char *why = NULL;
+    nixl_status_t st;
+    *out = NULL;
+    if (!md) return NIXL_ERR_BACKEND;
+    st = _nixl_md_parse((const unsigned char *)blob, len, md, &why);
+    if (st == NIXL_SUCCESS) {
+        md->reg = (_nixl_md_reg *)_nixl_alloc_array(a, md->nreg ? md->nreg : 1, sizeof *md->reg);
+        md->keys = (_nixl_md_key *)_nixl_alloc_array(a, md->nkeys ? md->nkeys : 1, sizeof *md->keys);
+        if (!md->reg || !md->keys) st = NIXL_ERR_BACKEND;
+        else st = _nixl_md_parse((const unsigned char *)blob, len, md, &why);
+    }
+    if (st != NIXL_SUCCESS) {
+        _nixl_log(a, NIXL_LOG_ERROR, "load_remote_md: refusing a %zu-byte blob: %s", len,
+                  why ? why : "out of memory");
+        _nixl_md_release(a, md);
+        return st;
+    }
+    *out = md;
+    return NIXL_SUCCESS;
+}
+
+// >>metadata-local
+
+static void _nixl_md_write(nixl_agent_t *a, _nixl_wr *w, _nixl_region *const *regs, size_t nreg, unsigned bemask,
+                           int with_conn, unsigned flags) {
+    int mdidx[NIXL_MAX_BACKENDS];
+    int i, nb = 0;
+    size_t k;
+    size_t nl = strlen(a->name);
+    _nixl_wle(w, NIXL_MD_MAGIC, 4);
+    _nixl_wle(w, NIXL_MD_VERSION, 2);
+    _nixl_wle(w, flags, 2);
+    _nixl_wle(w, 0, 4); /* total length, patched by the caller */
+    _nixl_w8(w, nl);
+    _nixl_wbytes(w, a->name, nl);
+    for (i = 0; i < a->nbe; i++) mdidx[i] = (bemask & (1u << i)) ? nb++ : -1;
+    _nixl_w8(w, (uint64_t)nb);
+    for (i = 0; i < a->nbe; i++) {
+        const nixl_backend_t *b = a->be[i];
+        const void *info = NULL;
+        size_t ilen = 0;
+        if (mdidx[i] < 0) continue;
+        if (with_conn && b->ops->get_conn_info && b->ops->get_conn_info(b->engine, &info, &ilen) != NIXL_SUCCESS)
+            ilen = 0;
+        if (ilen > NIXL_MD_MAX_CONN_BYTES) ilen = 0;
+        _nixl_w8(w, strlen(b->ops->name));
+        _nixl_wbytes(w, b->ops->name, strlen(b->ops->name));
+        _nixl_wle(w, ilen, 4);
+        _nixl_wbytes(w, info, ilen);
+    }
+    _nixl_wle(w, nreg, 4);
+    for (k = 0; k < nreg; k++) {
+        const _nixl_region *r = regs[k];
+        unsigned m = r->mask & bemask;
+        int nkeys = 0;
+        _nixl_w8(w, (uint64_t)r->s.mem);
+        _nixl_wle(w, r->s.addr, 8);
+        _nixl_wle(w, r->s.len, 8);
+        _nixl_wle(w, r->s.dev_id, 8);
+        for (i = 0; i < a->nbe; i++) nkeys += (m >> i) & 1;
+        _nixl_w8(w, (uint64_t)nkeys);
+        for (i = 0; i < a->nbe; i++) {
+            const nixl_backend_t *b = a->be[i];
+            const void *pub = NULL;
+            size_t plen = 0;
+            if (!(m & (1u << i))) continue;
+            if (b->ops->get_public_data && b->ops->get_public_data(b->engine, r->md[i], &pub, &plen) != NIXL_SUCCESS)
+                plen = 0;
+            if (plen > NIXL_MD_MAX_KEY_BYTES) plen = 0;
+            _nixl_w8(w, (uint64_t)mdidx[i]);
+            _nixl_wle(w, plen, 2);
+            _nixl_wbytes(w, pub, plen);
+        }
+    }
+}
+
+static nixl_status_t _nixl_md_encode(nixl_agent_t *a, _nixl_region *const *regs, size_t nreg, unsigned bemask,
+                                     int with_conn, unsigned flags, void **blob, size_t *len) {
+    _nixl_wr w;
+    size_t total;
+    unsigned char *buf;
+    w.p = NULL;
+    w.pos = 0;
+    _nixl_md_write(a, &w, regs, nreg, bemask, with_conn, flags);
+    total = w.pos + 4;
+    if (total > NIXL_MD_MAX_BLOB_BYTES) {
+        _nixl_log(a, NIXL_LOG_ERROR, "get_local_md: %zu bytes of metadata exceed the %u-byte limit", total,
+                  NIXL_MD_MAX_BLOB_BYTES);
+        return NIXL_ERR_NOT_SUPPORTED;
+    }
+    buf = (unsigned char *)_nixl_alloc(a, total);
+    if (!buf) return NIXL_ERR_BACKEND;
+    w.p = buf;
+    w.pos = 0;
+    _nixl_md_write(a, &w, regs, nreg, bemask, with_conn, flags);
+    w.pos = 8;
+    _nixl_wle(&w, total, 4);
+    w.pos = total - 4;
+    _nixl_wle(&w, _nixl_crc32(buf, total - 4), 4);
+    *blob = buf;
+    *len = total;
+    return NIXL_SUCCESS;
+}
+
+NIXL_API nixl_status_t nixl_get_local_md(nixl_agent_t *agent, void **blob, size_t *len) {
+    nixl_status_t st;
+    if (!agent || !blob || !len) return NIXL_ERR_INVALID_PARAM;
+    _nixl_lock(agent);
+    st = _nixl_md_encode(agent, agent->local.v, agent->local.n, (1u << agent->nbe) - 1, 1, 0, blob, len);
+    _nixl_unlock(agent);
+    return st;
+}
+
+static int _nixl_ptr_qcmp(const void *x, const void *y) {
+    uintptr_t a = (uintptr_t) * (void *const *)x, b = (uintptr_t) * (void *const *)y;
+    return a < b ? -1 : a > b;
+}
+
+static nixl_status_t _nixl_partial_md_locked(nixl_agent_t *a, const nixl_dlist_t *l, const nixl_opt_args_t *opt,
+                                             void **blob, size_t *len) {
+    nixl_backend_t *order[NIXL_MAX_BACKENDS];
+    _nixl_region **regs;
+    size_t i, n = 0;
+    int nb;
+    nixl_status_t st;
+    if ((st = _nixl_check_dlist(a, "get_local_partial_md", l)) != NIXL_SUCCESS) return st;
+    if ((st = _nixl_backend_order(a, "get_local_partial_md", opt, order, &nb)) != NIXL_SUCCESS) return st;
+    regs = (_nixl_region **)_nixl_alloc_array(a, l->count ? l->count : 1, sizeof *regs);
+    if (!regs) return NIXL_ERR_BACKEND;
+    for (i = 0; i < l->count; i++) {
+        const nixl_desc_t *d = &l->descs[i];
+        _nixl_region *r;
+        if ((st = _nixl_check_desc(a, "get_local_partial_md", d, i)) != NIXL_SUCCESS) goto out;
+        r = _nixl_table_find_containing(&a->local, l->mem, d->addr, d->len, d->dev_id);
+        if (!r) {
+            _nixl_log(a, NIXL_LOG_ERROR, "get_local_partial_md: descriptor %zu (0x%llx+%zu) is not registered", i,
+                      (unsigned long long)d->addr, d->len);
+            st = NIXL_ERR_NOT_FOUND;
+            goto out;
+        }
+        regs[n++] = r;
+    }
+    if (n > 1) qsort(regs, n, sizeof *regs, _nixl_ptr_qcmp);
+    {
+        size_t u = 0;
+        for (i = 0; i < n; i++)
+            if (u == 0 || regs[u - 1] != regs[i]) regs[u++] = regs[i];
+        n = u;
+    }
+    st = _nixl_md_encode(a, regs, n, _nixl_order_mask(order, nb), opt && opt->include_conn_info,
+                         NIXL_MD_FLAG_PARTIAL, blob, len);
+out:
+    _nixl_free(a, regs);
+    return st;
+}
+
+NIXL_API nixl_status_t nixl_get_local_partial_md(nixl_agent_t *agent, const nixl_dlist_t *descs,
+                                                 const nixl_opt_args_t *opt, void **blob, size_t *len) {
+    nixl_status_t st;
+    if (!agent || !blob || !len) return NIXL_ERR_INVALID_PARAM;
+    _nixl_lock(agent);
+    st = _nixl_partial_md_locked(agent, descs, opt, blob, len);
+    _nixl_unlock(agent);
+    return st;
+}
+
+NIXL_API void nixl_free_md(nixl_agent_t *agent, void *blob) {
+    if (agent) _nixl_free(agent, blob);
+}
+
+// >>metadata-remote
+
+static _nixl_remote *_nixl_remote_find(nixl_agent_t *a, const char *name) {
+    _nixl_remote *rm;
+    for (rm = a->remotes; rm; rm = rm->next)
+        if (!strcmp(rm->name, name)) return rm;
+    return NULL;
+}
+
+static void _nixl_remote_unref(nixl_agent_t *a, _nixl_remote *rm) {
+    if (--rm->refs > 0) return;
+    _nixl_free(a, rm->name);
+    _nixl_free(a, rm);
+}
+
+static void _nixl_remote_invalidate(nixl_agent_t *a, _nixl_remote *rm, nixl_status_t why) {
+    _nixl_remote **pp;
+    size_t k;
+    int i;
+    for (k = 0; k < rm->regions.n; k++) {
+        _nixl_region *r = rm->regions.v[k];
+        for (i = 0; i < a->nbe; i++)
+            if (r->mask & (1u << i)) a->be[i]->ops->unload_md(a->be[i]->engine, r->md[i]);
+        r->mask = 0;
+        r->dead = 1;
+        _nixl_region_unref(a, r);
+    }
+    _nixl_table_free(a, &rm->regions);
+    for (i = 0; i < a->nbe; i++) {
+        if ((rm->loaded_mask & (1u << i)) && a->be[i]->ops->disconnect)
+            a->be[i]->ops->disconnect(a->be[i]->engine, rm->name);
+        _nixl_free(a, rm->conn[i]);
+        rm->conn[i] = NULL;
+    }
+    rm->conn_mask = rm->loaded_mask = 0;
+    rm->dead = 1;
+    rm->dead_why = why;
+    for (pp = &a->remotes; *pp; pp = &(*pp)->next)
+        if (*pp == rm) {
+            *pp = rm->next;
+            break;
+        }
+    a->epoch++;
+    _nixl_log(a, why == NIXL_ERR_REMOTE_DISCONNECT ? NIXL_LOG_WARN : NIXL_LOG_INFO,
+              "metadata of %s invalidated (%s)", rm->name, why == NIXL_ERR_REMOTE_DISCONNECT ? "peer down" : "by request");
+    _nixl_remote_unref(a, rm);
+}
+
+static void _nixl_process_downs(nixl_agent_t *a) {
+    a->in_downs = 1;
+    while (a->downs) {
+        _nixl_down *d = a->downs;
+        _nixl_remote *rm;
+        a->downs = d->next;
+        rm = _nixl_remote_find(a, d->name);
+        if (rm) _nixl_remote_invalidate(a, rm, NIXL_ERR_REMOTE_DISCONNECT);
+        _nixl_free(a, d);
+    }
+    a->in_downs = 0;
+}
+
+/* local backend index for each metadata backend section, -1 if absent */
+static void _nixl_md_map_backends(nixl_agent_t *a, const _nixl_md *md, int *map) {
+    size_t j;
+    int i;
+    for (j = 0; j < md->nbe; j++) {
+        map[j] = -1;
+        for (i = 0; i < a->nbe; i++)
+            if (strlen(a->be[i]->ops->name) == md->be[j].name_len &&
+                !memcmp(a->be[i]->ops->name, md->be[j].name, md->be[j].name_len))
+                map[j] = i;
+    }
+}
+
+static int _nixl_bytes_eq(const void *x, size_t xl, const void *y, size_t yl) {
+    return xl == yl && (xl == 0 || !memcmp(x, y, xl));
+}
+
+/* NIXL's rules for a known agent: nothing that was loaded may change. */
+static nixl_status_t _nixl_md_check_conflicts(nixl_agent_t *a, const _nixl_remote *rm, const _nixl_md *md,
+                                              const int *map) {
+    size_t j, k;
+    for (j = 0; j < md->nbe; j++) {
+        int i = map[j];
+        if (i < 0 || md->be[j].conn_len == 0 || !(rm->conn_mask & (1u << i))) continue;
+        if (!_nixl_bytes_eq(rm->conn[i], rm->conn_len[i], md->be[j].conn, md->be[j].conn_len)) {
+            _nixl_log(a, NIXL_LOG_ERROR, "load_remote_md: %s: connection info for %s changed; invalidate it first",
+                      md->name, a->be[i]->ops->name);
+            return NIXL_ERR_NOT_ALLOWED;
+        }
+    }
+    for (k = 0; k < md->nreg; k++) {
+        const _nixl_md_reg *g = &md->reg[k];
+        long at = _nixl_table_find_exact(&rm->regions, &g->s);
+        const _nixl_region *r;
+        if (at < 0) continue;
+        r = rm->regions.v[at];
+        for (j = 0; j < g->nkeys; j++) {
+            const _nixl_md_key *key = &md->keys[g->first_key + j];
+            int i = map[key->be];
+            if (i < 0 || !(r->key_mask & (1u << i))) continue;
+            if (!_nixl_bytes_eq(r->key[i], r->key_len[i], key->p, key->len)) {
+                _nixl_log(a, NIXL_LOG_ERROR,
+                          "load_remote_md: %s: region 0x%llx+%zu came back with different %s public data",
+                          md->name, (unsigned long long)g->s.addr, g->s.len, a->be[i]->ops->name);
+                return NIXL_ERR_NOT_ALLOWED;
+            }
+        }
+    }
+    return NIXL_SUCCESS;
+}
+
+static int _nixl_md_reg_qcmp(const void *x, const void *y) {
+    return _nixl_span_cmp(&(*(const _nixl_md_reg *const *)x)->s, &(*(const _nixl_md_reg *const *)y)->s);
+}
+
+static nixl_status_t _nixl_md_check_duplicates(nixl_agent_t *a, const _nixl_md *md) {
+    const _nixl_md_reg **v;
+    size_t k;
+    nixl_status_t st = NIXL_SUCCESS;
+    if (md->nreg < 2) return NIXL_SUCCESS;
+    v = (const _nixl_md_reg **)_nixl_alloc_array(a, md->nreg, sizeof *v);
+    if (!v) return NIXL_ERR_BACKEND;
+    for (k = 0; k < md->nreg; k++) v[k] = &md->reg[k];
+    qsort(v, md->nreg, sizeof *v, _nixl_md_reg_qcmp);
+    for (k = 1; k < md->nreg && st == NIXL_SUCCESS; k++)
+        if (_nixl_span_cmp(&v[k - 1]->s, &v[k]->s) == 0) {
+            _nixl_log(a, NIXL_LOG_ERROR, "load_remote_md: %s lists region 0x%llx+%zu twice", md->name,
+                      (unsigned long long)v[k]->s.addr, v[k]->s.len);
+            st = NIXL_ERR_INVALID_PARAM;
+        }
+    _nixl_free(a, v);
+    return st;
+}
+
+/* Loads connection info and region keys into the backends wherever both
+   are known and not loaded yet. Failures are logged; the region then simply
+   is not reachable through that backend. */
+static void _nixl_remote_sync_backends(nixl_agent_t *a, _nixl_remote *rm) {
+    size_t k;
+    int i;
+    for (i = 0; i < a->nbe; i++) {
+        nixl_backend_t *b = a->be[i];
+        nixl_status_t st;
+        if (!(rm->conn_mask & (1u << i)) || (rm->loaded_mask & (1u << i))) continue;
+        st = b->ops->load_remote_conn_info ? b->ops->load_remote_conn_info(b->engine, rm->name, rm->conn[i],
+                                                                          rm->conn_len[i])
+                                           : NIXL_SUCCESS;
+        if (st == NIXL_SUCCESS) rm->loaded_mask |= 1u << i;
+        else _nixl_log(a, NIXL_LOG_ERROR, "load_remote_md: %s refused %s's connection info: %s", b->ops->name,
+                       rm->name, nixl_status_str(st));
+    }
+    for (k = 0; k < rm->regions.n; k++) {
+        _nixl_region *r = rm->regions.v[k];
+        unsigned todo = r->key_mask & rm->loaded_mask & ~r->mask;
+        for (i = 0; todo && i < a->nbe; i++) {
+            nixl_backend_t *b = a->be[i];
+            nixl_desc_t d;
+            nixl_status_t st;
+            if (!(todo & (1u << i))) continue;
+            d.addr = r->s.addr;
+            d.len = r->s.len;
+            d.dev_id = r->s.dev_id;
+            st = b->ops->load_remote_md(b->engine, rm->name, r->s.mem, &d, r->key[i], r->key_len[i], &r->md[i]);
+            if (st == NIXL_SUCCESS) r->mask |= 1u << i;
+            else _nixl_log(a, NIXL_LOG_ERROR, "load_remote_md: %s could not load %s region 0x%llx+%zu: %s",
+                           b->ops->name, rm->name, (unsigned long long)r->s.addr, r->s.len, nixl_status_str(st));
+        }
+    }
+}
+
+static nixl_status_t _nixl_md_apply(nixl_agent_t *a, _nixl_remote *rm, const _nixl_md *md, const int *map) {
+    size_t j, k;
+    size_t added = 0;
+    if (!_nixl_table_reserve(a, &rm->regions, md->nreg)) return NIXL_ERR_BACKEND;
+    for (j = 0; j < md->nbe; j++) {
+        int i = map[j];
+        if (i < 0 || md->be[j].conn_len == 0 || (rm->conn_mask & (1u << i))) continue;
+        rm->conn[i] = (unsigned char *)_nixl_memdup(a, md->be[j].conn, md->be[j].conn_len);
+        if (!rm->conn[i]) return NIXL_ERR_BACKEND;
+        rm->conn_len[i] = md->be[j].conn_len;
+        rm->conn_mask |= 1u << i;
+    }
+    for (k = 0; k < md->nreg; k++) {
+        const _nixl_md_reg *g = &md->reg[k];
+        long at = _nixl_table_find_exact(&rm->regions, &g->s);
+        _nixl_region *r;
+        if (at >= 0) {
+            r = rm->regions.v[at];
+        } else {
+            r = (_nixl_region *)_nixl_alloc(a, sizeof *r);
+            if (!r) return NIXL_ERR_BACKEND;
+            r->s = g->s;
+            r->refs = 1;
+            rm->regions.v[rm->regions.n + added++] = r;
+        }
+        for (j = 0; j < g->nkeys; j++) {
+            const _nixl_md_key *key = &md->keys[g->first_key + j];
+            int i = map[key->be];
+            if (i < 0 || (r->key_mask & (1u << i))) continue;
+            r->key[i] = (unsigned char *)_nixl_memdup(a, key->p, key->len);
+            if (!r->key[i]) return NIXL_ERR_BACKEND;
+            r->key_len[i] = key->len;
+            r->key_mask |= 1u << i;
+        }
+    }
+    rm->regions.n += added;
+    _nixl_table_sort(&rm->regions);
+    _nixl_remote_sync_backends(a, rm);
+    return NIXL_SUCCESS;
+}
+
+static nixl_status_t _nixl_load_md_locked(nixl_agent_t *a, const void *blob, size_t len, char *out_name,
+                                          size_t cap) {
+    _nixl_md *md = NULL;
+    _nixl_remote *rm;
+    int map[NIXL_MD_MAX_BACKENDS];
+    nixl_status_t st = _nixl_md_decode(a, blob, len, &md);
+    if (st != NIXL_SUCCESS) return st;
+    if (!strcmp(md->name, a->name)) {
+        _nixl_log(a, NIXL_LOG_ERROR, "load_remote_md: the blob is this agent's own (%s); loopback needs no metadata",
+                  md->name);
+        st = NIXL_ERR_INVALID_PARAM;
+        goto out;
+    }
+    if (out_name && cap <= strlen(md->name)) {
+        _nixl_log(a, NIXL_LOG_ERROR, "load_remote_md: remote_name_cap %zu cannot hold '%s'", cap, md->name);
+        st = NIXL_ERR_INVALID_PARAM;
+        goto out;
+    }
+    _nixl_md_map_backends(a, md, map);
+    if ((st = _nixl_md_check_duplicates(a, md)) != NIXL_SUCCESS) goto out;
+    rm = _nixl_remote_find(a, md->name);
+    if (rm && (st = _nixl_md_check_conflicts(a, rm, md, map)) != NIXL_SUCCESS) goto out;
+    if (!rm) {
+        rm = (_nixl_remote *)_nixl_alloc(a, sizeof *rm);
+        if (!rm || !(rm->name = _nixl_strdup(a, md->name))) {
+            _nixl_free(a, rm);
+            st = NIXL_ERR_BACKEND;
+            goto out;
+        }
+        rm->refs = 1;
+        rm->next = a->remotes;
+        a->remotes = rm;
+    }
+    st = _nixl_md_apply(a, rm, md, map);
+    if (st == NIXL_SUCCESS && out_name) memcpy(out_name, md->name, strlen(md->name) + 1);
+out:
+    _nixl_md_release(a, md);
+    return st;
+}
+
+NIXL_API nixl_status_t nixl_load_remote_md(nixl_agent_t *agent, const void *blob, size_t len, char *remote_name,
+                                           size_t remote_name_cap) {
+    nixl_status_t st;
+    if (!agent) return NIXL_ERR_INVALID_PARAM;
+    _nixl_lock(agent);
+    st = _nixl_load_md_locked(agent, blob, len, remote_name, remote_name_cap);
+    _nixl_unlock(agent);
+    return st;
+}
+
+NIXL_API nixl_status_t nixl_invalidate_remote_md(nixl_agent_t *agent, const char *remote) {
+    _nixl_remote *rm;
+    if (!agent || !remote) return NIXL_ERR_INVALID_PARAM;
+    _nixl_lock(agent);
+    rm = _nixl_remote_find(agent, remote);
+    if (rm) _nixl_remote_invalidate(agent, rm, NIXL_ERR_NOT_FOUND);
+    else _nixl_log(agent, NIXL_LOG_ERROR, "invalidate_remote_md: no metadata of %s is loaded", remote);
+    _nixl_unlock(agent);
+    return rm ? NIXL_SUCCESS : NIXL_ERR_NOT_FOUND;
+}
+
+NIXL_API nixl_status_t nixl_check_remote_md(nixl_agent_t *agent, const char *remote, const nixl_dlist_t *descs) {
+    _nixl_remote *rm;
+    nixl_status_t st = NIXL_SUCCESS;
+    size_t i;
+    if (!agent || !remote) return NIXL_ERR_INVALID_PARAM;
+    _nixl_lock(agent);
+    rm = _nixl_remote_find(agent, remote);
+    if (!rm) st = NIXL_ERR_NOT_FOUND;
+    else if (descs && (st = _nixl_check_dlist(agent, "check_remote_md", descs)) == NIXL_SUCCESS) {
+        for (i = 0; i < descs->count && st == NIXL_SUCCESS; i++) {
+            const nixl_desc_t *d = &descs->descs[i];
+            const _nixl_region *r;
+            if (d->len == 0 || d->addr + d->len < d->addr) {
+                st = NIXL_ERR_NOT_FOUND;
+                break;
+            }
+            r = _nixl_table_find_containing(&rm->regions, descs->mem, d->addr, d->len, d->dev_id);
+            if (!r || !r->mask) st = NIXL_ERR_NOT_FOUND;
+        }
+    }
+    _nixl_unlock(agent);
+    return st;
+}
+
+NIXL_API nixl_status_t nixl_make_connection(nixl_agent_t *agent, const char *remote, const nixl_opt_args_t *opt) {
+    nixl_backend_t *order[NIXL_MAX_BACKENDS];
+    nixl_status_t st, result = NIXL_ERR_NOT_FOUND;
+    _nixl_remote *rm;
+    int i, n;
+    if (!agent || !remote) return NIXL_ERR_INVALID_PARAM;
+    _nixl_lock(agent);
+    st = _nixl_backend_order(agent, "make_connection", opt, order, &n);
+    rm = _nixl_remote_find(agent, remote);
+    if (st != NIXL_SUCCESS) result = st;
+    else if (!rm) _nixl_log(agent, NIXL_LOG_ERROR, "make_connection: no metadata of %s is loaded", remote);
+    for (i = 0; rm && st == NIXL_SUCCESS && i < n; i++) {
+        nixl_backend_t *b = order[i];
+        nixl_status_t cs;
+        if (!(rm->loaded_mask & (1u << b->idx)) || !b->ops->connect) continue;
+        cs = b->ops->connect(b->engine, remote);
+        if (cs == NIXL_SUCCESS || cs == NIXL_IN_PROG) result = NIXL_SUCCESS;
+        else if (result != NIXL_SUCCESS) result = cs;
+    }
+    _nixl_unlock(agent);
+    return result;
+}
+
+/* The metadata side channel (listener thread, send/fetch/invalidate over
+   TCP) is a later piece of work; until it lands these say so plainly. */
+static nixl_status_t _nixl_side_channel_missing(nixl_agent_t *a, const char *what) {
+    if (!a) return NIXL_ERR_INVALID_PARAM;
+    _nixl_lock(a);
+    _nixl_log(a, NIXL_LOG_ERROR, "%s: the metadata side channel is not implemented in this version", what);
+    _nixl_unlock(a);
+    return NIXL_ERR_NOT_SUPPORTED;
+}
+
+NIXL_API nixl_status_t nixl_send_local_md(nixl_agent_t *agent, const nixl_opt_args_t *opt) {
+    (void)opt;
+    return _nixl_side_channel_missing(agent, "send_local_md");
+}
+NIXL_API nixl_status_t nixl_fetch_remote_md(nixl_agent_t *agent, const char *remote, const nixl_opt_args_t *opt) {
+    (void)opt;
+    (void)remote;
+    return _nixl_side_channel_missing(agent, "fetch_remote_md");
+}
+NIXL_API nixl_status_t nixl_invalidate_local_md(nixl_agent_t *agent, const nixl_opt_args_t *opt) {
+    (void)opt;
+    return _nixl_side_channel_missing(agent, "invalidate_local_md");
+}
+
+// >>dlist
+
+static void _nixl_handle_unref(nixl_agent_t *a, nixl_dlist_handle_t *h) {
+    size_t i;
+    if (--h->refs > 0) return;
+    for (i = 0; i < h->count; i++) _nixl_region_unref(a, h->e[i].region);
+    if (h->remote) _nixl_remote_unref(a, h->remote);
+    if (h->prev) h->prev->next = h->next;
+    else a->handles = h->next;
+    if (h->next) h->next->prev = h->prev;
+    _nixl_free(a, h->e);
+    _nixl_free(a, h);
+}
+
+static nixl_status_t _nixl_prep_locked(nixl_agent_t *a, const char *agent_name, const nixl_dlist_t *l,
+                                       nixl_dlist_handle_t **out) {
+    const _nixl_table *t = &a->local;
+    _nixl_remote *rm = NULL;
+    nixl_dlist_handle_t *h;
+    nixl_status_t st;
+    size_t i;
+    int loopback = agent_name && *agent_name && !strcmp(agent_name, a->name);
+    if ((st = _nixl_check_dlist(a, "prep_xfer_dlist", l)) != NIXL_SUCCESS) return st;
+    if (agent_name && *agent_name && !loopback) {
+        rm = _nixl_remote_find(a, agent_name);
+        if (!rm) {
+            _nixl_log(a, NIXL_LOG_ERROR, "prep_xfer_dlist: no metadata of %s is loaded", agent_name);
+            return NIXL_ERR_NOT_FOUND;
+        }
+        t = &rm->regions;
+    }
+    h = (nixl_dlist_handle_t *)_nixl_alloc(a, sizeof *h);
+    if (!h) return NIXL_ERR_BACKEND;
+    h->e = (_nixl_hent *)_nixl_alloc_array(a, l->count ? l->count : 1, sizeof *h->e);
+    if (!h->e) {
+        _nixl_free(a, h);
+        return NIXL_ERR_BACKEND;
+    }
+    for (i = 0; i < l->count; i++) {
+        const nixl_desc_t *d = &l->descs[i];
+        _nixl_region *r;
+        if ((st = _nixl_check_desc(a, "prep_xfer_dlist", d, i)) != NIXL_SUCCESS) break;
+        r = _nixl_table_find_containing(t, l->mem, d->addr, d->len, d->dev_id);
+        if (!r) {
+            _nixl_log(a, NIXL_LOG_ERROR,
+                      "prep_xfer_dlist: descriptor %zu (%s 0x%llx+%zu dev %llu) lies in no region %s %s", i,
+                      nixl_mem_str(l->mem), (unsigned long long)d->addr, d->len, (unsigned long long)d->dev_id,
+                      rm ? "loaded from" : "registered by", rm ? rm->name : "this agent");
+            st = NIXL_ERR_NOT_FOUND;
+            break;
+        }
+        h->e[i].addr = d->addr;
+        h->e[i].len = d->len;
+        h->e[i].dev_id = d->dev_id;
+        h->e[i].region = r;
+        r->refs++;
+    }
+    h->count = i; /* on failure: exactly the entries holding a reference */
+    h->agent = a;
+    h->refs = 1;
+    h->mem = l->mem;
+    h->loopback = loopback;
+    h->remote = rm;
+    if (rm) rm->refs++;
+    h->next = a->handles;
+    if (a->handles) a->handles->prev = h;
+    a->handles = h;
+    if (st != NIXL_SUCCESS) {
+        h->user_released = 1;
+        _nixl_handle_unref(a, h);
+        return st;
+    }
+    *out = h;
+    return NIXL_SUCCESS;
+}
+
+NIXL_API nixl_status_t nixl_prep_xfer_dlist(nixl_agent_t *agent, const char *agent_name, const nixl_dlist_t *descs,
+                                            const nixl_opt_args_t *opt, nixl_dlist_handle_t **handle) {
+    nixl_status_t st;
+    (void)opt;
+    if (!agent || !handle) return NIXL_ERR_INVALID_PARAM;
+    *handle = NULL;
+    _nixl_lock(agent);
+    st = _nixl_prep_locked(agent, agent_name, descs, handle);
+    _nixl_unlock(agent);
+    return st;
+}
+
+NIXL_API nixl_status_t nixl_release_dlist_handle(nixl_agent_t *agent, nixl_dlist_handle_t *handle) {
+    if (!agent || !handle || handle->agent != agent) return NIXL_ERR_INVALID_PARAM;
+    _nixl_lock(agent);
+    if (handle->user_released) {
+        _nixl_unlock(agent);
+        return NIXL_ERR_INVALID_PARAM;
+    }
+    handle->user_released = 1;
+    _nixl_handle_unref(agent, handle);
+    _nixl_unlock(agent);
+    return NIXL_SUCCESS;
+}
+
+// >>request
+
+static void _nixl_req_free(nixl_agent_t *a, nixl_xfer_req_t *r) {
+    if (r->prev) r->prev->next = r->next;
+    else if (a->reqs == r) a->reqs = r->next;
+    if (r->next) r->next->prev = r->prev;
+    if (r->lh) _nixl_handle_unref(a, r->lh);
+    if (r->rh) _nixl_handle_unref(a, r->rh);
+    _nixl_free(a, r->lidx);
+    _nixl_free(a, r->ridx);
+    _nixl_free(a, r->notif);
+    _nixl_free(a, r);
+}
+
+static int _nixl_idx_ok(const int *idx, size_t i, size_t count) {
+    return idx[i] >= 0 && (size_t)idx[i] < count;
+}
+
+/* backends (bit mask) that hold every selected entry of both lists */
+static unsigned _nixl_common_backends(const nixl_xfer_req_t *r) {
+    unsigned m = ~0u;
+    size_t i;
+    for (i = 0; i < r->n && m; i++) {
+        const _nixl_region *lr = r->lh->e[r->lidx[i]].region;
+        const _nixl_region *rr = r->rh->e[r->ridx[i]].region;
+        m &= lr->mask & rr->mask; /* loopback: rr is a local region, mask = its registrations */
+    }
+    return m;
+}
+
+/* loopback: the remote side's rmd handles come from load_local_md */
+static nixl_status_t _nixl_load_loopback(nixl_agent_t *a, nixl_backend_t *b, nixl_xfer_req_t *r) {
+    size_t i;
+    for (i = 0; i < r->n; i++) {
+        _nixl_region *rr = r->rh->e[r->ridx[i]].region;
+        nixl_status_t st;
+        if (rr->lmask & (1u << b->idx)) continue;
+        st = b->ops->load_local_md(b->engine, rr->md[b->idx], &rr->lmd[b->idx]);
+        if (st != NIXL_SUCCESS) {
+            _nixl_log(a, NIXL_LOG_ERROR, "make_xfer_req: %s load_local_md failed: %s", b->ops->name,
+                      nixl_status_str(st));
+            return st;
+        }
+        rr->lmask |= 1u << b->idx;
+    }
+    return NIXL_SUCCESS;
+}
+
+static nixl_status_t _nixl_choose_backend(nixl_agent_t *a, nixl_xfer_req_t *r, const nixl_opt_args_t *opt) {
+    nixl_backend_t *order[NIXL_MAX_BACKENDS];
+    unsigned common;
+    nixl_status_t st;
+    int i, n;
+    if ((st = _nixl_backend_order(a, "make_xfer_req", opt, order, &n)) != NIXL_SUCCESS) return st;
+    common = _nixl_common_backends(r);
+    for (i = 0; i < n; i++) {
+        nixl_backend_t *b = order[i];
+        if (!(common & (1u << b->idx))) continue;
+        if (r->rh->loopback && (!(b->ops->caps & NIXL_CAP_LOCAL) || !b->ops->load_local_md)) continue;
+        if (!r->rh->loopback && !(b->ops->caps & NIXL_CAP_REMOTE)) continue;
+        if (r->has_notif && !(b->ops->caps & NIXL_CAP_NOTIF)) continue;
+        r->be = b;
+        return NIXL_SUCCESS;
+    }
+    _nixl_log(a, NIXL_LOG_ERROR, "make_xfer_req: no backend holds both sides of this request (to %s)",
+              r->rh->loopback ? a->name : r->rh->remote->name);
+    return NIXL_ERR_NOT_SUPPORTED;
+}
+
+static nixl_status_t _nixl_set_notif(nixl_agent_t *a, nixl_xfer_req_t *r, const nixl_opt_args_t *opt) {
+    unsigned char *copy = NULL;
+    if (!opt || !opt->has_notif) return NIXL_SUCCESS;
+    if (opt->notif_len && !opt->notif) {
+        _nixl_log(a, NIXL_LOG_ERROR, "notification of %zu bytes with a NULL pointer", opt->notif_len);
+        return NIXL_ERR_INVALID_PARAM;
+    }
+    if (opt->notif_len && !(copy = (unsigned char *)_nixl_memdup(a, opt->notif, opt->notif_len)))
+        return NIXL_ERR_BACKEND;
+    _nixl_free(a, r->notif);
+    r->notif = copy;
+    r->notif_len = opt->notif_len;
+    r->has_notif = 1;
+    return NIXL_SUCCESS;
+}
+
+/* resolves every pair and hands the request to the chosen backend */
+static nixl_status_t _nixl_backend_prep(nixl_agent_t *a, nixl_xfer_req_t *r) {
+    nixl_xfer_desc_t *d;
+    nixl_xfer_args_t x;
+    nixl_backend_t *b = r->be;
+    nixl_status_t st;
+    size_t i;
+    if (r->rh->loopback && (st = _nixl_load_loopback(a, b, r)) != NIXL_SUCCESS) return st;
+    d = (nixl_xfer_desc_t *)_nixl_alloc_array(a, r->n, sizeof *d);
+    if (!d) return NIXL_ERR_BACKEND;
+    for (i = 0; i < r->n; i++) {
+        const _nixl_hent *le = &r->lh->e[r->lidx[i]], *re = &r->rh->e[r->ridx[i]];
+        d[i].laddr = le->addr;
+        d[i].raddr = re->addr;
+        d[i].len = le->len;
+        d[i].ldev = le->dev_id;
+        d[i].rdev = re->dev_id;
+        d[i].lmd = le->region->md[b->idx];
+        d[i].rmd = r->rh->loopback ? re->region->lmd[b->idx] : re->region->md[b->idx];
+    }
+    memset(&x, 0, sizeof x);
+    x.op = r->op;
+    x.remote = r->rh->loopback ? a->name : r->rh->remote->name;
+    x.lmem = r->lh->mem;
+    x.rmem = r->rh->mem;
+    x.descs = d;
+    x.count = r->n;
+    x.total_bytes = r->total_bytes;
+    x.has_notif = r->has_notif;
+    st = b->ops->prep_xfer(b->engine, &x, &r->bh);
+    _nixl_free(a, d);
+    if (st != NIXL_SUCCESS)
+        _nixl_log(a, NIXL_LOG_ERROR, "make_xfer_req: %s prep_xfer failed: %s", b->ops->name, nixl_status_str(st));
+    return st;
+}
+
+static nixl_status_t _nixl_check_pairs(nixl_agent_t *a, nixl_xfer_req_t *r) {
+    size_t i;
+    for (i = 0; i < r->n; i++) {
+        size_t ll, rl;
+        if (!_nixl_idx_ok(r->lidx, i, r->lh->count) || !_nixl_idx_ok(r->ridx, i, r->rh->count)) {
+            _nixl_log(a, NIXL_LOG_ERROR, "make_xfer_req: pair %zu: index %d/%d out of range (%zu/%zu entries)", i,
+                      r->lidx[i], r->ridx[i], r->lh->count, r->rh->count);
+            return NIXL_ERR_INVALID_PARAM;
+        }
+        ll = r->lh->e[r->lidx[i]].len;
+        rl = r->rh->e[r->ridx[i]].len;
+        if (ll != rl) {
+            _nixl_log(a, NIXL_LOG_ERROR, "make_xfer_req: pair %zu: local length %zu != remote length %zu", i, ll, rl);
+            return NIXL_ERR_INVALID_PARAM;
+        }
+        if (r->lh->e[r->lidx[i]].region->dead || r->rh->e[r->ridx[i]].region->dead) {
+            _nixl_log(a, NIXL_LOG_ERROR, "make_xfer_req: pair %zu uses a region that was deregistered/invalidated", i);
+            return NIXL_ERR_NOT_FOUND;
+        }
+        r->total_bytes += ll;
+    }
+    return NIXL_SUCCESS;
+}
+
+static nixl_status_t _nixl_make_locked(nixl_agent_t *a, nixl_xfer_op_t op, nixl_dlist_handle_t *lh,
+                                       const int *lidx, size_t ln, nixl_dlist_handle_t *rh, const int *ridx,
+                                       size_t rn, const nixl_opt_args_t *opt, nixl_xfer_req_t **out) {
+    nixl_xfer_req_t *r;
+    nixl_status_t st;
+    if (op != NIXL_READ && op != NIXL_WRITE) {
+        _nixl_log(a, NIXL_LOG_ERROR, "make_xfer_req: unknown operation %d", (int)op);
+        return NIXL_ERR_INVALID_PARAM;
+    }
+    if (!lh || !rh || lh->agent != a || rh->agent != a || lh->user_released || rh->user_released) {
+        _nixl_log(a, NIXL_LOG_ERROR, "make_xfer_req: a descriptor list handle is missing or released");
+        return NIXL_ERR_INVALID_PARAM;
+    }
+    if (lh->remote || lh->loopback || (!rh->remote && !rh->loopback)) {
+        _nixl_log(a, NIXL_LOG_ERROR, "make_xfer_req: want a local list first and a remote (or own-name) list second");
+        return NIXL_ERR_INVALID_PARAM;
+    }
+    if (ln != rn || ln == 0 || !lidx || !ridx) {
+        _nixl_log(a, NIXL_LOG_ERROR, "make_xfer_req: %zu local and %zu remote indices (want equal and non-zero)", ln,
+                  rn);
+        return NIXL_ERR_INVALID_PARAM;
+    }
+    if (rh->remote && rh->remote->dead) {
+        _nixl_log(a, NIXL_LOG_ERROR, "make_xfer_req: metadata of %s was invalidated", rh->remote->name);
+        return rh->remote->dead_why;
+    }
+    r = (nixl_xfer_req_t *)_nixl_alloc(a, sizeof *r);
+    if (!r) return NIXL_ERR_BACKEND;
+    r->agent = a;
+    r->op = op;
+    r->n = ln;
+    r->status = NIXL_ERR_NOT_POSTED;
+    r->epoch = a->epoch;
+    r->lh = lh;
+    r->rh = rh;
+    lh->refs++;
+    rh->refs++;
+    r->next = a->reqs;
+    if (a->reqs) a->reqs->prev = r;
+    a->reqs = r;
+    r->lidx = (int *)_nixl_memdup(a, lidx, ln * sizeof *lidx);
+    r->ridx = (int *)_nixl_memdup(a, ridx, rn * sizeof *ridx);
+    if (!r->lidx || !r->ridx) st = NIXL_ERR_BACKEND;
+    else if ((st = _nixl_check_pairs(a, r)) != NIXL_SUCCESS) (void)0;
+    else if ((st = _nixl_set_notif(a, r, opt)) != NIXL_SUCCESS) (void)0;
+    else if ((st = _nixl_choose_backend(a, r, opt)) != NIXL_SUCCESS) (void)0;
+    else st = _nixl_backend_prep(a, r);
+    if (st != NIXL_SUCCESS) {
+        _nixl_req_free(a, r);
+        return st;
+    }
+    *out = r;
+    return NIXL_SUCCESS;
+}
+
+NIXL_API nixl_status_t nixl_make_xfer_req(nixl_agent_t *agent, nixl_xfer_op_t op, nixl_dlist_handle_t *local,
+                                          const int *local_idx, size_t local_n, nixl_dlist_handle_t *remote,
+                                          const int *remote_idx, size_t remote_n, const nixl_opt_args_t *opt,
+                                          nixl_xfer_req_t **req) {
+    nixl_status_t st;
+    if (!agent || !req) return NIXL_ERR_INVALID_PARAM;
+    *req = NULL;
+    _nixl_lock(agent);
+    st = _nixl_make_locked(agent, op, local, local_idx, local_n, remote, remote_idx, remote_n, opt, req);
+    _nixl_unlock(agent);
+    return st;
+}
+
+NIXL_API nixl_status_t nixl_create_xfer_req(nixl_agent_t *agent, nixl_xfer_op_t op, const nixl_dlist_t *local,
+                                            const nixl_dlist_t *remote, const char *remote_agent,
+                                            const nixl_opt_args_t *opt, nixl_xfer_req_t **req) {
+    nixl_dlist_handle_t *lh = NULL, *rh = NULL;
+    int *idx = NULL;
+    nixl_status_t st;
+    size_t i;
+    if (!agent || !req) return NIXL_ERR_INVALID_PARAM;
+    *req = NULL;
+    _nixl_lock(agent);
+    if (!local || !remote || !remote_agent || !*remote_agent) {
+        _nixl_log(agent, NIXL_LOG_ERROR, "create_xfer_req: local list, remote list and remote agent are required");
+        st = NIXL_ERR_INVALID_PARAM;
+    } else if (local->count != remote->count) {
+        _nixl_log(agent, NIXL_LOG_ERROR, "create_xfer_req: %zu local and %zu remote descriptors", local->count,
+                  remote->count);
+        st = NIXL_ERR_INVALID_PARAM;
+    } else if ((st = _nixl_prep_locked(agent, NULL, local, &lh)) == NIXL_SUCCESS &&
+               (st = _nixl_prep_locked(agent, remote_agent, remote, &rh)) == NIXL_SUCCESS) {
+        idx = (int *)_nixl_alloc_array(agent, local->count ? local->count : 1, sizeof *idx);
+        if (!idx || local->count > (size_t)2147483647) st = NIXL_ERR_BACKEND;
+        for (i = 0; idx && i < local->count; i++) idx[i] = (int)i;
+        if (st == NIXL_SUCCESS)
+            st = _nixl_make_locked(agent, op, lh, idx, local->count, rh, idx, remote->count, opt, req);
+    }
+    /* the request holds its own references to both lists */
+    if (lh) {
+        lh->user_released = 1;
+        _nixl_handle_unref(agent, lh);
+    }
+    if (rh) {
+        rh->user_released = 1;
+        _nixl_handle_unref(agent, rh);
+    }
+    _nixl_free(agent, idx);
+    _nixl_unlock(agent);
+    return st;
+}
+
+/* Slow path of post, only after some region or peer went away. */
+static nixl_status_t _nixl_revalidate(nixl_agent_t *a, nixl_xfer_req_t *r) {
+    size_t i;
+    if (r->rh->remote && r->rh->remote->dead) {
+        _nixl_log(a, NIXL_LOG_ERROR, "post_xfer_req: metadata of %s was invalidated (%s)", r->rh->remote->name,
+                  nixl_status_str(r->rh->remote->dead_why));
+        return r->rh->remote->dead_why;
+    }
+    for (i = 0; i < r->n; i++)
+        if (r->lh->e[r->lidx[i]].region->dead || r->rh->e[r->ridx[i]].region->dead) {
+            _nixl_log(a, NIXL_LOG_ERROR, "post_xfer_req: pair %zu uses a region that was deregistered", i);
+            return NIXL_ERR_NOT_FOUND;
+        }
+    r->epoch = a->epoch;
+    return NIXL_SUCCESS;
+}
+
+static nixl_status_t _nixl_post_locked(nixl_agent_t *a, nixl_xfer_req_t *r, const nixl_opt_args_t *opt) {
+    nixl_status_t st;
+    uint64_t t0 = 0;
+    if (r->status == NIXL_IN_PROG) {
+        /* it may have finished since the caller last looked */
+        r->status = r->be->ops->check_xfer(r->be->engine, r->bh);
+        if (r->status == NIXL_IN_PROG) return NIXL_ERR_REPOST_ACTIVE;
+    }
+    if (r->epoch != a->epoch && (st = _nixl_revalidate(a, r)) != NIXL_SUCCESS) return st;
+    if ((st = _nixl_set_notif(a, r, opt)) != NIXL_SUCCESS) return st;
+    if (r->has_notif && !(r->be->ops->caps & NIXL_CAP_NOTIF)) {
+        _nixl_log(a, NIXL_LOG_ERROR, "post_xfer_req: backend %s has no notifications", r->be->ops->name);
+        return NIXL_ERR_NOT_SUPPORTED;
+    }
+    if (a->cfg.capture_telemetry) t0 = nixl_now_us();
+    st = r->be->ops->post_xfer(r->be->engine, r->bh, r->notif, r->notif_len, r->has_notif);
+    r->status = st;
+    if (a->cfg.capture_telemetry) {
+        r->t_post = t0;
+        r->t_post_dur = nixl_now_us() - t0;
+        r->t_done = st == NIXL_IN_PROG ? 0 : t0 + r->t_post_dur;
+        r->have_telemetry = st != NIXL_IN_PROG;
+    }
+    if (st < 0)
+        _nixl_log(a, NIXL_LOG_ERROR, "post_xfer_req: %s: %s", r->be->ops->name, nixl_status_str(st));
+    return st;
+}
+
+NIXL_API nixl_status_t nixl_post_xfer_req(nixl_agent_t *agent, nixl_xfer_req_t *req, const nixl_opt_args_t *opt) {
+    nixl_status_t st;
+    if (!agent || !req || req->agent != agent) return NIXL_ERR_INVALID_PARAM;
+    _nixl_lock(agent);
+    st = _nixl_post_locked(agent, req, opt);
+    _nixl_unlock(agent);
+    return st;
+}
+
+NIXL_API nixl_status_t nixl_get_xfer_status(nixl_agent_t *agent, nixl_xfer_req_t *req) {
+    nixl_status_t st;
+    if (!agent || !req || req->agent != agent) return NIXL_ERR_INVALID_PARAM;
+    _nixl_lock(agent);
+    if (req->status == NIXL_IN_PROG) {
+        if (req->be->ops->progress) req->be->ops->progress(req->be->engine);
+        req->status = req->be->ops->check_xfer(req->be->engine, req->bh);
+        if (req->status != NIXL_IN_PROG && agent->cfg.capture_telemetry) {
+            req->t_done = nixl_now_us();
+            req->have_telemetry = 1;
+        }
+    }
+    st = req->status;
+    _nixl_unlock(agent);
+    return st;
+}
+
+NIXL_API nixl_status_t nixl_release_xfer_req(nixl_agent_t *agent, nixl_xfer_req_t *req) {
+    nixl_status_t st;
+    if (!agent || !req || req->agent != agent) return NIXL_ERR_INVALID_PARAM;
+    _nixl_lock(agent);
+    st = req->be->ops->release_xfer(req->be->engine, req->bh);
+    if (st == NIXL_SUCCESS) {
+        _nixl_req_free(agent, req);
+    } else {
+        _nixl_log(agent, NIXL_LOG_WARN, "release_xfer_req: %s cannot abort the request in flight (%s); release it "
+                  "again once its status is final", req->be->ops->name, nixl_status_str(st));
+        st = NIXL_ERR_REPOST_ACTIVE;
+    }
+    _nixl_unlock(agent);
+    return st;
+}
+
+NIXL_API nixl_status_t nixl_query_xfer_backend(nixl_agent_t *agent, const nixl_xfer_req_t *req,
+                                               nixl_backend_t **backend) {
+    if (!agent || !req || !backend || req->agent != agent) return NIXL_ERR_INVALID_PARAM;
+    *backend = req->be;
+    return NIXL_SUCCESS;
+}
+
+NIXL_API nixl_status_t nixl_estimate_xfer_cost(nixl_agent_t *agent, const nixl_xfer_req_t *req, int64_t *duration_us,
+                                               int64_t *err_margin_us) {
+    nixl_status_t st;
+    if (!agent || !req || !duration_us || !err_margin_us || req->agent != agent) return NIXL_ERR_INVALID_PARAM;
+    _nixl_lock(agent);
+    st = req->be->ops->estimate_cost
+             ? req->be->ops->estimate_cost(req->be->engine, req->bh, duration_us, err_margin_us)
+             : NIXL_ERR_NOT_SUPPORTED;
+    _nixl_unlock(agent);
+    return st;
+}
+
+NIXL_API nixl_status_t nixl_get_xfer_telemetry(nixl_agent_t *agent, const nixl_xfer_req_t *req,
+                                               nixl_xfer_telemetry_t *out) {
+    nixl_status_t st = NIXL_SUCCESS;
+    if (!agent || !req || !out || req->agent != agent) return NIXL_ERR_INVALID_PARAM;
+    _nixl_lock(agent);
+    if (!agent->cfg.capture_telemetry || !req->have_telemetry) {
+        st = NIXL_ERR_NO_TELEMETRY;
+    } else {
+        out->start_us = req->t_post;
+        out->post_us = req->t_post_dur;
+        out->xfer_us = req->t_done - req->t_post;
+        out->total_bytes = req->total_bytes;
+        out->desc_count = req->n;
+    }
+    _nixl_unlock(agent);
+    return st;
+}
+
+// >>notifications
+
+NIXL_API nixl_status_t nixl_gen_notif(nixl_agent_t *agent, const char *remote, const void *msg, size_t len,
+                                      const nixl_opt_args_t *opt) {
+    nixl_backend_t *order[NIXL_MAX_BACKENDS];
+    nixl_status_t st;
+    _nixl_remote *rm = NULL;
+    int i, n, loopback;
+    if (!agent || !remote || (len && !msg)) return NIXL_ERR_INVALID_PARAM;
+    _nixl_lock(agent);
+    loopback = !strcmp(remote, agent->name);
+    st = _nixl_backend_order(agent, "gen_notif", opt, order, &n);
+    if (st == NIXL_SUCCESS && !loopback && !(rm = _nixl_remote_find(agent, remote))) {
+        _nixl_log(agent, NIXL_LOG_ERROR, "gen_notif: no metadata of %s is loaded", remote);
+        st = NIXL_ERR_NOT_FOUND;
+    }
+    for (i = 0; st == NIXL_SUCCESS && i < n; i++) {
+        nixl_backend_t *b = order[i];
+        if (!(b->ops->caps & NIXL_CAP_NOTIF) || !b->ops->gen_notif) continue;
+        if (loopback ? !(b->ops->caps & NIXL_CAP_LOCAL) : !(rm->loaded_mask & (1u << b->idx))) continue;
+        st = b->ops->gen_notif(b->engine, remote, msg, len);
+        if (st < 0) _nixl_log(agent, NIXL_LOG_ERROR, "gen_notif to %s: %s: %s", remote, b->ops->name,
+                              nixl_status_str(st));
+        _nixl_unlock(agent);
+        return st < 0 ? st : NIXL_SUCCESS;
+    }
+    if (st == NIXL_SUCCESS) {
+        _nixl_log(agent, NIXL_LOG_ERROR, "gen_notif: no backend with notifications reaches %s", remote);
+        st = NIXL_ERR_NOT_SUPPORTED;
+    }
+    _nixl_unlock(agent);
+    return st;
+}
+
+NIXL_API nixl_status_t nixl_get_notifs(nixl_agent_t *agent, nixl_notif_fn fn, void *user) {
+    _nixl_notif *q;
+    if (!agent || !fn) return NIXL_ERR_INVALID_PARAM;
+    _nixl_lock(agent);
+    _nixl_progress_locked(agent);
+    q = agent->nq_head;
+    agent->nq_head = agent->nq_tail = NULL;
+    _nixl_unlock(agent);
+    while (q) {
+        _nixl_notif *next = q->next;
+        fn(user, q->sender, q->msg, q->len);
+        _nixl_free(agent, q);
+        q = next;
+    }
+    return NIXL_SUCCESS;
+}
+
+/* NIXL_CORE_READY */
+#endif /* NIXL_IMPLEMENTATION_DONE */
+#endif /* NIXL_IMPLEMENTATION */
+
+/*
+MIT License
+
+Copyright (c) 2026 the nixl.h authors
+
+Permission is hereby granted, free of charge, to any person obtaining a copy of
+this software and associated documentation files (the "Software"), to deal in
+the Software without restriction, including without limitation the rights to
+use, copy, modify, merge, publish, distribute, sublicense, and/or sell copies of
+the Software, and to permit persons to whom the Software is furnished to do so,
+subject to the following conditions:
+
+The above copyright notice and this permission notice shall be included in all
+copies or substantial portions of the Software.
+
+THE SOFTWARE IS PROVIDED "AS IS", WITHOUT WARRANTY OF ANY KIND, EXPRESS OR
+IMPLIED, INCLUDING BUT NOT LIMITED TO THE WARRANTIES OF MERCHANTABILITY, FITNESS
+FOR A PARTICULAR PURPOSE AND NONINFRINGEMENT. IN NO EVENT SHALL THE AUTHORS OR
+COPYRIGHT HOLDERS BE LIABLE FOR ANY CLAIM, DAMAGES OR OTHER LIABILITY, WHETHER
+IN AN ACTION OF CONTRACT, TORT OR OTHERWISE, ARISING FROM, OUT OF OR IN
+CONNECTION WITH THE SOFTWARE OR THE USE OR OTHER DEALINGS IN THE SOFTWARE.
+*/

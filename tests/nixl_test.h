@@ -1,0 +1,146 @@
+/* nixl_test.h — the project's test runner: one header, no dependency.
+
+   Each CHECK counts as one check. A failing check prints one line
+   "FAIL file:line: expression — detail"; passing checks print nothing
+   (NIXL_TEST_VERBOSE=1 prints them too). nt_finish() prints the closing line
+   "N passed, M failed" (", K skipped" when something skipped) and returns the
+   process exit status: non-zero on any failure.
+
+   Usage:
+       #include "nixl_test.h"
+       static void test_x(void) { CHECK(1 + 1 == 2); CHECK_ST(f(), NIXL_SUCCESS); }
+       int main(int argc, char **argv) { NT_RUN(test_x); return nt_finish(); }
+   Running one test: ./t test_x (names given on the command line filter NT_RUN;
+   call nt_init(argc, argv) first).
+
+   Forked children: run checks in the child, then nt_child_exit(): the
+   child's failures come back as its exit status, which the parent checks
+   with CHECK_CHILD(pid).
+*/
+#ifndef NIXL_TEST_H
+#define NIXL_TEST_H
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <stdarg.h>
+#include <sys/types.h>
+#include <sys/wait.h>
+#include <unistd.h>
+#include <time.h>
+
+#define NT_FN static __attribute__((unused))
+
+static int nt_passed, nt_failed, nt_skipped;
+static int nt_argc;
+static char **nt_argv;
+static const char *nt_current = "";
+
+NT_FN void nt_init(int argc, char **argv) { nt_argc = argc; nt_argv = argv; }
+
+NT_FN int nt_selected(const char *name) {
+    int i;
+    if (nt_argc <= 1) return 1;
+    for (i = 1; i < nt_argc; i++)
+        if (strcmp(nt_argv[i], name) == 0) return 1;
+    return 0;
+}
+
+static int nt_check(int ok, const char *file, int line, const char *expr, const char *fmt, ...)
+    __attribute__((format(printf, 5, 6)));
+NT_FN int nt_check(int ok, const char *file, int line, const char *expr, const char *fmt, ...) {
+    if (ok) {
+        nt_passed++;
+        if (getenv("NIXL_TEST_VERBOSE")) printf("ok   %s: %s\n", nt_current, expr);
+        return 1;
+    }
+    nt_failed++;
+    printf("FAIL %s:%d [%s]: %s", file, line, nt_current, expr);
+    if (fmt && *fmt) {
+        va_list ap;
+        printf(" — ");
+        va_start(ap, fmt);
+        vprintf(fmt, ap);
+        va_end(ap);
+    }
+    printf("\n");
+    fflush(stdout);
+    return 0;
+}
+
+#define CHECK(cond) nt_check(!!(cond), __FILE__, __LINE__, #cond, "%s", "")
+#define CHECKF(cond, ...) nt_check(!!(cond), __FILE__, __LINE__, #cond, __VA_ARGS__)
+/* status check that prints both names on failure */
+#define CHECK_ST(expr, want)                                                              \
+    do {                                                                                  \
+        nixl_status_t nt_s_ = (expr);                                                     \
+        nt_check(nt_s_ == (want), __FILE__, __LINE__, #expr " == " #want, "got %s (%d)", \
+                 nixl_status_str(nt_s_), (int)nt_s_);                                     \
+    } while (0)
+#define SKIP(why)                                                    \
+    do {                                                             \
+        nt_skipped++;                                                \
+        printf("skip %s: %s\n", nt_current, why);                    \
+    } while (0)
+
+#define NT_RUN(fn)                              \
+    do {                                        \
+        if (nt_selected(#fn)) {                 \
+            nt_current = #fn;                   \
+            if (getenv("NIXL_TEST_VERBOSE"))    \
+                printf("== %s\n", #fn);         \
+            fflush(stdout);                     \
+            fn();                               \
+        }                                       \
+    } while (0)
+
+/* In a forked child: exit with the number of failures (capped). */
+NT_FN void nt_child_exit(void) {
+    fflush(stdout);
+    _exit(nt_failed > 100 ? 100 : nt_failed);
+}
+
+/* Waits for a child; a clean exit 0 is one passed check. */
+#define CHECK_CHILD(pid)                                                                         \
+    do {                                                                                         \
+        int nt_ws_ = 0;                                                                          \
+        pid_t nt_r_ = waitpid((pid), &nt_ws_, 0);                                                \
+        nt_check(nt_r_ == (pid) && WIFEXITED(nt_ws_) && WEXITSTATUS(nt_ws_) == 0, __FILE__,      \
+                 __LINE__, "child ok", "wait=%d exited=%d status=%d signal=%d", (int)nt_r_,     \
+                 WIFEXITED(nt_ws_), WIFEXITED(nt_ws_) ? WEXITSTATUS(nt_ws_) : -1,                \
+                 WIFSIGNALED(nt_ws_) ? WTERMSIG(nt_ws_) : 0);                                    \
+    } while (0)
+
+NT_FN int nt_finish(void) {
+    if (nt_skipped)
+        printf("%d passed, %d failed, %d skipped\n", nt_passed, nt_failed, nt_skipped);
+    else
+        printf("%d passed, %d failed\n", nt_passed, nt_failed);
+    fflush(stdout);
+    return nt_failed ? 1 : 0;
+}
+
+/* Deterministic byte pattern for buffers: seed picks the sequence. */
+NT_FN void nt_fill(void *buf, size_t len, unsigned seed) {
+    unsigned char *p = (unsigned char *)buf;
+    size_t i;
+    unsigned x = seed * 2654435761u + 12345u;
+    for (i = 0; i < len; i++) {
+        x = x * 1103515245u + 12345u;
+        p[i] = (unsigned char)(x >> 16);
+    }
+}
+
+/* 1 when buf holds nt_fill(seed) */
+NT_FN int nt_verify(const void *buf, size_t len, unsigned seed) {
+    const unsigned char *p = (const unsigned char *)buf;
+    size_t i;
+    unsigned x = seed * 2654435761u + 12345u;
+    for (i = 0; i < len; i++) {
+        x = x * 1103515245u + 12345u;
+        if (p[i] != (unsigned char)(x >> 16)) return 0;
+    }
+    return 1;
+}
+
+#endif
