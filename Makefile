@@ -3,7 +3,9 @@
 #   make test         the whole suite (installs missing Debian packages first when root)
 #   make test-unit    core unit tests (in-process test backend)
 #   make check-headers  each header alone, C99/C11/C++17, gcc/clang, -Werror -pedantic
-#   make asan         unit tests under AddressSanitizer + UndefinedBehaviorSanitizer
+#   make test-metadata  metadata side channel (listener, send/fetch/invalidate, hostile frames)
+#   make asan         unit + metadata tests under AddressSanitizer + UndefinedBehaviorSanitizer
+#   make tsan         the same under ThreadSanitizer (progress and listener threads)
 #   make test-verbs   verbs suite on Soft-RoCE (inside a QEMU VM without RDMA hardware)
 #   make test-ucx     UCX suite over tcp, shared memory and cma
 #   make bench        benchmarks (core ns/descriptor, ...)
@@ -16,10 +18,11 @@ LIBS     = -lpthread
 VERBS_LIBS = -libverbs -lrdmacm -ldl
 UCX_LIBS   = -lucp -lucs
 SAN      = -O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
+TSAN     = -O1 -g -fsanitize=thread
 HEADERS  = nixl.h $(wildcard nixl_verbs.h nixl_ucx.h)
 
 # Parts of `make test`, in order; verbs and UCX join when their headers exist.
-TEST_PARTS = test-unit check-headers asan
+TEST_PARTS = test-unit test-metadata check-headers asan tsan
 ifeq ($(words $(wildcard nixl_ucx.h tests/test_ucx.c tests/run-ucx)),3)
 TEST_PARTS += test-ucx
 endif
@@ -30,11 +33,11 @@ endif
 # Verbs tests run on the host when it has an active RDMA port, else in the VM.
 VM_RUN := $(shell tests/softroce/has-rdma 2>/dev/null || echo tests/softroce/vm-run)
 
-PROGS = $(B)/test_core $(B)/core_bench \
+PROGS = $(B)/test_core $(B)/test_metadata $(B)/core_bench \
         $(if $(wildcard tests/test_ucx.c),$(B)/test_ucx) \
         $(if $(wildcard tests/test_verbs.c),$(B)/test_verbs)
 
-.PHONY: all test test-unit check-headers asan test-verbs test-ucx test-softroce bench deps clean
+.PHONY: all test test-unit test-metadata check-headers asan asan-core asan-metadata tsan tsan-core tsan-metadata test-verbs test-ucx test-softroce bench deps clean
 all: $(PROGS)
 
 $(B):
@@ -43,8 +46,14 @@ $(B):
 $(B)/test_core: tests/test_core.c tests/test_backend.h tests/nixl_test.h nixl.h | $(B)
 	$(CC) $(WARN) $(CFLAGS) -I. $< -o $@ $(LIBS)
 
-$(B)/test_core_asan: tests/test_core.c tests/test_backend.h tests/nixl_test.h nixl.h | $(B)
+$(B)/test_metadata: tests/test_metadata.c tests/test_backend.h tests/nixl_test.h nixl.h | $(B)
+	$(CC) $(WARN) $(CFLAGS) -I. $< -o $@ $(LIBS)
+
+$(B)/%_asan: tests/%.c tests/test_backend.h tests/nixl_test.h nixl.h | $(B)
 	$(CC) $(WARN) $(SAN) -I. $< -o $@ $(LIBS)
+
+$(B)/%_tsan: tests/%.c tests/test_backend.h tests/nixl_test.h nixl.h | $(B)
+	$(CC) $(WARN) $(TSAN) -I. $< -o $@ $(LIBS)
 
 $(B)/core_bench: tests/bench/core_bench.c tests/test_backend.h nixl.h | $(B)
 	$(CC) $(WARN) -O2 -g -I. $< -o $@ $(LIBS)
@@ -67,8 +76,26 @@ test-unit: $(B)/test_core
 check-headers:
 	@tests/check-headers
 
-asan: $(B)/test_core_asan
+test-metadata: $(B)/test_metadata
+	$(B)/test_metadata
+
+asan:
+	@tests/run-suite asan-core asan-metadata
+
+asan-core: $(B)/test_core_asan
 	ASAN_OPTIONS=detect_leaks=1 $(B)/test_core_asan
+
+asan-metadata: $(B)/test_metadata_asan
+	ASAN_OPTIONS=detect_leaks=1 $(B)/test_metadata_asan
+
+tsan:
+	@tests/run-suite tsan-core tsan-metadata
+
+tsan-core: $(B)/test_core_tsan
+	TSAN_OPTIONS=halt_on_error=1 $(B)/test_core_tsan
+
+tsan-metadata: $(B)/test_metadata_tsan
+	TSAN_OPTIONS=halt_on_error=1 $(B)/test_metadata_tsan
 
 test-ucx: $(B)/test_ucx
 	tests/run-ucx

@@ -179,11 +179,16 @@ typedef struct nixl_agent_config {
     void *(*alloc_fn)(void *user, size_t size);
     void (*free_fn)(void *user, void *ptr);
     void *alloc_user;
+    /* metadata side channel */
+    const char *listen_addr;  /* IPv4 address the listener binds (NULL = all) */
+    const char *auth_token;   /* shared secret: frames without it are refused (NULL = none) */
+    int sc_timeout_ms;        /* connect/read/write timeout of the side channel (0 = 5000) */
 } nixl_agent_config_t;
 
 /* Creates an agent. Errors: INVALID_PARAM (no/empty/too long name, only one
-   of alloc_fn/free_fn), NOT_SUPPORTED (listen_thread: not built yet),
-   BACKEND (thread creation failed). Thread safety: any thread. */
+   of alloc_fn/free_fn, bad listen_addr, auth_token over 255 bytes),
+   BACKEND (thread creation failed, listener could not bind: the log says
+   why). Thread safety: any thread. */
 NIXL_API nixl_status_t nixl_agent_create(const nixl_agent_config_t *cfg, nixl_agent_t **agent);
 
 /* Releases everything the agent owns, in reverse order: progress thread,
@@ -288,10 +293,28 @@ NIXL_API nixl_status_t nixl_check_remote_md(nixl_agent_t *agent, const char *rem
 NIXL_API nixl_status_t nixl_make_connection(nixl_agent_t *agent, const char *remote,
                                             const nixl_opt_args_t *opt);
 
-/* Side channel (opt->ip / opt->port name the peer's listener). */
+/* Side channel: opt->ip / opt->port name the peer's listener (an agent
+   created with listen_thread). Frames: magic "NXSC", version, command,
+   token and payload lengths, then the token (the agent's auth_token) and
+   the payload; a listener drops garbage, oversized (> 256 MiB), slow
+   (sc_timeout_ms) or unauthenticated frames with a log line and keeps
+   serving others.
+   nixl_send_local_md pushes this agent's metadata and returns the peer's
+   load status (blocking, at most sc_timeout_ms per step). Errors:
+   INVALID_PARAM (no ip/port), REMOTE_DISCONNECT (cannot reach the peer, or
+   it dropped us: wrong token), and the peer's load error. */
 NIXL_API nixl_status_t nixl_send_local_md(nixl_agent_t *agent, const nixl_opt_args_t *opt);
+/* Like nixl_send_local_md with chosen regions (see nixl_get_local_partial_md). */
+NIXL_API nixl_status_t nixl_send_local_partial_md(nixl_agent_t *agent, const nixl_dlist_t *descs,
+                                                  const nixl_opt_args_t *opt);
+/* Asks the peer's listener for its metadata, asynchronously: returns at
+   once; nixl_check_remote_md(agent, remote, NULL) says SUCCESS once it is
+   loaded. The fetched metadata must carry the name `remote`. Failures are
+   logged. */
 NIXL_API nixl_status_t nixl_fetch_remote_md(nixl_agent_t *agent, const char *remote,
                                             const nixl_opt_args_t *opt);
+/* Tells the peer's listener to drop this agent's metadata (blocking, like
+   send). */
 NIXL_API nixl_status_t nixl_invalidate_local_md(nixl_agent_t *agent, const nixl_opt_args_t *opt);
 
 /* ======================================================================== */
@@ -519,14 +542,20 @@ NIXL_API uint64_t nixl_now_us(void);
 #ifndef NIXL_IMPLEMENTATION_DONE
 #define NIXL_IMPLEMENTATION_DONE
 
+#include <arpa/inet.h>
 #include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <poll.h>
 #include <pthread.h>
 #include <sched.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <time.h>
+#include <unistd.h>
 
 #if !defined(CLOCK_MONOTONIC)
 #error "nixl.h: the implementation needs POSIX declarations: include nixl.h with NIXL_IMPLEMENTATION before any system header, or compile with -D_GNU_SOURCE (or -std=gnu11)"
@@ -548,6 +577,11 @@ NIXL_API uint64_t nixl_now_us(void);
 #define NIXL_MD_REGION_FIXED 26
 /* be_idx(1) key_len(2) */
 #define NIXL_MD_KEY_FIXED 3
+#define NIXL_SC_MAX_TOKEN 255
+
+/* flags shared between threads (gcc/clang builtins: C99 and C++ alike) */
+#define _NIXL_LOAD(p) __atomic_load_n((p), __ATOMIC_ACQUIRE)
+#define _NIXL_STORE(p, v) __atomic_store_n((p), (v), __ATOMIC_RELEASE)
 
 // >>structs
 
@@ -674,7 +708,15 @@ struct nixl_agent {
     int in_downs;
     pthread_t thread;
     int thread_started;
-    volatile int stop;
+    int stop;                         /* atomic: tells the progress thread to end */
+    /* side channel */
+    char *token;
+    uint16_t sc_port;
+    int sc_listen_fd, sc_wake[2];
+    pthread_t sc_thread;
+    int sc_thread_started;
+    pthread_mutex_t sc_lock;          /* guards sc_fetches */
+    struct _nixl_fetch *sc_fetches;   /* fetch threads to join */
 };
 
 // >>util
@@ -933,6 +975,8 @@ static void _nixl_cfg_log(const nixl_agent_config_t *cfg, const char *fmt, ...) 
 
 static void *_nixl_progress_thread_main(void *arg);
 static nixl_status_t _nixl_progress_locked(nixl_agent_t *a);
+static nixl_status_t _nixl_listener_start(nixl_agent_t *a, const char *addr);
+static void _nixl_side_channel_stop(nixl_agent_t *a);
 
 NIXL_API nixl_status_t nixl_agent_create(const nixl_agent_config_t *cfg, nixl_agent_t **agent) {
     nixl_agent_t *a;
@@ -952,9 +996,9 @@ NIXL_API nixl_status_t nixl_agent_create(const nixl_agent_config_t *cfg, nixl_ag
         _nixl_cfg_log(cfg, "agent_create: alloc_fn and free_fn go together");
         return NIXL_ERR_INVALID_PARAM;
     }
-    if (cfg->listen_thread) {
-        _nixl_cfg_log(cfg, "agent_create(%s): listen_thread: the metadata listener is not built yet", cfg->name);
-        return NIXL_ERR_NOT_SUPPORTED;
+    if (cfg->auth_token && strlen(cfg->auth_token) > NIXL_SC_MAX_TOKEN) {
+        _nixl_cfg_log(cfg, "agent_create(%s): auth_token longer than %d bytes", cfg->name, NIXL_SC_MAX_TOKEN);
+        return NIXL_ERR_INVALID_PARAM;
     }
     a = (nixl_agent_t *)(cfg->alloc_fn ? cfg->alloc_fn(cfg->alloc_user, sizeof *a) : malloc(sizeof *a));
     if (!a) return NIXL_ERR_BACKEND;
@@ -963,18 +1007,30 @@ NIXL_API nixl_status_t nixl_agent_create(const nixl_agent_config_t *cfg, nixl_ag
     a->log_level = _nixl_level_from_env();
     a->name = _nixl_strdup(a, cfg->name);
     a->cfg.name = a->name;
-    if (!a->name || pthread_mutex_init(&a->lock, NULL) != 0) {
+    a->sc_listen_fd = a->sc_wake[0] = a->sc_wake[1] = -1;
+    if (!a->name || pthread_mutex_init(&a->lock, NULL) != 0 || pthread_mutex_init(&a->sc_lock, NULL) != 0) {
         _nixl_free(a, a->name);
         _nixl_free(a, a);
         return NIXL_ERR_BACKEND;
+    }
+    if (cfg->auth_token && !(a->token = _nixl_strdup(a, cfg->auth_token))) {
+        nixl_agent_destroy(a);
+        return NIXL_ERR_BACKEND;
+    }
+    a->cfg.auth_token = a->token;
+    a->cfg.listen_addr = NULL; /* not kept: used only here */
+    if (cfg->listen_thread) {
+        nixl_status_t st = _nixl_listener_start(a, cfg->listen_addr);
+        if (st != NIXL_SUCCESS) {
+            nixl_agent_destroy(a);
+            return st;
+        }
     }
     if (cfg->progress_thread) {
         int rc = pthread_create(&a->thread, NULL, _nixl_progress_thread_main, a);
         if (rc != 0) {
             _nixl_log(a, NIXL_LOG_ERROR, "agent_create: progress thread: %s", strerror(rc));
-            pthread_mutex_destroy(&a->lock);
-            _nixl_free(a, a->name);
-            _nixl_free(a, a);
+            nixl_agent_destroy(a);
             return NIXL_ERR_BACKEND;
         }
         a->thread_started = 1;
@@ -984,17 +1040,14 @@ NIXL_API nixl_status_t nixl_agent_create(const nixl_agent_config_t *cfg, nixl_ag
 }
 
 NIXL_API const char *nixl_agent_name(const nixl_agent_t *agent) { return agent ? agent->name : NULL; }
-NIXL_API uint16_t nixl_agent_listen_port(const nixl_agent_t *agent) {
-    (void)agent;
-    return 0;
-}
+NIXL_API uint16_t nixl_agent_listen_port(const nixl_agent_t *agent) { return agent ? agent->sc_port : 0; }
 
 /* Spins briefly (low latency for a busy peer), then backs off to short
    sleeps so an idle agent does not burn a core. */
 static void *_nixl_progress_thread_main(void *arg) {
     nixl_agent_t *a = (nixl_agent_t *)arg;
     unsigned idle = 0;
-    while (!a->stop) {
+    while (!_NIXL_LOAD(&a->stop)) {
         nixl_status_t st;
         _nixl_lock(a);
         st = _nixl_progress_locked(a);
@@ -1024,9 +1077,10 @@ NIXL_API void nixl_agent_destroy(nixl_agent_t *a) {
     int i;
     if (!a) return;
     if (a->thread_started) {
-        a->stop = 1;
+        _NIXL_STORE(&a->stop, 1);
         pthread_join(a->thread, NULL);
     }
+    _nixl_side_channel_stop(a); /* its threads call the public API: stop them first */
     _nixl_lock(a);
     while (a->reqs) {
         nixl_xfer_req_t *r = a->reqs;
@@ -1066,6 +1120,8 @@ NIXL_API void nixl_agent_destroy(nixl_agent_t *a) {
     }
     pthread_mutex_unlock(&a->lock);
     pthread_mutex_destroy(&a->lock);
+    pthread_mutex_destroy(&a->sc_lock);
+    _nixl_free(a, a->token);
     _nixl_free(a, a->name);
     _nixl_free(a, a);
 }
@@ -2141,29 +2197,556 @@ NIXL_API nixl_status_t nixl_make_connection(nixl_agent_t *agent, const char *rem
     return result;
 }
 
-/* The metadata side channel (listener thread, send/fetch/invalidate over
-   TCP) is a later piece of work; until it lands these say so plainly. */
-static nixl_status_t _nixl_side_channel_missing(nixl_agent_t *a, const char *what) {
+// >>side-channel
+/* Frame: u32 magic "NXSC", u16 version, u8 command, u8 reserved,
+   u32 token length, u32 payload length (little-endian), then the token and
+   the payload. One request and one REPLY (payload: i32 status, then data)
+   per connection. */
+#define NIXL_SC_MAGIC 0x4353584eu
+#define NIXL_SC_VERSION 1
+#define NIXL_SC_HDR 16
+#define NIXL_SC_MAX_PAYLOAD (64u << 20)
+#define NIXL_SC_MAX_CONNS 256
+enum { NIXL_SC_SEND_MD = 1, NIXL_SC_FETCH_MD = 2, NIXL_SC_INVALIDATE = 3, NIXL_SC_REPLY = 4 };
+
+static int _nixl_sc_timeout_ms(const nixl_agent_t *a) {
+    return a->cfg.sc_timeout_ms > 0 ? a->cfg.sc_timeout_ms : 5000;
+}
+
+static void _nixl_sc_put_header(unsigned char *h, unsigned cmd, size_t tok, size_t pay) {
+    _nixl_wr w;
+    w.p = h;
+    w.pos = 0;
+    _nixl_wle(&w, NIXL_SC_MAGIC, 4);
+    _nixl_wle(&w, NIXL_SC_VERSION, 2);
+    _nixl_w8(&w, cmd);
+    _nixl_w8(&w, 0);
+    _nixl_wle(&w, tok, 4);
+    _nixl_wle(&w, pay, 4);
+}
+
+/* Validates a frame header. NULL on success, else why it is refused. */
+static const char *_nixl_sc_parse_header(const unsigned char *h, unsigned *cmd, size_t *tok, size_t *pay) {
+    _nixl_rd r;
+    r.p = h;
+    r.len = NIXL_SC_HDR;
+    r.pos = 0;
+    r.ok = 1;
+    if (_nixl_rle(&r, 4) != NIXL_SC_MAGIC) return "bad magic";
+    if (_nixl_rle(&r, 2) != NIXL_SC_VERSION) return "unsupported version";
+    *cmd = (unsigned)_nixl_rle(&r, 1);
+    if (_nixl_rle(&r, 1) != 0) return "reserved byte set";
+    *tok = (size_t)_nixl_rle(&r, 4);
+    *pay = (size_t)_nixl_rle(&r, 4);
+    if (*cmd < NIXL_SC_SEND_MD || *cmd > NIXL_SC_REPLY) return "unknown command";
+    if (*tok > NIXL_SC_MAX_TOKEN) return "token too long";
+    if (*pay > NIXL_SC_MAX_PAYLOAD) return "payload over the 64 MiB limit";
+    return NULL;
+}
+
+/* equal-time comparison: a wrong token takes as long as a right one */
+static int _nixl_sc_token_ok(const nixl_agent_t *a, const unsigned char *tok, size_t len) {
+    size_t n, i;
+    unsigned diff;
+    if (!a->token) return 1;
+    n = strlen(a->token);
+    diff = (unsigned)(len ^ n);
+    for (i = 0; i < len && i < n; i++) diff |= (unsigned)(tok[i] ^ (unsigned char)a->token[i]);
+    return diff == 0;
+}
+
+static int _nixl_sc_wait(int fd, short ev, uint64_t deadline_us) {
+    struct pollfd p;
+    uint64_t now = nixl_now_us();
+    int ms;
+    if (now >= deadline_us) return 0;
+    ms = (int)((deadline_us - now + 999) / 1000);
+    p.fd = fd;
+    p.events = ev;
+    p.revents = 0;
+    return poll(&p, 1, ms) > 0;
+}
+
+/* blocking-with-deadline I/O on a non-blocking socket; 0 on success */
+static int _nixl_sc_io(int fd, void *buf, size_t n, int writing, uint64_t deadline_us) {
+    unsigned char *p = (unsigned char *)buf;
+    while (n) {
+        ssize_t k = writing ? send(fd, p, n, MSG_NOSIGNAL) : recv(fd, p, n, 0);
+        if (k > 0) {
+            p += k;
+            n -= (size_t)k;
+            continue;
+        }
+        if (k == 0) return -1; /* peer closed */
+        if (errno == EINTR) continue;
+        if (errno != EAGAIN && errno != EWOULDBLOCK) return -1;
+        if (!_nixl_sc_wait(fd, writing ? POLLOUT : POLLIN, deadline_us)) return -1;
+    }
+    return 0;
+}
+
+static int _nixl_sc_nonblock(int fd) {
+    int fl = fcntl(fd, F_GETFL, 0);
+    return fl < 0 ? -1 : fcntl(fd, F_SETFL, fl | O_NONBLOCK);
+}
+
+static int _nixl_sc_connect(nixl_agent_t *a, const char *ip, uint16_t port, uint64_t deadline_us) {
+    struct sockaddr_in sa;
+    int fd, err = 0;
+    socklen_t el = sizeof err;
+    memset(&sa, 0, sizeof sa);
+    sa.sin_family = AF_INET;
+    sa.sin_port = htons(port);
+    if (inet_pton(AF_INET, ip, &sa.sin_addr) != 1) {
+        _nixl_log(a, NIXL_LOG_ERROR, "side channel: '%s' is not an IPv4 address", ip);
+        return -1;
+    }
+    fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0 || _nixl_sc_nonblock(fd) != 0) {
+        _nixl_log(a, NIXL_LOG_ERROR, "side channel: socket: %s", strerror(errno));
+        if (fd >= 0) close(fd);
+        return -1;
+    }
+    if (connect(fd, (struct sockaddr *)&sa, sizeof sa) != 0 &&
+        (errno != EINPROGRESS || !_nixl_sc_wait(fd, POLLOUT, deadline_us) ||
+         getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &el) != 0 || err != 0)) {
+        _nixl_log(a, NIXL_LOG_ERROR, "side channel: connect to %s:%u failed: %s", ip, (unsigned)port,
+                  strerror(err ? err : errno ? errno : ETIMEDOUT));
+        close(fd);
+        return -1;
+    }
+    return fd;
+}
+
+/* One request/reply exchange with a peer's listener. *reply (agent
+   allocator) holds the data after the status, if any. */
+static nixl_status_t _nixl_sc_request(nixl_agent_t *a, const char *ip, uint16_t port, unsigned cmd,
+                                      const void *payload, size_t len, unsigned char **reply, size_t *reply_len) {
+    unsigned char h[NIXL_SC_HDR], st4[4];
+    uint64_t deadline = nixl_now_us() + (uint64_t)_nixl_sc_timeout_ms(a) * 1000u;
+    size_t tok = a->token ? strlen(a->token) : 0, rtok = 0, rpay = 0;
+    unsigned rcmd = 0;
+    const char *why;
+    nixl_status_t st;
+    int fd;
+    if (reply) *reply = NULL;
+    if (reply_len) *reply_len = 0;
+    fd = _nixl_sc_connect(a, ip, port, deadline);
+    if (fd < 0) return NIXL_ERR_REMOTE_DISCONNECT;
+    _nixl_sc_put_header(h, cmd, tok, len);
+    if (_nixl_sc_io(fd, h, sizeof h, 1, deadline) || _nixl_sc_io(fd, a->token, tok, 1, deadline) ||
+        _nixl_sc_io(fd, (void *)(uintptr_t)payload, len, 1, deadline) ||
+        _nixl_sc_io(fd, h, sizeof h, 0, deadline)) {
+        _nixl_log(a, NIXL_LOG_ERROR, "side channel: %s:%u dropped the exchange (timeout, closed, or refused our token)",
+                  ip, (unsigned)port);
+        close(fd);
+        return NIXL_ERR_REMOTE_DISCONNECT;
+    }
+    why = _nixl_sc_parse_header(h, &rcmd, &rtok, &rpay);
+    if (!why && (rcmd != NIXL_SC_REPLY || rtok != 0 || rpay < 4)) why = "not a reply";
+    if (why || _nixl_sc_io(fd, st4, 4, 0, deadline)) {
+        _nixl_log(a, NIXL_LOG_ERROR, "side channel: bad reply from %s:%u: %s", ip, (unsigned)port,
+                  why ? why : "truncated");
+        close(fd);
+        return NIXL_ERR_REMOTE_DISCONNECT;
+    }
+    st = (nixl_status_t)(int32_t)((uint32_t)st4[0] | (uint32_t)st4[1] << 8 | (uint32_t)st4[2] << 16 |
+                                  (uint32_t)st4[3] << 24);
+    rpay -= 4;
+    if (rpay && reply) {
+        *reply = (unsigned char *)_nixl_alloc(a, rpay);
+        if (!*reply || _nixl_sc_io(fd, *reply, rpay, 0, deadline)) {
+            _nixl_log(a, NIXL_LOG_ERROR, "side channel: reply from %s:%u truncated", ip, (unsigned)port);
+            _nixl_free(a, *reply);
+            *reply = NULL;
+            st = NIXL_ERR_REMOTE_DISCONNECT;
+        } else {
+            *reply_len = rpay;
+        }
+    }
+    close(fd);
+    return st;
+}
+
+static nixl_status_t _nixl_sc_check_peer(nixl_agent_t *a, const char *what, const nixl_opt_args_t *opt) {
     if (!a) return NIXL_ERR_INVALID_PARAM;
+    if (opt && opt->ip && *opt->ip && opt->port) return NIXL_SUCCESS;
     _nixl_lock(a);
-    _nixl_log(a, NIXL_LOG_ERROR, "%s: the metadata side channel is not implemented in this version", what);
+    _nixl_log(a, NIXL_LOG_ERROR, "%s: opt->ip and opt->port must name the peer's listener", what);
     _nixl_unlock(a);
-    return NIXL_ERR_NOT_SUPPORTED;
+    return NIXL_ERR_INVALID_PARAM;
+}
+
+static nixl_status_t _nixl_sc_send_blob(nixl_agent_t *a, const nixl_opt_args_t *opt, void *blob, size_t len) {
+    nixl_status_t st = _nixl_sc_request(a, opt->ip, opt->port, NIXL_SC_SEND_MD, blob, len, NULL, NULL);
+    nixl_free_md(a, blob);
+    return st;
 }
 
 NIXL_API nixl_status_t nixl_send_local_md(nixl_agent_t *agent, const nixl_opt_args_t *opt) {
-    (void)opt;
-    return _nixl_side_channel_missing(agent, "send_local_md");
+    void *blob = NULL;
+    size_t len = 0;
+    nixl_status_t st = _nixl_sc_check_peer(agent, "send_local_md", opt);
+    if (st == NIXL_SUCCESS) st = nixl_get_local_md(agent, &blob, &len);
+    return st == NIXL_SUCCESS ? _nixl_sc_send_blob(agent, opt, blob, len) : st;
 }
-NIXL_API nixl_status_t nixl_fetch_remote_md(nixl_agent_t *agent, const char *remote, const nixl_opt_args_t *opt) {
-    (void)opt;
-    (void)remote;
-    return _nixl_side_channel_missing(agent, "fetch_remote_md");
+
+NIXL_API nixl_status_t nixl_send_local_partial_md(nixl_agent_t *agent, const nixl_dlist_t *descs,
+                                                  const nixl_opt_args_t *opt) {
+    void *blob = NULL;
+    size_t len = 0;
+    nixl_status_t st = _nixl_sc_check_peer(agent, "send_local_partial_md", opt);
+    if (st == NIXL_SUCCESS) st = nixl_get_local_partial_md(agent, descs, opt, &blob, &len);
+    return st == NIXL_SUCCESS ? _nixl_sc_send_blob(agent, opt, blob, len) : st;
 }
+
 NIXL_API nixl_status_t nixl_invalidate_local_md(nixl_agent_t *agent, const nixl_opt_args_t *opt) {
-    (void)opt;
-    return _nixl_side_channel_missing(agent, "invalidate_local_md");
+    nixl_status_t st = _nixl_sc_check_peer(agent, "invalidate_local_md", opt);
+    if (st != NIXL_SUCCESS) return st;
+    return _nixl_sc_request(agent, opt->ip, opt->port, NIXL_SC_INVALIDATE, agent->name, strlen(agent->name), NULL,
+                            NULL);
 }
+
+typedef struct _nixl_fetch {
+    struct _nixl_fetch *next;
+    nixl_agent_t *a;
+    pthread_t th;
+    int done;                         /* atomic */
+    uint16_t port;
+    char ip[64];
+    char remote[NIXL_MD_MAX_NAME + 1];
+} _nixl_fetch;
+
+static void *_nixl_fetch_main(void *arg) {
+    _nixl_fetch *f = (_nixl_fetch *)arg;
+    nixl_agent_t *a = f->a;
+    unsigned char *blob = NULL;
+    size_t len = 0;
+    char name[NIXL_MD_MAX_NAME + 1];
+    nixl_status_t st = _nixl_sc_request(a, f->ip, f->port, NIXL_SC_FETCH_MD, NULL, 0, &blob, &len);
+    if (st == NIXL_SUCCESS) {
+        _nixl_md *md = NULL;
+        /* only metadata of the agent we asked for */
+        _nixl_lock(a);
+        st = _nixl_md_decode(a, blob, len, &md);
+        if (st == NIXL_SUCCESS && strcmp(md->name, f->remote) != 0) {
+            _nixl_log(a, NIXL_LOG_ERROR, "fetch_remote_md: %s:%u answered as '%s', not '%s'", f->ip,
+                      (unsigned)f->port, md->name, f->remote);
+            st = NIXL_ERR_MISMATCH;
+        }
+        _nixl_md_release(a, md);
+        _nixl_unlock(a);
+        if (st == NIXL_SUCCESS) st = nixl_load_remote_md(a, blob, len, name, sizeof name);
+    }
+    if (st != NIXL_SUCCESS) {
+        _nixl_lock(a);
+        _nixl_log(a, NIXL_LOG_ERROR, "fetch_remote_md(%s) from %s:%u failed: %s", f->remote, f->ip,
+                  (unsigned)f->port, nixl_status_str(st));
+        _nixl_unlock(a);
+    }
+    _nixl_free(a, blob);
+    _NIXL_STORE(&f->done, 1);
+    return NULL;
+}
+
+/* joins fetch threads that finished (all of them when `all`) */
+static void _nixl_fetch_reap(nixl_agent_t *a, int all) {
+    _nixl_fetch **pp, *f;
+    pthread_mutex_lock(&a->sc_lock);
+    pp = &a->sc_fetches;
+    while ((f = *pp) != NULL) {
+        if (all || _NIXL_LOAD(&f->done)) {
+            *pp = f->next;
+            pthread_join(f->th, NULL);
+            _nixl_free(a, f);
+        } else {
+            pp = &f->next;
+        }
+    }
+    pthread_mutex_unlock(&a->sc_lock);
+}
+
+NIXL_API nixl_status_t nixl_fetch_remote_md(nixl_agent_t *agent, const char *remote, const nixl_opt_args_t *opt) {
+    _nixl_fetch *f;
+    nixl_status_t st = _nixl_sc_check_peer(agent, "fetch_remote_md", opt);
+    if (st != NIXL_SUCCESS) return st;
+    if (!remote || !*remote || strlen(remote) > NIXL_MD_MAX_NAME || strlen(opt->ip) >= sizeof f->ip)
+        return NIXL_ERR_INVALID_PARAM;
+    _nixl_fetch_reap(agent, 0);
+    f = (_nixl_fetch *)_nixl_alloc(agent, sizeof *f);
+    if (!f) return NIXL_ERR_BACKEND;
+    f->a = agent;
+    f->port = opt->port;
+    memcpy(f->ip, opt->ip, strlen(opt->ip) + 1);
+    memcpy(f->remote, remote, strlen(remote) + 1);
+    pthread_mutex_lock(&agent->sc_lock);
+    if (pthread_create(&f->th, NULL, _nixl_fetch_main, f) != 0) {
+        pthread_mutex_unlock(&agent->sc_lock);
+        _nixl_free(agent, f);
+        return NIXL_ERR_BACKEND;
+    }
+    f->next = agent->sc_fetches;
+    agent->sc_fetches = f;
+    pthread_mutex_unlock(&agent->sc_lock);
+    return NIXL_SUCCESS;
+}
+
+// >>listener
+
+typedef struct _nixl_sc_conn {
+    int fd;
+    uint64_t deadline;
+    char peer[48];
+    unsigned char hdr[NIXL_SC_HDR];
+    unsigned char tok[NIXL_SC_MAX_TOKEN];
+    size_t got;          /* bytes of the current stage read so far */
+    int stage;           /* 0 header, 1 token, 2 payload, 3 writing the reply */
+    unsigned cmd;
+    size_t tok_len, pay_len;
+    unsigned char *pay;
+    unsigned char *out;
+    size_t out_len, out_off;
+} _nixl_sc_conn;
+
+static void _nixl_sc_conn_close(nixl_agent_t *a, _nixl_sc_conn *c) {
+    if (c->fd >= 0) close(c->fd);
+    _nixl_free(a, c->pay);
+    _nixl_free(a, c->out);
+    memset(c, 0, sizeof *c);
+    c->fd = -1;
+}
+
+static void _nixl_sc_drop(nixl_agent_t *a, _nixl_sc_conn *c, const char *why) {
+    _nixl_lock(a);
+    _nixl_log(a, NIXL_LOG_WARN, "listener: dropping %s: %s", c->peer, why);
+    _nixl_unlock(a);
+    _nixl_sc_conn_close(a, c);
+}
+
+static int _nixl_sc_reply(nixl_agent_t *a, _nixl_sc_conn *c, nixl_status_t st, const void *data, size_t len) {
+    uint32_t v = (uint32_t)(int32_t)st;
+    c->out = (unsigned char *)_nixl_alloc(a, NIXL_SC_HDR + 4 + len);
+    if (!c->out) return -1;
+    _nixl_sc_put_header(c->out, NIXL_SC_REPLY, 0, 4 + len);
+    c->out[16] = (unsigned char)v;
+    c->out[17] = (unsigned char)(v >> 8);
+    c->out[18] = (unsigned char)(v >> 16);
+    c->out[19] = (unsigned char)(v >> 24);
+    if (len) memcpy(c->out + 20, data, len);
+    c->out_len = NIXL_SC_HDR + 4 + len;
+    c->out_off = 0;
+    c->stage = 3;
+    return 0;
+}
+
+/* a whole request arrived: act on it (no agent lock held here) */
+static int _nixl_sc_dispatch(nixl_agent_t *a, _nixl_sc_conn *c) {
+    char name[NIXL_MD_MAX_NAME + 1];
+    void *blob = NULL;
+    size_t len = 0;
+    nixl_status_t st;
+    int rc;
+    switch (c->cmd) {
+    case NIXL_SC_SEND_MD:
+        st = nixl_load_remote_md(a, c->pay, c->pay_len, name, sizeof name);
+        return _nixl_sc_reply(a, c, st, NULL, 0);
+    case NIXL_SC_FETCH_MD:
+        st = nixl_get_local_md(a, &blob, &len);
+        rc = _nixl_sc_reply(a, c, st, blob, st == NIXL_SUCCESS ? len : 0);
+        nixl_free_md(a, blob);
+        return rc;
+    case NIXL_SC_INVALIDATE:
+        if (!_nixl_name_ok(c->pay, c->pay_len)) return -1;
+        memcpy(name, c->pay, c->pay_len);
+        name[c->pay_len] = '\0';
+        st = nixl_invalidate_remote_md(a, name);
+        return _nixl_sc_reply(a, c, st, NULL, 0);
+    default:
+        return -1;
+    }
+}
+
+/* advances one connection as far as its socket allows */
+static void _nixl_sc_conn_step(nixl_agent_t *a, _nixl_sc_conn *c) {
+    for (;;) {
+        unsigned char *dst;
+        size_t want;
+        ssize_t k;
+        if (c->stage == 3) {
+            k = send(c->fd, c->out + c->out_off, c->out_len - c->out_off, MSG_NOSIGNAL);
+            if (k > 0 && (c->out_off += (size_t)k) == c->out_len) {
+                _nixl_sc_conn_close(a, c); /* done: one request per connection */
+                return;
+            }
+            if (k > 0) continue;
+            if (k < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) return;
+            _nixl_sc_drop(a, c, "closed before reading the reply");
+            return;
+        }
+        dst = c->stage == 0 ? c->hdr : c->stage == 1 ? c->tok : c->pay;
+        want = c->stage == 0 ? NIXL_SC_HDR : c->stage == 1 ? c->tok_len : c->pay_len;
+        if (c->got < want) {
+            k = recv(c->fd, dst + c->got, want - c->got, 0);
+            if (k == 0) {
+                _nixl_sc_drop(a, c, c->stage == 0 && c->got == 0 ? "closed without a request" : "closed mid-frame");
+                return;
+            }
+            if (k < 0) {
+                if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) return;
+                _nixl_sc_drop(a, c, strerror(errno));
+                return;
+            }
+            c->got += (size_t)k;
+            if (c->got < want) continue;
+        }
+        c->got = 0;
+        if (c->stage == 0) {
+            const char *why = _nixl_sc_parse_header(c->hdr, &c->cmd, &c->tok_len, &c->pay_len);
+            if (!why && c->cmd == NIXL_SC_REPLY) why = "a reply where a request belongs";
+            if (why) {
+                _nixl_sc_drop(a, c, why);
+                return;
+            }
+            c->stage = 1;
+        } else if (c->stage == 1) {
+            if (!_nixl_sc_token_ok(a, c->tok, c->tok_len)) {
+                _nixl_sc_drop(a, c, "wrong auth token");
+                return;
+            }
+            /* allocate the payload only for an authenticated peer */
+            c->pay = (unsigned char *)_nixl_alloc(a, c->pay_len ? c->pay_len : 1);
+            if (!c->pay) {
+                _nixl_sc_drop(a, c, "out of memory");
+                return;
+            }
+            c->stage = 2;
+        } else {
+            if (_nixl_sc_dispatch(a, c) != 0) {
+                _nixl_sc_drop(a, c, "malformed request");
+                return;
+            }
+            c->deadline = nixl_now_us() + (uint64_t)_nixl_sc_timeout_ms(a) * 1000u;
+        }
+    }
+}
+
+static void _nixl_sc_accept(nixl_agent_t *a, _nixl_sc_conn *conns) {
+    struct sockaddr_in sa;
+    socklen_t sl = sizeof sa;
+    char ip[INET_ADDRSTRLEN];
+    int i, fd = accept(a->sc_listen_fd, (struct sockaddr *)&sa, &sl);
+    if (fd < 0) return;
+    for (i = 0; i < NIXL_SC_MAX_CONNS && conns[i].fd >= 0; i++) {
+    }
+    if (i == NIXL_SC_MAX_CONNS || _nixl_sc_nonblock(fd) != 0) {
+        close(fd);
+        _nixl_lock(a);
+        _nixl_log(a, NIXL_LOG_WARN, "listener: refusing a connection: %d connections open", NIXL_SC_MAX_CONNS);
+        _nixl_unlock(a);
+        return;
+    }
+    memset(&conns[i], 0, sizeof conns[i]);
+    conns[i].fd = fd;
+    conns[i].deadline = nixl_now_us() + (uint64_t)_nixl_sc_timeout_ms(a) * 1000u;
+    inet_ntop(AF_INET, &sa.sin_addr, ip, sizeof ip);
+    snprintf(conns[i].peer, sizeof conns[i].peer, "%s:%u", ip, (unsigned)ntohs(sa.sin_port));
+}
+
+static void *_nixl_listener_main(void *arg) {
+    nixl_agent_t *a = (nixl_agent_t *)arg;
+    _nixl_sc_conn *conns = (_nixl_sc_conn *)_nixl_alloc_array(a, NIXL_SC_MAX_CONNS, sizeof *conns);
+    struct pollfd *pf = (struct pollfd *)_nixl_alloc_array(a, NIXL_SC_MAX_CONNS + 2, sizeof *pf);
+    int map[NIXL_SC_MAX_CONNS];
+    int i;
+    if (!conns || !pf) {
+        _nixl_free(a, conns);
+        _nixl_free(a, pf);
+        return NULL;
+    }
+    for (i = 0; i < NIXL_SC_MAX_CONNS; i++) conns[i].fd = -1;
+    for (;;) {
+        int n = 2, j;
+        uint64_t now;
+        pf[0].fd = a->sc_wake[0];
+        pf[0].events = POLLIN;
+        pf[1].fd = a->sc_listen_fd;
+        pf[1].events = POLLIN;
+        for (i = 0; i < NIXL_SC_MAX_CONNS; i++) {
+            if (conns[i].fd < 0) continue;
+            pf[n].fd = conns[i].fd;
+            pf[n].events = conns[i].stage == 3 ? POLLOUT : POLLIN;
+            map[n - 2] = i;
+            n++;
+        }
+        for (j = 0; j < n; j++) pf[j].revents = 0;
+        if (poll(pf, (nfds_t)n, 100) < 0 && errno != EINTR) break;
+        if (pf[0].revents || _NIXL_LOAD(&a->stop)) break; /* destroy wants us gone */
+        for (j = 2; j < n; j++)
+            if (pf[j].revents) _nixl_sc_conn_step(a, &conns[map[j - 2]]);
+        if (pf[1].revents & POLLIN) _nixl_sc_accept(a, conns);
+        now = nixl_now_us();
+        for (i = 0; i < NIXL_SC_MAX_CONNS; i++)
+            if (conns[i].fd >= 0 && now > conns[i].deadline) _nixl_sc_drop(a, &conns[i], "too slow (timeout)");
+    }
+    for (i = 0; i < NIXL_SC_MAX_CONNS; i++)
+        if (conns[i].fd >= 0) _nixl_sc_conn_close(a, &conns[i]);
+    _nixl_free(a, conns);
+    _nixl_free(a, pf);
+    return NULL;
+}
+
+static nixl_status_t _nixl_listener_start(nixl_agent_t *a, const char *addr) {
+    struct sockaddr_in sa;
+    socklen_t sl = sizeof sa;
+    int one = 1;
+    memset(&sa, 0, sizeof sa);
+    sa.sin_family = AF_INET;
+    sa.sin_port = htons(a->cfg.listen_port);
+    sa.sin_addr.s_addr = htonl(INADDR_ANY);
+    if (addr && inet_pton(AF_INET, addr, &sa.sin_addr) != 1) {
+        _nixl_log(a, NIXL_LOG_ERROR, "listener: listen_addr '%s' is not an IPv4 address", addr);
+        return NIXL_ERR_INVALID_PARAM;
+    }
+    a->sc_listen_fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (a->sc_listen_fd < 0 || setsockopt(a->sc_listen_fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) != 0 ||
+        bind(a->sc_listen_fd, (struct sockaddr *)&sa, sizeof sa) != 0 || listen(a->sc_listen_fd, 128) != 0 ||
+        _nixl_sc_nonblock(a->sc_listen_fd) != 0 ||
+        getsockname(a->sc_listen_fd, (struct sockaddr *)&sa, &sl) != 0) {
+        _nixl_log(a, NIXL_LOG_ERROR, "listener: cannot listen on %s:%u: %s", addr ? addr : "0.0.0.0",
+                  (unsigned)a->cfg.listen_port, strerror(errno));
+        return NIXL_ERR_BACKEND;
+    }
+    a->sc_port = ntohs(sa.sin_port);
+    if (pipe(a->sc_wake) != 0) {
+        a->sc_wake[0] = a->sc_wake[1] = -1;
+        _nixl_log(a, NIXL_LOG_ERROR, "listener: pipe: %s", strerror(errno));
+        return NIXL_ERR_BACKEND;
+    }
+    if (pthread_create(&a->sc_thread, NULL, _nixl_listener_main, a) != 0) {
+        _nixl_log(a, NIXL_LOG_ERROR, "listener: cannot start its thread");
+        return NIXL_ERR_BACKEND;
+    }
+    a->sc_thread_started = 1;
+    return NIXL_SUCCESS;
+}
+
+static void _nixl_side_channel_stop(nixl_agent_t *a) {
+    int i;
+    if (a->sc_thread_started) {
+        char x = 1;
+        _NIXL_STORE(&a->stop, 1); /* the listener also polls this flag */
+        if (write(a->sc_wake[1], &x, 1) != 1)
+            _nixl_log(a, NIXL_LOG_ERROR, "listener: cannot wake its thread: %s", strerror(errno));
+        pthread_join(a->sc_thread, NULL);
+        a->sc_thread_started = 0;
+    }
+    _nixl_fetch_reap(a, 1);
+    if (a->sc_listen_fd >= 0) close(a->sc_listen_fd);
+    for (i = 0; i < 2; i++)
+        if (a->sc_wake[i] >= 0) close(a->sc_wake[i]);
+    a->sc_listen_fd = a->sc_wake[0] = a->sc_wake[1] = -1;
+}
+
 
 // >>dlist
 

@@ -975,18 +975,6 @@ static void test_allocator_balance(void) {
     CHECKF(n_alloc > 0 && n_alloc == n_free, "alloc %ld free %ld", n_alloc, n_free);
 }
 
-static void test_unimplemented_side_channel(void) {
-    nixl_agent_t *a = mk_agent("sc");
-    nixl_agent_config_t cfg;
-    nixl_agent_t *b = NULL;
-    CHECK_ST(nixl_send_local_md(a, NULL), NIXL_ERR_NOT_SUPPORTED);
-    memset(&cfg, 0, sizeof cfg);
-    cfg.name = "lt";
-    cfg.listen_thread = 1;
-    CHECK_ST(nixl_agent_create(&cfg, &b), NIXL_ERR_NOT_SUPPORTED);
-    nixl_agent_destroy(a);
-}
-
 int main(int argc, char **argv) {
     nt_init(argc, argv);
     OPS_A = tb_make_ops("LOOP_A", NIXL_MEM_BIT(NIXL_DRAM));
@@ -1016,7 +1004,6 @@ int main(int argc, char **argv) {
     NT_RUN(test_threads_and_progress_thread);
     NT_RUN(test_many_descriptors);
     NT_RUN(test_overlapping_lookup);
-    NT_RUN(test_unimplemented_side_channel);
     NT_RUN(test_allocator_balance);
     return nt_finish();
 }
