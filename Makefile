@@ -8,6 +8,7 @@
 #   make tsan         the same under ThreadSanitizer (progress and listener threads)
 #   make test-verbs   verbs suite on Soft-RoCE (inside a QEMU VM without RDMA hardware)
 #   make test-ucx     UCX suite over tcp, shared memory and cma
+#   make fuzz         libFuzzer targets (metadata decoder, side-channel frames), FUZZ_SECONDS each (60)
 #   make bench        benchmarks (core ns/descriptor, ...)
 
 CC      ?= cc
@@ -22,7 +23,7 @@ TSAN     = -O1 -g -fsanitize=thread
 HEADERS  = nixl.h $(wildcard nixl_verbs.h nixl_ucx.h)
 
 # Parts of `make test`, in order; verbs and UCX join when their headers exist.
-TEST_PARTS = test-unit test-metadata check-headers asan tsan
+TEST_PARTS = test-unit test-metadata check-headers asan tsan fuzz
 ifeq ($(words $(wildcard nixl_ucx.h tests/test_ucx.c tests/run-ucx)),3)
 TEST_PARTS += test-ucx
 endif
@@ -37,7 +38,7 @@ PROGS = $(B)/test_core $(B)/test_metadata $(B)/core_bench \
         $(if $(wildcard tests/test_ucx.c),$(B)/test_ucx) \
         $(if $(wildcard tests/test_verbs.c),$(B)/test_verbs)
 
-.PHONY: all test test-unit test-metadata check-headers asan asan-core asan-metadata tsan tsan-core tsan-metadata test-verbs test-ucx test-softroce bench deps clean
+.PHONY: all test test-unit test-metadata check-headers asan asan-core asan-metadata tsan tsan-core tsan-metadata fuzz test-verbs test-ucx test-softroce bench deps clean
 all: $(PROGS)
 
 $(B):
@@ -105,6 +106,9 @@ test-verbs: $(B)/test_verbs
 
 test-softroce:
 	$(VM_RUN) tests/softroce/smoke.sh
+
+fuzz:
+	@tests/fuzz/run
 
 bench: $(B)/core_bench
 	$(B)/core_bench
