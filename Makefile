@@ -34,11 +34,13 @@ endif
 # Verbs tests run on the host when it has an active RDMA port, else in the VM.
 VM_RUN := $(shell tests/softroce/has-rdma 2>/dev/null || echo tests/softroce/vm-run)
 
-PROGS = $(B)/test_core $(B)/test_metadata $(B)/core_bench \
+EXAMPLES = $(if $(wildcard nixl_verbs.h),$(if $(wildcard nixl_ucx.h),$(B)/two_peers $(B)/kv_cache))
+
+PROGS = $(B)/test_core $(B)/test_metadata $(B)/core_bench $(EXAMPLES) \
         $(if $(wildcard tests/test_ucx.c),$(B)/test_ucx) \
         $(if $(wildcard tests/test_verbs.c),$(B)/test_verbs)
 
-.PHONY: all test test-unit test-metadata check-headers asan asan-core asan-metadata tsan tsan-core tsan-metadata fuzz test-verbs test-ucx test-softroce bench deps clean
+.PHONY: all demo test test-unit test-metadata check-headers asan asan-core asan-metadata tsan tsan-core tsan-metadata fuzz test-verbs test-ucx test-softroce bench deps clean
 all: $(PROGS)
 
 $(B):
@@ -64,6 +66,15 @@ $(B)/test_ucx: tests/test_ucx.c tests/nixl_test.h nixl.h nixl_ucx.h | $(B)
 
 $(B)/test_verbs: tests/test_verbs.c tests/nixl_test.h nixl.h nixl_verbs.h | $(B)
 	$(CC) $(WARN) $(CFLAGS) -I. $< -o $@ $(VERBS_LIBS) $(LIBS)
+
+# examples use both backends; each is one .c file
+$(B)/%: examples/%.c nixl.h nixl_verbs.h nixl_ucx.h | $(B)
+	$(CC) $(WARN) $(CFLAGS) -I. $< -o $@ $(VERBS_LIBS) $(UCX_LIBS) $(LIBS)
+
+# The README's first command: KV-cache blocks between two processes over
+# verbs (inside the Soft-RoCE VM without RDMA hardware), every byte checked.
+demo: deps $(B)/kv_cache
+	$(VM_RUN) $(B)/kv_cache --backend VERBS --layers 4 --blocks 128 --block-bytes 16384 --requests 32 --max-prompt 512
 
 deps:
 	@tests/install-deps
