@@ -34,7 +34,7 @@ endif
 # Verbs tests run on the host when it has an active RDMA port, else in the VM.
 VM_RUN := $(shell tests/softroce/has-rdma 2>/dev/null || echo tests/softroce/vm-run)
 
-EXAMPLES = $(if $(wildcard nixl_verbs.h),$(if $(wildcard nixl_ucx.h),$(B)/two_peers $(B)/kv_cache))
+EXAMPLES = $(if $(wildcard nixl_verbs.h),$(if $(wildcard nixl_ucx.h),$(B)/two_peers $(B)/kv_cache $(B)/nixl_bench))
 
 PROGS = $(B)/test_core $(B)/test_metadata $(B)/core_bench $(EXAMPLES) \
         $(if $(wildcard tests/test_ucx.c),$(B)/test_ucx) \
@@ -121,8 +121,10 @@ test-softroce:
 fuzz:
 	@tests/fuzz/run
 
-bench: $(B)/core_bench
+# RESULT lines: nixl vs perftest / ucx_perftest in the same run, and the core's cost
+bench: $(B)/core_bench $(B)/nixl_bench
 	$(B)/core_bench
+	tests/bench/compare
 
 clean:
 	rm -rf $(B)
