@@ -40,7 +40,7 @@ PROGS = $(B)/test_core $(B)/test_metadata $(B)/core_bench $(EXAMPLES) \
         $(if $(wildcard tests/test_ucx.c),$(B)/test_ucx) \
         $(if $(wildcard tests/test_verbs.c),$(B)/test_verbs)
 
-.PHONY: all demo test test-unit test-metadata check-headers asan asan-core asan-metadata tsan tsan-core tsan-metadata fuzz test-verbs test-ucx test-softroce bench deps clean
+.PHONY: all demo test test-unit test-metadata metadata-listener metadata-etcd check-headers asan asan-core asan-metadata tsan tsan-core tsan-metadata fuzz test-verbs test-ucx test-softroce bench deps clean
 all: $(PROGS)
 
 $(B):
@@ -51,6 +51,9 @@ $(B)/test_core: tests/test_core.c tests/test_backend.h tests/nixl_test.h nixl.h 
 
 $(B)/test_metadata: tests/test_metadata.c tests/test_backend.h tests/nixl_test.h nixl.h | $(B)
 	$(CC) $(WARN) $(CFLAGS) -I. $< -o $@ $(LIBS)
+
+$(B)/test_etcd: tests/test_etcd.c tests/test_backend.h tests/nixl_test.h nixl.h nixl_ucx.h | $(B)
+	$(CC) $(WARN) $(CFLAGS) -I. $< -o $@ -lcurl $(UCX_LIBS) $(LIBS)
 
 $(B)/%_asan: tests/%.c tests/test_backend.h tests/nixl_test.h nixl.h | $(B)
 	$(CC) $(WARN) $(SAN) -I. $< -o $@ $(LIBS)
@@ -88,8 +91,14 @@ test-unit: $(B)/test_core
 check-headers:
 	@tests/check-headers
 
-test-metadata: $(B)/test_metadata
+test-metadata:
+	@tests/run-suite metadata-listener $(if $(wildcard nixl_ucx.h),metadata-etcd)
+
+metadata-listener: $(B)/test_metadata
 	$(B)/test_metadata
+
+metadata-etcd: $(B)/test_etcd
+	$(B)/test_etcd
 
 asan:
 	@tests/run-suite asan-core asan-metadata

@@ -182,7 +182,11 @@ typedef struct nixl_agent_config {
     /* metadata side channel */
     const char *listen_addr;  /* IPv4 address the listener binds (NULL = all) */
     const char *auth_token;   /* shared secret: frames without it are refused (NULL = none) */
-    int sc_timeout_ms;        /* connect/read/write timeout of the side channel (0 = 5000) */
+    int sc_timeout_ms;        /* connect/read/write timeout of the side channel and etcd, and
+                                 how long an etcd fetch waits for the key (0 = 5000) */
+    /* etcd (needs NIXL_WITH_ETCD): "http://host:port" (NULL = $NIXL_ETCD_ENDPOINTS, unset = no etcd) */
+    const char *etcd_endpoints;
+    const char *etcd_namespace; /* key prefix (NULL = $NIXL_ETCD_NAMESPACE or "/nixl/agents/") */
 } nixl_agent_config_t;
 
 /* Creates an agent. Errors: INVALID_PARAM (no/empty/too long name, only one
@@ -224,6 +228,7 @@ typedef struct nixl_opt_args {
     const void *notif; size_t notif_len; int has_notif;   /* notification for a request */
     const char *ip; uint16_t port;                        /* side-channel peer */
     int include_conn_info;                                /* partial metadata */
+    const char *metadata_label;  /* etcd key label (NULL = "metadata"; partial sends: "partial") */
 } nixl_opt_args_t;
 
 /* ======================================================================== */
@@ -294,7 +299,11 @@ NIXL_API nixl_status_t nixl_make_connection(nixl_agent_t *agent, const char *rem
                                             const nixl_opt_args_t *opt);
 
 /* Side channel: opt->ip / opt->port name the peer's listener (an agent
-   created with listen_thread). Frames: magic "NXSC", version, command,
+   created with listen_thread). Without opt->ip, and with etcd configured
+   (etcd_endpoints; compiled with NIXL_WITH_ETCD), the same calls go through
+   etcd: send puts "<namespace><name>/<label>", fetch reads that key of the
+   peer or watches for it up to sc_timeout_ms, invalidate deletes this
+   agent's keys; a deleted key of a peer invalidates its loaded metadata. Frames: magic "NXSC", version, command,
    token and payload lengths, then the token (the agent's auth_token) and
    the payload; a listener drops garbage, oversized (> 256 MiB), slow
    (sc_timeout_ms) or unauthenticated frames with a log line and keeps
@@ -542,6 +551,9 @@ NIXL_API uint64_t nixl_now_us(void);
 #ifndef NIXL_IMPLEMENTATION_DONE
 #define NIXL_IMPLEMENTATION_DONE
 
+#ifdef NIXL_WITH_ETCD
+#include <curl/curl.h>
+#endif
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -717,6 +729,12 @@ struct nixl_agent {
     int sc_thread_started;
     pthread_mutex_t sc_lock;          /* guards sc_fetches */
     struct _nixl_fetch *sc_fetches;   /* fetch threads to join */
+    /* etcd */
+    int etcd_on;
+    char etcd_endpoint[256];
+    char etcd_ns[256];
+    pthread_t etcd_thread;
+    int etcd_started;
 };
 
 // >>util
@@ -976,6 +994,7 @@ static void _nixl_cfg_log(const nixl_agent_config_t *cfg, const char *fmt, ...) 
 static void *_nixl_progress_thread_main(void *arg);
 static nixl_status_t _nixl_progress_locked(nixl_agent_t *a);
 static nixl_status_t _nixl_listener_start(nixl_agent_t *a, const char *addr);
+static nixl_status_t _nixl_etcd_start(nixl_agent_t *a, const char *endpoints, const char *ns);
 static void _nixl_side_channel_stop(nixl_agent_t *a);
 
 NIXL_API nixl_status_t nixl_agent_create(const nixl_agent_config_t *cfg, nixl_agent_t **agent) {
@@ -1019,6 +1038,17 @@ NIXL_API nixl_status_t nixl_agent_create(const nixl_agent_config_t *cfg, nixl_ag
     }
     a->cfg.auth_token = a->token;
     a->cfg.listen_addr = NULL; /* not kept: used only here */
+    a->cfg.etcd_endpoints = a->cfg.etcd_namespace = NULL; /* not kept: copied below */
+    if (cfg->etcd_endpoints || getenv("NIXL_ETCD_ENDPOINTS")) {
+        const char *ns = cfg->etcd_namespace ? cfg->etcd_namespace : getenv("NIXL_ETCD_NAMESPACE");
+        nixl_status_t st = _nixl_etcd_start(a, cfg->etcd_endpoints ? cfg->etcd_endpoints
+                                                                  : getenv("NIXL_ETCD_ENDPOINTS"), ns);
+        if (st != NIXL_SUCCESS) {
+            nixl_agent_destroy(a);
+            return st;
+        }
+        a->etcd_on = 1;
+    }
     if (cfg->listen_thread) {
         nixl_status_t st = _nixl_listener_start(a, cfg->listen_addr);
         if (st != NIXL_SUCCESS) {
@@ -2213,6 +2243,394 @@ static int _nixl_sc_timeout_ms(const nixl_agent_t *a) {
     return a->cfg.sc_timeout_ms > 0 ? a->cfg.sc_timeout_ms : 5000;
 }
 
+// >>etcd
+/* Metadata through etcd's v3 JSON gateway (libcurl): one key per agent and
+   label, "<namespace><agent>/<label>", value = the metadata blob. Compiled
+   only with NIXL_WITH_ETCD (link -lcurl). */
+#ifdef NIXL_WITH_ETCD
+
+static const char _nixl_b64[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+
+/* base64 of p[0..n) into a new NUL-terminated string (malloc) */
+static char *_nixl_b64_encode(const void *p, size_t n) {
+    const unsigned char *s = (const unsigned char *)p;
+    char *out = (char *)malloc(4 * ((n + 2) / 3) + 1), *o = out;
+    size_t i;
+    if (!out) return NULL;
+    for (i = 0; i + 2 < n; i += 3) {
+        *o++ = _nixl_b64[s[i] >> 2];
+        *o++ = _nixl_b64[((s[i] & 3) << 4) | (s[i + 1] >> 4)];
+        *o++ = _nixl_b64[((s[i + 1] & 15) << 2) | (s[i + 2] >> 6)];
+        *o++ = _nixl_b64[s[i + 2] & 63];
+    }
+    if (i < n) {
+        *o++ = _nixl_b64[s[i] >> 2];
+        *o++ = _nixl_b64[((s[i] & 3) << 4) | (i + 1 < n ? s[i + 1] >> 4 : 0)];
+        *o++ = i + 1 < n ? _nixl_b64[(s[i + 1] & 15) << 2] : '=';
+        *o++ = '=';
+    }
+    *o = '\0';
+    return out;
+}
+
+static int _nixl_b64_val(char c) {
+    const char *p = c ? strchr(_nixl_b64, c) : NULL;
+    return p ? (int)(p - _nixl_b64) : -1;
+}
+
+/* decodes n base64 characters; NULL on malformed input */
+static unsigned char *_nixl_b64_decode(const char *s, size_t n, size_t *out_len) {
+    unsigned char *out;
+    size_t i, o = 0;
+    if (n % 4) return NULL;
+    out = (unsigned char *)malloc(n / 4 * 3 + 1);
+    if (!out) return NULL;
+    for (i = 0; i < n; i += 4) {
+        int v[4], k;
+        for (k = 0; k < 4; k++) v[k] = s[i + k] == '=' && i + 4 == n && k >= 2 ? 0 : _nixl_b64_val(s[i + k]);
+        if (v[0] < 0 || v[1] < 0 || v[2] < 0 || v[3] < 0) {
+            free(out);
+            return NULL;
+        }
+        out[o++] = (unsigned char)(v[0] << 2 | v[1] >> 4);
+        if (s[i + 2] != '=') out[o++] = (unsigned char)(v[1] << 4 | v[2] >> 2);
+        if (s[i + 3] != '=') out[o++] = (unsigned char)(v[2] << 6 | v[3]);
+    }
+    *out_len = o;
+    return out;
+}
+
+/* the string value of "field" in a JSON text (no escapes: base64 and
+   numbers only), searching from `from`; NULL if absent */
+static const char *_nixl_json_str(const char *from, const char *end, const char *field, size_t *len) {
+    char pat[48];
+    const char *p, *q;
+    size_t pl = (size_t)snprintf(pat, sizeof pat, "\"%s\":\"", field);
+    for (p = from; p + pl <= end; p++) {
+        if (memcmp(p, pat, pl) != 0) continue;
+        p += pl;
+        for (q = p; q < end && *q != '"'; q++) {
+        }
+        if (q == end) return NULL;
+        *len = (size_t)(q - p);
+        return p;
+    }
+    return NULL;
+}
+
+typedef struct _nixl_etcd_io {
+    nixl_agent_t *a;
+    char *buf;                        /* response so far (malloc) */
+    size_t len, cap;
+    /* streaming: called with each complete line; non-zero ends the request */
+    int (*on_line)(struct _nixl_etcd_io *io, const char *line, size_t len);
+    void *user;
+    int done;                         /* on_line asked to stop */
+} _nixl_etcd_io;
+
+static size_t _nixl_etcd_write(char *data, size_t sz, size_t nm, void *user) {
+    _nixl_etcd_io *io = (_nixl_etcd_io *)user;
+    size_t n = sz * nm;
+    if (io->len + n + 1 > io->cap) {
+        size_t cap = io->cap ? io->cap : 4096;
+        char *b;
+        while (cap < io->len + n + 1) cap *= 2;
+        if (cap > (size_t)NIXL_SC_MAX_PAYLOAD * 2) return 0;
+        b = (char *)realloc(io->buf, cap);
+        if (!b) return 0;
+        io->buf = b;
+        io->cap = cap;
+    }
+    memcpy(io->buf + io->len, data, n);
+    io->len += n;
+    io->buf[io->len] = '\0';
+    if (io->on_line) {
+        char *nl;
+        while ((nl = (char *)memchr(io->buf, '\n', io->len)) != NULL) {
+            size_t ll = (size_t)(nl - io->buf) + 1;
+            if (io->on_line(io, io->buf, ll)) {
+                io->done = 1;
+                return 0; /* ends the transfer: curl reports a write error we expect */
+            }
+            memmove(io->buf, io->buf + ll, io->len - ll);
+            io->len -= ll;
+            io->buf[io->len] = '\0';
+        }
+    }
+    return n;
+}
+
+/* lets a destroy end a long watch */
+static int _nixl_etcd_progress_cb(void *user, curl_off_t a1, curl_off_t a2, curl_off_t a3, curl_off_t a4) {
+    nixl_agent_t *a = (nixl_agent_t *)user;
+    (void)a1;
+    (void)a2;
+    (void)a3;
+    (void)a4;
+    return _NIXL_LOAD(&a->stop) ? 1 : 0;
+}
+
+/* POST body to endpoint+path. SUCCESS with the response in io->buf, or the
+   stream ended by on_line; REMOTE_DISCONNECT when etcd cannot be reached. */
+static nixl_status_t _nixl_etcd_post(nixl_agent_t *a, const char *path, const char *body, long timeout_ms,
+                                     _nixl_etcd_io *io) {
+    char url[512];
+    CURL *c = curl_easy_init();
+    struct curl_slist *hdr = NULL;
+    CURLcode rc;
+    long code = 0;
+    if (!c) return NIXL_ERR_BACKEND;
+    snprintf(url, sizeof url, "%s%s", a->etcd_endpoint, path);
+    hdr = curl_slist_append(hdr, "Content-Type: application/json");
+    curl_easy_setopt(c, CURLOPT_URL, url);
+    curl_easy_setopt(c, CURLOPT_HTTPHEADER, hdr);
+    curl_easy_setopt(c, CURLOPT_POSTFIELDS, body);
+    curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, _nixl_etcd_write);
+    curl_easy_setopt(c, CURLOPT_WRITEDATA, io);
+    curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, timeout_ms);
+    curl_easy_setopt(c, CURLOPT_CONNECTTIMEOUT_MS, (long)_nixl_sc_timeout_ms(a));
+    curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
+    curl_easy_setopt(c, CURLOPT_NOPROGRESS, 0L);
+    curl_easy_setopt(c, CURLOPT_XFERINFOFUNCTION, _nixl_etcd_progress_cb);
+    curl_easy_setopt(c, CURLOPT_XFERINFODATA, a);
+    rc = curl_easy_perform(c);
+    curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &code);
+    curl_slist_free_all(hdr);
+    curl_easy_cleanup(c);
+    if (io->done) return NIXL_SUCCESS;
+    if (rc != CURLE_OK) {
+        if (rc != CURLE_OPERATION_TIMEDOUT && rc != CURLE_ABORTED_BY_CALLBACK) {
+            _nixl_lock(a);
+            _nixl_log(a, NIXL_LOG_ERROR, "etcd: %s: %s", url, curl_easy_strerror(rc));
+            _nixl_unlock(a);
+        }
+        return rc == CURLE_OPERATION_TIMEDOUT ? NIXL_ERR_NOT_FOUND : NIXL_ERR_REMOTE_DISCONNECT;
+    }
+    if (code != 200) {
+        _nixl_lock(a);
+        _nixl_log(a, NIXL_LOG_ERROR, "etcd: %s answered HTTP %ld: %.200s", url, code, io->buf ? io->buf : "");
+        _nixl_unlock(a);
+        return NIXL_ERR_BACKEND;
+    }
+    return NIXL_SUCCESS;
+}
+
+/* "<namespace><agent>/<label>" */
+static void _nixl_etcd_key(const nixl_agent_t *a, const char *agent, const char *label, char *out, size_t cap) {
+    snprintf(out, cap, "%s%s/%s", a->etcd_ns, agent, label ? label : "metadata");
+}
+
+/* the end of the range of keys starting with prefix: its last byte + 1 */
+static char *_nixl_etcd_range_end_b64(const char *prefix) {
+    size_t n = strlen(prefix);
+    char tmp[512];
+    if (n == 0 || n >= sizeof tmp) return NULL;
+    memcpy(tmp, prefix, n);
+    tmp[n - 1]++;
+    return _nixl_b64_encode(tmp, n);
+}
+
+static nixl_status_t _nixl_etcd_put(nixl_agent_t *a, const char *label, const void *blob, size_t len) {
+    char key[512], *k64, *v64, *body;
+    _nixl_etcd_io io;
+    nixl_status_t st = NIXL_ERR_BACKEND;
+    _nixl_etcd_key(a, a->name, label, key, sizeof key);
+    k64 = _nixl_b64_encode(key, strlen(key));
+    v64 = _nixl_b64_encode(blob, len);
+    body = (char *)malloc((k64 ? strlen(k64) : 0) + (v64 ? strlen(v64) : 0) + 64);
+    memset(&io, 0, sizeof io);
+    if (k64 && v64 && body) {
+        sprintf(body, "{\"key\":\"%s\",\"value\":\"%s\"}", k64, v64);
+        st = _nixl_etcd_post(a, "/v3/kv/put", body, _nixl_sc_timeout_ms(a), &io);
+    }
+    free(k64);
+    free(v64);
+    free(body);
+    free(io.buf);
+    return st;
+}
+
+static nixl_status_t _nixl_etcd_delete_agent(nixl_agent_t *a) {
+    char prefix[512], body[1200], *k64, *e64;
+    _nixl_etcd_io io;
+    nixl_status_t st = NIXL_ERR_BACKEND;
+    snprintf(prefix, sizeof prefix, "%s%s/", a->etcd_ns, a->name);
+    k64 = _nixl_b64_encode(prefix, strlen(prefix));
+    e64 = _nixl_etcd_range_end_b64(prefix);
+    memset(&io, 0, sizeof io);
+    if (k64 && e64) {
+        snprintf(body, sizeof body, "{\"key\":\"%s\",\"range_end\":\"%s\"}", k64, e64);
+        st = _nixl_etcd_post(a, "/v3/kv/deleterange", body, _nixl_sc_timeout_ms(a), &io);
+    }
+    free(k64);
+    free(e64);
+    free(io.buf);
+    return st;
+}
+
+typedef struct _nixl_etcd_value { unsigned char *blob; size_t len; } _nixl_etcd_value;
+
+/* watch stream: the first event carrying a value is the metadata */
+static int _nixl_etcd_on_put(_nixl_etcd_io *io, const char *line, size_t len) {
+    _nixl_etcd_value *v = (_nixl_etcd_value *)io->user;
+    size_t vl = 0;
+    const char *p = _nixl_json_str(line, line + len, "value", &vl);
+    if (!p) return 0;
+    v->blob = _nixl_b64_decode(p, vl, &v->len);
+    return 1;
+}
+
+/* the value under `key`: read it, or watch for it up to the timeout */
+static nixl_status_t _nixl_etcd_get_or_wait(nixl_agent_t *a, const char *key, unsigned char **blob, size_t *len) {
+    char *k64 = _nixl_b64_encode(key, strlen(key)), body[1200];
+    const char *p, *rev;
+    size_t vl = 0, rl = 0;
+    _nixl_etcd_io io;
+    _nixl_etcd_value v;
+    nixl_status_t st;
+    unsigned long long next_rev = 0;
+    *blob = NULL;
+    memset(&io, 0, sizeof io);
+    memset(&v, 0, sizeof v);
+    if (!k64) return NIXL_ERR_BACKEND;
+    snprintf(body, sizeof body, "{\"key\":\"%s\"}", k64);
+    st = _nixl_etcd_post(a, "/v3/kv/range", body, _nixl_sc_timeout_ms(a), &io);
+    if (st == NIXL_SUCCESS && io.buf) {
+        p = _nixl_json_str(io.buf, io.buf + io.len, "value", &vl);
+        if (p) *blob = _nixl_b64_decode(p, vl, len);
+        rev = _nixl_json_str(io.buf, io.buf + io.len, "revision", &rl);
+        if (rev) next_rev = strtoull(rev, NULL, 10) + 1; /* watch from right after this read */
+    }
+    free(io.buf);
+    if (st != NIXL_SUCCESS || *blob) {
+        free(k64);
+        return st == NIXL_SUCCESS ? NIXL_SUCCESS : st;
+    }
+    memset(&io, 0, sizeof io);
+    io.on_line = _nixl_etcd_on_put;
+    io.user = &v;
+    snprintf(body, sizeof body, "{\"create_request\":{\"key\":\"%s\",\"start_revision\":\"%llu\"}}", k64, next_rev);
+    st = _nixl_etcd_post(a, "/v3/watch", body, _nixl_sc_timeout_ms(a), &io);
+    free(io.buf);
+    free(k64);
+    if (v.blob) {
+        *blob = v.blob;
+        *len = v.len;
+        return NIXL_SUCCESS;
+    }
+    return st == NIXL_SUCCESS ? NIXL_ERR_NOT_FOUND : st;
+}
+
+/* watch thread: a deleted key of another agent invalidates its metadata */
+static int _nixl_etcd_on_delete(_nixl_etcd_io *io, const char *line, size_t len) {
+    nixl_agent_t *a = io->a;
+    const char *p = line, *end = line + len;
+    size_t nsl = strlen(a->etcd_ns);
+    while ((p = strstr(p, "\"type\":\"DELETE\"")) != NULL && p < end) {
+        size_t kl = 0, dl = 0;
+        const char *k = _nixl_json_str(p, end, "key", &kl);
+        unsigned char *key = k ? _nixl_b64_decode(k, kl, &dl) : NULL;
+        if (key && dl > nsl && !memcmp(key, a->etcd_ns, nsl)) {
+            char name[NIXL_MD_MAX_NAME + 1];
+            size_t n = 0;
+            while (nsl + n < dl && key[nsl + n] != '/' && n < NIXL_MD_MAX_NAME) {
+                name[n] = (char)key[nsl + n];
+                n++;
+            }
+            name[n] = '\0';
+            if (n && strcmp(name, a->name) != 0 && nixl_check_remote_md(a, name, NULL) == NIXL_SUCCESS) {
+                nixl_invalidate_remote_md(a, name);
+                _nixl_lock(a);
+                _nixl_log(a, NIXL_LOG_INFO, "etcd: %s deleted its metadata: invalidated", name);
+                _nixl_unlock(a);
+            }
+        }
+        free(key);
+        p += 15;
+    }
+    return 0;
+}
+
+static void *_nixl_etcd_watch_main(void *arg) {
+    nixl_agent_t *a = (nixl_agent_t *)arg;
+    char *k64 = _nixl_b64_encode(a->etcd_ns, strlen(a->etcd_ns)), *e64 = _nixl_etcd_range_end_b64(a->etcd_ns);
+    char body[1200];
+    snprintf(body, sizeof body,
+             "{\"create_request\":{\"key\":\"%s\",\"range_end\":\"%s\",\"filters\":[\"NOPUT\"]}}", k64 ? k64 : "",
+             e64 ? e64 : "");
+    while (k64 && e64 && !_NIXL_LOAD(&a->stop)) {
+        _nixl_etcd_io io;
+        int i;
+        memset(&io, 0, sizeof io);
+        io.a = a;
+        io.on_line = _nixl_etcd_on_delete;
+        _nixl_etcd_post(a, "/v3/watch", body, 3600L * 1000L, &io);
+        free(io.buf);
+        for (i = 0; i < 10 && !_NIXL_LOAD(&a->stop); i++) usleep(50000); /* etcd away: retry soon */
+    }
+    free(k64);
+    free(e64);
+    return NULL;
+}
+
+static pthread_once_t _nixl_curl_once = PTHREAD_ONCE_INIT;
+static void _nixl_curl_init(void) { curl_global_init(CURL_GLOBAL_DEFAULT); }
+
+/* normalises the namespace to exactly one leading and trailing slash */
+static nixl_status_t _nixl_etcd_start(nixl_agent_t *a, const char *endpoints, const char *ns) {
+    const char *comma = strchr(endpoints, ',');
+    size_t n = comma ? (size_t)(comma - endpoints) : strlen(endpoints), o = 0;
+    const char *s;
+    if (n == 0 || n >= sizeof a->etcd_endpoint) return NIXL_ERR_INVALID_PARAM;
+    memcpy(a->etcd_endpoint, endpoints, n); /* the first endpoint; the others are for later failover */
+    a->etcd_endpoint[n] = '\0';
+    while (n && a->etcd_endpoint[n - 1] == '/') a->etcd_endpoint[--n] = '\0';
+    if (!ns || !*ns) ns = "/nixl/agents/";
+    a->etcd_ns[o++] = '/';
+    for (s = ns; *s && o + 2 < sizeof a->etcd_ns; s++)
+        if (*s != '/' || a->etcd_ns[o - 1] != '/') a->etcd_ns[o++] = *s;
+    if (a->etcd_ns[o - 1] != '/') a->etcd_ns[o++] = '/';
+    a->etcd_ns[o] = '\0';
+    pthread_once(&_nixl_curl_once, _nixl_curl_init);
+    if (pthread_create(&a->etcd_thread, NULL, _nixl_etcd_watch_main, a) != 0) return NIXL_ERR_BACKEND;
+    a->etcd_started = 1;
+    return NIXL_SUCCESS;
+}
+
+#else /* !NIXL_WITH_ETCD */
+
+static nixl_status_t _nixl_etcd_missing(nixl_agent_t *a) {
+    _nixl_lock(a);
+    _nixl_log(a, NIXL_LOG_ERROR, "etcd: not compiled in (define NIXL_WITH_ETCD and link -lcurl)");
+    _nixl_unlock(a);
+    return NIXL_ERR_NOT_SUPPORTED;
+}
+static nixl_status_t _nixl_etcd_put(nixl_agent_t *a, const char *label, const void *blob, size_t len) {
+    (void)label;
+    (void)blob;
+    (void)len;
+    return _nixl_etcd_missing(a);
+}
+static nixl_status_t _nixl_etcd_delete_agent(nixl_agent_t *a) { return _nixl_etcd_missing(a); }
+static nixl_status_t _nixl_etcd_get_or_wait(nixl_agent_t *a, const char *key, unsigned char **blob, size_t *len) {
+    (void)key;
+    *blob = NULL;
+    *len = 0;
+    return _nixl_etcd_missing(a);
+}
+static void _nixl_etcd_key(const nixl_agent_t *a, const char *agent, const char *label, char *out, size_t cap) {
+    snprintf(out, cap, "%s%s/%s", a->etcd_ns, agent, label ? label : "metadata");
+}
+static nixl_status_t _nixl_etcd_start(nixl_agent_t *a, const char *endpoints, const char *ns) {
+    (void)endpoints;
+    (void)ns;
+    return _nixl_etcd_missing(a);
+}
+
+#endif /* NIXL_WITH_ETCD */
+
+// >>side-channel-io
+
 static void _nixl_sc_put_header(unsigned char *h, unsigned cmd, size_t tok, size_t pay) {
     _nixl_wr w;
     w.p = h;
@@ -2368,17 +2786,26 @@ static nixl_status_t _nixl_sc_request(nixl_agent_t *a, const char *ip, uint16_t 
     return st;
 }
 
-static nixl_status_t _nixl_sc_check_peer(nixl_agent_t *a, const char *what, const nixl_opt_args_t *opt) {
+/* SUCCESS: use the peer's listener (opt->ip/port); IN_PROG: use etcd */
+static nixl_status_t _nixl_sc_route(nixl_agent_t *a, const char *what, const nixl_opt_args_t *opt) {
     if (!a) return NIXL_ERR_INVALID_PARAM;
-    if (opt && opt->ip && *opt->ip && opt->port) return NIXL_SUCCESS;
+    if (opt && opt->ip && *opt->ip) {
+        if (opt->port) return NIXL_SUCCESS;
+    } else if (a->etcd_on) {
+        return NIXL_IN_PROG;
+    }
     _nixl_lock(a);
-    _nixl_log(a, NIXL_LOG_ERROR, "%s: opt->ip and opt->port must name the peer's listener", what);
+    _nixl_log(a, NIXL_LOG_ERROR, "%s: opt->ip and opt->port must name the peer's listener (or configure etcd)", what);
     _nixl_unlock(a);
     return NIXL_ERR_INVALID_PARAM;
 }
 
-static nixl_status_t _nixl_sc_send_blob(nixl_agent_t *a, const nixl_opt_args_t *opt, void *blob, size_t len) {
-    nixl_status_t st = _nixl_sc_request(a, opt->ip, opt->port, NIXL_SC_SEND_MD, blob, len, NULL, NULL);
+/* sends (listener) or puts (etcd) a metadata blob, and frees it */
+static nixl_status_t _nixl_sc_publish(nixl_agent_t *a, const nixl_opt_args_t *opt, nixl_status_t route,
+                                      const char *label, void *blob, size_t len) {
+    nixl_status_t st = route == NIXL_IN_PROG
+                           ? _nixl_etcd_put(a, opt && opt->metadata_label ? opt->metadata_label : label, blob, len)
+                           : _nixl_sc_request(a, opt->ip, opt->port, NIXL_SC_SEND_MD, blob, len, NULL, NULL);
     nixl_free_md(a, blob);
     return st;
 }
@@ -2386,23 +2813,24 @@ static nixl_status_t _nixl_sc_send_blob(nixl_agent_t *a, const nixl_opt_args_t *
 NIXL_API nixl_status_t nixl_send_local_md(nixl_agent_t *agent, const nixl_opt_args_t *opt) {
     void *blob = NULL;
     size_t len = 0;
-    nixl_status_t st = _nixl_sc_check_peer(agent, "send_local_md", opt);
-    if (st == NIXL_SUCCESS) st = nixl_get_local_md(agent, &blob, &len);
-    return st == NIXL_SUCCESS ? _nixl_sc_send_blob(agent, opt, blob, len) : st;
+    nixl_status_t route = _nixl_sc_route(agent, "send_local_md", opt), st = route;
+    if (route >= 0) st = nixl_get_local_md(agent, &blob, &len);
+    return st == NIXL_SUCCESS ? _nixl_sc_publish(agent, opt, route, "metadata", blob, len) : st;
 }
 
 NIXL_API nixl_status_t nixl_send_local_partial_md(nixl_agent_t *agent, const nixl_dlist_t *descs,
                                                   const nixl_opt_args_t *opt) {
     void *blob = NULL;
     size_t len = 0;
-    nixl_status_t st = _nixl_sc_check_peer(agent, "send_local_partial_md", opt);
-    if (st == NIXL_SUCCESS) st = nixl_get_local_partial_md(agent, descs, opt, &blob, &len);
-    return st == NIXL_SUCCESS ? _nixl_sc_send_blob(agent, opt, blob, len) : st;
+    nixl_status_t route = _nixl_sc_route(agent, "send_local_partial_md", opt), st = route;
+    if (route >= 0) st = nixl_get_local_partial_md(agent, descs, opt, &blob, &len);
+    return st == NIXL_SUCCESS ? _nixl_sc_publish(agent, opt, route, "partial", blob, len) : st;
 }
 
 NIXL_API nixl_status_t nixl_invalidate_local_md(nixl_agent_t *agent, const nixl_opt_args_t *opt) {
-    nixl_status_t st = _nixl_sc_check_peer(agent, "invalidate_local_md", opt);
-    if (st != NIXL_SUCCESS) return st;
+    nixl_status_t route = _nixl_sc_route(agent, "invalidate_local_md", opt);
+    if (route == NIXL_IN_PROG) return _nixl_etcd_delete_agent(agent);
+    if (route != NIXL_SUCCESS) return route;
     return _nixl_sc_request(agent, opt->ip, opt->port, NIXL_SC_INVALIDATE, agent->name, strlen(agent->name), NULL,
                             NULL);
 }
@@ -2413,8 +2841,9 @@ typedef struct _nixl_fetch {
     pthread_t th;
     int done;                         /* atomic */
     uint16_t port;
-    char ip[64];
+    char ip[64];                      /* empty: through etcd */
     char remote[NIXL_MD_MAX_NAME + 1];
+    char label[64];
 } _nixl_fetch;
 
 static void *_nixl_fetch_main(void *arg) {
@@ -2423,15 +2852,28 @@ static void *_nixl_fetch_main(void *arg) {
     unsigned char *blob = NULL;
     size_t len = 0;
     char name[NIXL_MD_MAX_NAME + 1];
-    nixl_status_t st = _nixl_sc_request(a, f->ip, f->port, NIXL_SC_FETCH_MD, NULL, 0, &blob, &len);
+    nixl_status_t st;
+    if (f->ip[0]) {
+        st = _nixl_sc_request(a, f->ip, f->port, NIXL_SC_FETCH_MD, NULL, 0, &blob, &len);
+    } else {
+        char key[600];
+        unsigned char *raw = NULL;
+        _nixl_etcd_key(a, f->remote, f->label, key, sizeof key);
+        st = _nixl_etcd_get_or_wait(a, key, &raw, &len);
+        if (raw) { /* etcd buffers are malloc'ed: copy into the agent's allocator */
+            blob = (unsigned char *)_nixl_memdup(a, raw, len);
+            free(raw);
+            if (!blob) st = NIXL_ERR_BACKEND;
+        }
+    }
     if (st == NIXL_SUCCESS) {
         _nixl_md *md = NULL;
         /* only metadata of the agent we asked for */
         _nixl_lock(a);
         st = _nixl_md_decode(a, blob, len, &md);
         if (st == NIXL_SUCCESS && strcmp(md->name, f->remote) != 0) {
-            _nixl_log(a, NIXL_LOG_ERROR, "fetch_remote_md: %s:%u answered as '%s', not '%s'", f->ip,
-                      (unsigned)f->port, md->name, f->remote);
+            _nixl_log(a, NIXL_LOG_ERROR, "fetch_remote_md: %s:%u answered as '%s', not '%s'",
+                      f->ip[0] ? f->ip : "etcd", (unsigned)f->port, md->name, f->remote);
             st = NIXL_ERR_MISMATCH;
         }
         _nixl_md_release(a, md);
@@ -2440,8 +2882,8 @@ static void *_nixl_fetch_main(void *arg) {
     }
     if (st != NIXL_SUCCESS) {
         _nixl_lock(a);
-        _nixl_log(a, NIXL_LOG_ERROR, "fetch_remote_md(%s) from %s:%u failed: %s", f->remote, f->ip,
-                  (unsigned)f->port, nixl_status_str(st));
+        _nixl_log(a, NIXL_LOG_ERROR, "fetch_remote_md(%s) from %s:%u failed: %s", f->remote,
+                  f->ip[0] ? f->ip : "etcd", (unsigned)f->port, nixl_status_str(st));
         _nixl_unlock(a);
     }
     _nixl_free(a, blob);
@@ -2468,17 +2910,22 @@ static void _nixl_fetch_reap(nixl_agent_t *a, int all) {
 
 NIXL_API nixl_status_t nixl_fetch_remote_md(nixl_agent_t *agent, const char *remote, const nixl_opt_args_t *opt) {
     _nixl_fetch *f;
-    nixl_status_t st = _nixl_sc_check_peer(agent, "fetch_remote_md", opt);
-    if (st != NIXL_SUCCESS) return st;
-    if (!remote || !*remote || strlen(remote) > NIXL_MD_MAX_NAME || strlen(opt->ip) >= sizeof f->ip)
+    const char *label = opt && opt->metadata_label ? opt->metadata_label : "metadata";
+    nixl_status_t route = _nixl_sc_route(agent, "fetch_remote_md", opt);
+    if (route < 0) return route;
+    if (!remote || !*remote || strlen(remote) > NIXL_MD_MAX_NAME || strlen(label) >= sizeof f->label ||
+        (route == NIXL_SUCCESS && strlen(opt->ip) >= sizeof f->ip))
         return NIXL_ERR_INVALID_PARAM;
     _nixl_fetch_reap(agent, 0);
     f = (_nixl_fetch *)_nixl_alloc(agent, sizeof *f);
     if (!f) return NIXL_ERR_BACKEND;
     f->a = agent;
-    f->port = opt->port;
-    memcpy(f->ip, opt->ip, strlen(opt->ip) + 1);
+    if (route == NIXL_SUCCESS) {
+        f->port = opt->port;
+        memcpy(f->ip, opt->ip, strlen(opt->ip) + 1);
+    }
     memcpy(f->remote, remote, strlen(remote) + 1);
+    memcpy(f->label, label, strlen(label) + 1);
     pthread_mutex_lock(&agent->sc_lock);
     if (pthread_create(&f->th, NULL, _nixl_fetch_main, f) != 0) {
         pthread_mutex_unlock(&agent->sc_lock);
@@ -2741,6 +3188,13 @@ static void _nixl_side_channel_stop(nixl_agent_t *a) {
         a->sc_thread_started = 0;
     }
     _nixl_fetch_reap(a, 1);
+#ifdef NIXL_WITH_ETCD
+    if (a->etcd_started) {
+        _NIXL_STORE(&a->stop, 1); /* the watch ends within a second (curl's progress callback) */
+        pthread_join(a->etcd_thread, NULL);
+        a->etcd_started = 0;
+    }
+#endif
     if (a->sc_listen_fd >= 0) close(a->sc_listen_fd);
     for (i = 0; i < 2; i++)
         if (a->sc_wake[i] >= 0) close(a->sc_wake[i]);
