@@ -40,7 +40,7 @@ PROGS = $(B)/test_core $(B)/test_metadata $(B)/core_bench $(EXAMPLES) \
         $(if $(wildcard tests/test_ucx.c),$(B)/test_ucx) \
         $(if $(wildcard tests/test_verbs.c),$(B)/test_verbs)
 
-.PHONY: all demo test test-unit test-metadata metadata-listener metadata-etcd check-headers asan asan-core asan-metadata tsan tsan-core tsan-metadata fuzz test-verbs test-ucx test-softroce bench deps clean
+.PHONY: all demo test test-unit test-metadata metadata-listener metadata-etcd check-headers asan asan-core asan-metadata tsan tsan-core tsan-metadata fuzz test-two-vm test-verbs test-ucx test-softroce bench deps clean
 all: $(PROGS)
 
 $(B):
@@ -126,6 +126,10 @@ test-verbs: $(B)/test_verbs
 
 test-softroce:
 	$(VM_RUN) tests/softroce/smoke.sh
+
+# two VMs joined by a virtual wire: RDMA across it, cut, restored
+test-two-vm:
+	tests/softroce/two-vm.sh
 
 fuzz:
 	@tests/fuzz/run
