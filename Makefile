@@ -6,8 +6,10 @@
 #   make test-metadata  metadata side channel (listener, send/fetch/invalidate, hostile frames)
 #   make asan         unit + metadata tests under AddressSanitizer + UndefinedBehaviorSanitizer
 #   make tsan         the same under ThreadSanitizer (progress and listener threads)
-#   make test-verbs   verbs suite on Soft-RoCE (inside a QEMU VM without RDMA hardware)
-#   make test-ucx     UCX suite over tcp, shared memory and cma
+#   make test-verbs   verbs suite, faults, examples, valgrind on Soft-RoCE (in a QEMU VM without RDMA hardware)
+#   make test-ucx     UCX suite over tcp, posix, sysv, cma; the examples over UCX
+#   make test-faults  killed peers, floods, limits: UCX natively and verbs in the VM
+#   make test-link    two VMs on a virtual wire: RDMA across it, 1%/10% loss, wire cut
 #   make fuzz         libFuzzer targets (metadata decoder, side-channel frames), FUZZ_SECONDS each (60)
 #   make bench        benchmarks (core ns/descriptor, ...)
 
@@ -23,24 +25,17 @@ TSAN     = -O1 -g -fsanitize=thread
 HEADERS  = nixl.h $(wildcard nixl_verbs.h nixl_ucx.h)
 
 # Parts of `make test`, in order; verbs and UCX join when their headers exist.
-TEST_PARTS = test-unit test-metadata check-headers asan tsan fuzz
-ifeq ($(words $(wildcard nixl_ucx.h tests/test_ucx.c tests/run-ucx)),3)
-TEST_PARTS += test-ucx
-endif
-ifeq ($(words $(wildcard nixl_verbs.h tests/test_verbs.c tests/softroce/verbs-suite)),3)
-TEST_PARTS += test-verbs
-endif
+TEST_PARTS = test-unit test-metadata check-headers asan tsan fuzz test-ucx faults-ucx test-verbs test-link
 
 # Verbs tests run on the host when it has an active RDMA port, else in the VM.
 VM_RUN := $(shell tests/softroce/has-rdma 2>/dev/null || echo tests/softroce/vm-run)
 
-EXAMPLES = $(if $(wildcard nixl_verbs.h),$(if $(wildcard nixl_ucx.h),$(B)/two_peers $(B)/kv_cache $(B)/nixl_bench))
+EXAMPLES = $(B)/two_peers $(B)/kv_cache $(B)/nixl_bench
 
-PROGS = $(B)/test_core $(B)/test_metadata $(B)/core_bench $(EXAMPLES) \
-        $(if $(wildcard tests/test_ucx.c),$(B)/test_ucx) \
-        $(if $(wildcard tests/test_verbs.c),$(B)/test_verbs)
+PROGS = $(B)/test_core $(B)/test_metadata $(B)/test_etcd $(B)/core_bench $(EXAMPLES) \
+        $(B)/test_ucx $(B)/test_verbs $(B)/test_faults
 
-.PHONY: all demo test test-unit test-metadata metadata-listener metadata-etcd check-headers asan asan-core asan-metadata tsan tsan-core tsan-metadata fuzz test-two-vm test-verbs test-ucx test-softroce bench deps clean
+.PHONY: all demo test test-unit test-metadata metadata-listener metadata-etcd check-headers asan asan-core asan-metadata tsan tsan-core tsan-metadata fuzz test-verbs test-faults faults-ucx faults-verbs test-link valgrind-ucx test-ucx-softroce test-ucx test-softroce bench deps clean
 all: $(PROGS)
 
 $(B):
@@ -69,6 +64,9 @@ $(B)/test_ucx: tests/test_ucx.c tests/nixl_test.h nixl.h nixl_ucx.h | $(B)
 
 $(B)/test_verbs: tests/test_verbs.c tests/nixl_test.h nixl.h nixl_verbs.h | $(B)
 	$(CC) $(WARN) $(CFLAGS) -I. $< -o $@ $(VERBS_LIBS) $(LIBS)
+
+$(B)/test_faults: tests/test_faults.c tests/xfer_util.h tests/nixl_test.h nixl.h nixl_verbs.h nixl_ucx.h | $(B)
+	$(CC) $(WARN) $(CFLAGS) -I. $< -o $@ $(VERBS_LIBS) $(UCX_LIBS) $(LIBS)
 
 # examples use both backends; each is one .c file
 $(B)/%: examples/%.c nixl.h nixl_verbs.h nixl_ucx.h | $(B)
@@ -118,18 +116,38 @@ tsan-core: $(B)/test_core_tsan
 tsan-metadata: $(B)/test_metadata_tsan
 	TSAN_OPTIONS=halt_on_error=1 $(B)/test_metadata_tsan
 
-test-ucx: $(B)/test_ucx
-	tests/run-ucx
+test-ucx: $(B)/test_ucx $(EXAMPLES)
+	@tests/run-suite "ucx=tests/ucx_run.sh test" "ucx-examples=tests/run-examples UCX"
 
-test-verbs: $(B)/test_verbs
-	$(VM_RUN) tests/softroce/verbs-suite
+# the UCX suite under memcheck (tcp, posix; ~5 min)
+valgrind-ucx: $(B)/test_ucx
+	tests/ucx_run.sh valgrind
+
+# everything that needs an RDMA device, in one VM boot
+test-verbs: $(B)/test_verbs $(B)/test_faults $(EXAMPLES)
+	NIXL_VM_TIMEOUT=1500 $(VM_RUN) tests/softroce/verbs-suite
+
+faults-ucx: $(B)/test_faults
+	$(B)/test_faults UCX
+
+faults-verbs: $(B)/test_faults
+	$(VM_RUN) $(B)/test_faults VERBS
+
+test-faults:
+	@tests/run-suite faults-ucx faults-verbs
+
+# two VMs joined by a wire
+test-link: $(B)/test_verbs $(B)/kv_cache
+	@tests/run-suite "two-vm=tests/softroce/two-vm.sh" "loss=tests/softroce/two-vm-loss.sh" \
+		"wirecut=tests/softroce/wirecut.sh"
+
+# UCX inside the VM (rc_verbs with tcp or ud_verbs for wire-up)
+test-ucx-softroce: $(B)/test_ucx $(B)/nixl_bench
+	$(VM_RUN) tests/ucx_softroce.sh
 
 test-softroce:
 	$(VM_RUN) tests/softroce/smoke.sh
 
-# two VMs joined by a virtual wire: RDMA across it, cut, restored
-test-two-vm:
-	tests/softroce/two-vm.sh
 
 fuzz:
 	@tests/fuzz/run

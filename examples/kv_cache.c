@@ -228,6 +228,13 @@ static int decode(int rank, unsigned port) {
     ll.count = o.layers * 2 * max_blocks;
     rl.descs = rd;
     rl.count = o.layers * 2 * o.blocks;
+    /* prefill answers our hello only once its cache is registered; metadata
+       fetched before that (its listener starts with the agent) lacks the
+       cache: fetch again until it holds every block we will read */
+    while (nixl_check_remote_md(a, "prefill-0", &rl) != NIXL_SUCCESS) {
+        check(nixl_fetch_remote_md(a, "prefill-0", &at), "fetch_remote_md");
+        usleep(20000);
+    }
     check(nixl_prep_xfer_dlist(a, NULL, &ll, NULL, &lh), "prep_xfer_dlist(local)");
     check(nixl_prep_xfer_dlist(a, "prefill-0", &rl, NULL, &rh), "prep_xfer_dlist(remote)");
     lidx = (int *)malloc(o.layers * 2 * max_blocks * sizeof *lidx);

@@ -365,6 +365,7 @@ static int initiator(int fd) {
         }
     }
     if (o.result) printf("RESULT %s %.4f\n", o.result, last);
+    if (o.check && ok) printf("nixl_bench: every byte matched\n");
     CK(nixl_gen_notif(a, "bench-target", "quit", 4, NULL), "gen_notif(quit)");
     /* let the quit notification go out before the connection closes */
     for (i = 0; i < 1000; i++) nixl_progress(a);

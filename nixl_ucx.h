@@ -1,0 +1,1685 @@
+/* nixl_ucx.h — the UCX backend of nixl.h.
+   One-sided READ/WRITE and notifications over UCX (UCP): shared memory,
+   TCP, CMA, and whatever transports the installed UCX has (verbs...).
+   Written against UCX 1.13 (Debian 12); uses nothing newer.
+
+   DO THIS
+   -------
+   In every file that uses it:
+       #include "nixl_ucx.h"        (includes nixl.h)
+   In exactly ONE C or C++ file, before the include:
+       #define NIXL_IMPLEMENTATION
+   That file gets the implementation of nixl.h and of this backend.
+   Link: -lucp -lucs -lpthread            (Debian: libucx-dev; tools: ucx-utils)
+
+       nixl_backend_t *be;
+       nixl_create_backend(agent, nixl_ucx_backend(), "tls=tcp", &be);
+
+   PARAMS (the params string of nixl_create_backend, "key=value,key=value")
+   ------
+       num_workers=N      UCP workers (1..64, default 1). Requests are spread
+                          round-robin over them at prep time; local worker i
+                          talks to the peer's worker i % (its worker count).
+       tls=LIST           UCX transport list, i.e. UCX_TLS (default: UCX's own
+                          default, "all", or the UCX_TLS environment variable).
+                          Separate transports with '+' (a ',' would end the
+                          param): "tls=tcp", "tls=posix", "tls=sysv",
+                          "tls=cma+posix", "tls=rc_verbs+tcp". Loopback
+                          needs no "self" (tcp and shared memory reach the
+                          agent's own worker too).
+       ucx.KEY=VALUE      any UCX configuration variable, without (or with) its
+                          UCX_ prefix: "ucx.KEEPALIVE_INTERVAL=1s",
+                          "ucx.UCX_NET_DEVICES=lo". '+' in VALUE becomes ','.
+                          An unknown KEY or a bad VALUE: INVALID_PARAM, logged.
+   UCX_* environment variables apply as well; params override them.
+   create() sets UCX_POSIX_ERROR_HANDLING=y and
+   UCX_SYSV_ERROR_HANDLING=y in the process environment when they are unset:
+   UCX 1.13 reads these only from there, and without them its shared-memory
+   transports refuse the endpoints' peer error handling (no shm at all).
+
+   UCX 1.13 AND THESE TRANSPORTS (measured, worth knowing)
+   -------------------------------------------------------
+   On tcp, posix and sysv, UCX 1.13 has no true one-sided path for memory
+   the application allocated: ucp_put/ucp_get are emulated with active
+   messages ("rma_am" / "software emulation" in UCX_PROTO_INFO) and the
+   TARGET copies the bytes when it drives progress. So the target agent must
+   call nixl_progress (or nixl_get_notifs, or run a progress thread) for
+   transfers into or out of it to finish. cma (process_vm_writev) is used by
+   UCX 1.13 only for rendezvous, never for ucp_put/ucp_get: "tls=cma+posix"
+   moves RMA over posix. Verbs transports (rc_verbs...) are truly one-sided.
+   On Soft-RoCE (rdma_rxe in a QEMU VM) UCX 1.13 picks GID index 1 (the
+   IPv4-mapped RoCE v2 GID); its UD traffic then never arrives, the UD
+   wire-up times out (and trips an assertion inside UCX). With
+   UCX_IB_GID_INDEX=0 in the environment (the parameter form
+   ucx.IB_GID_INDEX=0 is not applied everywhere in 1.13 and fails)
+   "tls=rc_verbs+ud_verbs" works: RMA and AM on rc_verbs, wire-up and
+   keepalive on ud_verbs. "tls=rc_verbs+tcp" works without it (tcp wires up).
+   UCX 1.13 applies ucx.KEY params to UCP variables (TLS, KEEPALIVE_*,
+   RNDV_THRESH...) reliably; memory-domain variables are read from the
+   environment only, so set those there.
+
+   WHAT IT DOES
+   ------------
+   - One UCP context (features RMA + AM) and num_workers workers
+     (UCS_THREAD_MODE_SERIALIZED: the agent lock serialises every call).
+   - Connection info = the workers' addresses. Endpoints are created from
+     them (locally, without blocking) when the peer's first region is loaded,
+     or on nixl_make_connection / gen_notif, with UCP_ERR_HANDLING_MODE_PEER.
+   - Registration: ucp_mem_map; the public data of a region is its packed
+     rkey (ucp_rkey_pack), unpacked per endpoint in load_remote_md.
+   - A request posts ucp_put_nbx (WRITE) or ucp_get_nbx (READ) per
+     descriptor, then ucp_ep_flush_nbx. When the flush completes every byte
+     has landed at the target; only then the request's notification is sent
+     as an active message (ucp_am_send_nbx, eager). The progress engine sends
+     it as soon as the flush completes, whichever nixl call drives progress.
+   - Notifications carry the sender's agent name (worker addresses name no
+     agent). Receiving runs the AM handler inside progress.
+   - gen_notif sends on worker 0's endpoint: gen_notif messages to one peer
+     arrive in the order they were sent.
+   - Loopback (NIXL_CAP_LOCAL): an endpoint to the agent's own workers.
+   - Deregistration: UCX's software transports (tcp, posix, sysv, cma) do not
+     check rkeys, so unmapping alone would not stop a peer. deregister_mem
+     therefore also sends a REVOKE message to every peer whose connection
+     info this agent loaded; the peer marks its copy of the region and then
+     refuses to post to it (NIXL_ERR_NOT_FOUND). A peer that never gave this
+     agent its metadata cannot be told; a transfer already in flight, or one
+     posted before the REVOKE arrived, still lands (memory that was unmapped
+     by then makes it fail on the transport instead).
+
+   VRAM: registered only when UCX reports CUDA memory support
+   (ucp_context_query memory_types). Debian's UCX 1.13 has no CUDA: then the
+   backend takes DRAM only, and a VRAM region gets NIXL_ERR_NOT_SUPPORTED with
+   a log line saying so.
+
+   THREADS
+   -------
+   No threads of its own (UCX may run its async thread). Every entry point is
+   a vtable call made with the agent lock held.
+
+   ERRORS
+   ------
+   UCX failures log the call, its arguments and ucs_status_string(). An
+   endpoint error (peer died, connection reset, keepalive timeout) ends the
+   peer's requests with NIXL_ERR_REMOTE_DISCONNECT and reports the peer down
+   (the core then unloads its regions and disconnects). A peer killed with
+   SIGKILL is noticed at the next progress on tcp, posix and sysv (measured:
+   under 1 ms); a peer that is alive but stuck is noticed by UCX keepalive
+   only where the transport has it (UCX_KEEPALIVE_INTERVAL, default 20 s:
+   ucx.KEEPALIVE_INTERVAL=1s lowers it).
+
+   CONFIGURATION MACROS
+   --------------------
+       NIXL_UCX_MAX_NOTIF   largest notification / gen_notif in bytes
+                            (default 1 MiB); larger ones: INVALID_PARAM
+
+   LIMITS
+   ------
+   Notification (and gen_notif) size: NIXL_UCX_MAX_NOTIF.
+   A request's notification buffer is allocated at prep (256 bytes, or more
+   when prep says it carries one) and grows on a post with a longer
+   notification; a post never allocates otherwise.
+   A peer's connection info: up to 64 worker addresses.
+
+   LICENSE: MIT (see nixl.h).
+*/
+#ifndef NIXL_UCX_H
+#define NIXL_UCX_H
+
+#include "nixl.h"
+
+#ifndef NIXL_UCX_MAX_NOTIF
+#define NIXL_UCX_MAX_NOTIF (1u << 20)
+#endif
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* The UCX backend's vtable, for nixl_create_backend(). Its mem_mask has
+   VRAM only when the installed UCX supports CUDA memory (probed once). */
+NIXL_API const nixl_backend_ops_t *nixl_ucx_backend(void);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* NIXL_UCX_H */
+
+/* ======================================================================== */
+/* implementation                                                           */
+/* ======================================================================== */
+#if defined(NIXL_IMPLEMENTATION) && !defined(NIXL_UCX_IMPLEMENTATION_DONE)
+#define NIXL_UCX_IMPLEMENTATION_DONE
+
+#include "nixl.h" /* its implementation too, when the declarations came first */
+
+#include <ucp/api/ucp.h>
+#include <ucs/config/parser.h> /* ucs_config_parser_print_all_opts: checks ucx.KEY names */
+#include <pthread.h>
+#include <string.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+// >>constants
+
+#define _NIXL_UCX_AM_ID 0x4e58u          /* "NX": our active message id */
+#define _NIXL_UCX_WIRE_VERSION 1u
+#define _NIXL_UCX_AM_NOTIF 1u            /* payload: notification bytes */
+#define _NIXL_UCX_AM_REVOKE 2u           /* payload: u64le addr, u64le len */
+#define _NIXL_UCX_MAX_WORKERS 64u
+#define _NIXL_UCX_NOTIF_PREALLOC 256u
+#define _NIXL_UCX_PROGRESS_BUDGET 1024   /* ucp_worker_progress calls per worker per progress() */
+#define _NIXL_UCX_DESTROY_WAIT_US 2000000u
+/* conn info: magic 'U', version, worker count, then per worker u32le length
+   + address bytes */
+#define _NIXL_UCX_INFO_MAGIC 0x55u
+/* public data: magic 'R', version, 2 reserved bytes, then the packed rkey */
+#define _NIXL_UCX_PUB_MAGIC 0x52u
+#define _NIXL_UCX_PUB_HDR 4u
+
+// >>structs
+
+typedef struct _nixl_ucx_engine _nixl_ucx_engine_t;
+typedef struct _nixl_ucx_peer _nixl_ucx_peer_t;
+
+/* One endpoint (peer, local worker). Lives on the engine's list until its
+   close completed, so the error handler's arg never dangles. */
+typedef struct _nixl_ucx_conn {
+    struct _nixl_ucx_conn *next;
+    _nixl_ucx_engine_t *eng;
+    _nixl_ucx_peer_t *peer; /* NULL once the peer was disconnected */
+    ucp_ep_h ep;
+    int pending;            /* our in-flight UCX requests on it (flush, AM) */
+    int close_wanted;       /* disconnected: close once nothing is pending */
+    int closing;            /* ucp_ep_close_nbx was called */
+    void *close_req;        /* its request, until complete */
+} _nixl_ucx_conn_t;
+
+typedef struct _nixl_ucx_rmd {
+    struct _nixl_ucx_rmd *next, *prev; /* the peer's list */
+    _nixl_ucx_peer_t *peer;
+    uintptr_t addr;
+    size_t len;
+    ucp_rkey_h *rkeys; /* one per local worker (rkeys belong to an ep) */
+    int revoked;       /* the owner deregistered it (REVOKE message) */
+} _nixl_ucx_rmd_t;
+
+struct _nixl_ucx_peer {
+    _nixl_ucx_peer_t *next;
+    char *name;
+    unsigned char *info; /* copy of the connection info */
+    size_t info_len;
+    unsigned num_addrs;
+    const unsigned char *addrs[_NIXL_UCX_MAX_WORKERS]; /* into info */
+    size_t addr_lens[_NIXL_UCX_MAX_WORKERS];
+    _nixl_ucx_conn_t **conns; /* per local worker, NULL until connected */
+    _nixl_ucx_rmd_t *rmds;
+    int failed;         /* an endpoint reported an error */
+    int down_reported;  /* nixl_backend_peer_down was called */
+    ucs_status_t fail_status;
+};
+
+typedef struct _nixl_ucx_md {
+    struct _nixl_ucx_md *next, *prev;
+    ucp_mem_h memh;
+    uintptr_t addr;
+    size_t len;
+    unsigned char *pub; /* magic header + packed rkey */
+    size_t pub_len;
+} _nixl_ucx_md_t;
+
+typedef struct _nixl_ucx_op {
+    void *laddr;
+    uint64_t raddr;
+    size_t len;
+    ucp_rkey_h rkey;
+    const _nixl_ucx_rmd_t *rmd; /* read at post only (the core keeps it alive then) */
+} _nixl_ucx_op_t;
+
+enum {
+    _NIXL_UCX_REQ_IDLE = 0,     /* never posted */
+    _NIXL_UCX_REQ_FLUSHING,     /* puts/gets posted, flush in flight */
+    _NIXL_UCX_REQ_NOTIF_READY,  /* flushed, notification waits for progress */
+    _NIXL_UCX_REQ_NOTIF_SENDING,
+    _NIXL_UCX_REQ_DONE
+};
+
+typedef struct _nixl_ucx_req {
+    struct _nixl_ucx_req *next, *prev;   /* the engine's list of requests */
+    struct _nixl_ucx_req *ready_next;    /* the engine's NOTIF_READY queue */
+    _nixl_ucx_engine_t *eng;
+    _nixl_ucx_peer_t *peer;              /* NULL once disconnected */
+    _nixl_ucx_conn_t *conn;
+    unsigned widx;
+    nixl_xfer_op_t op;
+    size_t count;
+    _nixl_ucx_op_t *ops;
+    int state;
+    nixl_status_t status;
+    void *ucx_req;                       /* in-flight flush or AM send */
+    _nixl_ucx_conn_t *io_conn;           /* the conn ucx_req runs on */
+    int send_notif;                      /* this post carries a notification */
+    unsigned char *notif;                /* AM payload: header + message */
+    size_t notif_hdr, notif_len, notif_cap;
+} _nixl_ucx_req_t;
+
+/* An in-flight gen_notif or REVOKE message (owns its payload). */
+typedef struct _nixl_ucx_msg {
+    struct _nixl_ucx_msg *next, *prev;
+    _nixl_ucx_engine_t *eng;
+    _nixl_ucx_conn_t *conn;
+    void *ucx_req;
+    size_t len;
+    unsigned char *buf;
+} _nixl_ucx_msg_t;
+
+typedef struct _nixl_ucx_worker {
+    ucp_worker_h h;
+    ucp_address_t *addr;
+    size_t addr_len;
+} _nixl_ucx_worker_t;
+
+struct _nixl_ucx_engine {
+    nixl_backend_t *be;
+    char *name;            /* the agent's name */
+    size_t name_len;
+    ucp_context_h ctx;
+    uint64_t mem_types;    /* ucp_context_query memory_types */
+    unsigned num_workers;
+    _nixl_ucx_worker_t *workers;
+    unsigned char *info;   /* our connection info */
+    size_t info_len;
+    unsigned next_worker;  /* round-robin for new requests */
+    _nixl_ucx_peer_t *peers;
+    _nixl_ucx_peer_t *self_peer; /* loopback, created on first load_local_md */
+    _nixl_ucx_conn_t *conns;
+    _nixl_ucx_md_t *mds;
+    _nixl_ucx_req_t *reqs;
+    _nixl_ucx_req_t *ready_head, *ready_tail;
+    _nixl_ucx_msg_t *msgs;
+    int peer_failed;       /* some peer failed and is not reported yet */
+    int destroying;
+};
+
+// >>helpers
+
+static void *_nixl_ucx_alloc(_nixl_ucx_engine_t *eng, size_t size) {
+    return nixl_backend_alloc(eng->be, size);
+}
+
+static void _nixl_ucx_free(_nixl_ucx_engine_t *eng, void *p) {
+    if (p) nixl_backend_free(eng->be, p);
+}
+
+static char *_nixl_ucx_strdup(_nixl_ucx_engine_t *eng, const char *s) {
+    size_t n = strlen(s);
+    char *p = (char *)_nixl_ucx_alloc(eng, n + 1);
+    if (p) memcpy(p, s, n + 1);
+    return p;
+}
+
+static void _nixl_ucx_put_u16(unsigned char *p, unsigned v) {
+    p[0] = (unsigned char)(v & 0xff);
+    p[1] = (unsigned char)((v >> 8) & 0xff);
+}
+
+static unsigned _nixl_ucx_get_u16(const unsigned char *p) {
+    return (unsigned)p[0] | ((unsigned)p[1] << 8);
+}
+
+static void _nixl_ucx_put_u32(unsigned char *p, uint32_t v) {
+    int i;
+    for (i = 0; i < 4; i++) p[i] = (unsigned char)((v >> (8 * i)) & 0xff);
+}
+
+static uint32_t _nixl_ucx_get_u32(const unsigned char *p) {
+    uint32_t v = 0;
+    int i;
+    for (i = 3; i >= 0; i--) v = (v << 8) | p[i];
+    return v;
+}
+
+static void _nixl_ucx_put_u64(unsigned char *p, uint64_t v) {
+    int i;
+    for (i = 0; i < 8; i++) p[i] = (unsigned char)((v >> (8 * i)) & 0xff);
+}
+
+static uint64_t _nixl_ucx_get_u64(const unsigned char *p) {
+    uint64_t v = 0;
+    int i;
+    for (i = 7; i >= 0; i--) v = (v << 8) | p[i];
+    return v;
+}
+
+/* Errors that mean "the peer is gone" rather than "UCX misbehaved". */
+static int _nixl_ucx_is_disconnect(ucs_status_t st) {
+    return st == UCS_ERR_CONNECTION_RESET || st == UCS_ERR_ENDPOINT_TIMEOUT ||
+           st == UCS_ERR_UNREACHABLE || st == UCS_ERR_CANCELED || st == UCS_ERR_REJECTED ||
+           st == UCS_ERR_IO_ERROR || st == UCS_ERR_TIMED_OUT;
+}
+
+/* The AM payload header: version, kind, u16le name length, name. */
+static size_t _nixl_ucx_am_hdr_len(const _nixl_ucx_engine_t *eng) {
+    return 4 + eng->name_len;
+}
+
+static void _nixl_ucx_am_hdr_write(const _nixl_ucx_engine_t *eng, unsigned char *p, unsigned kind) {
+    p[0] = (unsigned char)_NIXL_UCX_WIRE_VERSION;
+    p[1] = (unsigned char)kind;
+    _nixl_ucx_put_u16(p + 2, (unsigned)eng->name_len);
+    memcpy(p + 4, eng->name, eng->name_len);
+}
+
+// >>params
+
+/* UCX lists are comma-separated, but ',' separates nixl params: '+' stands in. */
+static char *_nixl_ucx_list_value(_nixl_ucx_engine_t *eng, const char *v) {
+    char *s = _nixl_ucx_strdup(eng, v);
+    char *p;
+    if (!s) return NULL;
+    for (p = s; *p; p++)
+        if (*p == '+') *p = ',';
+    return s;
+}
+
+static nixl_status_t _nixl_ucx_config_set(_nixl_ucx_engine_t *eng, ucp_config_t *cfg, const char *key,
+                                          const char *value) {
+    ucs_status_t st;
+    char *v = _nixl_ucx_list_value(eng, value);
+    if (!v) return NIXL_ERR_BACKEND;
+    if (strncmp(key, "UCX_", 4) == 0) key += 4;
+    st = ucp_config_modify(cfg, key, v);
+    if (st != UCS_OK) {
+        nixl_backend_log(eng->be, NIXL_LOG_ERROR, "create: ucp_config_modify(%s=%s) failed: %s", key, v,
+                         ucs_status_string(st));
+        _nixl_ucx_free(eng, v);
+        return NIXL_ERR_INVALID_PARAM;
+    }
+    nixl_backend_log(eng->be, NIXL_LOG_DEBUG, "create: UCX_%s=%s", key, v);
+    _nixl_ucx_free(eng, v);
+    return NIXL_SUCCESS;
+}
+
+/* Our endpoints use UCP_ERR_HANDLING_MODE_PEER, which UCX 1.13 refuses on
+   the posix and sysv transports unless their error handling is switched on
+   (UCX_POSIX_ERROR_HANDLING / UCX_SYSV_ERROR_HANDLING default to "n"), so
+   shared memory would carry nothing. These are memory-domain variables,
+   which UCX 1.13 reads from the environment only (ucp_config_modify keeps
+   them but never applies them), so they are set there, unless already set. */
+static void _nixl_ucx_env_defaults(_nixl_ucx_engine_t *eng) {
+    static const char *const vars[] = {"UCX_POSIX_ERROR_HANDLING", "UCX_SYSV_ERROR_HANDLING"};
+    size_t i;
+    for (i = 0; i < sizeof vars / sizeof vars[0]; i++) {
+        if (getenv(vars[i])) continue;
+        if (setenv(vars[i], "y", 0) != 0)
+            nixl_backend_log(eng->be, NIXL_LOG_WARN, "create: setenv(%s=y) failed: shared memory may not be usable",
+                             vars[i]);
+        else
+            nixl_backend_log(eng->be, NIXL_LOG_DEBUG, "create: %s=y (for peer error handling)", vars[i]);
+    }
+}
+
+/* Applies tls= and every ucx.KEY=VALUE to the UCX configuration. */
+static nixl_status_t _nixl_ucx_apply_params(_nixl_ucx_engine_t *eng, const nixl_backend_init_t *init,
+                                            ucp_config_t *cfg) {
+    size_t i;
+    nixl_status_t st;
+    for (i = 0; i < init->num_params; i++) {
+        const char *k = init->params[i].key;
+        const char *v = init->params[i].value ? init->params[i].value : "";
+        if (strcmp(k, "tls") == 0) {
+            if (!*v) {
+                nixl_backend_log(eng->be, NIXL_LOG_ERROR, "create: tls= needs a transport list, e.g. tls=tcp");
+                return NIXL_ERR_INVALID_PARAM;
+            }
+            st = _nixl_ucx_config_set(eng, cfg, "TLS", v);
+        } else if (strncmp(k, "ucx.", 4) == 0) {
+            if (!k[4]) {
+                nixl_backend_log(eng->be, NIXL_LOG_ERROR, "create: \"ucx.\" needs a UCX variable name");
+                return NIXL_ERR_INVALID_PARAM;
+            }
+            st = _nixl_ucx_config_set(eng, cfg, k + 4, v);
+        } else {
+            continue;
+        }
+        if (st != NIXL_SUCCESS) return st;
+    }
+    return NIXL_SUCCESS;
+}
+
+/* ucp_config_modify() accepts any name (transport variables are kept for
+   later), so a misspelt ucx.KEY would only be warned about by UCX. With the
+   context up (every transport module loaded), the full list of UCX
+   variables is known: refuse names that are not on it. */
+static nixl_status_t _nixl_ucx_check_keys(_nixl_ucx_engine_t *eng, const nixl_backend_init_t *init) {
+    char *all = NULL, want[300];
+    size_t all_len = 0, i;
+    nixl_status_t st = NIXL_SUCCESS;
+    FILE *f = open_memstream(&all, &all_len);
+    if (!f) return NIXL_SUCCESS; /* cannot check: UCX will warn itself */
+    fputc('\n', f);
+    ucs_config_parser_print_all_opts(f, "UCX_", (ucs_config_print_flags_t)(UCS_CONFIG_PRINT_CONFIG |
+                                     UCS_CONFIG_PRINT_HIDDEN), &ucs_config_global_list);
+    fclose(f);
+    for (i = 0; all && i < init->num_params && st == NIXL_SUCCESS; i++) {
+        const char *k = init->params[i].key;
+        if (strncmp(k, "ucx.", 4) != 0) continue;
+        k += 4;
+        if (strncmp(k, "UCX_", 4) == 0) k += 4;
+        snprintf(want, sizeof want, "\nUCX_%s=", k);
+        if (!strstr(all, want)) {
+            nixl_backend_log(eng->be, NIXL_LOG_ERROR, "create: ucx.%s: this UCX (%s) has no variable UCX_%s",
+                             k, ucp_get_version_string(), k);
+            st = NIXL_ERR_INVALID_PARAM;
+        }
+    }
+    free(all);
+    return st;
+}
+
+// >>am
+
+static void _nixl_ucx_handle_revoke(_nixl_ucx_engine_t *eng, const char *sender, const unsigned char *p,
+                                    size_t len) {
+    _nixl_ucx_peer_t *peer;
+    _nixl_ucx_rmd_t *r;
+    uint64_t addr, rlen;
+    if (len != 16) {
+        nixl_backend_log(eng->be, NIXL_LOG_WARN, "am: REVOKE from %s with %zu payload bytes (want 16), dropped",
+                         sender, len);
+        return;
+    }
+    addr = _nixl_ucx_get_u64(p);
+    rlen = _nixl_ucx_get_u64(p + 8);
+    for (peer = eng->peers; peer; peer = peer->next)
+        if (strcmp(peer->name, sender) == 0) break;
+    if (!peer && strcmp(sender, eng->name) == 0) peer = eng->self_peer;
+    if (!peer) return; /* we hold nothing of it */
+    for (r = peer->rmds; r; r = r->next)
+        if (r->addr == (uintptr_t)addr && r->len == (size_t)rlen) {
+            r->revoked = 1;
+            nixl_backend_log(eng->be, NIXL_LOG_INFO, "am: %s deregistered region 0x%llx+%llu: refused from now on",
+                             sender, (unsigned long long)addr, (unsigned long long)rlen);
+        }
+}
+
+/* The one AM handler: notifications and revocations, all bounds-checked. */
+static ucs_status_t _nixl_ucx_am_cb(void *arg, const void *header, size_t header_length, void *data,
+                                    size_t length, const ucp_am_recv_param_t *param) {
+    _nixl_ucx_engine_t *eng = (_nixl_ucx_engine_t *)arg;
+    const unsigned char *p = (const unsigned char *)data;
+    char sender[256];
+    size_t nlen;
+    unsigned kind;
+    (void)header;
+    (void)header_length;
+    if (eng->destroying) return UCS_OK;
+    if (param->recv_attr & UCP_AM_RECV_ATTR_FLAG_RNDV) {
+        /* we send eager only; a rendezvous AM is not ours */
+        nixl_backend_log(eng->be, NIXL_LOG_WARN, "am: rendezvous message of %zu bytes dropped", length);
+        return UCS_OK;
+    }
+    if (length < 4 || p[0] != _NIXL_UCX_WIRE_VERSION) {
+        nixl_backend_log(eng->be, NIXL_LOG_WARN, "am: malformed message (%zu bytes, version %u) dropped", length,
+                         length ? (unsigned)p[0] : 0u);
+        return UCS_OK;
+    }
+    kind = p[1];
+    nlen = _nixl_ucx_get_u16(p + 2);
+    if (nlen == 0 || nlen >= sizeof sender || 4 + nlen > length) {
+        nixl_backend_log(eng->be, NIXL_LOG_WARN, "am: bad sender name length %zu in %zu bytes, dropped", nlen,
+                         length);
+        return UCS_OK;
+    }
+    memcpy(sender, p + 4, nlen);
+    sender[nlen] = '\0';
+    p += 4 + nlen;
+    length -= 4 + nlen;
+    if (kind == _NIXL_UCX_AM_NOTIF)
+        nixl_backend_notif(eng->be, sender, p, length);
+    else if (kind == _NIXL_UCX_AM_REVOKE)
+        _nixl_ucx_handle_revoke(eng, sender, p, length);
+    else
+        nixl_backend_log(eng->be, NIXL_LOG_WARN, "am: unknown kind %u from %s, dropped", kind, sender);
+    return UCS_OK;
+}
+
+static void _nixl_ucx_msg_unlink(_nixl_ucx_engine_t *eng, _nixl_ucx_msg_t *m) {
+    if (m->prev) m->prev->next = m->next;
+    else eng->msgs = m->next;
+    if (m->next) m->next->prev = m->prev;
+    m->next = m->prev = NULL;
+}
+
+static void _nixl_ucx_msg_free(_nixl_ucx_engine_t *eng, _nixl_ucx_msg_t *m) {
+    _nixl_ucx_free(eng, m->buf);
+    _nixl_ucx_free(eng, m);
+}
+
+static void _nixl_ucx_msg_sent_cb(void *request, ucs_status_t status, void *user_data) {
+    _nixl_ucx_msg_t *m = (_nixl_ucx_msg_t *)user_data;
+    _nixl_ucx_engine_t *eng = m->eng;
+    if (status != UCS_OK && !eng->destroying)
+        nixl_backend_log(eng->be, NIXL_LOG_WARN, "am: message of %zu bytes (notification or REVOKE) not delivered: %s",
+                         m->len, ucs_status_string(status));
+    ucp_request_free(request);
+    m->conn->pending--;
+    _nixl_ucx_msg_unlink(eng, m);
+    _nixl_ucx_msg_free(eng, m);
+}
+
+static void _nixl_ucx_am_param(ucp_request_param_t *prm, ucp_send_nbx_callback_t cb, void *user) {
+    memset(prm, 0, sizeof *prm);
+    prm->op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA | UCP_OP_ATTR_FIELD_FLAGS;
+    prm->cb.send = cb;
+    prm->user_data = user;
+    /* eager only: the receiver gets the data in its handler, in order */
+    prm->flags = UCP_AM_SEND_FLAG_EAGER;
+}
+
+/* Sends an engine-owned message (gen_notif, REVOKE) on c. Takes ownership of buf. */
+static nixl_status_t _nixl_ucx_send_msg(_nixl_ucx_engine_t *eng, _nixl_ucx_conn_t *c, unsigned char *buf,
+                                        size_t len, const char *what) {
+    ucp_request_param_t prm;
+    ucs_status_ptr_t sp;
+    _nixl_ucx_msg_t *m = (_nixl_ucx_msg_t *)_nixl_ucx_alloc(eng, sizeof *m);
+    if (!m) {
+        _nixl_ucx_free(eng, buf);
+        return NIXL_ERR_BACKEND;
+    }
+    m->eng = eng;
+    m->conn = c;
+    m->buf = buf;
+    m->len = len;
+    _nixl_ucx_am_param(&prm, _nixl_ucx_msg_sent_cb, m);
+    sp = ucp_am_send_nbx(c->ep, _NIXL_UCX_AM_ID, NULL, 0, buf, len, &prm);
+    if (sp == NULL) {
+        _nixl_ucx_msg_free(eng, m);
+        return NIXL_SUCCESS;
+    }
+    if (UCS_PTR_IS_ERR(sp)) {
+        ucs_status_t st = UCS_PTR_STATUS(sp);
+        nixl_backend_log(eng->be, NIXL_LOG_ERROR, "%s: ucp_am_send_nbx(%zu bytes) failed: %s", what, len,
+                         ucs_status_string(st));
+        _nixl_ucx_msg_free(eng, m);
+        return _nixl_ucx_is_disconnect(st) ? NIXL_ERR_REMOTE_DISCONNECT : NIXL_ERR_BACKEND;
+    }
+    m->ucx_req = sp;
+    c->pending++;
+    m->next = eng->msgs;
+    if (eng->msgs) eng->msgs->prev = m;
+    eng->msgs = m;
+    return NIXL_IN_PROG;
+}
+
+// >>workers
+
+static nixl_status_t _nixl_ucx_worker_open(_nixl_ucx_engine_t *eng, unsigned i) {
+    ucp_worker_params_t wp;
+    ucp_am_handler_param_t hp;
+    ucs_status_t st;
+    _nixl_ucx_worker_t *w = &eng->workers[i];
+    memset(&wp, 0, sizeof wp);
+    wp.field_mask = UCP_WORKER_PARAM_FIELD_THREAD_MODE;
+    /* the agent lock serialises every call into the engine */
+    wp.thread_mode = UCS_THREAD_MODE_SERIALIZED;
+    st = ucp_worker_create(eng->ctx, &wp, &w->h);
+    if (st != UCS_OK) {
+        nixl_backend_log(eng->be, NIXL_LOG_ERROR, "create: ucp_worker_create(#%u) failed: %s", i,
+                         ucs_status_string(st));
+        w->h = NULL;
+        return NIXL_ERR_BACKEND;
+    }
+    memset(&hp, 0, sizeof hp);
+    hp.field_mask = UCP_AM_HANDLER_PARAM_FIELD_ID | UCP_AM_HANDLER_PARAM_FIELD_FLAGS |
+                    UCP_AM_HANDLER_PARAM_FIELD_CB | UCP_AM_HANDLER_PARAM_FIELD_ARG;
+    hp.id = _NIXL_UCX_AM_ID;
+    hp.flags = UCP_AM_FLAG_WHOLE_MSG;
+    hp.cb = _nixl_ucx_am_cb;
+    hp.arg = eng;
+    st = ucp_worker_set_am_recv_handler(w->h, &hp);
+    if (st != UCS_OK) {
+        nixl_backend_log(eng->be, NIXL_LOG_ERROR, "create: ucp_worker_set_am_recv_handler(#%u) failed: %s", i,
+                         ucs_status_string(st));
+        return NIXL_ERR_BACKEND;
+    }
+    st = ucp_worker_get_address(w->h, &w->addr, &w->addr_len);
+    if (st != UCS_OK) {
+        nixl_backend_log(eng->be, NIXL_LOG_ERROR, "create: ucp_worker_get_address(#%u) failed: %s", i,
+                         ucs_status_string(st));
+        w->addr = NULL;
+        return NIXL_ERR_BACKEND;
+    }
+    return NIXL_SUCCESS;
+}
+
+/* conn info = magic, version, count, then u32le length + address per worker */
+static nixl_status_t _nixl_ucx_build_info(_nixl_ucx_engine_t *eng) {
+    size_t n = 3, i;
+    unsigned char *p;
+    for (i = 0; i < eng->num_workers; i++) n += 4 + eng->workers[i].addr_len;
+    eng->info = (unsigned char *)_nixl_ucx_alloc(eng, n);
+    if (!eng->info) return NIXL_ERR_BACKEND;
+    eng->info_len = n;
+    p = eng->info;
+    p[0] = _NIXL_UCX_INFO_MAGIC;
+    p[1] = (unsigned char)_NIXL_UCX_WIRE_VERSION;
+    p[2] = (unsigned char)eng->num_workers;
+    p += 3;
+    for (i = 0; i < eng->num_workers; i++) {
+        _nixl_ucx_put_u32(p, (uint32_t)eng->workers[i].addr_len);
+        memcpy(p + 4, eng->workers[i].addr, eng->workers[i].addr_len);
+        p += 4 + eng->workers[i].addr_len;
+    }
+    return NIXL_SUCCESS;
+}
+
+/* Splits a peer's conn info into its worker addresses (pointers into info). */
+static nixl_status_t _nixl_ucx_parse_info(_nixl_ucx_engine_t *eng, const char *remote, _nixl_ucx_peer_t *peer) {
+    const unsigned char *p = peer->info, *end = peer->info + peer->info_len;
+    unsigned i, n;
+    if (peer->info_len < 3 || p[0] != _NIXL_UCX_INFO_MAGIC) {
+        nixl_backend_log(eng->be, NIXL_LOG_ERROR, "load_remote_conn_info(%s): not UCX connection info (%zu bytes)",
+                         remote, peer->info_len);
+        return NIXL_ERR_INVALID_PARAM;
+    }
+    if (p[1] != _NIXL_UCX_WIRE_VERSION) {
+        nixl_backend_log(eng->be, NIXL_LOG_ERROR, "load_remote_conn_info(%s): version %u, this build speaks %u",
+                         remote, (unsigned)p[1], _NIXL_UCX_WIRE_VERSION);
+        return NIXL_ERR_MISMATCH;
+    }
+    n = p[2];
+    if (n == 0 || n > _NIXL_UCX_MAX_WORKERS) {
+        nixl_backend_log(eng->be, NIXL_LOG_ERROR, "load_remote_conn_info(%s): %u workers (1..%u)", remote, n,
+                         _NIXL_UCX_MAX_WORKERS);
+        return NIXL_ERR_INVALID_PARAM;
+    }
+    p += 3;
+    for (i = 0; i < n; i++) {
+        uint32_t len;
+        if ((size_t)(end - p) < 4) break;
+        len = _nixl_ucx_get_u32(p);
+        p += 4;
+        if (len == 0 || (size_t)(end - p) < len) break;
+        peer->addrs[i] = p;
+        peer->addr_lens[i] = len;
+        p += len;
+    }
+    if (i != n || p != end) {
+        nixl_backend_log(eng->be, NIXL_LOG_ERROR, "load_remote_conn_info(%s): truncated or oversized (%zu bytes)",
+                         remote, peer->info_len);
+        return NIXL_ERR_INVALID_PARAM;
+    }
+    peer->num_addrs = n;
+    return NIXL_SUCCESS;
+}
+
+// >>peers
+
+
+static _nixl_ucx_peer_t *_nixl_ucx_peer_new(_nixl_ucx_engine_t *eng, const char *name, const void *info,
+                                            size_t len) {
+    _nixl_ucx_peer_t *p = (_nixl_ucx_peer_t *)_nixl_ucx_alloc(eng, sizeof *p);
+    if (!p) return NULL;
+    p->name = _nixl_ucx_strdup(eng, name);
+    p->info = (unsigned char *)_nixl_ucx_alloc(eng, len ? len : 1);
+    p->conns = (_nixl_ucx_conn_t **)_nixl_ucx_alloc(eng, eng->num_workers * sizeof *p->conns);
+    if (!p->name || !p->info || !p->conns) {
+        _nixl_ucx_free(eng, p->name);
+        _nixl_ucx_free(eng, p->info);
+        _nixl_ucx_free(eng, p->conns);
+        _nixl_ucx_free(eng, p);
+        return NULL;
+    }
+    memcpy(p->info, info, len);
+    p->info_len = len;
+    return p;
+}
+
+static void _nixl_ucx_free_peer(_nixl_ucx_engine_t *eng, _nixl_ucx_peer_t *p) {
+    _nixl_ucx_free(eng, p->conns);
+    _nixl_ucx_free(eng, p->info);
+    _nixl_ucx_free(eng, p->name);
+    _nixl_ucx_free(eng, p);
+}
+
+/* The loopback peer: our own workers, reached through our own conn info. */
+static _nixl_ucx_peer_t *_nixl_ucx_self_peer(_nixl_ucx_engine_t *eng) {
+    _nixl_ucx_peer_t *p;
+    if (eng->self_peer) return eng->self_peer;
+    p = _nixl_ucx_peer_new(eng, eng->name, eng->info, eng->info_len);
+    if (!p) return NULL;
+    if (_nixl_ucx_parse_info(eng, eng->name, p) != NIXL_SUCCESS) {
+        _nixl_ucx_free_peer(eng, p);
+        return NULL;
+    }
+    eng->self_peer = p;
+    return p;
+}
+
+/* A peer by name; the agent's own name is the loopback peer. */
+static _nixl_ucx_peer_t *_nixl_ucx_peer_find(_nixl_ucx_engine_t *eng, const char *name) {
+    _nixl_ucx_peer_t *p;
+    if (strcmp(name, eng->name) == 0) return _nixl_ucx_self_peer(eng);
+    for (p = eng->peers; p; p = p->next)
+        if (strcmp(p->name, name) == 0) return p;
+    return NULL;
+}
+
+static void _nixl_ucx_err_cb(void *arg, ucp_ep_h ep, ucs_status_t status) {
+    _nixl_ucx_conn_t *c = (_nixl_ucx_conn_t *)arg;
+    _nixl_ucx_engine_t *eng = c->eng;
+    (void)ep;
+    if (!c->peer || eng->destroying) return;
+    if (!c->peer->failed) {
+        nixl_backend_log(eng->be, NIXL_LOG_WARN, "endpoint to %s failed: %s", c->peer->name,
+                         ucs_status_string(status));
+        c->peer->fail_status = status;
+    }
+    c->peer->failed = 1;
+    /* peer_down is reported from progress(), after UCX returned */
+    eng->peer_failed = 1;
+}
+
+/* Creates the endpoints to every local worker's counterpart (local, non-blocking). */
+static nixl_status_t _nixl_ucx_peer_connect(_nixl_ucx_engine_t *eng, _nixl_ucx_peer_t *peer, const char *what) {
+    unsigned i;
+    if (peer->failed) {
+        nixl_backend_log(eng->be, NIXL_LOG_ERROR, "%s(%s): the peer's endpoint failed earlier: %s", what,
+                         peer->name, ucs_status_string(peer->fail_status));
+        return NIXL_ERR_REMOTE_DISCONNECT;
+    }
+    for (i = 0; i < eng->num_workers; i++) {
+        ucp_ep_params_t ep;
+        ucs_status_t st;
+        unsigned a = i % peer->num_addrs;
+        _nixl_ucx_conn_t *c;
+        if (peer->conns[i]) continue;
+        c = (_nixl_ucx_conn_t *)_nixl_ucx_alloc(eng, sizeof *c);
+        if (!c) return NIXL_ERR_BACKEND;
+        c->eng = eng;
+        c->peer = peer;
+        memset(&ep, 0, sizeof ep);
+        ep.field_mask = UCP_EP_PARAM_FIELD_REMOTE_ADDRESS | UCP_EP_PARAM_FIELD_ERR_HANDLING_MODE |
+                        UCP_EP_PARAM_FIELD_ERR_HANDLER;
+        ep.address = (const ucp_address_t *)peer->addrs[a];
+        ep.err_mode = UCP_ERR_HANDLING_MODE_PEER;
+        ep.err_handler.cb = _nixl_ucx_err_cb;
+        ep.err_handler.arg = c;
+        st = ucp_ep_create(eng->workers[i].h, &ep, &c->ep);
+        if (st != UCS_OK) {
+            nixl_backend_log(eng->be, NIXL_LOG_ERROR,
+                             "%s(%s): ucp_ep_create(worker %u -> remote worker %u) failed: %s "
+                             "(no common transport with error handling? check tls=)",
+                             what, peer->name, i, a, ucs_status_string(st));
+            _nixl_ucx_free(eng, c);
+            return st == UCS_ERR_UNREACHABLE ? NIXL_ERR_REMOTE_DISCONNECT : NIXL_ERR_BACKEND;
+        }
+        c->next = eng->conns;
+        eng->conns = c;
+        peer->conns[i] = c;
+    }
+    return NIXL_SUCCESS;
+}
+
+/* Closes an endpoint now. Always FORCE: a graceful close waits for the peer
+   to answer, and a peer that does not progress (or is dead but not yet
+   detected) would keep us waiting; what had to be delivered was waited for
+   already (see _nixl_ucx_conn_release). */
+static void _nixl_ucx_conn_close_now(_nixl_ucx_engine_t *eng, _nixl_ucx_conn_t *c) {
+    ucp_request_param_t prm;
+    ucs_status_ptr_t sp;
+    if (c->closing) return;
+    c->closing = 1;
+    c->peer = NULL;
+    memset(&prm, 0, sizeof prm);
+    prm.op_attr_mask = UCP_OP_ATTR_FIELD_FLAGS;
+    prm.flags = UCP_EP_CLOSE_FLAG_FORCE;
+    sp = ucp_ep_close_nbx(c->ep, &prm);
+    if (UCS_PTR_IS_ERR(sp)) {
+        if (!eng->destroying)
+            nixl_backend_log(eng->be, NIXL_LOG_DEBUG, "disconnect: ucp_ep_close_nbx: %s",
+                             ucs_status_string(UCS_PTR_STATUS(sp)));
+        sp = NULL;
+    }
+    c->close_req = sp;
+    c->ep = NULL;
+}
+
+/* The peer is forgotten: close the endpoint once what we sent on it
+   (notifications, flushes) completed, so a gen_notif right before an
+   invalidation still arrives. */
+static void _nixl_ucx_conn_release(_nixl_ucx_engine_t *eng, _nixl_ucx_conn_t *c) {
+    c->peer = NULL;
+    c->close_wanted = 1;
+    if (!c->pending) _nixl_ucx_conn_close_now(eng, c);
+}
+
+/* Closes released conns that went idle and frees closed ones; 1 if any. */
+static int _nixl_ucx_reap_conns(_nixl_ucx_engine_t *eng) {
+    _nixl_ucx_conn_t **pp = &eng->conns;
+    int did = 0;
+    while (*pp) {
+        _nixl_ucx_conn_t *c = *pp;
+        if (c->close_wanted && !c->closing && !c->pending) {
+            _nixl_ucx_conn_close_now(eng, c);
+            did = 1;
+        }
+        if (c->closing && c->close_req && ucp_request_check_status(c->close_req) != UCS_INPROGRESS) {
+            ucp_request_free(c->close_req);
+            c->close_req = NULL;
+        }
+        if (c->closing && !c->close_req && !c->pending) {
+            *pp = c->next;
+            _nixl_ucx_free(eng, c);
+            did = 1;
+            continue;
+        }
+        pp = &c->next;
+    }
+    return did;
+}
+
+// >>requests
+
+static void _nixl_ucx_req_finish(_nixl_ucx_req_t *r, nixl_status_t st) {
+    r->state = _NIXL_UCX_REQ_DONE;
+    r->status = st;
+}
+
+/* Maps a UCX completion error of a request to a nixl status, with a log line. */
+static nixl_status_t _nixl_ucx_req_error(_nixl_ucx_req_t *r, const char *what, ucs_status_t st) {
+    _nixl_ucx_engine_t *eng = r->eng;
+    int gone = !r->peer || r->peer->failed || _nixl_ucx_is_disconnect(st);
+    if (!eng->destroying)
+        nixl_backend_log(eng->be, gone ? NIXL_LOG_WARN : NIXL_LOG_ERROR, "xfer to %s: %s failed: %s",
+                         r->peer ? r->peer->name : "(disconnected peer)", what, ucs_status_string(st));
+    return gone ? NIXL_ERR_REMOTE_DISCONNECT : NIXL_ERR_BACKEND;
+}
+
+/* The UCX request of r completed: its conn has one op less in flight. */
+static void _nixl_ucx_req_io_done(_nixl_ucx_req_t *r, void *request) {
+    ucp_request_free(request);
+    r->ucx_req = NULL;
+    r->io_conn->pending--;
+    r->io_conn = NULL;
+}
+
+static void _nixl_ucx_req_io_start(_nixl_ucx_req_t *r, void *request) {
+    r->ucx_req = request;
+    r->io_conn = r->conn;
+    r->conn->pending++;
+}
+
+static void _nixl_ucx_notif_sent_cb(void *request, ucs_status_t status, void *user_data) {
+    _nixl_ucx_req_t *r = (_nixl_ucx_req_t *)user_data;
+    _nixl_ucx_req_io_done(r, request);
+    _nixl_ucx_req_finish(r, status == UCS_OK ? NIXL_SUCCESS : _nixl_ucx_req_error(r, "notification", status));
+}
+
+/* Sends the request's notification; its data has landed (flush completed). */
+static nixl_status_t _nixl_ucx_req_send_notif(_nixl_ucx_req_t *r) {
+    ucp_request_param_t prm;
+    ucs_status_ptr_t sp;
+    if (!r->conn || r->conn->close_wanted) {
+        _nixl_ucx_req_finish(r, NIXL_ERR_REMOTE_DISCONNECT);
+        return r->status;
+    }
+    _nixl_ucx_am_param(&prm, _nixl_ucx_notif_sent_cb, r);
+    sp = ucp_am_send_nbx(r->conn->ep, _NIXL_UCX_AM_ID, NULL, 0, r->notif, r->notif_len, &prm);
+    if (sp == NULL) {
+        _nixl_ucx_req_finish(r, NIXL_SUCCESS);
+    } else if (UCS_PTR_IS_ERR(sp)) {
+        _nixl_ucx_req_finish(r, _nixl_ucx_req_error(r, "ucp_am_send_nbx(notification)", UCS_PTR_STATUS(sp)));
+    } else {
+        _nixl_ucx_req_io_start(r, sp);
+        r->state = _NIXL_UCX_REQ_NOTIF_SENDING;
+        return NIXL_IN_PROG;
+    }
+    return r->status;
+}
+
+static void _nixl_ucx_flush_cb(void *request, ucs_status_t status, void *user_data) {
+    _nixl_ucx_req_t *r = (_nixl_ucx_req_t *)user_data;
+    _nixl_ucx_engine_t *eng = r->eng;
+    _nixl_ucx_req_io_done(r, request);
+    if (status != UCS_OK) {
+        _nixl_ucx_req_finish(r, _nixl_ucx_req_error(r, r->op == NIXL_WRITE ? "put+flush" : "get+flush", status));
+    } else if (!r->send_notif) {
+        _nixl_ucx_req_finish(r, NIXL_SUCCESS);
+    } else {
+        /* sent from progress() once UCX returned, never from inside its callback */
+        r->state = _NIXL_UCX_REQ_NOTIF_READY;
+        r->ready_next = NULL;
+        if (eng->ready_tail) eng->ready_tail->ready_next = r;
+        else eng->ready_head = r;
+        eng->ready_tail = r;
+    }
+}
+
+static int _nixl_ucx_send_ready_notifs(_nixl_ucx_engine_t *eng) {
+    int did = 0;
+    while (eng->ready_head) {
+        _nixl_ucx_req_t *r = eng->ready_head;
+        eng->ready_head = r->ready_next;
+        if (!eng->ready_head) eng->ready_tail = NULL;
+        r->ready_next = NULL;
+        if (r->state == _NIXL_UCX_REQ_NOTIF_READY) _nixl_ucx_req_send_notif(r);
+        did = 1;
+    }
+    return did;
+}
+
+static void _nixl_ucx_ready_remove(_nixl_ucx_engine_t *eng, _nixl_ucx_req_t *r) {
+    _nixl_ucx_req_t **pp = &eng->ready_head, *prev = NULL;
+    while (*pp && *pp != r) {
+        prev = *pp;
+        pp = &(*pp)->ready_next;
+    }
+    if (!*pp) return;
+    *pp = r->ready_next;
+    if (eng->ready_tail == r) eng->ready_tail = prev;
+    r->ready_next = NULL;
+}
+
+/* The peer goes away: requests keep their memory but lose the endpoint. */
+static void _nixl_ucx_detach_reqs(_nixl_ucx_engine_t *eng, _nixl_ucx_peer_t *peer) {
+    _nixl_ucx_req_t *r;
+    for (r = eng->reqs; r; r = r->next) {
+        if (r->peer != peer) continue;
+        if (r->state == _NIXL_UCX_REQ_NOTIF_READY) {
+            _nixl_ucx_ready_remove(eng, r);
+            _nixl_ucx_req_finish(r, NIXL_ERR_REMOTE_DISCONNECT);
+        }
+        /* FLUSHING / NOTIF_SENDING end in their callback (the endpoint
+           closes only after that, or is failed and completes them) */
+        r->peer = NULL;
+        r->conn = NULL;
+    }
+}
+
+static void _nixl_ucx_req_free(_nixl_ucx_engine_t *eng, _nixl_ucx_req_t *r) {
+    if (r->prev) r->prev->next = r->next;
+    else eng->reqs = r->next;
+    if (r->next) r->next->prev = r->prev;
+    _nixl_ucx_free(eng, r->ops);
+    _nixl_ucx_free(eng, r->notif);
+    _nixl_ucx_free(eng, r);
+}
+
+/* Makes room for a notification of len bytes after the payload header. */
+static nixl_status_t _nixl_ucx_req_notif_reserve(_nixl_ucx_req_t *r, size_t len) {
+    _nixl_ucx_engine_t *eng = r->eng;
+    unsigned char *n;
+    if (r->notif && r->notif_hdr + len <= r->notif_cap) return NIXL_SUCCESS;
+    n = (unsigned char *)_nixl_ucx_alloc(eng, r->notif_hdr + len);
+    if (!n) return NIXL_ERR_BACKEND;
+    _nixl_ucx_am_hdr_write(eng, n, _NIXL_UCX_AM_NOTIF);
+    _nixl_ucx_free(eng, r->notif);
+    r->notif = n;
+    r->notif_cap = r->notif_hdr + len;
+    return NIXL_SUCCESS;
+}
+
+// >>vtable
+
+static nixl_status_t _nixl_ucx_create_context(_nixl_ucx_engine_t *eng, const nixl_backend_init_t *init) {
+    ucp_config_t *cfg = NULL;
+    ucp_params_t prm;
+    ucp_context_attr_t attr;
+    ucs_status_t st;
+    nixl_status_t ns;
+    _nixl_ucx_env_defaults(eng);
+    st = ucp_config_read(NULL, NULL, &cfg);
+    if (st != UCS_OK) {
+        nixl_backend_log(eng->be, NIXL_LOG_ERROR, "create: ucp_config_read failed: %s", ucs_status_string(st));
+        return NIXL_ERR_BACKEND;
+    }
+    ns = _nixl_ucx_apply_params(eng, init, cfg);
+    if (ns != NIXL_SUCCESS) {
+        ucp_config_release(cfg);
+        return ns;
+    }
+    memset(&prm, 0, sizeof prm);
+    prm.field_mask = UCP_PARAM_FIELD_FEATURES | UCP_PARAM_FIELD_MT_WORKERS_SHARED;
+    prm.features = UCP_FEATURE_RMA | UCP_FEATURE_AM;
+    prm.mt_workers_shared = 0;
+    st = ucp_init(&prm, cfg, &eng->ctx);
+    ucp_config_release(cfg);
+    if (st != UCS_OK) {
+        nixl_backend_log(eng->be, NIXL_LOG_ERROR, "create: ucp_init(RMA|AM) failed: %s (bad tls= list?)",
+                         ucs_status_string(st));
+        eng->ctx = NULL;
+        return st == UCS_ERR_NO_DEVICE || st == UCS_ERR_UNSUPPORTED ? NIXL_ERR_NOT_SUPPORTED : NIXL_ERR_BACKEND;
+    }
+    memset(&attr, 0, sizeof attr);
+    attr.field_mask = UCP_ATTR_FIELD_MEMORY_TYPES;
+    if (ucp_context_query(eng->ctx, &attr) == UCS_OK) eng->mem_types = attr.memory_types;
+    return _nixl_ucx_check_keys(eng, init);
+}
+
+static void _nixl_ucx_destroy(void *engine);
+
+static nixl_status_t _nixl_ucx_create(const nixl_backend_init_t *init, void **engine) {
+    _nixl_ucx_engine_t *eng;
+    uint64_t nw = 1;
+    unsigned i;
+    nixl_status_t st;
+    eng = (_nixl_ucx_engine_t *)nixl_backend_alloc(init->self, sizeof *eng);
+    if (!eng) return NIXL_ERR_BACKEND;
+    eng->be = init->self;
+    st = nixl_param_u64(init, "num_workers", 1, 1, _NIXL_UCX_MAX_WORKERS, &nw);
+    if (st != NIXL_SUCCESS) goto fail;
+    eng->num_workers = (unsigned)nw;
+    eng->name = _nixl_ucx_strdup(eng, init->agent_name);
+    if (!eng->name) { st = NIXL_ERR_BACKEND; goto fail; }
+    eng->name_len = strlen(eng->name);
+    if (eng->name_len == 0 || eng->name_len > 255) {
+        nixl_backend_log(eng->be, NIXL_LOG_ERROR, "create: agent name of %zu bytes (1..255)", eng->name_len);
+        st = NIXL_ERR_INVALID_PARAM;
+        goto fail;
+    }
+    st = _nixl_ucx_create_context(eng, init);
+    if (st != NIXL_SUCCESS) goto fail;
+    eng->workers = (_nixl_ucx_worker_t *)_nixl_ucx_alloc(eng, eng->num_workers * sizeof *eng->workers);
+    if (!eng->workers) { st = NIXL_ERR_BACKEND; goto fail; }
+    for (i = 0; i < eng->num_workers; i++) {
+        st = _nixl_ucx_worker_open(eng, i);
+        if (st != NIXL_SUCCESS) goto fail;
+    }
+    st = _nixl_ucx_build_info(eng);
+    if (st != NIXL_SUCCESS) goto fail;
+    nixl_backend_log(eng->be, NIXL_LOG_INFO, "UCX %s: %u worker(s), %zu bytes of connection info",
+                     ucp_get_version_string(), eng->num_workers, eng->info_len);
+    *engine = eng;
+    return NIXL_SUCCESS;
+fail:
+    _nixl_ucx_destroy(eng);
+    return st;
+}
+
+/* Waits (bounded) for closing endpoints; the engine is going away. */
+static void _nixl_ucx_drain_closes(_nixl_ucx_engine_t *eng) {
+    uint64_t until = nixl_now_us() + _NIXL_UCX_DESTROY_WAIT_US;
+    unsigned i;
+    _nixl_ucx_conn_t *c;
+    while (eng->conns) {
+        for (i = 0; i < eng->num_workers; i++) ucp_worker_progress(eng->workers[i].h);
+        _nixl_ucx_reap_conns(eng);
+        if (nixl_now_us() > until) break;
+    }
+    /* still not done: let UCX release them when it is (ucp_worker_destroy
+       insists that no close request is left unreleased) */
+    for (c = eng->conns; c; c = c->next)
+        if (c->close_req) {
+            nixl_backend_log(eng->be, NIXL_LOG_WARN, "destroy: an endpoint did not close within %u ms",
+                             _NIXL_UCX_DESTROY_WAIT_US / 1000u);
+            ucp_request_free(c->close_req);
+            c->close_req = NULL;
+        }
+}
+
+static void _nixl_ucx_unload_md(void *engine, void *rmd);
+static void _nixl_ucx_deregister_mem(void *engine, void *md);
+
+static void _nixl_ucx_destroy(void *engine) {
+    _nixl_ucx_engine_t *eng = (_nixl_ucx_engine_t *)engine;
+    _nixl_ucx_conn_t *c;
+    _nixl_ucx_peer_t *p;
+    unsigned i;
+    if (!eng) return;
+    eng->destroying = 1; /* no callbacks into the core from here on */
+    /* reverse order of creation: remote keys, endpoints, registrations, workers, context */
+    for (p = eng->peers; p; p = p->next)
+        while (p->rmds) _nixl_ucx_unload_md(eng, p->rmds);
+    if (eng->self_peer)
+        while (eng->self_peer->rmds) _nixl_ucx_unload_md(eng, eng->self_peer->rmds);
+    for (c = eng->conns; c; c = c->next)
+        if (!c->closing) _nixl_ucx_conn_close_now(eng, c);
+    if (eng->workers && eng->conns) _nixl_ucx_drain_closes(eng);
+    while (eng->mds) _nixl_ucx_deregister_mem(eng, eng->mds);
+    if (eng->workers) {
+        for (i = 0; i < eng->num_workers; i++) {
+            if (eng->workers[i].addr) ucp_worker_release_address(eng->workers[i].h, eng->workers[i].addr);
+            if (eng->workers[i].h) ucp_worker_destroy(eng->workers[i].h);
+        }
+    }
+    /* what UCX never completed (workers are gone, no callback can come) */
+    while (eng->conns) {
+        c = eng->conns;
+        eng->conns = c->next;
+        _nixl_ucx_free(eng, c);
+    }
+    while (eng->msgs) {
+        _nixl_ucx_msg_t *m = eng->msgs;
+        _nixl_ucx_msg_unlink(eng, m);
+        _nixl_ucx_msg_free(eng, m);
+    }
+    while (eng->reqs) _nixl_ucx_req_free(eng, eng->reqs);
+    while (eng->peers) {
+        p = eng->peers;
+        eng->peers = p->next;
+        _nixl_ucx_free_peer(eng, p);
+    }
+    if (eng->self_peer) _nixl_ucx_free_peer(eng, eng->self_peer);
+    _nixl_ucx_free(eng, eng->workers);
+    if (eng->ctx) ucp_cleanup(eng->ctx);
+    _nixl_ucx_free(eng, eng->info);
+    _nixl_ucx_free(eng, eng->name);
+    nixl_backend_free(eng->be, eng);
+}
+
+static nixl_status_t _nixl_ucx_register_mem(void *engine, nixl_mem_t mem, const nixl_desc_t *region, void **md) {
+    _nixl_ucx_engine_t *eng = (_nixl_ucx_engine_t *)engine;
+    ucp_mem_map_params_t mp;
+    ucs_status_t st;
+    void *rkey = NULL;
+    size_t rkey_len = 0;
+    _nixl_ucx_md_t *m;
+    if (mem == NIXL_VRAM && !(eng->mem_types & (1ull << UCS_MEMORY_TYPE_CUDA))) {
+        nixl_backend_log(eng->be, NIXL_LOG_ERROR,
+                         "register_mem: VRAM region %p+%zu (GPU %llu): this UCX (%s) reports no CUDA memory "
+                         "support (built without CUDA, or no CUDA transport in tls=)",
+                         (void *)region->addr, region->len, (unsigned long long)region->dev_id,
+                         ucp_get_version_string());
+        return NIXL_ERR_NOT_SUPPORTED;
+    }
+    if (mem != NIXL_DRAM && mem != NIXL_VRAM) {
+        nixl_backend_log(eng->be, NIXL_LOG_ERROR, "register_mem: memory type %s not supported", nixl_mem_str(mem));
+        return NIXL_ERR_NOT_SUPPORTED;
+    }
+    m = (_nixl_ucx_md_t *)_nixl_ucx_alloc(eng, sizeof *m);
+    if (!m) return NIXL_ERR_BACKEND;
+    memset(&mp, 0, sizeof mp);
+    mp.field_mask = UCP_MEM_MAP_PARAM_FIELD_ADDRESS | UCP_MEM_MAP_PARAM_FIELD_LENGTH;
+    mp.address = (void *)region->addr;
+    mp.length = region->len;
+    if (mem == NIXL_VRAM) {
+        mp.field_mask |= UCP_MEM_MAP_PARAM_FIELD_MEMORY_TYPE;
+        mp.memory_type = UCS_MEMORY_TYPE_CUDA;
+    }
+    st = ucp_mem_map(eng->ctx, &mp, &m->memh);
+    if (st != UCS_OK) {
+        nixl_backend_log(eng->be, NIXL_LOG_ERROR, "register_mem: ucp_mem_map(%p, %zu) failed: %s",
+                         (void *)region->addr, region->len, ucs_status_string(st));
+        _nixl_ucx_free(eng, m);
+        return NIXL_ERR_BACKEND;
+    }
+    st = ucp_rkey_pack(eng->ctx, m->memh, &rkey, &rkey_len);
+    if (st != UCS_OK) {
+        nixl_backend_log(eng->be, NIXL_LOG_ERROR, "register_mem: ucp_rkey_pack(%p, %zu) failed: %s",
+                         (void *)region->addr, region->len, ucs_status_string(st));
+        ucp_mem_unmap(eng->ctx, m->memh);
+        _nixl_ucx_free(eng, m);
+        return NIXL_ERR_BACKEND;
+    }
+    m->pub_len = _NIXL_UCX_PUB_HDR + rkey_len;
+    m->pub = (unsigned char *)_nixl_ucx_alloc(eng, m->pub_len);
+    if (!m->pub) {
+        ucp_rkey_buffer_release(rkey);
+        ucp_mem_unmap(eng->ctx, m->memh);
+        _nixl_ucx_free(eng, m);
+        return NIXL_ERR_BACKEND;
+    }
+    m->pub[0] = _NIXL_UCX_PUB_MAGIC;
+    m->pub[1] = (unsigned char)_NIXL_UCX_WIRE_VERSION;
+    memcpy(m->pub + _NIXL_UCX_PUB_HDR, rkey, rkey_len);
+    ucp_rkey_buffer_release(rkey);
+    m->addr = region->addr;
+    m->len = region->len;
+    m->next = eng->mds;
+    if (eng->mds) eng->mds->prev = m;
+    eng->mds = m;
+    *md = m;
+    return NIXL_SUCCESS;
+}
+
+static void _nixl_ucx_send_revoke(_nixl_ucx_engine_t *eng, _nixl_ucx_peer_t *p, const _nixl_ucx_md_t *m) {
+    size_t hl = _nixl_ucx_am_hdr_len(eng);
+    unsigned char *buf;
+    if (p->failed || _nixl_ucx_peer_connect(eng, p, "deregister_mem") != NIXL_SUCCESS) return;
+    buf = (unsigned char *)_nixl_ucx_alloc(eng, hl + 16);
+    if (!buf) return;
+    _nixl_ucx_am_hdr_write(eng, buf, _NIXL_UCX_AM_REVOKE);
+    _nixl_ucx_put_u64(buf + hl, (uint64_t)m->addr);
+    _nixl_ucx_put_u64(buf + hl + 8, (uint64_t)m->len);
+    _nixl_ucx_send_msg(eng, p->conns[0], buf, hl + 16, "deregister_mem: REVOKE");
+}
+
+/* Tells every peer we can reach that a region is gone (see the manual). */
+static void _nixl_ucx_broadcast_revoke(_nixl_ucx_engine_t *eng, const _nixl_ucx_md_t *m) {
+    _nixl_ucx_peer_t *p;
+    for (p = eng->peers; p; p = p->next) _nixl_ucx_send_revoke(eng, p, m);
+    if (eng->self_peer) _nixl_ucx_send_revoke(eng, eng->self_peer, m);
+}
+
+static void _nixl_ucx_deregister_mem(void *engine, void *md) {
+    _nixl_ucx_engine_t *eng = (_nixl_ucx_engine_t *)engine;
+    _nixl_ucx_md_t *m = (_nixl_ucx_md_t *)md;
+    ucs_status_t st;
+    if (!eng->destroying) _nixl_ucx_broadcast_revoke(eng, m);
+    st = ucp_mem_unmap(eng->ctx, m->memh);
+    if (st != UCS_OK)
+        nixl_backend_log(eng->be, NIXL_LOG_ERROR, "deregister_mem: ucp_mem_unmap(%p, %zu) failed: %s",
+                         (void *)m->addr, m->len, ucs_status_string(st));
+    if (m->prev) m->prev->next = m->next;
+    else eng->mds = m->next;
+    if (m->next) m->next->prev = m->prev;
+    _nixl_ucx_free(eng, m->pub);
+    _nixl_ucx_free(eng, m);
+}
+
+static nixl_status_t _nixl_ucx_get_public_data(void *engine, void *md, const void **data, size_t *len) {
+    _nixl_ucx_md_t *m = (_nixl_ucx_md_t *)md;
+    (void)engine;
+    *data = m->pub;
+    *len = m->pub_len;
+    return NIXL_SUCCESS;
+}
+
+static nixl_status_t _nixl_ucx_get_conn_info(void *engine, const void **info, size_t *len) {
+    _nixl_ucx_engine_t *eng = (_nixl_ucx_engine_t *)engine;
+    *info = eng->info;
+    *len = eng->info_len;
+    return NIXL_SUCCESS;
+}
+
+static nixl_status_t _nixl_ucx_load_remote_conn_info(void *engine, const char *remote, const void *info,
+                                                     size_t len) {
+    _nixl_ucx_engine_t *eng = (_nixl_ucx_engine_t *)engine;
+    _nixl_ucx_peer_t *p;
+    nixl_status_t st;
+    for (p = eng->peers; p; p = p->next)
+        if (strcmp(p->name, remote) == 0) break;
+    if (p) {
+        if (p->info_len == len && memcmp(p->info, info, len) == 0) return NIXL_SUCCESS;
+        nixl_backend_log(eng->be, NIXL_LOG_ERROR,
+                         "load_remote_conn_info(%s): differs from the loaded one (invalidate the peer first)",
+                         remote);
+        return NIXL_ERR_NOT_ALLOWED;
+    }
+    p = _nixl_ucx_peer_new(eng, remote, info, len);
+    if (!p) return NIXL_ERR_BACKEND;
+    st = _nixl_ucx_parse_info(eng, remote, p);
+    if (st != NIXL_SUCCESS) {
+        _nixl_ucx_free_peer(eng, p);
+        return st;
+    }
+    p->next = eng->peers;
+    eng->peers = p;
+    return NIXL_SUCCESS;
+}
+
+static nixl_status_t _nixl_ucx_connect(void *engine, const char *remote) {
+    _nixl_ucx_engine_t *eng = (_nixl_ucx_engine_t *)engine;
+    _nixl_ucx_peer_t *p = _nixl_ucx_peer_find(eng, remote);
+    if (!p) {
+        nixl_backend_log(eng->be, NIXL_LOG_ERROR, "connect(%s): no connection info loaded", remote);
+        return NIXL_ERR_NOT_FOUND;
+    }
+    return _nixl_ucx_peer_connect(eng, p, "connect");
+}
+
+static nixl_status_t _nixl_ucx_disconnect(void *engine, const char *remote) {
+    _nixl_ucx_engine_t *eng = (_nixl_ucx_engine_t *)engine;
+    _nixl_ucx_peer_t **pp = &eng->peers, *p;
+    unsigned i;
+    while (*pp && strcmp((*pp)->name, remote) != 0) pp = &(*pp)->next;
+    if (!*pp) return NIXL_ERR_NOT_FOUND;
+    p = *pp;
+    *pp = p->next;
+    while (p->rmds) _nixl_ucx_unload_md(eng, p->rmds); /* the core did this already; be safe */
+    _nixl_ucx_detach_reqs(eng, p);
+    for (i = 0; i < eng->num_workers; i++)
+        if (p->conns[i]) _nixl_ucx_conn_release(eng, p->conns[i]);
+    _nixl_ucx_free_peer(eng, p);
+    return NIXL_SUCCESS;
+}
+
+static nixl_status_t _nixl_ucx_make_rmd(_nixl_ucx_engine_t *eng, _nixl_ucx_peer_t *p, const nixl_desc_t *region,
+                                        const void *pub, size_t len, void **rmd) {
+    const unsigned char *b = (const unsigned char *)pub;
+    _nixl_ucx_rmd_t *r;
+    unsigned i;
+    nixl_status_t st;
+    if (!b || len < _NIXL_UCX_PUB_HDR || b[0] != _NIXL_UCX_PUB_MAGIC || b[1] != _NIXL_UCX_WIRE_VERSION) {
+        nixl_backend_log(eng->be, NIXL_LOG_ERROR, "load_remote_md(%s, %p+%zu): %zu bytes of public data are not "
+                         "a UCX rkey of version %u", p->name, (void *)region->addr, region->len, len,
+                         _NIXL_UCX_WIRE_VERSION);
+        return NIXL_ERR_INVALID_PARAM;
+    }
+    st = _nixl_ucx_peer_connect(eng, p, "load_remote_md");
+    if (st != NIXL_SUCCESS) return st;
+    r = (_nixl_ucx_rmd_t *)_nixl_ucx_alloc(eng, sizeof *r);
+    if (!r) return NIXL_ERR_BACKEND;
+    r->rkeys = (ucp_rkey_h *)_nixl_ucx_alloc(eng, eng->num_workers * sizeof *r->rkeys);
+    if (!r->rkeys) {
+        _nixl_ucx_free(eng, r);
+        return NIXL_ERR_BACKEND;
+    }
+    for (i = 0; i < eng->num_workers; i++) {
+        ucs_status_t us = ucp_ep_rkey_unpack(p->conns[i]->ep, b + _NIXL_UCX_PUB_HDR, &r->rkeys[i]);
+        if (us != UCS_OK) {
+            nixl_backend_log(eng->be, NIXL_LOG_ERROR, "load_remote_md(%s, %p+%zu): ucp_ep_rkey_unpack failed: %s",
+                             p->name, (void *)region->addr, region->len, ucs_status_string(us));
+            while (i--) ucp_rkey_destroy(r->rkeys[i]);
+            _nixl_ucx_free(eng, r->rkeys);
+            _nixl_ucx_free(eng, r);
+            return NIXL_ERR_BACKEND;
+        }
+    }
+    r->peer = p;
+    r->addr = region->addr;
+    r->len = region->len;
+    r->next = p->rmds;
+    if (p->rmds) p->rmds->prev = r;
+    p->rmds = r;
+    *rmd = r;
+    return NIXL_SUCCESS;
+}
+
+static nixl_status_t _nixl_ucx_load_remote_md(void *engine, const char *remote, nixl_mem_t mem,
+                                              const nixl_desc_t *region, const void *pub, size_t len, void **rmd) {
+    _nixl_ucx_engine_t *eng = (_nixl_ucx_engine_t *)engine;
+    _nixl_ucx_peer_t *p;
+    (void)mem;
+    for (p = eng->peers; p; p = p->next)
+        if (strcmp(p->name, remote) == 0) break;
+    if (!p) {
+        nixl_backend_log(eng->be, NIXL_LOG_ERROR, "load_remote_md(%s): no connection info loaded", remote);
+        return NIXL_ERR_NOT_FOUND;
+    }
+    return _nixl_ucx_make_rmd(eng, p, region, pub, len, rmd);
+}
+
+static nixl_status_t _nixl_ucx_load_local_md(void *engine, void *md, void **rmd) {
+    _nixl_ucx_engine_t *eng = (_nixl_ucx_engine_t *)engine;
+    _nixl_ucx_md_t *m = (_nixl_ucx_md_t *)md;
+    nixl_desc_t region;
+    if (!_nixl_ucx_self_peer(eng)) return NIXL_ERR_BACKEND;
+    region.addr = m->addr;
+    region.len = m->len;
+    region.dev_id = 0;
+    return _nixl_ucx_make_rmd(eng, eng->self_peer, &region, m->pub, m->pub_len, rmd);
+}
+
+static void _nixl_ucx_unload_md(void *engine, void *rmd) {
+    _nixl_ucx_engine_t *eng = (_nixl_ucx_engine_t *)engine;
+    _nixl_ucx_rmd_t *r = (_nixl_ucx_rmd_t *)rmd;
+    unsigned i;
+    for (i = 0; i < eng->num_workers; i++) ucp_rkey_destroy(r->rkeys[i]);
+    if (r->prev) r->prev->next = r->next;
+    else r->peer->rmds = r->next;
+    if (r->next) r->next->prev = r->prev;
+    _nixl_ucx_free(eng, r->rkeys);
+    _nixl_ucx_free(eng, r);
+}
+
+static nixl_status_t _nixl_ucx_prep_xfer(void *engine, const nixl_xfer_args_t *args, void **handle) {
+    _nixl_ucx_engine_t *eng = (_nixl_ucx_engine_t *)engine;
+    _nixl_ucx_peer_t *p = _nixl_ucx_peer_find(eng, args->remote);
+    _nixl_ucx_req_t *r;
+    size_t i;
+    nixl_status_t st;
+    if (!p) {
+        nixl_backend_log(eng->be, NIXL_LOG_ERROR, "prep_xfer(%s): peer not loaded", args->remote);
+        return NIXL_ERR_NOT_FOUND;
+    }
+    st = _nixl_ucx_peer_connect(eng, p, "prep_xfer");
+    if (st != NIXL_SUCCESS) return st;
+    r = (_nixl_ucx_req_t *)_nixl_ucx_alloc(eng, sizeof *r);
+    if (!r) return NIXL_ERR_BACKEND;
+    r->eng = eng;
+    r->ops = (_nixl_ucx_op_t *)_nixl_ucx_alloc(eng, (args->count ? args->count : 1) * sizeof *r->ops);
+    if (!r->ops) {
+        _nixl_ucx_free(eng, r);
+        return NIXL_ERR_BACKEND;
+    }
+    r->peer = p;
+    r->widx = eng->next_worker++ % eng->num_workers;
+    r->conn = p->conns[r->widx];
+    r->op = args->op;
+    r->count = args->count;
+    r->notif_hdr = _nixl_ucx_am_hdr_len(eng);
+    for (i = 0; i < args->count; i++) {
+        const nixl_xfer_desc_t *d = &args->descs[i];
+        const _nixl_ucx_rmd_t *rm = (const _nixl_ucx_rmd_t *)d->rmd;
+        if (rm->peer != p) {
+            nixl_backend_log(eng->be, NIXL_LOG_ERROR, "prep_xfer(%s): descriptor %zu belongs to peer %s",
+                             args->remote, i, rm->peer->name);
+            _nixl_ucx_free(eng, r->ops);
+            _nixl_ucx_free(eng, r);
+            return NIXL_ERR_INVALID_PARAM;
+        }
+        r->ops[i].laddr = (void *)d->laddr;
+        r->ops[i].raddr = (uint64_t)d->raddr;
+        r->ops[i].len = d->len;
+        r->ops[i].rkey = rm->rkeys[r->widx];
+        r->ops[i].rmd = rm;
+    }
+    if (args->has_notif && _nixl_ucx_req_notif_reserve(r, _NIXL_UCX_NOTIF_PREALLOC) != NIXL_SUCCESS) {
+        _nixl_ucx_free(eng, r->ops);
+        _nixl_ucx_free(eng, r);
+        return NIXL_ERR_BACKEND;
+    }
+    r->next = eng->reqs;
+    if (eng->reqs) eng->reqs->prev = r;
+    eng->reqs = r;
+    *handle = r;
+    return NIXL_SUCCESS;
+}
+
+/* Posts every descriptor; no allocation, no lookup (UCX's own request pool aside). */
+static nixl_status_t _nixl_ucx_post_ops(_nixl_ucx_req_t *r) {
+    ucp_request_param_t prm;
+    ucp_ep_h ep = r->conn->ep;
+    size_t i;
+    memset(&prm, 0, sizeof prm); /* no callback: completion is observed by the flush */
+    for (i = 0; i < r->count; i++) {
+        const _nixl_ucx_op_t *o = &r->ops[i];
+        ucs_status_ptr_t sp = r->op == NIXL_WRITE ? ucp_put_nbx(ep, o->laddr, o->len, o->raddr, o->rkey, &prm)
+                                                  : ucp_get_nbx(ep, o->laddr, o->len, o->raddr, o->rkey, &prm);
+        if (UCS_PTR_IS_ERR(sp)) {
+            char what[64];
+            snprintf(what, sizeof what, "%s(descriptor %zu, %zu bytes)", r->op == NIXL_WRITE ? "ucp_put_nbx" :
+                     "ucp_get_nbx", i, o->len);
+            return _nixl_ucx_req_error(r, what, UCS_PTR_STATUS(sp));
+        }
+        if (sp) ucp_request_free(sp); /* completes on its own; the flush tells us when */
+    }
+    return NIXL_SUCCESS;
+}
+
+static nixl_status_t _nixl_ucx_post_xfer(void *engine, void *handle, const void *notif, size_t notif_len,
+                                         int has_notif) {
+    _nixl_ucx_engine_t *eng = (_nixl_ucx_engine_t *)engine;
+    _nixl_ucx_req_t *r = (_nixl_ucx_req_t *)handle;
+    ucp_request_param_t prm;
+    ucs_status_ptr_t sp;
+    size_t i;
+    nixl_status_t st;
+    if (r->state != _NIXL_UCX_REQ_IDLE && r->state != _NIXL_UCX_REQ_DONE) return NIXL_ERR_REPOST_ACTIVE;
+    if (!r->peer || !r->conn || r->peer->failed) {
+        nixl_backend_log(eng->be, NIXL_LOG_ERROR, "post_xfer: the peer %s is disconnected",
+                         r->peer ? r->peer->name : "of this request");
+        return NIXL_ERR_REMOTE_DISCONNECT;
+    }
+    for (i = 0; i < r->count; i++)
+        if (r->ops[i].rmd->revoked) {
+            nixl_backend_log(eng->be, NIXL_LOG_ERROR, "post_xfer(%s): descriptor %zu: the peer deregistered "
+                             "region 0x%llx+%zu", r->peer->name, i, (unsigned long long)r->ops[i].rmd->addr,
+                             r->ops[i].rmd->len);
+            return NIXL_ERR_NOT_FOUND;
+        }
+    r->send_notif = has_notif;
+    if (has_notif) {
+        if (notif_len > NIXL_UCX_MAX_NOTIF) {
+            nixl_backend_log(eng->be, NIXL_LOG_ERROR, "post_xfer: notification of %zu bytes (max %u)", notif_len,
+                             (unsigned)NIXL_UCX_MAX_NOTIF);
+            return NIXL_ERR_INVALID_PARAM;
+        }
+        if (_nixl_ucx_req_notif_reserve(r, notif_len) != NIXL_SUCCESS) return NIXL_ERR_BACKEND;
+        if (notif_len) memcpy(r->notif + r->notif_hdr, notif, notif_len);
+        r->notif_len = r->notif_hdr + notif_len;
+    }
+    r->status = NIXL_IN_PROG;
+    r->state = _NIXL_UCX_REQ_FLUSHING;
+    st = _nixl_ucx_post_ops(r);
+    if (st != NIXL_SUCCESS) {
+        /* what was posted still lands; the request ends here with the error */
+        _nixl_ucx_req_finish(r, st);
+        return st;
+    }
+    memset(&prm, 0, sizeof prm);
+    prm.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA;
+    prm.cb.send = _nixl_ucx_flush_cb;
+    prm.user_data = r;
+    sp = ucp_ep_flush_nbx(r->conn->ep, &prm);
+    if (UCS_PTR_IS_ERR(sp)) {
+        _nixl_ucx_req_finish(r, _nixl_ucx_req_error(r, "ucp_ep_flush_nbx", UCS_PTR_STATUS(sp)));
+        return r->status;
+    }
+    if (sp) {
+        _nixl_ucx_req_io_start(r, sp);
+        return NIXL_IN_PROG;
+    }
+    if (!r->send_notif) {
+        _nixl_ucx_req_finish(r, NIXL_SUCCESS);
+        return NIXL_SUCCESS;
+    }
+    return _nixl_ucx_req_send_notif(r);
+}
+
+static nixl_status_t _nixl_ucx_check_xfer(void *engine, void *handle) {
+    _nixl_ucx_req_t *r = (_nixl_ucx_req_t *)handle;
+    (void)engine;
+    if (r->state == _NIXL_UCX_REQ_IDLE) return NIXL_ERR_NOT_POSTED;
+    if (r->state == _NIXL_UCX_REQ_DONE) return r->status;
+    return NIXL_IN_PROG;
+}
+
+static nixl_status_t _nixl_ucx_release_xfer(void *engine, void *handle) {
+    _nixl_ucx_engine_t *eng = (_nixl_ucx_engine_t *)engine;
+    _nixl_ucx_req_t *r = (_nixl_ucx_req_t *)handle;
+    if (r->ucx_req) {
+        /* UCX cannot abort puts/gets in flight; the core retries later */
+        nixl_backend_log(eng->be, NIXL_LOG_DEBUG, "release_xfer: request still in flight");
+        return NIXL_ERR_REPOST_ACTIVE;
+    }
+    if (r->state == _NIXL_UCX_REQ_NOTIF_READY) _nixl_ucx_ready_remove(eng, r);
+    _nixl_ucx_req_free(eng, r);
+    return NIXL_SUCCESS;
+}
+
+static nixl_status_t _nixl_ucx_gen_notif(void *engine, const char *remote, const void *msg, size_t len) {
+    _nixl_ucx_engine_t *eng = (_nixl_ucx_engine_t *)engine;
+    _nixl_ucx_peer_t *p = _nixl_ucx_peer_find(eng, remote);
+    size_t hl = _nixl_ucx_am_hdr_len(eng);
+    unsigned char *buf;
+    nixl_status_t st;
+    if (!p) {
+        nixl_backend_log(eng->be, NIXL_LOG_ERROR, "gen_notif(%s): no connection info loaded", remote);
+        return NIXL_ERR_NOT_FOUND;
+    }
+    if (len > NIXL_UCX_MAX_NOTIF) {
+        nixl_backend_log(eng->be, NIXL_LOG_ERROR, "gen_notif(%s): %zu bytes (max %u)", remote, len,
+                         (unsigned)NIXL_UCX_MAX_NOTIF);
+        return NIXL_ERR_INVALID_PARAM;
+    }
+    st = _nixl_ucx_peer_connect(eng, p, "gen_notif");
+    if (st != NIXL_SUCCESS) return st;
+    buf = (unsigned char *)_nixl_ucx_alloc(eng, hl + len);
+    if (!buf) return NIXL_ERR_BACKEND;
+    _nixl_ucx_am_hdr_write(eng, buf, _NIXL_UCX_AM_NOTIF);
+    if (len) memcpy(buf + hl, msg, len);
+    st = _nixl_ucx_send_msg(eng, p->conns[0], buf, hl + len, "gen_notif");
+    return st == NIXL_IN_PROG ? NIXL_SUCCESS : st;
+}
+
+/* Reports failed peers to the core (it then unloads and disconnects them). */
+static int _nixl_ucx_report_failed(_nixl_ucx_engine_t *eng) {
+    _nixl_ucx_peer_t *p;
+    int did = 0;
+    if (!eng->peer_failed) return 0;
+    eng->peer_failed = 0;
+    for (p = eng->peers; p; p = p->next)
+        if (p->failed && !p->down_reported) {
+            p->down_reported = 1;
+            nixl_backend_peer_down(eng->be, p->name);
+            did = 1;
+        }
+    return did;
+}
+
+static nixl_status_t _nixl_ucx_progress(void *engine) {
+    _nixl_ucx_engine_t *eng = (_nixl_ucx_engine_t *)engine;
+    unsigned i;
+    int did = 0, n;
+    for (i = 0; i < eng->num_workers; i++)
+        for (n = 0; n < _NIXL_UCX_PROGRESS_BUDGET && ucp_worker_progress(eng->workers[i].h); n++) did = 1;
+    did |= _nixl_ucx_send_ready_notifs(eng);
+    did |= _nixl_ucx_reap_conns(eng);
+    did |= _nixl_ucx_report_failed(eng);
+    return did ? NIXL_IN_PROG : NIXL_SUCCESS;
+}
+
+// >>public
+
+static const char *const _nixl_ucx_param_keys[] = {"num_workers", "tls", "ucx.", NULL};
+
+static nixl_backend_ops_t _nixl_ucx_ops;
+static pthread_once_t _nixl_ucx_once = PTHREAD_ONCE_INIT;
+
+/* Does this UCX handle CUDA memory? One throwaway context answers it. */
+static int _nixl_ucx_probe_cuda(void) {
+    ucp_params_t prm;
+    ucp_context_h ctx;
+    ucp_context_attr_t attr;
+    int cuda = 0;
+    memset(&prm, 0, sizeof prm);
+    prm.field_mask = UCP_PARAM_FIELD_FEATURES;
+    prm.features = UCP_FEATURE_RMA;
+    if (ucp_init(&prm, NULL, &ctx) != UCS_OK) return 0;
+    memset(&attr, 0, sizeof attr);
+    attr.field_mask = UCP_ATTR_FIELD_MEMORY_TYPES;
+    if (ucp_context_query(ctx, &attr) == UCS_OK)
+        cuda = (attr.memory_types & (1ull << UCS_MEMORY_TYPE_CUDA)) != 0;
+    ucp_cleanup(ctx);
+    return cuda;
+}
+
+static void _nixl_ucx_init_ops(void) {
+    nixl_backend_ops_t *o = &_nixl_ucx_ops;
+    o->name = "UCX";
+    o->abi = NIXL_BACKEND_ABI;
+    o->mem_mask = NIXL_MEM_BIT(NIXL_DRAM);
+    if (_nixl_ucx_probe_cuda()) o->mem_mask |= NIXL_MEM_BIT(NIXL_VRAM);
+    o->caps = NIXL_CAP_NOTIF | NIXL_CAP_LOCAL | NIXL_CAP_REMOTE;
+    o->param_keys = _nixl_ucx_param_keys;
+    o->create = _nixl_ucx_create;
+    o->destroy = _nixl_ucx_destroy;
+    o->register_mem = _nixl_ucx_register_mem;
+    o->deregister_mem = _nixl_ucx_deregister_mem;
+    o->get_public_data = _nixl_ucx_get_public_data;
+    o->get_conn_info = _nixl_ucx_get_conn_info;
+    o->load_remote_conn_info = _nixl_ucx_load_remote_conn_info;
+    o->connect = _nixl_ucx_connect;
+    o->disconnect = _nixl_ucx_disconnect;
+    o->load_remote_md = _nixl_ucx_load_remote_md;
+    o->load_local_md = _nixl_ucx_load_local_md;
+    o->unload_md = _nixl_ucx_unload_md;
+    o->prep_xfer = _nixl_ucx_prep_xfer;
+    o->post_xfer = _nixl_ucx_post_xfer;
+    o->check_xfer = _nixl_ucx_check_xfer;
+    o->release_xfer = _nixl_ucx_release_xfer;
+    o->estimate_cost = NULL;
+    o->gen_notif = _nixl_ucx_gen_notif;
+    o->progress = _nixl_ucx_progress;
+}
+
+NIXL_API const nixl_backend_ops_t *nixl_ucx_backend(void) {
+    pthread_once(&_nixl_ucx_once, _nixl_ucx_init_ops);
+    return &_nixl_ucx_ops;
+}
+
+#endif /* NIXL_IMPLEMENTATION && !NIXL_UCX_IMPLEMENTATION_DONE */

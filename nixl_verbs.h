@@ -1,0 +1,2211 @@
+/* nixl_verbs.h — the raw-verbs backend of nixl.h: libibverbs + librdmacm,
+   RC queue pairs, one-sided RDMA READ/WRITE, an active-message notification
+   channel over SEND/RECV.
+
+   DO THIS
+   -------
+   In every file that uses it:
+       #include "nixl_verbs.h"          (includes nixl.h)
+   In exactly ONE C or C++ file, before the include:
+       #define NIXL_IMPLEMENTATION
+   That file gets the implementation of nixl.h and of this backend.
+   Link: -libverbs -lrdmacm -lpthread -ldl
+   (Debian: libibverbs-dev librdmacm-dev; at run time a provider such as
+   ibverbs-providers, and rdma_cm kernel support.)
+
+       nixl_backend_t *be;
+       nixl_create_backend(agent, nixl_verbs_backend(), "qps_per_peer=4", &be);
+
+   PARAMS ("key=value,key=value"; every key optional)
+       devices=NAME[,NAME]  RDMA devices to use (e.g. "mlx5_0"); default: every
+                            device with an active port. The first one (or the
+                            one owning listen_addr) is the PRIMARY device.
+       listen_addr=A.B.C.D  IPv4 address of the rdma_cm listener (default: the
+                            IPv4 address of the primary device's netdev, taken
+                            from its GID table).
+       listen_port=N        port of the listener (default 0: kernel's choice).
+       qps_per_peer=N       RC QPs per peer, 1..16 (default 2). Descriptors of
+                            a request are striped round-robin over them.
+       sq_depth=N           send-queue depth per QP, 16..32768 (default 256;
+                            capped at the device's max_qp_wr).
+       slice_size=N         bytes; larger descriptors are split into WRs of at
+                            most this size, 4096..1 GiB (default 1 MiB).
+       timeout=N            QP ACK timeout exponent, 4.096 us * 2^N, 1..31
+                            (default 14, ~67 ms; a silent peer is detected
+                            within ~(retry_cnt + 1) * 4.096 us * 2^N).
+       notif_bufs=N         pre-posted receive buffers per connection for the
+                            notification channel, 4..4096 (default 64).
+       notif_buf_size=N     size of each, 64..1 MiB (default 4096). A
+                            notification carries at most notif_buf_size - 8
+                            bytes (of the smaller of the two peers' sizes).
+       retry_cnt=N          transport retries before a silent peer fails the
+                            connection, 0..7 (default 7; on Soft-RoCE (rxe),
+                            which treats 7 as "retry forever", default 6).
+   Fixed: rnr_retry 7 (never needed: credits), max_rd_atomic and
+   max_dest_rd_atomic at the device maximum, a signaled WR every sq_depth/4
+   WRs per QP (and the last of every request on each QP), ibv_poll_cq in
+   batches of 32, inline SENDs up to 64 bytes where the device allows.
+
+   REQUESTS
+   --------
+   prep resolves keys and addresses, slices and lays out the WR/SGE arrays
+   (lane q of a request = QP q); post only links and posts them, as chains
+   bounded by free send-queue slots; the rest goes out from progress as
+   completions free slots (a request of 100,000 descriptors is fine). Posts
+   before the connection exists are queued. Releasing a request in flight
+   aborts it (returns SUCCESS): its WRs already on the wire complete into
+   records that no longer name it.
+
+   CONNECTIONS
+   -----------
+   Connection info (in metadata) is the listener address as text,
+   "A.B.C.D:PORT". Loading it does not connect; nixl_make_connection or the
+   first transfer / notification to the peer does, asynchronously: the
+   rdma_cm event channel is non-blocking and driven from progress, and posts
+   made meanwhile are queued. The connecting side sends its agent name (a
+   hash of it in the CM private data, the full name in the first message);
+   when two agents connect to each other at the same time, the connection
+   started by the agent with the smaller name (strcmp) wins and the other
+   side waits for it. An agent can transfer to itself (loopback): it
+   connects to its own listener.
+
+   MEMORY
+   ------
+   NIXL_DRAM: ibv_reg_mr (LOCAL_WRITE | REMOTE_READ | REMOTE_WRITE |
+   RELAXED_ORDERING where supported) on every device used.
+   NIXL_VRAM: the CUDA driver (libcuda.so.1, dlopen'ed; no build dependency)
+   confirms device memory, then dma-buf (cuMemGetHandleForAddressRange ->
+   ibv_reg_dmabuf_mr), else ibv_reg_mr on the device pointer when
+   nvidia-peermem is loaded, else NIXL_ERR_NOT_SUPPORTED with a log line that
+   says what is missing. Public data of a region: rkey + base address per
+   device (little-endian).
+
+   NOTIFICATIONS
+   -------------
+   Active messages {am_id u8, flags u8, credits u16, len u32} + payload over
+   SEND/RECV on each connection's first QP, with credit-based flow control
+   (a SEND never meets an empty receive queue: no RNR). A request's
+   notification is sent only after all its data landed at the target:
+   WRITEs on the first QP are ordered before the SEND by RC; completions of
+   the other QPs (and of every READ) are awaited first. Messages larger than
+   one buffer are REFUSED with NIXL_ERR_INVALID_PARAM (no fragmentation).
+
+   THREADING
+   ---------
+   The backend runs no threads of its own; the core calls it under the
+   agent's lock.
+
+   ERRORS
+   ------
+   A failed work completion fails its request with the verbs status in the
+   log (NIXL_ERR_REMOTE_DISCONNECT for retry-exceeded and remote errors,
+   NIXL_ERR_BACKEND otherwise), fails the connection and reports the peer
+   down (the core then invalidates its metadata). A peer that disconnects
+   (rdma_cm DISCONNECTED, or its DISCONNECT message on a graceful close)
+   turns its requests into NIXL_ERR_REMOTE_DISCONNECT.
+
+   LIMITS
+   ------
+   NIXL_VERBS_MAX_DEVICES (default 8) devices. IPv4 only. Connections and
+   transfers use the primary device; regions are registered on every device
+   used and their public data lists each device, but striping one peer's
+   traffic over several devices (multi-rail) is not implemented yet.
+   A request holds at most 2^32-1 WRs after slicing.
+   fork: a child must not use this backend if its parent used verbs before
+   forking (librdmacm keeps the parent's device contexts; the kernel refuses
+   their use from the child: EACCES). Fork before first use, or exec.
+   The AM channel runs on QP 0 of each connection; a connection's CQ is its
+   own (a peer's teardown never leaves stale completions in a shared CQ).
+   VRAM: written to DESIGN.md, compiled everywhere, but not yet run on a
+   GPU (the development machines have none).
+
+   LICENSE: MIT (see nixl.h).
+*/
+#ifndef NIXL_VERBS_H
+#define NIXL_VERBS_H
+
+#include "nixl.h"
+
+#ifndef NIXL_VERBS_MAX_DEVICES
+#define NIXL_VERBS_MAX_DEVICES 8
+#endif
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* The verbs backend's vtable, for nixl_create_backend. Name "VERBS",
+   memory DRAM and VRAM, caps NOTIF | LOCAL | REMOTE. Any thread. */
+NIXL_API const nixl_backend_ops_t *nixl_verbs_backend(void);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* NIXL_VERBS_H */
+
+/* ======================================================================== */
+/* implementation                                                           */
+/* ======================================================================== */
+#ifdef NIXL_IMPLEMENTATION
+#ifndef NIXL_VERBS_IMPLEMENTATION_DONE
+#define NIXL_VERBS_IMPLEMENTATION_DONE
+
+#include <infiniband/verbs.h>
+#include <rdma/rdma_cma.h>
+#include <arpa/inet.h>
+#include <dlfcn.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+// >>constants
+
+#define _NIXL_VERBS_MAX_QPS 16
+#define _NIXL_VERBS_POLL_BATCH 32
+#define _NIXL_VERBS_INFO_MAX 64
+#define _NIXL_VERBS_AM_HDR 8
+#define _NIXL_VERBS_PDATA_LEN 24
+#define _NIXL_VERBS_PDATA_MAGIC 0x4e56u /* "NV" */
+#define _NIXL_VERBS_PDATA_VERSION 1
+#define _NIXL_VERBS_REJ_TIEBREAK 1 /* reject reason: "I connect to you" */
+#define _NIXL_VERBS_REJ_REFUSED 2  /* reject reason: refused */
+#define _NIXL_VERBS_PUB_VERSION 1
+#define _NIXL_VERBS_RESOLVE_MS 2000
+#define _NIXL_VERBS_WAIT_PASSIVE_US 5000000u /* retry if the winner never connects */
+#define _NIXL_VERBS_CLOSE_WAIT_US 100000u    /* graceful close: wait for DISCONNECT's completion */
+
+/* wr_id encoding: the CQ belongs to one connection, so an index is enough */
+#define _NIXL_VERBS_WRID_SEND 0u
+#define _NIXL_VERBS_WRID_RECV 1u
+
+/* active-message ids (the handler table is indexed by them) */
+enum {
+    _NIXL_VERBS_AM_HELLO = 1,     /* payload: the sender's agent name */
+    _NIXL_VERBS_AM_NOTIF = 2,     /* payload: a notification */
+    _NIXL_VERBS_AM_CREDIT = 3,    /* no payload: returns credits in the header */
+    _NIXL_VERBS_AM_DISCONNECT = 4, /* graceful close */
+    _NIXL_VERBS_AM_COUNT = 5
+};
+
+enum { _NIXL_VERBS_CONN_CONNECTING = 0, _NIXL_VERBS_CONN_UP = 1, _NIXL_VERBS_CONN_FAILED = 2 };
+enum { _NIXL_VERBS_NOTIF_NONE = 0, _NIXL_VERBS_NOTIF_WAITING, _NIXL_VERBS_NOTIF_QUEUED,
+       _NIXL_VERBS_NOTIF_POSTED, _NIXL_VERBS_NOTIF_DONE };
+
+// >>structs
+
+struct _nixl_verbs_engine;
+struct _nixl_verbs_peer;
+struct _nixl_verbs_conn;
+struct _nixl_verbs_req;
+
+typedef struct _nixl_verbs_dev {
+    struct ibv_context *ctx; /* owned by librdmacm (rdma_get_devices) */
+    struct ibv_pd *pd;
+    struct ibv_device_attr attr;
+    uint8_t port;
+    uint32_t max_msg_sz;
+    char name[64];
+    struct sockaddr_in addr; /* IPv4 of its netdev */
+    int has_addr;
+    int dmabuf_probed, dmabuf_ok;
+} _nixl_verbs_dev_t;
+
+typedef struct _nixl_verbs_md {
+    struct _nixl_verbs_md *prev, *next;
+    nixl_mem_t mem;
+    uintptr_t addr;
+    size_t len;
+    struct ibv_mr *mr[NIXL_VERBS_MAX_DEVICES];
+    unsigned char pub[2 + 12 * NIXL_VERBS_MAX_DEVICES];
+    size_t pub_len;
+} _nixl_verbs_md_t;
+
+typedef struct _nixl_verbs_rmd {
+    struct _nixl_verbs_rmd *prev, *next;
+    uintptr_t addr; /* region start as the peer sees it */
+    size_t len;
+    uint64_t base;  /* address to use in WRs for `addr` (primary device) */
+    uint32_t rkey;
+} _nixl_verbs_rmd_t;
+
+/* one outstanding signaled send WR: what its completion retires */
+typedef struct _nixl_verbs_rec {
+    struct _nixl_verbs_req *req; /* NULL: none, or its request was released */
+    uint32_t nwr;                /* WRs retired (unsignaled ones before it + itself) */
+    int32_t slot;                /* AM send buffer to free, -1 for data */
+    uint8_t last;                /* last data WR of req's lane `lane` */
+    uint8_t lane;                /* the request's lane (QP index within the request) */
+    uint8_t notif;               /* req's notification SEND */
+} _nixl_verbs_rec_t;
+
+typedef struct _nixl_verbs_qp {
+    struct _nixl_verbs_conn *conn;
+    int index;
+    struct rdma_cm_id *id;
+    struct ibv_qp *qp;
+    int established;
+    uint32_t sq_free; /* free send-queue slots */
+    uint32_t unsig;   /* unsignaled WRs posted since the last signaled one */
+    _nixl_verbs_rec_t *ring; /* FIFO of signaled WRs, capacity sq_depth */
+    uint32_t head, count;
+} _nixl_verbs_qp_t;
+
+typedef struct _nixl_verbs_am {
+    struct _nixl_verbs_am *next;
+    const unsigned char *data;
+    uint32_t len;
+    uint8_t id;
+    struct _nixl_verbs_req *req; /* a request's notification (embedded node) */
+} _nixl_verbs_am_t;
+
+typedef struct _nixl_verbs_conn {
+    struct _nixl_verbs_engine *eng;
+    struct _nixl_verbs_peer *peer;
+    struct _nixl_verbs_conn *reap_next;
+    int doomed;
+    int passive;
+    int state;
+    uint32_t nonce;
+    int nqp, nqp_est;
+    _nixl_verbs_qp_t qps[_NIXL_VERBS_MAX_QPS];
+    _nixl_verbs_dev_t *dev;
+    struct ibv_cq *cq;
+    /* notification channel */
+    unsigned char *buf; /* rx_count receive buffers, then tx_count send buffers */
+    struct ibv_mr *buf_mr;
+    uint32_t rx_count, tx_count, buf_size;
+    uint32_t *tx_free; /* stack of free send-buffer slots */
+    uint32_t tx_free_n;
+    uint32_t peer_rx_count, peer_buf_size;
+    uint32_t tx_credits, rx_pending;
+    uint32_t max_inline;
+    uint8_t resp_res, init_depth; /* RDMA read resources */
+} _nixl_verbs_conn_t;
+
+typedef struct _nixl_verbs_peer {
+    struct _nixl_verbs_peer *prev, *next;
+    char *name; /* NULL until known (a passive connection before HELLO) */
+    uint64_t hash;
+    int loaded;       /* the core gave us its conn info (it will call disconnect) */
+    int is_self;      /* loopback: our own listener */
+    int self_passive; /* the accepting half of a loopback connection */
+    struct sockaddr_in addr;
+    int has_addr;
+    _nixl_verbs_conn_t *conn;
+    int want_connect;
+    int wait_passive; /* lost the tie-break: the peer connects to us */
+    uint64_t wait_since;
+    struct _nixl_verbs_req *bl_head, *bl_tail; /* posted, not fully on the wire */
+    _nixl_verbs_am_t *am_head, *am_tail;       /* messages waiting to be sent */
+} _nixl_verbs_peer_t;
+
+typedef struct _nixl_verbs_req {
+    struct _nixl_verbs_req *prev, *next; /* engine list */
+    struct _nixl_verbs_req *bl_prev, *bl_next;
+    int in_backlog;
+    _nixl_verbs_peer_t *peer; /* NULL once the peer was disconnected */
+    nixl_xfer_op_t op;
+    struct ibv_send_wr *wr;
+    struct ibv_sge *sge;
+    uint32_t nwr;
+    int nqp; /* lanes: lane q runs on the connection's QP q % its QP count */
+    uint32_t qstart[_NIXL_VERBS_MAX_QPS], qcount[_NIXL_VERBS_MAX_QPS], qposted[_NIXL_VERBS_MAX_QPS];
+    uint32_t qdone;   /* bit q: the last data WR of lane q completed */
+    uint32_t qmask;   /* bits of the lanes the request uses */
+    int active;
+    nixl_status_t status;
+    unsigned char *notif;
+    uint32_t notif_cap;
+    int notif_state;
+    _nixl_verbs_am_t am;
+} _nixl_verbs_req_t;
+
+typedef int _nixl_verbs_CUresult;
+typedef unsigned long long _nixl_verbs_CUdeviceptr;
+typedef _nixl_verbs_CUresult (*_nixl_verbs_cuInit_t)(unsigned int flags);
+typedef _nixl_verbs_CUresult (*_nixl_verbs_cuPointerGetAttribute_t)(void *data, int attribute,
+                                                                     _nixl_verbs_CUdeviceptr ptr);
+typedef _nixl_verbs_CUresult (*_nixl_verbs_cuMemGetHandleForAddressRange_t)(
+    void *handle, _nixl_verbs_CUdeviceptr dptr, size_t size, int handle_type, unsigned long long flags);
+#define _NIXL_VERBS_CU_POINTER_ATTRIBUTE_MEMORY_TYPE 2
+#define _NIXL_VERBS_CU_MEMORYTYPE_DEVICE 2
+#define _NIXL_VERBS_CU_MEM_RANGE_HANDLE_TYPE_DMA_BUF_FD 1
+
+typedef struct _nixl_verbs_engine {
+    nixl_backend_t *be;
+    char *name;
+    uint64_t hash;
+    /* params */
+    uint32_t nqp, sq_depth, slice, timeout, notif_bufs, notif_buf_size, sig_every, retry_cnt;
+    uint16_t listen_port;
+    /* devices */
+    struct ibv_context **ctx_list;
+    int ndev;
+    _nixl_verbs_dev_t devs[NIXL_VERBS_MAX_DEVICES];
+    struct rdma_event_channel *ch;
+    struct rdma_cm_id *listen_id;
+    struct sockaddr_in listen_addr;
+    char info[_NIXL_VERBS_INFO_MAX];
+    size_t info_len;
+    /* objects */
+    _nixl_verbs_peer_t *peers;
+    _nixl_verbs_peer_t *self;
+    _nixl_verbs_req_t *reqs;
+    _nixl_verbs_md_t *mds;
+    _nixl_verbs_rmd_t *rmds;
+    _nixl_verbs_conn_t *reap;
+    uint32_t nonce_ctr;
+    /* CUDA driver, loaded on first VRAM registration */
+    int cuda_tried;
+    void *cuda_lib;
+    _nixl_verbs_cuPointerGetAttribute_t cuPointerGetAttribute;
+    _nixl_verbs_cuMemGetHandleForAddressRange_t cuMemGetHandleForAddressRange;
+} _nixl_verbs_engine_t;
+
+// >>helpers
+
+static void _nixl_verbs_put16(unsigned char *p, uint16_t v) { p[0] = (unsigned char)v; p[1] = (unsigned char)(v >> 8); }
+static void _nixl_verbs_put32(unsigned char *p, uint32_t v) {
+    _nixl_verbs_put16(p, (uint16_t)v);
+    _nixl_verbs_put16(p + 2, (uint16_t)(v >> 16));
+}
+static void _nixl_verbs_put64(unsigned char *p, uint64_t v) {
+    _nixl_verbs_put32(p, (uint32_t)v);
+    _nixl_verbs_put32(p + 4, (uint32_t)(v >> 32));
+}
+static uint16_t _nixl_verbs_get16(const unsigned char *p) { return (uint16_t)(p[0] | (p[1] << 8)); }
+static uint32_t _nixl_verbs_get32(const unsigned char *p) {
+    return (uint32_t)_nixl_verbs_get16(p) | ((uint32_t)_nixl_verbs_get16(p + 2) << 16);
+}
+static uint64_t _nixl_verbs_get64(const unsigned char *p) {
+    return (uint64_t)_nixl_verbs_get32(p) | ((uint64_t)_nixl_verbs_get32(p + 4) << 32);
+}
+
+/* FNV-1a: identifies an agent in the 56-byte CM private data */
+static uint64_t _nixl_verbs_hash(const char *s) {
+    uint64_t h = 1469598103934665603ull;
+    while (*s) {
+        h ^= (unsigned char)*s++;
+        h *= 1099511628211ull;
+    }
+    return h;
+}
+
+static char *_nixl_verbs_strdup(_nixl_verbs_engine_t *e, const char *s, size_t n) {
+    char *p = (char *)nixl_backend_alloc(e->be, n + 1);
+    if (p) memcpy(p, s, n); /* zeroed: terminated */
+    return p;
+}
+
+static const char *_nixl_verbs_errno_hint(int err) {
+    if (err == ENOMEM) return " (locked-memory limit? see ulimit -l)";
+    if (err == EFAULT) return " (address not mapped?)";
+    if (err == EACCES || err == EPERM) return " (permission: memory not writable, or no access to the device)";
+    return "";
+}
+
+static const char *_nixl_verbs_ip(const struct sockaddr_in *a, char *buf, size_t cap) {
+    if (!inet_ntop(AF_INET, &a->sin_addr, buf, (socklen_t)cap)) snprintf(buf, cap, "?");
+    return buf;
+}
+
+/* "A.B.C.D:PORT" -> sockaddr; bounds-checked: it comes from a peer */
+static int _nixl_verbs_parse_addr(const void *info, size_t len, struct sockaddr_in *out) {
+    char buf[_NIXL_VERBS_INFO_MAX];
+    char *colon, *end;
+    unsigned long port;
+    if (len == 0 || len >= sizeof buf) return -1;
+    memcpy(buf, info, len);
+    buf[len] = 0;
+    if (strlen(buf) != len) return -1;
+    colon = strrchr(buf, ':');
+    if (!colon || colon[1] == 0) return -1;
+    *colon = 0;
+    errno = 0;
+    port = strtoul(colon + 1, &end, 10);
+    if (errno || *end || port == 0 || port > 65535) return -1;
+    memset(out, 0, sizeof *out);
+    out->sin_family = AF_INET;
+    out->sin_port = htons((uint16_t)port);
+    if (inet_pton(AF_INET, buf, &out->sin_addr) != 1) return -1;
+    return 0;
+}
+
+// >>lists
+
+static void _nixl_verbs_bl_add(_nixl_verbs_peer_t *p, _nixl_verbs_req_t *r) {
+    if (r->in_backlog) return;
+    r->in_backlog = 1;
+    r->bl_next = NULL;
+    r->bl_prev = p->bl_tail;
+    if (p->bl_tail) p->bl_tail->bl_next = r; else p->bl_head = r;
+    p->bl_tail = r;
+}
+
+static void _nixl_verbs_bl_remove(_nixl_verbs_peer_t *p, _nixl_verbs_req_t *r) {
+    if (!r->in_backlog) return;
+    if (r->bl_prev) r->bl_prev->bl_next = r->bl_next; else p->bl_head = r->bl_next;
+    if (r->bl_next) r->bl_next->bl_prev = r->bl_prev; else p->bl_tail = r->bl_prev;
+    r->bl_prev = r->bl_next = NULL;
+    r->in_backlog = 0;
+}
+
+static void _nixl_verbs_am_push(_nixl_verbs_peer_t *p, _nixl_verbs_am_t *m) {
+    m->next = NULL;
+    if (p->am_tail) p->am_tail->next = m; else p->am_head = m;
+    p->am_tail = m;
+}
+
+static _nixl_verbs_am_t *_nixl_verbs_am_pop(_nixl_verbs_peer_t *p) {
+    _nixl_verbs_am_t *m = p->am_head;
+    if (!m) return NULL;
+    p->am_head = m->next;
+    if (!p->am_head) p->am_tail = NULL;
+    m->next = NULL;
+    return m;
+}
+
+static void _nixl_verbs_am_unlink(_nixl_verbs_peer_t *p, _nixl_verbs_am_t *m) {
+    _nixl_verbs_am_t *prev = NULL, *cur = p->am_head;
+    while (cur && cur != m) {
+        prev = cur;
+        cur = cur->next;
+    }
+    if (!cur) return;
+    if (prev) prev->next = m->next; else p->am_head = m->next;
+    if (p->am_tail == m) p->am_tail = prev;
+    m->next = NULL;
+}
+
+/* Frees a queued message (gen_notif copies) or detaches a request's own. */
+static void _nixl_verbs_am_discard(_nixl_verbs_engine_t *e, _nixl_verbs_am_t *m) {
+    if (!m->req) nixl_backend_free(e->be, m);
+}
+
+// >>requests state
+
+static void _nixl_verbs_req_finish(_nixl_verbs_req_t *r, nixl_status_t st) {
+    if (!r->active) return;
+    r->status = st;
+    r->active = 0;
+    if (r->peer) _nixl_verbs_bl_remove(r->peer, r);
+}
+
+static void _nixl_verbs_flush_am(_nixl_verbs_engine_t *e, _nixl_verbs_conn_t *c);
+
+static int _nixl_verbs_req_all_posted(const _nixl_verbs_req_t *r) {
+    int q;
+    for (q = 0; q < r->nqp; q++)
+        if (r->qposted[q] < r->qcount[q]) return 0;
+    return 1;
+}
+
+/* Moves a request forward after posts or completions: queues its
+   notification once the data is known to land first, completes it when
+   everything is done. */
+static void _nixl_verbs_req_advance(_nixl_verbs_engine_t *e, _nixl_verbs_req_t *r) {
+    if (!r->active || r->status != NIXL_IN_PROG || !r->peer) return;
+    if (r->notif_state == _NIXL_VERBS_NOTIF_WAITING && _nixl_verbs_req_all_posted(r)) {
+        /* WRITEs on QP 0 are placed before a later SEND on QP 0 (RC order);
+           other QPs, and READs anywhere, must have completed. */
+        uint32_t need = r->qmask;
+        if (r->op == NIXL_WRITE) need &= ~1u;
+        if ((r->qdone & need) == need) {
+            r->notif_state = _NIXL_VERBS_NOTIF_QUEUED;
+            _nixl_verbs_am_push(r->peer, &r->am);
+            if (r->peer->conn && r->peer->conn->state == _NIXL_VERBS_CONN_UP)
+                _nixl_verbs_flush_am(e, r->peer->conn);
+            if (!r->active) return;
+        }
+    }
+    if ((r->qdone & r->qmask) == r->qmask &&
+        (r->notif_state == _NIXL_VERBS_NOTIF_NONE || r->notif_state == _NIXL_VERBS_NOTIF_DONE))
+        _nixl_verbs_req_finish(r, NIXL_SUCCESS);
+}
+
+// >>connection teardown
+
+static void _nixl_verbs_peer_fail_reqs(_nixl_verbs_engine_t *e, _nixl_verbs_peer_t *p, nixl_status_t st) {
+    _nixl_verbs_req_t *r;
+    _nixl_verbs_am_t *m;
+    for (r = e->reqs; r; r = r->next)
+        if (r->peer == p && r->active) {
+            if (r->notif_state == _NIXL_VERBS_NOTIF_QUEUED) _nixl_verbs_am_unlink(p, &r->am);
+            _nixl_verbs_req_finish(r, st);
+        }
+    while ((m = _nixl_verbs_am_pop(p)) != NULL) _nixl_verbs_am_discard(e, m);
+}
+
+/* Releases every OS resource of a connection, in reverse order of creation.
+   Never called while its CQ or one of its CM events is being handled. */
+static void _nixl_verbs_conn_destroy(_nixl_verbs_engine_t *e, _nixl_verbs_conn_t *c) {
+    int q;
+    for (q = c->nqp - 1; q >= 0; q--) {
+        _nixl_verbs_qp_t *qp = &c->qps[q];
+        if (qp->id) {
+            if (qp->established) rdma_disconnect(qp->id);
+            if (qp->id->qp) rdma_destroy_qp(qp->id);
+            rdma_destroy_id(qp->id);
+        }
+        if (qp->ring) nixl_backend_free(e->be, qp->ring);
+    }
+    if (c->cq) ibv_destroy_cq(c->cq);
+    if (c->buf_mr) ibv_dereg_mr(c->buf_mr);
+    if (c->buf) nixl_backend_free(e->be, c->buf);
+    if (c->tx_free) nixl_backend_free(e->be, c->tx_free);
+    nixl_backend_free(e->be, c);
+}
+
+static void _nixl_verbs_peer_unlink(_nixl_verbs_engine_t *e, _nixl_verbs_peer_t *p) {
+    if (p->prev) p->prev->next = p->next; else e->peers = p->next;
+    if (p->next) p->next->prev = p->prev;
+    p->prev = p->next = NULL;
+}
+
+static void _nixl_verbs_peer_free(_nixl_verbs_engine_t *e, _nixl_verbs_peer_t *p) {
+    _nixl_verbs_req_t *r;
+    _nixl_verbs_peer_fail_reqs(e, p, NIXL_ERR_REMOTE_DISCONNECT);
+    for (r = e->reqs; r; r = r->next)
+        if (r->peer == p) r->peer = NULL;
+    _nixl_verbs_peer_unlink(e, p);
+    if (p->name) nixl_backend_free(e->be, p->name);
+    nixl_backend_free(e->be, p);
+}
+
+/* Schedules a connection for destruction at a safe point (end of progress,
+   or the next disconnect/destroy): never while its CQ or CM events are being
+   handled. The peer keeps its queues and forgets the connection. */
+static void _nixl_verbs_conn_doom(_nixl_verbs_engine_t *e, _nixl_verbs_conn_t *c) {
+    if (c->doomed) return;
+    c->doomed = 1;
+    c->state = _NIXL_VERBS_CONN_FAILED;
+    c->reap_next = e->reap;
+    e->reap = c;
+    if (c->peer && c->peer->conn == c) c->peer->conn = NULL;
+}
+
+static void _nixl_verbs_reap(_nixl_verbs_engine_t *e) {
+    while (e->reap) {
+        _nixl_verbs_conn_t *c = e->reap;
+        e->reap = c->reap_next;
+        _nixl_verbs_conn_destroy(e, c);
+    }
+}
+
+/* A connection broke: its requests fail with `st`, and the peer is reported
+   down (the core then invalidates it and calls disconnect). Peers the core
+   does not know (a passive, unloaded one; the accepting half of loopback)
+   are forgotten right away; the loopback peer reconnects on its next use. */
+static void _nixl_verbs_conn_fail_at(_nixl_verbs_engine_t *e, _nixl_verbs_conn_t *c, nixl_status_t st,
+                                     const char *why, int level) {
+    _nixl_verbs_peer_t *p = c->peer;
+    if (c->state == _NIXL_VERBS_CONN_FAILED) return;
+    c->state = _NIXL_VERBS_CONN_FAILED;
+    if (p) {
+        nixl_backend_log(e->be, p->self_passive || !p->loaded ? NIXL_LOG_INFO : level,
+                         "verbs: connection to %s failed: %s", p->name ? p->name : "(unnamed peer)", why);
+        _nixl_verbs_peer_fail_reqs(e, p, st);
+    }
+    if (!p || p->is_self) {
+        _nixl_verbs_conn_doom(e, c);
+        if (p) p->want_connect = 0;
+    } else if (p->self_passive || !p->loaded) {
+        _nixl_verbs_conn_doom(e, c);
+        _nixl_verbs_peer_free(e, p);
+    } else {
+        nixl_backend_peer_down(e->be, p->name);
+    }
+}
+
+static void _nixl_verbs_conn_fail(_nixl_verbs_engine_t *e, _nixl_verbs_conn_t *c, nixl_status_t st,
+                                  const char *why) {
+    _nixl_verbs_conn_fail_at(e, c, st, why, NIXL_LOG_ERROR);
+}
+
+// >>active messages
+
+/* Sends one message on QP 0 if a credit, a send buffer and a send slot are
+   free. CREDIT may use the last credit; everything else leaves one so that
+   credits can always be returned (no deadlock when both sides are full).
+   Returns 1 sent, 0 not now, -1 connection failed. */
+static int _nixl_verbs_am_send(_nixl_verbs_engine_t *e, _nixl_verbs_conn_t *c, uint8_t id,
+                               const unsigned char *data, uint32_t len, _nixl_verbs_req_t *req) {
+    _nixl_verbs_qp_t *qp = &c->qps[0];
+    struct ibv_send_wr wr, *bad = NULL;
+    struct ibv_sge sge;
+    uint32_t slot, credits, need = id == _NIXL_VERBS_AM_CREDIT ? 1u : 2u;
+    unsigned char *p;
+    _nixl_verbs_rec_t *rec;
+    int rc;
+    if (c->state != _NIXL_VERBS_CONN_UP || c->tx_credits < need || c->tx_free_n == 0 || qp->sq_free == 0)
+        return 0;
+    slot = c->tx_free[--c->tx_free_n];
+    p = c->buf + ((size_t)c->rx_count + slot) * c->buf_size;
+    credits = c->rx_pending > 0xffffu ? 0xffffu : c->rx_pending;
+    p[0] = id;
+    p[1] = 0;
+    _nixl_verbs_put16(p + 2, (uint16_t)credits);
+    _nixl_verbs_put32(p + 4, len);
+    if (len) memcpy(p + _NIXL_VERBS_AM_HDR, data, len);
+    memset(&sge, 0, sizeof sge);
+    sge.addr = (uintptr_t)p;
+    sge.length = _NIXL_VERBS_AM_HDR + len;
+    sge.lkey = c->buf_mr->lkey;
+    memset(&wr, 0, sizeof wr);
+    wr.wr_id = (0u << 2) | _NIXL_VERBS_WRID_SEND;
+    wr.sg_list = &sge;
+    wr.num_sge = 1;
+    wr.opcode = IBV_WR_SEND;
+    wr.send_flags = IBV_SEND_SIGNALED;
+    if (sge.length <= c->max_inline) wr.send_flags |= IBV_SEND_INLINE;
+    rc = ibv_post_send(qp->qp, &wr, &bad);
+    if (rc) {
+        c->tx_free[c->tx_free_n++] = slot;
+        nixl_backend_log(e->be, NIXL_LOG_ERROR, "verbs: ibv_post_send(SEND, %u bytes) failed: %s",
+                         (unsigned)sge.length, strerror(rc));
+        _nixl_verbs_conn_fail(e, c, NIXL_ERR_BACKEND, "cannot post a SEND");
+        return -1;
+    }
+    c->rx_pending -= credits;
+    c->tx_credits--;
+    qp->sq_free--;
+    rec = &qp->ring[(qp->head + qp->count) % e->sq_depth];
+    qp->count++;
+    rec->req = req;
+    rec->nwr = qp->unsig + 1;
+    rec->slot = (int32_t)slot;
+    rec->last = 0;
+    rec->lane = 0;
+    rec->notif = req ? 1 : 0;
+    qp->unsig = 0;
+    return 1;
+}
+
+/* Sends queued messages in order while resources allow, then returns
+   credits explicitly if none of those carried them. */
+static void _nixl_verbs_flush_am(_nixl_verbs_engine_t *e, _nixl_verbs_conn_t *c) {
+    _nixl_verbs_peer_t *p = c->peer;
+    while (p && p->am_head && c->state == _NIXL_VERBS_CONN_UP) {
+        _nixl_verbs_am_t *m = p->am_head;
+        int rc;
+        if (_NIXL_VERBS_AM_HDR + m->len > c->peer_buf_size) {
+            nixl_backend_log(e->be, NIXL_LOG_ERROR,
+                             "verbs: notification of %u bytes to %s dropped: larger than the peer's "
+                             "buffers (notif_buf_size %u)", (unsigned)m->len, p->name ? p->name : "?",
+                             (unsigned)c->peer_buf_size);
+            _nixl_verbs_am_pop(p);
+            if (m->req) _nixl_verbs_req_finish(m->req, NIXL_ERR_INVALID_PARAM);
+            _nixl_verbs_am_discard(e, m);
+            continue;
+        }
+        rc = _nixl_verbs_am_send(e, c, m->id, m->data, m->len, m->req);
+        if (rc < 0) return;
+        if (rc == 0) break; /* blocked: still return credits below, or both sides may wait forever */
+        _nixl_verbs_am_pop(p);
+        if (m->req) m->req->notif_state = _NIXL_VERBS_NOTIF_POSTED;
+        _nixl_verbs_am_discard(e, m);
+    }
+    if (c->state == _NIXL_VERBS_CONN_UP && c->rx_pending >= c->rx_count / 2)
+        _nixl_verbs_am_send(e, c, _NIXL_VERBS_AM_CREDIT, NULL, 0, NULL);
+}
+
+static int _nixl_verbs_post_recv(_nixl_verbs_engine_t *e, _nixl_verbs_conn_t *c, uint32_t slot) {
+    struct ibv_recv_wr wr, *bad = NULL;
+    struct ibv_sge sge;
+    int rc;
+    memset(&sge, 0, sizeof sge);
+    sge.addr = (uintptr_t)(c->buf + (size_t)slot * c->buf_size);
+    sge.length = c->buf_size;
+    sge.lkey = c->buf_mr->lkey;
+    memset(&wr, 0, sizeof wr);
+    wr.wr_id = ((uint64_t)slot << 2) | _NIXL_VERBS_WRID_RECV;
+    wr.sg_list = &sge;
+    wr.num_sge = 1;
+    rc = ibv_post_recv(c->qps[0].qp, &wr, &bad);
+    if (rc)
+        nixl_backend_log(e->be, NIXL_LOG_ERROR, "verbs: ibv_post_recv failed: %s", strerror(rc));
+    return rc;
+}
+
+typedef void (*_nixl_verbs_am_handler_t)(_nixl_verbs_engine_t *e, _nixl_verbs_conn_t *c,
+                                         const unsigned char *data, uint32_t len);
+
+static void _nixl_verbs_am_on_hello(_nixl_verbs_engine_t *e, _nixl_verbs_conn_t *c, const unsigned char *data,
+                                    uint32_t len) {
+    _nixl_verbs_peer_t *p = c->peer;
+    if (len == 0 || len > 255 || memchr(data, 0, len)) {
+        nixl_backend_log(e->be, NIXL_LOG_WARN, "verbs: malformed HELLO (%u bytes) ignored", (unsigned)len);
+        return;
+    }
+    if (p->name) {
+        if (strlen(p->name) != len || memcmp(p->name, data, len) != 0)
+            _nixl_verbs_conn_fail(e, c, NIXL_ERR_BACKEND, "HELLO names another agent than expected");
+        return;
+    }
+    p->name = _nixl_verbs_strdup(e, (const char *)data, len);
+    if (!p->name) _nixl_verbs_conn_fail(e, c, NIXL_ERR_BACKEND, "out of memory");
+    else if (_nixl_verbs_hash(p->name) != p->hash)
+        _nixl_verbs_conn_fail(e, c, NIXL_ERR_BACKEND, "HELLO name does not match the connection's hash");
+}
+
+static void _nixl_verbs_am_on_notif(_nixl_verbs_engine_t *e, _nixl_verbs_conn_t *c, const unsigned char *data,
+                                    uint32_t len) {
+    if (!c->peer->name) {
+        nixl_backend_log(e->be, NIXL_LOG_WARN, "verbs: notification before HELLO dropped");
+        return;
+    }
+    nixl_backend_notif(e->be, c->peer->name, data, len);
+}
+
+static void _nixl_verbs_am_on_credit(_nixl_verbs_engine_t *e, _nixl_verbs_conn_t *c, const unsigned char *data,
+                                     uint32_t len) {
+    (void)e; (void)c; (void)data; (void)len; /* the header carried them */
+}
+
+static void _nixl_verbs_am_on_disconnect(_nixl_verbs_engine_t *e, _nixl_verbs_conn_t *c,
+                                         const unsigned char *data, uint32_t len) {
+    (void)data; (void)len;
+    _nixl_verbs_conn_fail_at(e, c, NIXL_ERR_REMOTE_DISCONNECT, "peer closed the connection", NIXL_LOG_INFO);
+}
+
+static const _nixl_verbs_am_handler_t _nixl_verbs_am_table[_NIXL_VERBS_AM_COUNT] = {
+    NULL, _nixl_verbs_am_on_hello, _nixl_verbs_am_on_notif, _nixl_verbs_am_on_credit,
+    _nixl_verbs_am_on_disconnect};
+
+/* Parses one received frame. Everything is checked: the peer may send
+   garbage; a bad frame is dropped with a warning, never trusted. */
+static void _nixl_verbs_am_recv(_nixl_verbs_engine_t *e, _nixl_verbs_conn_t *c, uint32_t slot,
+                                uint32_t byte_len) {
+    const unsigned char *p = c->buf + (size_t)slot * c->buf_size;
+    uint32_t len, credits;
+    uint8_t id;
+    if (byte_len < _NIXL_VERBS_AM_HDR || byte_len > c->buf_size) {
+        nixl_backend_log(e->be, NIXL_LOG_WARN, "verbs: runt frame of %u bytes dropped", (unsigned)byte_len);
+        return;
+    }
+    id = p[0];
+    credits = _nixl_verbs_get16(p + 2);
+    len = _nixl_verbs_get32(p + 4);
+    c->tx_credits += credits;
+    if (c->tx_credits > c->peer_rx_count) c->tx_credits = c->peer_rx_count; /* never trust more */
+    if (len > byte_len - _NIXL_VERBS_AM_HDR) {
+        nixl_backend_log(e->be, NIXL_LOG_WARN, "verbs: frame claims %u bytes, carries %u: dropped",
+                         (unsigned)len, (unsigned)(byte_len - _NIXL_VERBS_AM_HDR));
+        return;
+    }
+    if (id >= _NIXL_VERBS_AM_COUNT || !_nixl_verbs_am_table[id]) {
+        nixl_backend_log(e->be, NIXL_LOG_WARN, "verbs: unknown message id %u dropped", (unsigned)id);
+        return;
+    }
+    _nixl_verbs_am_table[id](e, c, p + _NIXL_VERBS_AM_HDR, len);
+}
+
+// >>posting
+
+/* Posts as many of the request's WRs as the send queues take now, as one
+   linked chain per QP. The WR arrays were built by prep; only `next`,
+   `send_flags` and the completion records change here. */
+static int _nixl_verbs_req_pump(_nixl_verbs_engine_t *e, _nixl_verbs_conn_t *c, _nixl_verbs_req_t *r) {
+    int q;
+    for (q = 0; q < r->nqp; q++) {
+        _nixl_verbs_qp_t *qp = &c->qps[q % c->nqp]; /* a passive connection may have fewer QPs */
+        while (r->qposted[q] < r->qcount[q] && qp->sq_free > 0) {
+            uint32_t left = r->qcount[q] - r->qposted[q];
+            uint32_t n = left < qp->sq_free ? left : qp->sq_free;
+            uint32_t first = r->qstart[q] + r->qposted[q], i;
+            struct ibv_send_wr *bad = NULL;
+            int rc;
+            for (i = 0; i < n; i++) {
+                struct ibv_send_wr *w = &r->wr[first + i];
+                int last = r->qposted[q] + i + 1 == r->qcount[q];
+                w->next = i + 1 < n ? w + 1 : NULL;
+                w->wr_id = ((uint64_t)qp->index << 2) | _NIXL_VERBS_WRID_SEND;
+                if (last || qp->unsig + 1 >= e->sig_every) {
+                    _nixl_verbs_rec_t *rec = &qp->ring[(qp->head + qp->count) % e->sq_depth];
+                    qp->count++;
+                    rec->req = r;
+                    rec->nwr = qp->unsig + 1;
+                    rec->slot = -1;
+                    rec->last = (uint8_t)last;
+                    rec->lane = (uint8_t)q;
+                    rec->notif = 0;
+                    qp->unsig = 0;
+                    w->send_flags = IBV_SEND_SIGNALED;
+                } else {
+                    qp->unsig++;
+                    w->send_flags = 0;
+                }
+            }
+            rc = ibv_post_send(qp->qp, &r->wr[first], &bad);
+            if (rc) {
+                nixl_backend_log(e->be, NIXL_LOG_ERROR, "verbs: ibv_post_send(%u WRs on QP %d) failed: %s",
+                                 (unsigned)n, q, strerror(rc));
+                _nixl_verbs_conn_fail(e, c, NIXL_ERR_BACKEND, "cannot post RDMA WRs");
+                return -1;
+            }
+            qp->sq_free -= n;
+            r->qposted[q] += n;
+        }
+    }
+    if (_nixl_verbs_req_all_posted(r)) _nixl_verbs_bl_remove(c->peer, r);
+    return 0;
+}
+
+/* Posts from the peer's backlog (requests in posting order). */
+static void _nixl_verbs_pump_backlog(_nixl_verbs_engine_t *e, _nixl_verbs_conn_t *c) {
+    _nixl_verbs_req_t *r = c->peer ? c->peer->bl_head : NULL;
+    while (r && c->state == _NIXL_VERBS_CONN_UP) {
+        _nixl_verbs_req_t *next = r->bl_next;
+        if (_nixl_verbs_req_pump(e, c, r) < 0) return;
+        _nixl_verbs_req_advance(e, r);
+        r = next;
+    }
+}
+
+// >>completions
+
+static nixl_status_t _nixl_verbs_wc_status(enum ibv_wc_status s) {
+    switch (s) {
+    case IBV_WC_RETRY_EXC_ERR:
+    case IBV_WC_RNR_RETRY_EXC_ERR:
+    case IBV_WC_REM_ACCESS_ERR:
+    case IBV_WC_REM_INV_REQ_ERR:
+    case IBV_WC_REM_OP_ERR:
+    case IBV_WC_REM_ABORT_ERR:
+    case IBV_WC_REM_INV_RD_REQ_ERR:
+    case IBV_WC_WR_FLUSH_ERR:
+        return NIXL_ERR_REMOTE_DISCONNECT;
+    default:
+        return NIXL_ERR_BACKEND;
+    }
+}
+
+static void _nixl_verbs_on_send_wc(_nixl_verbs_engine_t *e, _nixl_verbs_conn_t *c, _nixl_verbs_qp_t *qp) {
+    _nixl_verbs_rec_t rec;
+    if (qp->count == 0) return; /* cannot happen: every signaled WR has a record */
+    rec = qp->ring[qp->head];
+    qp->head = (qp->head + 1) % e->sq_depth;
+    qp->count--;
+    qp->sq_free += rec.nwr;
+    if (rec.slot >= 0) c->tx_free[c->tx_free_n++] = (uint32_t)rec.slot;
+    if (!rec.req) return;
+    if (rec.last) rec.req->qdone |= 1u << rec.lane;
+    if (rec.notif) rec.req->notif_state = _NIXL_VERBS_NOTIF_DONE;
+    _nixl_verbs_req_advance(e, rec.req);
+}
+
+/* One batch of completions; returns how many, or -1 when the connection failed. */
+static int _nixl_verbs_poll_conn(_nixl_verbs_engine_t *e, _nixl_verbs_conn_t *c) {
+    struct ibv_wc wc[_NIXL_VERBS_POLL_BATCH];
+    int n, i;
+    n = ibv_poll_cq(c->cq, _NIXL_VERBS_POLL_BATCH, wc);
+    if (n < 0) {
+        _nixl_verbs_conn_fail(e, c, NIXL_ERR_BACKEND, "ibv_poll_cq failed");
+        return -1;
+    }
+    for (i = 0; i < n; i++) {
+        uint64_t id = wc[i].wr_id;
+        uint32_t idx = (uint32_t)(id >> 2);
+        if (wc[i].status != IBV_WC_SUCCESS) {
+            char why[160];
+            snprintf(why, sizeof why, "%s completion failed: %s (vendor error 0x%x)",
+                     (id & 3u) == _NIXL_VERBS_WRID_RECV ? "receive" : "send",
+                     ibv_wc_status_str(wc[i].status), (unsigned)wc[i].vendor_err);
+            /* a flush follows a QP error or a disconnect, which said why already */
+            _nixl_verbs_conn_fail_at(e, c, _nixl_verbs_wc_status(wc[i].status), why,
+                                     wc[i].status == IBV_WC_WR_FLUSH_ERR ? NIXL_LOG_WARN : NIXL_LOG_ERROR);
+            return -1;
+        }
+        if ((id & 3u) == _NIXL_VERBS_WRID_RECV) {
+            if (idx >= c->rx_count) continue;
+            _nixl_verbs_am_recv(e, c, idx, wc[i].byte_len);
+            if (c->state == _NIXL_VERBS_CONN_FAILED) return -1;
+            if (_nixl_verbs_post_recv(e, c, idx)) {
+                _nixl_verbs_conn_fail(e, c, NIXL_ERR_BACKEND, "cannot re-post a receive buffer");
+                return -1;
+            }
+            c->rx_pending++;
+        } else if (idx < (uint32_t)c->nqp) {
+            _nixl_verbs_on_send_wc(e, c, &c->qps[idx]);
+            if (c->state == _NIXL_VERBS_CONN_FAILED) return -1;
+        }
+    }
+    return n;
+}
+
+// >>connection setup
+
+static _nixl_verbs_conn_t *_nixl_verbs_conn_new(_nixl_verbs_engine_t *e, _nixl_verbs_peer_t *p, int passive,
+                                                int nqp, uint32_t nonce) {
+    _nixl_verbs_conn_t *c = (_nixl_verbs_conn_t *)nixl_backend_alloc(e->be, sizeof *c);
+    int q;
+    if (!c) return NULL;
+    c->eng = e;
+    c->peer = p;
+    c->passive = passive;
+    c->nqp = nqp;
+    c->nonce = nonce;
+    c->state = _NIXL_VERBS_CONN_CONNECTING;
+    for (q = 0; q < nqp; q++) {
+        c->qps[q].conn = c;
+        c->qps[q].index = q;
+    }
+    return c;
+}
+
+/* CQ, notification buffers and their MR, on the device the route chose. */
+static int _nixl_verbs_conn_setup(_nixl_verbs_engine_t *e, _nixl_verbs_conn_t *c, struct ibv_context *ctx) {
+    int q, cqe;
+    size_t bytes;
+    uint32_t i;
+    if (c->cq) return c->dev->ctx == ctx ? 0 : -1;
+    if (ctx != e->devs[0].ctx) {
+        nixl_backend_log(e->be, NIXL_LOG_ERROR,
+                         "verbs: connection routed over a device other than the primary %s (multi-rail is "
+                         "not supported)", e->devs[0].name);
+        return -1;
+    }
+    c->dev = &e->devs[0];
+    c->rx_count = e->notif_bufs;
+    c->tx_count = e->notif_bufs;
+    c->buf_size = e->notif_buf_size;
+    cqe = (int)(c->nqp * (e->sq_depth + 1) + c->rx_count + 16);
+    if (cqe > c->dev->attr.max_cqe) cqe = c->dev->attr.max_cqe;
+    c->cq = ibv_create_cq(ctx, cqe, NULL, NULL, 0);
+    if (!c->cq) {
+        nixl_backend_log(e->be, NIXL_LOG_ERROR, "verbs: ibv_create_cq(%d) failed: %s", cqe, strerror(errno));
+        return -1;
+    }
+    bytes = ((size_t)c->rx_count + c->tx_count) * c->buf_size;
+    c->buf = (unsigned char *)nixl_backend_alloc(e->be, bytes);
+    c->tx_free = (uint32_t *)nixl_backend_alloc(e->be, c->tx_count * sizeof(uint32_t));
+    if (!c->buf || !c->tx_free) {
+        nixl_backend_log(e->be, NIXL_LOG_ERROR, "verbs: out of memory for notification buffers");
+        return -1;
+    }
+    c->buf_mr = ibv_reg_mr(c->dev->pd, c->buf, bytes, IBV_ACCESS_LOCAL_WRITE);
+    if (!c->buf_mr) {
+        nixl_backend_log(e->be, NIXL_LOG_ERROR, "verbs: ibv_reg_mr(notification buffers, %zu) failed: %s%s",
+                         bytes, strerror(errno), _nixl_verbs_errno_hint(errno));
+        return -1;
+    }
+    for (i = 0; i < c->tx_count; i++) c->tx_free[i] = c->tx_count - 1 - i;
+    c->tx_free_n = c->tx_count;
+    for (q = 0; q < c->nqp; q++) {
+        c->qps[q].ring = (_nixl_verbs_rec_t *)nixl_backend_alloc(e->be, e->sq_depth * sizeof(_nixl_verbs_rec_t));
+        if (!c->qps[q].ring) return -1;
+        c->qps[q].sq_free = e->sq_depth;
+    }
+    return 0;
+}
+
+/* QP on the CM id (the CM moves it through its states); QP 0 gets the
+   receive ring before the connection exists, so no SEND can outrun it. */
+static int _nixl_verbs_qp_create(_nixl_verbs_engine_t *e, _nixl_verbs_conn_t *c, _nixl_verbs_qp_t *qp) {
+    struct ibv_qp_init_attr a;
+    uint32_t i;
+    uint8_t tmo = (uint8_t)e->timeout;
+    if (_nixl_verbs_conn_setup(e, c, qp->id->verbs)) return -1;
+    memset(&a, 0, sizeof a);
+    a.send_cq = c->cq;
+    a.recv_cq = c->cq;
+    a.qp_type = IBV_QPT_RC;
+    a.cap.max_send_wr = e->sq_depth;
+    a.cap.max_recv_wr = qp->index == 0 ? c->rx_count : 1;
+    a.cap.max_send_sge = 1;
+    a.cap.max_recv_sge = 1;
+    a.cap.max_inline_data = 64;
+    if (rdma_create_qp(qp->id, c->dev->pd, &a)) {
+        a.cap.max_inline_data = 0; /* some devices have no inline support */
+        if (rdma_create_qp(qp->id, c->dev->pd, &a)) {
+            nixl_backend_log(e->be, NIXL_LOG_ERROR, "verbs: rdma_create_qp(sq %u) failed: %s",
+                             (unsigned)e->sq_depth, strerror(errno));
+            return -1;
+        }
+    }
+    qp->qp = qp->id->qp;
+    if (qp->index == 0) c->max_inline = a.cap.max_inline_data;
+    if (rdma_set_option(qp->id, RDMA_OPTION_ID, RDMA_OPTION_ID_ACK_TIMEOUT, &tmo, sizeof tmo))
+        nixl_backend_log(e->be, NIXL_LOG_WARN, "verbs: cannot set the ACK timeout: %s", strerror(errno));
+    if (qp->index == 0)
+        for (i = 0; i < c->rx_count; i++)
+            if (_nixl_verbs_post_recv(e, c, i)) return -1;
+    return 0;
+}
+
+/* CM private data (24 bytes of the 56 a REQ carries), little-endian:
+   magic u16, version u8, qp index u8, nqp u8, pad u8, rx_count u16,
+   buf_size u32, nonce u32, name hash u64 */
+static void _nixl_verbs_pdata_build(_nixl_verbs_engine_t *e, _nixl_verbs_conn_t *c, int qidx, unsigned char *pd) {
+    memset(pd, 0, _NIXL_VERBS_PDATA_LEN);
+    _nixl_verbs_put16(pd, _NIXL_VERBS_PDATA_MAGIC);
+    pd[2] = _NIXL_VERBS_PDATA_VERSION;
+    pd[3] = (unsigned char)qidx;
+    pd[4] = (unsigned char)c->nqp;
+    _nixl_verbs_put16(pd + 6, (uint16_t)c->rx_count);
+    _nixl_verbs_put32(pd + 8, c->buf_size);
+    _nixl_verbs_put32(pd + 12, c->nonce);
+    _nixl_verbs_put64(pd + 16, e->hash);
+}
+
+typedef struct _nixl_verbs_pdata {
+    int qidx, nqp;
+    uint32_t rx_count, buf_size, nonce;
+    uint64_t hash;
+} _nixl_verbs_pdata_t;
+
+static int _nixl_verbs_pdata_parse(const unsigned char *pd, size_t len, _nixl_verbs_pdata_t *o) {
+    if (len < _NIXL_VERBS_PDATA_LEN || _nixl_verbs_get16(pd) != _NIXL_VERBS_PDATA_MAGIC ||
+        pd[2] != _NIXL_VERBS_PDATA_VERSION)
+        return -1;
+    o->qidx = pd[3];
+    o->nqp = pd[4];
+    o->rx_count = _nixl_verbs_get16(pd + 6);
+    o->buf_size = _nixl_verbs_get32(pd + 8);
+    o->nonce = _nixl_verbs_get32(pd + 12);
+    o->hash = _nixl_verbs_get64(pd + 16);
+    if (o->nqp < 1 || o->nqp > _NIXL_VERBS_MAX_QPS || o->qidx >= o->nqp || o->rx_count < 2 ||
+        o->buf_size < 64)
+        return -1;
+    return 0;
+}
+
+static void _nixl_verbs_conn_param(_nixl_verbs_conn_t *c, const unsigned char *pd, struct rdma_conn_param *cp) {
+    memset(cp, 0, sizeof *cp);
+    cp->retry_count = (uint8_t)c->eng->retry_cnt;
+    cp->private_data = pd;
+    cp->private_data_len = _NIXL_VERBS_PDATA_LEN;
+    cp->responder_resources = c->resp_res;
+    cp->initiator_depth = c->init_depth;
+    cp->rnr_retry_count = 7;
+}
+
+static uint8_t _nixl_verbs_u8cap(int v) { return (uint8_t)(v > 255 ? 255 : v < 0 ? 0 : v); }
+
+/* Starts an active connection: one CM id per QP, address resolution first. */
+static int _nixl_verbs_conn_start(_nixl_verbs_engine_t *e, _nixl_verbs_peer_t *p) {
+    _nixl_verbs_conn_t *c;
+    struct sockaddr_in src;
+    char ip[INET_ADDRSTRLEN];
+    int q;
+    p->want_connect = 0;
+    if (!p->has_addr) {
+        nixl_backend_log(e->be, NIXL_LOG_ERROR, "verbs: no connection info for %s", p->name ? p->name : "?");
+        return -1;
+    }
+    /* the nonce groups the CM ids (one per QP) of one attempt at the peer */
+    c = _nixl_verbs_conn_new(e, p, 0, (int)e->nqp,
+                             ((e->nonce_ctr++ ^ (uint32_t)nixl_now_us()) * 2654435761u) ^ (uint32_t)getpid());
+    if (!c) return -1;
+    c->resp_res = _nixl_verbs_u8cap(e->devs[0].attr.max_qp_rd_atom);
+    c->init_depth = _nixl_verbs_u8cap(e->devs[0].attr.max_qp_init_rd_atom);
+    p->conn = c;
+    src = e->listen_addr;
+    src.sin_port = 0;
+    for (q = 0; q < c->nqp; q++) {
+        _nixl_verbs_qp_t *qp = &c->qps[q];
+        if (rdma_create_id(e->ch, &qp->id, qp, RDMA_PS_TCP)) {
+            qp->id = NULL;
+            nixl_backend_log(e->be, NIXL_LOG_ERROR, "verbs: rdma_create_id failed: %s", strerror(errno));
+            break;
+        }
+        if (rdma_resolve_addr(qp->id, (struct sockaddr *)&src, (struct sockaddr *)&p->addr,
+                              _NIXL_VERBS_RESOLVE_MS)) {
+            nixl_backend_log(e->be, NIXL_LOG_ERROR, "verbs: rdma_resolve_addr(%s:%u) failed: %s",
+                             _nixl_verbs_ip(&p->addr, ip, sizeof ip), (unsigned)ntohs(p->addr.sin_port),
+                             strerror(errno));
+            break;
+        }
+    }
+    if (q < c->nqp) {
+        _nixl_verbs_conn_fail(e, c, NIXL_ERR_REMOTE_DISCONNECT, "cannot start connecting");
+        _nixl_verbs_conn_doom(e, c);
+        return -1;
+    }
+    return 0;
+}
+
+static _nixl_verbs_peer_t *_nixl_verbs_peer_new(_nixl_verbs_engine_t *e, const char *name, uint64_t hash) {
+    _nixl_verbs_peer_t *p = (_nixl_verbs_peer_t *)nixl_backend_alloc(e->be, sizeof *p);
+    if (!p) return NULL;
+    if (name) {
+        p->name = _nixl_verbs_strdup(e, name, strlen(name));
+        if (!p->name) {
+            nixl_backend_free(e->be, p);
+            return NULL;
+        }
+    }
+    p->hash = hash;
+    p->next = e->peers;
+    if (e->peers) e->peers->prev = p;
+    e->peers = p;
+    return p;
+}
+
+/* Lookup by name for the core's calls: the loopback peer for our own name,
+   never the accepting half of loopback. */
+static _nixl_verbs_peer_t *_nixl_verbs_peer_find(_nixl_verbs_engine_t *e, const char *name) {
+    _nixl_verbs_peer_t *p;
+    if (strcmp(name, e->name) == 0) return e->self;
+    for (p = e->peers; p; p = p->next)
+        if (!p->self_passive && !p->is_self && p->name && strcmp(p->name, name) == 0) return p;
+    return NULL;
+}
+
+static void _nixl_verbs_reject(_nixl_verbs_engine_t *e, struct rdma_cm_id *id, uint8_t reason) {
+    unsigned char pd[4];
+    _nixl_verbs_put16(pd, _NIXL_VERBS_PDATA_MAGIC);
+    pd[2] = reason;
+    pd[3] = 0;
+    if (rdma_reject(id, pd, sizeof pd)) /* e.g. the peer gave up its attempt already (simultaneous connect) */
+        nixl_backend_log(e->be, NIXL_LOG_INFO, "verbs: rdma_reject failed: %s", strerror(errno));
+    rdma_destroy_id(id);
+}
+
+/* A peer connects to us (passive side): find or make its peer and
+   connection, settle a simultaneous connect by name, create the QP, accept. */
+static void _nixl_verbs_on_connect_request(_nixl_verbs_engine_t *e, struct rdma_cm_id *id, const unsigned char *pdb,
+                                           size_t pdlen, uint8_t their_init, uint8_t their_resp) {
+    _nixl_verbs_pdata_t in;
+    _nixl_verbs_peer_t *p = NULL;
+    _nixl_verbs_conn_t *c;
+    _nixl_verbs_qp_t *qp;
+    struct rdma_conn_param cp;
+    unsigned char pd[_NIXL_VERBS_PDATA_LEN];
+    if (_nixl_verbs_pdata_parse(pdb, pdlen, &in)) {
+        nixl_backend_log(e->be, NIXL_LOG_WARN, "verbs: connection request with bad private data refused");
+        _nixl_verbs_reject(e, id, _NIXL_VERBS_REJ_REFUSED);
+        return;
+    }
+    if (in.hash == e->hash) { /* loopback: the accepting half, one per connection attempt */
+        for (p = e->peers; p; p = p->next)
+            if (p->self_passive && p->conn && p->conn->nonce == in.nonce) break;
+        if (!p) {
+            p = _nixl_verbs_peer_new(e, NULL, in.hash);
+            if (!p) goto refuse;
+            p->self_passive = 1;
+        }
+    } else {
+        for (p = e->peers; p; p = p->next)
+            if (!p->self_passive && !p->is_self && p->hash == in.hash) break;
+        if (!p) {
+            p = _nixl_verbs_peer_new(e, NULL, in.hash);
+            if (!p) goto refuse;
+        }
+    }
+    c = p->conn;
+    if (c && !(c->passive && c->nonce == in.nonce)) {
+        if (c->state == _NIXL_VERBS_CONN_CONNECTING && !c->passive && p->name &&
+            strcmp(e->name, p->name) > 0) {
+            /* both connect at once and theirs wins: drop ours, keep its queue */
+            _nixl_verbs_conn_doom(e, c);
+            c = NULL;
+        } else {
+            uint8_t why = c->state == _NIXL_VERBS_CONN_CONNECTING && !c->passive ? _NIXL_VERBS_REJ_TIEBREAK
+                                                                                  : _NIXL_VERBS_REJ_REFUSED;
+            if (why == _NIXL_VERBS_REJ_REFUSED)
+                nixl_backend_log(e->be, NIXL_LOG_WARN, "verbs: second connection from %s refused",
+                                 p->name ? p->name : "(unnamed peer)");
+            _nixl_verbs_reject(e, id, why);
+            return;
+        }
+    }
+    if (!c) {
+        c = _nixl_verbs_conn_new(e, p, 1, in.nqp, in.nonce);
+        if (!c) goto refuse;
+        c->peer_rx_count = in.rx_count;
+        c->peer_buf_size = in.buf_size;
+        c->tx_credits = in.rx_count;
+        c->resp_res = _nixl_verbs_u8cap(e->devs[0].attr.max_qp_rd_atom);
+        if (c->resp_res > their_init) c->resp_res = their_init;
+        c->init_depth = _nixl_verbs_u8cap(e->devs[0].attr.max_qp_init_rd_atom);
+        if (c->init_depth > their_resp) c->init_depth = their_resp;
+        p->conn = c;
+        p->wait_passive = 0;
+    }
+    qp = &c->qps[in.qidx];
+    if (qp->id || in.nqp != c->nqp) {
+        _nixl_verbs_reject(e, id, _NIXL_VERBS_REJ_REFUSED);
+        return;
+    }
+    qp->id = id;
+    id->context = qp;
+    if (_nixl_verbs_qp_create(e, c, qp)) goto fail_conn;
+    _nixl_verbs_pdata_build(e, c, in.qidx, pd);
+    _nixl_verbs_conn_param(c, pd, &cp);
+    if (rdma_accept(id, &cp)) {
+        nixl_backend_log(e->be, NIXL_LOG_ERROR, "verbs: rdma_accept failed: %s", strerror(errno));
+        goto fail_conn;
+    }
+    return;
+fail_conn:
+    _nixl_verbs_conn_fail(e, c, NIXL_ERR_BACKEND, "cannot accept");
+    _nixl_verbs_conn_doom(e, c);
+    return;
+refuse:
+    nixl_backend_log(e->be, NIXL_LOG_ERROR, "verbs: out of memory accepting a connection");
+    _nixl_verbs_reject(e, id, _NIXL_VERBS_REJ_REFUSED);
+}
+
+static void _nixl_verbs_on_route_resolved(_nixl_verbs_engine_t *e, _nixl_verbs_conn_t *c, _nixl_verbs_qp_t *qp) {
+    struct rdma_conn_param cp;
+    unsigned char pd[_NIXL_VERBS_PDATA_LEN];
+    if (_nixl_verbs_qp_create(e, c, qp)) {
+        _nixl_verbs_conn_fail(e, c, NIXL_ERR_BACKEND, "cannot create a QP");
+        return;
+    }
+    _nixl_verbs_pdata_build(e, c, qp->index, pd);
+    _nixl_verbs_conn_param(c, pd, &cp);
+    if (rdma_connect(qp->id, &cp)) {
+        nixl_backend_log(e->be, NIXL_LOG_ERROR, "verbs: rdma_connect failed: %s", strerror(errno));
+        _nixl_verbs_conn_fail(e, c, NIXL_ERR_REMOTE_DISCONNECT, "cannot connect");
+    }
+}
+
+static void _nixl_verbs_on_established(_nixl_verbs_engine_t *e, _nixl_verbs_conn_t *c, _nixl_verbs_qp_t *qp,
+                                       const unsigned char *pdb, size_t pdlen) {
+    if (qp->established) return;
+    if (!c->passive && qp->index == 0) { /* the accept's private data: their ring */
+        _nixl_verbs_pdata_t in;
+        if (_nixl_verbs_pdata_parse(pdb, pdlen, &in)) {
+            _nixl_verbs_conn_fail(e, c, NIXL_ERR_BACKEND, "bad private data in the accept");
+            return;
+        }
+        c->peer_rx_count = in.rx_count;
+        c->peer_buf_size = in.buf_size;
+        c->tx_credits = in.rx_count;
+    }
+    qp->established = 1;
+    if (++c->nqp_est < c->nqp) return;
+    c->state = _NIXL_VERBS_CONN_UP;
+    if (!c->passive) { /* HELLO goes first: the passive side learns our name */
+        if (_nixl_verbs_am_send(e, c, _NIXL_VERBS_AM_HELLO, (const unsigned char *)e->name,
+                                (uint32_t)strlen(e->name), NULL) != 1) {
+            _nixl_verbs_conn_fail(e, c, NIXL_ERR_BACKEND, "cannot send HELLO");
+            return;
+        }
+    }
+    _nixl_verbs_pump_backlog(e, c);
+    if (c->state == _NIXL_VERBS_CONN_UP) _nixl_verbs_flush_am(e, c);
+}
+
+static void _nixl_verbs_on_rejected(_nixl_verbs_engine_t *e, _nixl_verbs_conn_t *c, const unsigned char *pdb,
+                                    size_t pdlen) {
+    _nixl_verbs_peer_t *p = c->peer;
+    if (pdlen >= 3 && _nixl_verbs_get16(pdb) == _NIXL_VERBS_PDATA_MAGIC && pdb[2] == _NIXL_VERBS_REJ_TIEBREAK) {
+        /* the peer's own connection to us wins; keep our queue for it */
+        _nixl_verbs_conn_doom(e, c);
+        if (p) {
+            p->wait_passive = 1;
+            p->wait_since = nixl_now_us();
+        }
+        return;
+    }
+    _nixl_verbs_conn_fail(e, c, NIXL_ERR_REMOTE_DISCONNECT, "connection rejected by the peer");
+}
+
+static int _nixl_verbs_cm_progress(_nixl_verbs_engine_t *e) {
+    int n = 0;
+    struct rdma_cm_event *ev;
+    while (n < 64 && rdma_get_cm_event(e->ch, &ev) == 0) {
+        /* copy what we need, ack at once (rdma_destroy_id waits for acks) */
+        enum rdma_cm_event_type type = ev->event;
+        struct rdma_cm_id *id = ev->id;
+        int status = ev->status;
+        unsigned char pd[64];
+        size_t pdlen = 0;
+        uint8_t init = ev->param.conn.initiator_depth, resp = ev->param.conn.responder_resources;
+        _nixl_verbs_qp_t *qp;
+        _nixl_verbs_conn_t *c;
+        if (ev->param.conn.private_data && ev->param.conn.private_data_len) {
+            pdlen = ev->param.conn.private_data_len < sizeof pd ? ev->param.conn.private_data_len : sizeof pd;
+            memcpy(pd, ev->param.conn.private_data, pdlen);
+        }
+        rdma_ack_cm_event(ev);
+        n++;
+        if (type == RDMA_CM_EVENT_CONNECT_REQUEST) {
+            _nixl_verbs_on_connect_request(e, id, pd, pdlen, init, resp);
+            continue;
+        }
+        qp = (_nixl_verbs_qp_t *)id->context;
+        if (!qp) continue; /* the listener */
+        c = qp->conn;
+        if (c->doomed || c->state == _NIXL_VERBS_CONN_FAILED) continue;
+        switch (type) {
+        case RDMA_CM_EVENT_ADDR_RESOLVED:
+            if (rdma_resolve_route(id, _NIXL_VERBS_RESOLVE_MS)) {
+                nixl_backend_log(e->be, NIXL_LOG_ERROR, "verbs: rdma_resolve_route failed: %s", strerror(errno));
+                _nixl_verbs_conn_fail(e, c, NIXL_ERR_REMOTE_DISCONNECT, "route resolution failed");
+            }
+            break;
+        case RDMA_CM_EVENT_ROUTE_RESOLVED: _nixl_verbs_on_route_resolved(e, c, qp); break;
+        case RDMA_CM_EVENT_ESTABLISHED: _nixl_verbs_on_established(e, c, qp, pd, pdlen); break;
+        case RDMA_CM_EVENT_REJECTED: _nixl_verbs_on_rejected(e, c, pd, pdlen); break;
+        case RDMA_CM_EVENT_DISCONNECTED: {
+            /* what arrived before the goodbye (notifications, its DISCONNECT
+               message) is delivered first: the CM event can overtake the CQ */
+            int k;
+            for (k = 0; k < 1024 && c->cq && c->state != _NIXL_VERBS_CONN_FAILED; k++)
+                if (_nixl_verbs_poll_conn(e, c) < _NIXL_VERBS_POLL_BATCH) break;
+            _nixl_verbs_conn_fail_at(e, c, NIXL_ERR_REMOTE_DISCONNECT, "peer disconnected", NIXL_LOG_WARN);
+        } break;
+        case RDMA_CM_EVENT_TIMEWAIT_EXIT: break;
+        default: {
+            char why[96];
+            snprintf(why, sizeof why, "rdma_cm event %s (status %d)", rdma_event_str(type), status);
+            _nixl_verbs_conn_fail(e, c, NIXL_ERR_REMOTE_DISCONNECT, why);
+        } break;
+        }
+    }
+    return n;
+}
+
+// >>devices
+
+/* The IPv4 address of a port's netdev, from an IPv4-mapped GID. */
+static int _nixl_verbs_dev_ipv4(_nixl_verbs_dev_t *d, struct ibv_port_attr *pa) {
+    int i;
+    for (i = 0; i < pa->gid_tbl_len && i < 256; i++) {
+        union ibv_gid g;
+        static const unsigned char v4pre[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
+        if (ibv_query_gid(d->ctx, d->port, i, &g)) break;
+        if (memcmp(g.raw, v4pre, 12) == 0) {
+            memset(&d->addr, 0, sizeof d->addr);
+            d->addr.sin_family = AF_INET;
+            memcpy(&d->addr.sin_addr, g.raw + 12, 4);
+            d->has_addr = 1;
+            return 0;
+        }
+    }
+    return -1;
+}
+
+static int _nixl_verbs_name_in_list(const char *list, const char *name) {
+    size_t n = strlen(name);
+    const char *p = list;
+    while (p && *p) {
+        const char *end = strchr(p, ',');
+        size_t len = end ? (size_t)(end - p) : strlen(p);
+        if (len == n && strncmp(p, name, n) == 0) return 1;
+        p = end ? end + 1 : NULL;
+    }
+    return 0;
+}
+
+static nixl_status_t _nixl_verbs_open_devices(_nixl_verbs_engine_t *e, const char *want) {
+    int n = 0, i;
+    e->ctx_list = rdma_get_devices(&n);
+    if (!e->ctx_list || n == 0) {
+        nixl_backend_log(e->be, NIXL_LOG_ERROR, "verbs: no RDMA device found (rdma_get_devices: %s)",
+                         n == 0 ? "none" : strerror(errno));
+        return NIXL_ERR_NOT_SUPPORTED;
+    }
+    for (i = 0; i < n && e->ndev < NIXL_VERBS_MAX_DEVICES; i++) {
+        _nixl_verbs_dev_t *d = &e->devs[e->ndev];
+        const char *name = ibv_get_device_name(e->ctx_list[i]->device);
+        struct ibv_port_attr pa;
+        uint8_t port;
+        if (want && !_nixl_verbs_name_in_list(want, name)) continue;
+        memset(d, 0, sizeof *d);
+        d->ctx = e->ctx_list[i];
+        snprintf(d->name, sizeof d->name, "%s", name);
+        if (ibv_query_device(d->ctx, &d->attr)) {
+            nixl_backend_log(e->be, NIXL_LOG_WARN, "verbs: ibv_query_device(%s) failed: %s", name, strerror(errno));
+            continue;
+        }
+        for (port = 1; port <= d->attr.phys_port_cnt; port++)
+            if (ibv_query_port(d->ctx, port, &pa) == 0 && pa.state == IBV_PORT_ACTIVE) break;
+        if (port > d->attr.phys_port_cnt) {
+            nixl_backend_log(e->be, want ? NIXL_LOG_ERROR : NIXL_LOG_INFO, "verbs: %s has no active port", name);
+            if (want) return NIXL_ERR_INVALID_PARAM;
+            continue;
+        }
+        d->port = port;
+        d->max_msg_sz = pa.max_msg_sz;
+        _nixl_verbs_dev_ipv4(d, &pa);
+        d->pd = ibv_alloc_pd(d->ctx);
+        if (!d->pd) {
+            nixl_backend_log(e->be, NIXL_LOG_ERROR, "verbs: ibv_alloc_pd(%s) failed: %s", name, strerror(errno));
+            return NIXL_ERR_BACKEND;
+        }
+        e->ndev++;
+    }
+    if (want) { /* every named device must exist */
+        const char *p = want;
+        while (*p) {
+            const char *end = strchr(p, ',');
+            size_t len = end ? (size_t)(end - p) : strlen(p);
+            int found = 0;
+            for (i = 0; i < e->ndev; i++)
+                if (strlen(e->devs[i].name) == len && strncmp(e->devs[i].name, p, len) == 0) found = 1;
+            if (!found) {
+                nixl_backend_log(e->be, NIXL_LOG_ERROR, "verbs: devices: '%.*s' is not an RDMA device with an "
+                                 "active port", (int)len, p);
+                return NIXL_ERR_INVALID_PARAM;
+            }
+            if (!end) break;
+            p = end + 1;
+        }
+    }
+    if (e->ndev == 0) {
+        nixl_backend_log(e->be, NIXL_LOG_ERROR, "verbs: no RDMA device with an active port");
+        return NIXL_ERR_NOT_SUPPORTED;
+    }
+    return NIXL_SUCCESS;
+}
+
+/* The rdma_cm listener on the primary device; its address is our
+   connection info. With listen_addr the device owning it becomes primary. */
+static nixl_status_t _nixl_verbs_listen(_nixl_verbs_engine_t *e, const char *addr) {
+    struct sockaddr_in a;
+    char ip[INET_ADDRSTRLEN];
+    int i, d = -1, flags;
+    e->ch = rdma_create_event_channel();
+    if (!e->ch) {
+        nixl_backend_log(e->be, NIXL_LOG_ERROR, "verbs: rdma_create_event_channel failed: %s (is rdma_ucm loaded?)",
+                         strerror(errno));
+        return NIXL_ERR_BACKEND;
+    }
+    flags = fcntl(e->ch->fd, F_GETFL);
+    if (flags < 0 || fcntl(e->ch->fd, F_SETFL, flags | O_NONBLOCK) < 0) {
+        nixl_backend_log(e->be, NIXL_LOG_ERROR, "verbs: cannot make the rdma_cm channel non-blocking: %s",
+                         strerror(errno));
+        return NIXL_ERR_BACKEND;
+    }
+    memset(&a, 0, sizeof a);
+    a.sin_family = AF_INET;
+    if (addr) {
+        if (inet_pton(AF_INET, addr, &a.sin_addr) != 1) {
+            nixl_backend_log(e->be, NIXL_LOG_ERROR, "verbs: listen_addr '%s' is not an IPv4 address", addr);
+            return NIXL_ERR_INVALID_PARAM;
+        }
+    } else {
+        for (i = 0; i < e->ndev && d < 0; i++)
+            if (e->devs[i].has_addr) d = i;
+        if (d < 0) {
+            nixl_backend_log(e->be, NIXL_LOG_ERROR, "verbs: no RDMA device has an IPv4 address (set listen_addr)");
+            return NIXL_ERR_NOT_SUPPORTED;
+        }
+        a.sin_addr = e->devs[d].addr.sin_addr;
+    }
+    a.sin_port = htons(e->listen_port);
+    if (rdma_create_id(e->ch, &e->listen_id, NULL, RDMA_PS_TCP)) {
+        e->listen_id = NULL;
+        nixl_backend_log(e->be, NIXL_LOG_ERROR, "verbs: rdma_create_id failed: %s", strerror(errno));
+        return NIXL_ERR_BACKEND;
+    }
+    if (rdma_bind_addr(e->listen_id, (struct sockaddr *)&a)) {
+        nixl_backend_log(e->be, NIXL_LOG_ERROR, "verbs: rdma_bind_addr(%s:%u) failed: %s",
+                         _nixl_verbs_ip(&a, ip, sizeof ip), (unsigned)e->listen_port, strerror(errno));
+        return addr ? NIXL_ERR_INVALID_PARAM : NIXL_ERR_BACKEND;
+    }
+    for (i = 0, d = -1; i < e->ndev; i++)
+        if (e->devs[i].ctx == e->listen_id->verbs) d = i;
+    if (d < 0) {
+        nixl_backend_log(e->be, NIXL_LOG_ERROR, "verbs: %s belongs to no RDMA device in use",
+                         _nixl_verbs_ip(&a, ip, sizeof ip));
+        return NIXL_ERR_INVALID_PARAM;
+    }
+    if (d != 0) { /* the listener's device is the primary: index 0 */
+        _nixl_verbs_dev_t t = e->devs[0];
+        e->devs[0] = e->devs[d];
+        e->devs[d] = t;
+    }
+    if (rdma_listen(e->listen_id, 64)) {
+        nixl_backend_log(e->be, NIXL_LOG_ERROR, "verbs: rdma_listen failed: %s", strerror(errno));
+        return NIXL_ERR_BACKEND;
+    }
+    e->listen_addr = a;
+    e->listen_addr.sin_port = rdma_get_src_port(e->listen_id);
+    snprintf(e->info, sizeof e->info, "%s:%u", _nixl_verbs_ip(&a, ip, sizeof ip),
+             (unsigned)ntohs(e->listen_addr.sin_port));
+    e->info_len = strlen(e->info);
+    return NIXL_SUCCESS;
+}
+
+// >>lifecycle
+
+static const char *const _nixl_verbs_param_keys[] = {
+    "devices", "listen_addr", "listen_port", "qps_per_peer", "sq_depth", "slice_size",
+    "timeout", "notif_bufs", "notif_buf_size", "retry_cnt", NULL};
+
+static nixl_status_t _nixl_verbs_params(_nixl_verbs_engine_t *e, const nixl_backend_init_t *init) {
+    uint64_t v;
+    nixl_status_t st;
+#define _NIXL_VERBS_PARAM(key, def, lo, hi, field)                            \
+    if ((st = nixl_param_u64(init, key, def, lo, hi, &v)) != NIXL_SUCCESS) \
+        return st;                                                         \
+    field = (uint32_t)v;
+    _NIXL_VERBS_PARAM("qps_per_peer", 2, 1, _NIXL_VERBS_MAX_QPS, e->nqp)
+    _NIXL_VERBS_PARAM("sq_depth", 256, 16, 32768, e->sq_depth)
+    _NIXL_VERBS_PARAM("slice_size", 1u << 20, 4096, 1u << 30, e->slice)
+    _NIXL_VERBS_PARAM("timeout", 14, 1, 31, e->timeout)
+    _NIXL_VERBS_PARAM("notif_bufs", 64, 4, 4096, e->notif_bufs)
+    _NIXL_VERBS_PARAM("notif_buf_size", 4096, 64, 1u << 20, e->notif_buf_size)
+    _NIXL_VERBS_PARAM("retry_cnt", 7, 0, 7, e->retry_cnt)
+    _NIXL_VERBS_PARAM("listen_port", 0, 0, 65535, v)
+#undef _NIXL_VERBS_PARAM
+    e->listen_port = (uint16_t)v;
+    return NIXL_SUCCESS;
+}
+
+static void _nixl_verbs_destroy(void *engine);
+
+/* Soft-RoCE: vendor id 0xffffff, or named so by rdma link add */
+static int _nixl_verbs_is_rxe(const _nixl_verbs_dev_t *d) {
+    return (d->attr.vendor_id == 0xffffffu && d->attr.vendor_part_id == 0) || strncmp(d->name, "rxe", 3) == 0;
+}
+
+static nixl_status_t _nixl_verbs_create(const nixl_backend_init_t *init, void **engine) {
+    _nixl_verbs_engine_t *e = (_nixl_verbs_engine_t *)nixl_backend_alloc(init->self, sizeof *e);
+    nixl_status_t st;
+    if (!e) return NIXL_ERR_BACKEND;
+    e->be = init->self;
+    e->name = _nixl_verbs_strdup(e, init->agent_name, strlen(init->agent_name));
+    if (!e->name) {
+        nixl_backend_free(e->be, e);
+        return NIXL_ERR_BACKEND;
+    }
+    e->hash = _nixl_verbs_hash(e->name);
+    if ((st = _nixl_verbs_params(e, init)) != NIXL_SUCCESS) goto fail;
+    if ((st = _nixl_verbs_open_devices(e, nixl_param_get(init, "devices"))) != NIXL_SUCCESS) goto fail;
+    if ((st = _nixl_verbs_listen(e, nixl_param_get(init, "listen_addr"))) != NIXL_SUCCESS) goto fail;
+    if (e->sq_depth > (uint32_t)e->devs[0].attr.max_qp_wr) e->sq_depth = (uint32_t)e->devs[0].attr.max_qp_wr;
+    if (e->devs[0].max_msg_sz && e->slice > e->devs[0].max_msg_sz) e->slice = e->devs[0].max_msg_sz;
+    e->sig_every = e->sq_depth / 4 ? e->sq_depth / 4 : 1;
+    if (!nixl_param_get(init, "retry_cnt") && e->retry_cnt == 7 && _nixl_verbs_is_rxe(&e->devs[0])) {
+        /* rxe never counts down a retry_cnt of 7: a dead peer would hang */
+        e->retry_cnt = 6;
+        nixl_backend_log(e->be, NIXL_LOG_INFO, "verbs: %s is Soft-RoCE, which retries forever with retry_cnt 7: "
+                         "using 6", e->devs[0].name);
+    }
+    e->self = _nixl_verbs_peer_new(e, e->name, e->hash);
+    if (!e->self) {
+        st = NIXL_ERR_BACKEND;
+        goto fail;
+    }
+    _nixl_verbs_peer_unlink(e, e->self); /* the loopback peer lives outside the list */
+    e->self->is_self = 1;
+    e->self->loaded = 1;
+    e->self->addr = e->listen_addr;
+    e->self->has_addr = 1;
+    nixl_backend_log(e->be, NIXL_LOG_INFO, "verbs: %d device(s), primary %s port %u, listening on %s, "
+                     "qps_per_peer %u sq_depth %u slice %u timeout %u retry_cnt %u", e->ndev, e->devs[0].name,
+                     (unsigned)e->devs[0].port, e->info, (unsigned)e->nqp, (unsigned)e->sq_depth,
+                     (unsigned)e->slice, (unsigned)e->timeout, (unsigned)e->retry_cnt);
+    *engine = e;
+    return NIXL_SUCCESS;
+fail:
+    _nixl_verbs_destroy(e);
+    return st;
+}
+
+/* Graceful close: tell the peer (DISCONNECT, waiting briefly for the send
+   to complete), then tear down. */
+static void _nixl_verbs_conn_close(_nixl_verbs_engine_t *e, _nixl_verbs_conn_t *c) {
+    if (c->state == _NIXL_VERBS_CONN_UP && c->tx_credits >= 1) {
+        uint64_t deadline = nixl_now_us() + _NIXL_VERBS_CLOSE_WAIT_US;
+        c->tx_credits++; /* DISCONNECT may use the reserved credit: nothing follows it */
+        if (_nixl_verbs_am_send(e, c, _NIXL_VERBS_AM_DISCONNECT, NULL, 0, NULL) == 1) {
+            while (c->qps[0].count > 0 && nixl_now_us() < deadline) {
+                struct ibv_wc wc;
+                int n = ibv_poll_cq(c->cq, 1, &wc);
+                if (n < 0) break;
+                if (n == 1 && (wc.wr_id & 3u) == _NIXL_VERBS_WRID_SEND && wc.status == IBV_WC_SUCCESS &&
+                    (wc.wr_id >> 2) < (uint64_t)c->nqp) {
+                    _nixl_verbs_qp_t *qp = &c->qps[wc.wr_id >> 2];
+                    if (qp->count) {
+                        qp->head = (qp->head + 1) % e->sq_depth;
+                        qp->count--;
+                    }
+                } else if (n == 1 && wc.status != IBV_WC_SUCCESS) {
+                    break;
+                }
+            }
+        }
+    }
+    c->state = _NIXL_VERBS_CONN_FAILED;
+    if (c->peer && c->peer->conn == c) c->peer->conn = NULL;
+    _nixl_verbs_conn_destroy(e, c);
+}
+
+static void _nixl_verbs_destroy(void *engine) {
+    _nixl_verbs_engine_t *e = (_nixl_verbs_engine_t *)engine;
+    int i;
+    if (!e) return;
+    _nixl_verbs_reap(e);
+    while (e->peers) { /* close everything, the accepting halves of loopback last */
+        _nixl_verbs_peer_t *p = e->peers;
+        while (p->next && p->self_passive) p = p->next;
+        if (p->conn) _nixl_verbs_conn_close(e, p->conn);
+        _nixl_verbs_peer_free(e, p);
+    }
+    if (e->self) {
+        if (e->self->conn) _nixl_verbs_conn_close(e, e->self->conn);
+        _nixl_verbs_peer_fail_reqs(e, e->self, NIXL_ERR_REMOTE_DISCONNECT);
+        if (e->self->name) nixl_backend_free(e->be, e->self->name);
+        nixl_backend_free(e->be, e->self);
+    }
+    _nixl_verbs_reap(e);
+    while (e->reqs) {
+        _nixl_verbs_req_t *r = e->reqs;
+        e->reqs = r->next;
+        if (r->wr) nixl_backend_free(e->be, r->wr);
+        if (r->sge) nixl_backend_free(e->be, r->sge);
+        if (r->notif) nixl_backend_free(e->be, r->notif);
+        nixl_backend_free(e->be, r);
+    }
+    while (e->rmds) {
+        _nixl_verbs_rmd_t *r = e->rmds;
+        e->rmds = r->next;
+        nixl_backend_free(e->be, r);
+    }
+    while (e->mds) {
+        _nixl_verbs_md_t *m = e->mds;
+        e->mds = m->next;
+        for (i = NIXL_VERBS_MAX_DEVICES - 1; i >= 0; i--)
+            if (m->mr[i]) ibv_dereg_mr(m->mr[i]);
+        nixl_backend_free(e->be, m);
+    }
+    if (e->listen_id) rdma_destroy_id(e->listen_id);
+    if (e->ch) rdma_destroy_event_channel(e->ch);
+    for (i = e->ndev - 1; i >= 0; i--)
+        if (e->devs[i].pd) ibv_dealloc_pd(e->devs[i].pd);
+    if (e->ctx_list) rdma_free_devices(e->ctx_list);
+    if (e->cuda_lib) dlclose(e->cuda_lib);
+    if (e->name) nixl_backend_free(e->be, e->name);
+    nixl_backend_free(e->be, e);
+}
+
+// >>memory
+
+static int _nixl_verbs_access(void) {
+    return IBV_ACCESS_LOCAL_WRITE | IBV_ACCESS_REMOTE_READ | IBV_ACCESS_REMOTE_WRITE |
+           IBV_ACCESS_RELAXED_ORDERING;
+}
+
+/* The CUDA driver, opened once; absent is not an error until VRAM is used. */
+static int _nixl_verbs_cuda_load(_nixl_verbs_engine_t *e) {
+    _nixl_verbs_cuInit_t cu_init;
+    if (e->cuda_tried) return e->cuPointerGetAttribute ? 0 : -1;
+    e->cuda_tried = 1;
+    e->cuda_lib = dlopen("libcuda.so.1", RTLD_NOW | RTLD_LOCAL);
+    if (!e->cuda_lib) {
+        nixl_backend_log(e->be, NIXL_LOG_ERROR, "verbs: VRAM needs the CUDA driver: dlopen(libcuda.so.1): %s",
+                         dlerror());
+        return -1;
+    }
+    /* dlsym returns void*; copy into function pointers without a cast that
+       ISO C forbids */
+    {
+        void *sym = dlsym(e->cuda_lib, "cuInit");
+        memcpy(&cu_init, &sym, sizeof sym);
+        sym = dlsym(e->cuda_lib, "cuPointerGetAttribute");
+        memcpy(&e->cuPointerGetAttribute, &sym, sizeof sym);
+        sym = dlsym(e->cuda_lib, "cuMemGetHandleForAddressRange");
+        memcpy(&e->cuMemGetHandleForAddressRange, &sym, sizeof sym);
+    }
+    if (!cu_init || !e->cuPointerGetAttribute || cu_init(0) != 0) {
+        nixl_backend_log(e->be, NIXL_LOG_ERROR, "verbs: the CUDA driver does not initialise (cuInit)");
+        e->cuPointerGetAttribute = NULL;
+        return -1;
+    }
+    return 0;
+}
+
+static int _nixl_verbs_dmabuf_supported(_nixl_verbs_engine_t *e, _nixl_verbs_dev_t *d) {
+    if (!d->dmabuf_probed) {
+        struct ibv_mr *mr;
+        d->dmabuf_probed = 1;
+        errno = 0;
+        mr = ibv_reg_dmabuf_mr(d->pd, 0, 4096, 0, -1, 0); /* EBADF: the call exists */
+        if (mr) ibv_dereg_mr(mr);
+        d->dmabuf_ok = !mr && errno == EBADF;
+        nixl_backend_log(e->be, NIXL_LOG_INFO, "verbs: %s dma-buf registration %s", d->name,
+                         d->dmabuf_ok ? "supported" : "not supported");
+    }
+    return d->dmabuf_ok;
+}
+
+static int _nixl_verbs_peermem_loaded(void) {
+    return access("/sys/kernel/mm/memory_peers/nv_mem/version", F_OK) == 0 ||
+           access("/sys/module/nvidia_peermem", F_OK) == 0;
+}
+
+static nixl_status_t _nixl_verbs_reg_vram(_nixl_verbs_engine_t *e, _nixl_verbs_dev_t *d, const nixl_desc_t *r,
+                                          struct ibv_mr **out) {
+    unsigned int memtype = 0;
+    long pg = sysconf(_SC_PAGESIZE);
+    if (_nixl_verbs_cuda_load(e)) return NIXL_ERR_NOT_SUPPORTED;
+    if (e->cuPointerGetAttribute(&memtype, _NIXL_VERBS_CU_POINTER_ATTRIBUTE_MEMORY_TYPE,
+                                 (_nixl_verbs_CUdeviceptr)r->addr) != 0 ||
+        memtype != _NIXL_VERBS_CU_MEMORYTYPE_DEVICE) {
+        nixl_backend_log(e->be, NIXL_LOG_ERROR, "verbs: register_mem: %p is not CUDA device memory",
+                         (void *)r->addr);
+        return NIXL_ERR_INVALID_PARAM;
+    }
+    if (pg <= 0) pg = 4096;
+    if (e->cuMemGetHandleForAddressRange && _nixl_verbs_dmabuf_supported(e, d)) {
+        uintptr_t start = r->addr & ~((uintptr_t)pg - 1);
+        size_t span = ((r->addr + r->len + (uintptr_t)pg - 1) & ~((uintptr_t)pg - 1)) - start;
+        int fd = -1;
+        if (e->cuMemGetHandleForAddressRange(&fd, (_nixl_verbs_CUdeviceptr)start, span,
+                                             _NIXL_VERBS_CU_MEM_RANGE_HANDLE_TYPE_DMA_BUF_FD, 0) == 0 &&
+            fd >= 0) {
+            *out = ibv_reg_dmabuf_mr(d->pd, r->addr - start, r->len, r->addr, fd, _nixl_verbs_access());
+            close(fd);
+            if (*out) return NIXL_SUCCESS;
+            nixl_backend_log(e->be, NIXL_LOG_WARN, "verbs: ibv_reg_dmabuf_mr(%p, %zu) failed: %s; trying peermem",
+                             (void *)r->addr, r->len, strerror(errno));
+        }
+    }
+    if (_nixl_verbs_peermem_loaded()) {
+        *out = ibv_reg_mr(d->pd, (void *)r->addr, r->len, _nixl_verbs_access());
+        if (*out) return NIXL_SUCCESS;
+        nixl_backend_log(e->be, NIXL_LOG_ERROR, "verbs: ibv_reg_mr(GPU %p, %zu) with nvidia-peermem failed: %s",
+                         (void *)r->addr, r->len, strerror(errno));
+        return NIXL_ERR_BACKEND;
+    }
+    nixl_backend_log(e->be, NIXL_LOG_ERROR,
+                     "verbs: cannot register GPU memory on %s: no dma-buf support (needs CUDA >= 11.7 driver and a "
+                     "kernel/NIC with dma-buf) and nvidia-peermem is not loaded", d->name);
+    return NIXL_ERR_NOT_SUPPORTED;
+}
+
+static nixl_status_t _nixl_verbs_register_mem(void *engine, nixl_mem_t mem, const nixl_desc_t *region, void **md_out) {
+    _nixl_verbs_engine_t *e = (_nixl_verbs_engine_t *)engine;
+    _nixl_verbs_md_t *m;
+    nixl_status_t st = NIXL_SUCCESS;
+    int d;
+    if (mem != NIXL_DRAM && mem != NIXL_VRAM) return NIXL_ERR_NOT_SUPPORTED;
+    m = (_nixl_verbs_md_t *)nixl_backend_alloc(e->be, sizeof *m);
+    if (!m) return NIXL_ERR_BACKEND;
+    m->mem = mem;
+    m->addr = region->addr;
+    m->len = region->len;
+    m->pub[0] = _NIXL_VERBS_PUB_VERSION;
+    m->pub[1] = (unsigned char)e->ndev;
+    for (d = 0; d < e->ndev && st == NIXL_SUCCESS; d++) {
+        if (mem == NIXL_DRAM) {
+            m->mr[d] = ibv_reg_mr(e->devs[d].pd, (void *)region->addr, region->len, _nixl_verbs_access());
+            if (!m->mr[d]) {
+                int err = errno;
+                nixl_backend_log(e->be, NIXL_LOG_ERROR, "verbs: register_mem: ibv_reg_mr(%p, %zu) on %s failed: %s%s",
+                                 (void *)region->addr, region->len, e->devs[d].name, strerror(err),
+                                 _nixl_verbs_errno_hint(err));
+                st = NIXL_ERR_BACKEND;
+            }
+        } else {
+            st = _nixl_verbs_reg_vram(e, &e->devs[d], region, &m->mr[d]);
+        }
+        if (st == NIXL_SUCCESS) {
+            _nixl_verbs_put32(m->pub + 2 + 12 * d, m->mr[d]->rkey);
+            _nixl_verbs_put64(m->pub + 2 + 12 * d + 4, (uint64_t)region->addr);
+        }
+    }
+    if (st != NIXL_SUCCESS) {
+        for (d = e->ndev - 1; d >= 0; d--)
+            if (m->mr[d]) ibv_dereg_mr(m->mr[d]);
+        nixl_backend_free(e->be, m);
+        return st;
+    }
+    m->pub_len = 2 + 12 * (size_t)e->ndev;
+    m->next = e->mds;
+    if (e->mds) e->mds->prev = m;
+    e->mds = m;
+    *md_out = m;
+    return NIXL_SUCCESS;
+}
+
+static void _nixl_verbs_deregister_mem(void *engine, void *md) {
+    _nixl_verbs_engine_t *e = (_nixl_verbs_engine_t *)engine;
+    _nixl_verbs_md_t *m = (_nixl_verbs_md_t *)md;
+    int d;
+    if (!m) return;
+    for (d = NIXL_VERBS_MAX_DEVICES - 1; d >= 0; d--)
+        if (m->mr[d] && ibv_dereg_mr(m->mr[d]))
+            nixl_backend_log(e->be, NIXL_LOG_ERROR, "verbs: ibv_dereg_mr(%p) failed: %s", (void *)m->addr,
+                             strerror(errno));
+    if (m->prev) m->prev->next = m->next; else e->mds = m->next;
+    if (m->next) m->next->prev = m->prev;
+    nixl_backend_free(e->be, m);
+}
+
+static nixl_status_t _nixl_verbs_get_public_data(void *engine, void *md, const void **data, size_t *len) {
+    _nixl_verbs_md_t *m = (_nixl_verbs_md_t *)md;
+    (void)engine;
+    *data = m->pub;
+    *len = m->pub_len;
+    return NIXL_SUCCESS;
+}
+
+static _nixl_verbs_rmd_t *_nixl_verbs_rmd_new(_nixl_verbs_engine_t *e, uintptr_t addr, size_t len, uint32_t rkey,
+                                              uint64_t base) {
+    _nixl_verbs_rmd_t *r = (_nixl_verbs_rmd_t *)nixl_backend_alloc(e->be, sizeof *r);
+    if (!r) return NULL;
+    r->addr = addr;
+    r->len = len;
+    r->rkey = rkey;
+    r->base = base;
+    r->next = e->rmds;
+    if (e->rmds) e->rmds->prev = r;
+    e->rmds = r;
+    return r;
+}
+
+static nixl_status_t _nixl_verbs_load_remote_md(void *engine, const char *remote, nixl_mem_t mem,
+                                                const nixl_desc_t *region, const void *pub, size_t len, void **rmd) {
+    _nixl_verbs_engine_t *e = (_nixl_verbs_engine_t *)engine;
+    const unsigned char *p = (const unsigned char *)pub;
+    _nixl_verbs_rmd_t *r;
+    (void)mem;
+    /* version, device count, then per device rkey u32 + base u64; the
+       peer's primary device comes first and is the one we talk to */
+    if (!p || len < 2 + 12 || p[0] != _NIXL_VERBS_PUB_VERSION || p[1] == 0 || len != 2 + 12 * (size_t)p[1]) {
+        nixl_backend_log(e->be, NIXL_LOG_ERROR, "verbs: malformed public data (%zu bytes) for a region of %s", len,
+                         remote);
+        return NIXL_ERR_INVALID_PARAM;
+    }
+    r = _nixl_verbs_rmd_new(e, region->addr, region->len, _nixl_verbs_get32(p + 2), _nixl_verbs_get64(p + 6));
+    if (!r) return NIXL_ERR_BACKEND;
+    *rmd = r;
+    return NIXL_SUCCESS;
+}
+
+static nixl_status_t _nixl_verbs_load_local_md(void *engine, void *md, void **rmd) {
+    _nixl_verbs_engine_t *e = (_nixl_verbs_engine_t *)engine;
+    _nixl_verbs_md_t *m = (_nixl_verbs_md_t *)md;
+    _nixl_verbs_rmd_t *r = _nixl_verbs_rmd_new(e, m->addr, m->len, m->mr[0]->rkey, (uint64_t)m->addr);
+    if (!r) return NIXL_ERR_BACKEND;
+    *rmd = r;
+    return NIXL_SUCCESS;
+}
+
+static void _nixl_verbs_unload_md(void *engine, void *rmd) {
+    _nixl_verbs_engine_t *e = (_nixl_verbs_engine_t *)engine;
+    _nixl_verbs_rmd_t *r = (_nixl_verbs_rmd_t *)rmd;
+    if (!r) return;
+    if (r->prev) r->prev->next = r->next; else e->rmds = r->next;
+    if (r->next) r->next->prev = r->prev;
+    nixl_backend_free(e->be, r);
+}
+
+// >>connections (vtable)
+
+static nixl_status_t _nixl_verbs_get_conn_info(void *engine, const void **info, size_t *len) {
+    _nixl_verbs_engine_t *e = (_nixl_verbs_engine_t *)engine;
+    *info = e->info;
+    *len = e->info_len;
+    return NIXL_SUCCESS;
+}
+
+static nixl_status_t _nixl_verbs_load_remote_conn_info(void *engine, const char *remote, const void *info,
+                                                       size_t len) {
+    _nixl_verbs_engine_t *e = (_nixl_verbs_engine_t *)engine;
+    _nixl_verbs_peer_t *p;
+    struct sockaddr_in a;
+    uint64_t h = _nixl_verbs_hash(remote);
+    if (_nixl_verbs_parse_addr(info, len, &a)) {
+        nixl_backend_log(e->be, NIXL_LOG_ERROR, "verbs: connection info of %s is not 'A.B.C.D:PORT'", remote);
+        return NIXL_ERR_INVALID_PARAM;
+    }
+    p = _nixl_verbs_peer_find(e, remote);
+    if (!p) /* it may have connected to us already, not yet named */
+        for (p = e->peers; p; p = p->next)
+            if (!p->self_passive && !p->name && p->hash == h) break;
+    if (p && !p->name) {
+        p->name = _nixl_verbs_strdup(e, remote, strlen(remote));
+        if (!p->name) return NIXL_ERR_BACKEND;
+    }
+    if (!p) p = _nixl_verbs_peer_new(e, remote, h);
+    if (!p) return NIXL_ERR_BACKEND;
+    if (p->is_self) return NIXL_SUCCESS;
+    p->addr = a;
+    p->has_addr = 1;
+    p->loaded = 1;
+    return NIXL_SUCCESS;
+}
+
+static int _nixl_verbs_peer_ready(const _nixl_verbs_peer_t *p) {
+    return p->conn && p->conn->state == _NIXL_VERBS_CONN_UP;
+}
+
+static nixl_status_t _nixl_verbs_connect(void *engine, const char *remote) {
+    _nixl_verbs_engine_t *e = (_nixl_verbs_engine_t *)engine;
+    _nixl_verbs_peer_t *p = _nixl_verbs_peer_find(e, remote);
+    if (!p) return NIXL_ERR_NOT_FOUND;
+    if (_nixl_verbs_peer_ready(p)) return NIXL_SUCCESS;
+    if (p->conn && p->conn->state == _NIXL_VERBS_CONN_FAILED) return NIXL_ERR_REMOTE_DISCONNECT;
+    if (!p->conn && !p->wait_passive && _nixl_verbs_conn_start(e, p)) return NIXL_ERR_REMOTE_DISCONNECT;
+    return NIXL_IN_PROG;
+}
+
+static nixl_status_t _nixl_verbs_disconnect(void *engine, const char *remote) {
+    _nixl_verbs_engine_t *e = (_nixl_verbs_engine_t *)engine;
+    _nixl_verbs_peer_t *p = _nixl_verbs_peer_find(e, remote);
+    if (!p) return NIXL_ERR_NOT_FOUND;
+    _nixl_verbs_reap(e);
+    _nixl_verbs_peer_fail_reqs(e, p, NIXL_ERR_REMOTE_DISCONNECT);
+    if (p->conn) _nixl_verbs_conn_close(e, p->conn);
+    if (!p->is_self) _nixl_verbs_peer_free(e, p);
+    return NIXL_SUCCESS;
+}
+
+// >>transfers (vtable)
+
+static void _nixl_verbs_req_free(_nixl_verbs_engine_t *e, _nixl_verbs_req_t *r) {
+    if (r->prev) r->prev->next = r->next; else e->reqs = r->next;
+    if (r->next) r->next->prev = r->prev;
+    if (r->wr) nixl_backend_free(e->be, r->wr);
+    if (r->sge) nixl_backend_free(e->be, r->sge);
+    if (r->notif) nixl_backend_free(e->be, r->notif);
+    nixl_backend_free(e->be, r);
+}
+
+/* Resolves keys and addresses once, slices large descriptors and lays the
+   WRs out per QP (round-robin striping) so post only links and posts. */
+static nixl_status_t _nixl_verbs_prep_xfer(void *engine, const nixl_xfer_args_t *a, void **handle) {
+    _nixl_verbs_engine_t *e = (_nixl_verbs_engine_t *)engine;
+    _nixl_verbs_peer_t *p = _nixl_verbs_peer_find(e, a->remote);
+    _nixl_verbs_req_t *r;
+    uint64_t total = 0;
+    uint32_t cursor[_NIXL_VERBS_MAX_QPS];
+    uint32_t s = 0;
+    size_t i;
+    int q;
+    if (!p) {
+        nixl_backend_log(e->be, NIXL_LOG_ERROR, "verbs: prep_xfer: no connection info for %s", a->remote);
+        return NIXL_ERR_NOT_FOUND;
+    }
+    if ((a->lmem != NIXL_DRAM && a->lmem != NIXL_VRAM) || (a->rmem != NIXL_DRAM && a->rmem != NIXL_VRAM))
+        return NIXL_ERR_NOT_SUPPORTED;
+    for (i = 0; i < a->count; i++) total += (a->descs[i].len + e->slice - 1) / e->slice;
+    if (total > 0xffffffffu) {
+        nixl_backend_log(e->be, NIXL_LOG_ERROR, "verbs: prep_xfer: %llu WRs after slicing: too many",
+                         (unsigned long long)total);
+        return NIXL_ERR_INVALID_PARAM;
+    }
+    r = (_nixl_verbs_req_t *)nixl_backend_alloc(e->be, sizeof *r);
+    if (!r) return NIXL_ERR_BACKEND;
+    r->peer = p;
+    r->op = a->op;
+    r->nwr = (uint32_t)total;
+    r->nqp = r->nwr < e->nqp ? (int)(r->nwr ? r->nwr : 1) : (int)e->nqp;
+    r->qmask = r->nwr ? (r->nqp >= 32 ? 0xffffffffu : (1u << r->nqp) - 1) : 0;
+    r->status = NIXL_ERR_NOT_POSTED;
+    r->am.id = _NIXL_VERBS_AM_NOTIF;
+    r->am.req = r;
+    /* always: a later post may add a notification, and post cannot allocate */
+    r->notif_cap = e->notif_buf_size - _NIXL_VERBS_AM_HDR;
+    r->notif = (unsigned char *)nixl_backend_alloc(e->be, r->notif_cap);
+    r->am.data = r->notif;
+    if (r->nwr) {
+        r->wr = (struct ibv_send_wr *)nixl_backend_alloc(e->be, (size_t)r->nwr * sizeof(struct ibv_send_wr));
+        r->sge = (struct ibv_sge *)nixl_backend_alloc(e->be, (size_t)r->nwr * sizeof(struct ibv_sge));
+    }
+    if ((r->nwr && (!r->wr || !r->sge)) || !r->notif) {
+        nixl_backend_log(e->be, NIXL_LOG_ERROR, "verbs: prep_xfer: out of memory for %u WRs", (unsigned)r->nwr);
+        _nixl_verbs_req_free(e, r);
+        return NIXL_ERR_BACKEND;
+    }
+    /* slice s goes to QP s % nqp; each QP's WRs are contiguous */
+    for (q = 0; q < r->nqp; q++) r->qcount[q] = r->nwr / (uint32_t)r->nqp + ((uint32_t)q < r->nwr % (uint32_t)r->nqp);
+    for (q = 0; q < r->nqp; q++) {
+        r->qstart[q] = q ? r->qstart[q - 1] + r->qcount[q - 1] : 0;
+        cursor[q] = r->qstart[q];
+    }
+    for (i = 0; i < a->count; i++) {
+        const nixl_xfer_desc_t *d = &a->descs[i];
+        const _nixl_verbs_md_t *lm = (const _nixl_verbs_md_t *)d->lmd;
+        const _nixl_verbs_rmd_t *rm = (const _nixl_verbs_rmd_t *)d->rmd;
+        size_t off;
+        for (off = 0; off < d->len; off += e->slice, s++) {
+            uint32_t k = cursor[s % (uint32_t)r->nqp]++;
+            size_t n = d->len - off < e->slice ? d->len - off : e->slice;
+            struct ibv_send_wr *w = &r->wr[k];
+            r->sge[k].addr = (uint64_t)(d->laddr + off);
+            r->sge[k].length = (uint32_t)n;
+            r->sge[k].lkey = lm->mr[0]->lkey;
+            w->sg_list = &r->sge[k];
+            w->num_sge = 1;
+            w->opcode = a->op == NIXL_WRITE ? IBV_WR_RDMA_WRITE : IBV_WR_RDMA_READ;
+            w->wr.rdma.remote_addr = rm->base + (uint64_t)(d->raddr - rm->addr) + off;
+            w->wr.rdma.rkey = rm->rkey;
+        }
+    }
+    r->next = e->reqs;
+    if (e->reqs) e->reqs->prev = r;
+    e->reqs = r;
+    *handle = r;
+    return NIXL_SUCCESS;
+}
+
+/* No allocation, no lookup: reset counters, link and post what fits, queue
+   the rest (and everything while the connection is being made). */
+static nixl_status_t _nixl_verbs_post_xfer(void *engine, void *handle, const void *notif, size_t notif_len,
+                                           int has_notif) {
+    _nixl_verbs_engine_t *e = (_nixl_verbs_engine_t *)engine;
+    _nixl_verbs_req_t *r = (_nixl_verbs_req_t *)handle;
+    _nixl_verbs_peer_t *p = r->peer;
+    int q;
+    if (!p) return NIXL_ERR_REMOTE_DISCONNECT;
+    if (r->active) return NIXL_ERR_REPOST_ACTIVE;
+    if (p->conn && p->conn->state == _NIXL_VERBS_CONN_FAILED) return NIXL_ERR_REMOTE_DISCONNECT;
+    if (has_notif) {
+        if (notif_len > r->notif_cap) {
+            nixl_backend_log(e->be, NIXL_LOG_ERROR, "verbs: notification of %zu bytes refused: the limit is %u "
+                             "(notif_buf_size - 8)", notif_len, (unsigned)r->notif_cap);
+            return NIXL_ERR_INVALID_PARAM;
+        }
+        if (notif_len) memcpy(r->notif, notif, notif_len);
+        r->am.len = (uint32_t)notif_len;
+    }
+    for (q = 0; q < r->nqp; q++) r->qposted[q] = 0;
+    r->qdone = 0;
+    r->notif_state = has_notif ? _NIXL_VERBS_NOTIF_WAITING : _NIXL_VERBS_NOTIF_NONE;
+    r->status = NIXL_IN_PROG;
+    r->active = 1;
+    if (r->nwr == 0 && !has_notif) {
+        _nixl_verbs_req_finish(r, NIXL_SUCCESS);
+        return NIXL_SUCCESS;
+    }
+    _nixl_verbs_bl_add(p, r);
+    if (_nixl_verbs_peer_ready(p)) _nixl_verbs_pump_backlog(e, p->conn);
+    else if (!p->conn) p->want_connect = 1; /* progress connects (allocation happens there) */
+    return r->status;
+}
+
+static nixl_status_t _nixl_verbs_check_xfer(void *engine, void *handle) {
+    (void)engine;
+    return ((_nixl_verbs_req_t *)handle)->status;
+}
+
+/* Aborts a request in flight: what is on the wire completes into records
+   that no longer name it; nothing of it is touched afterwards. */
+static nixl_status_t _nixl_verbs_release_xfer(void *engine, void *handle) {
+    _nixl_verbs_engine_t *e = (_nixl_verbs_engine_t *)engine;
+    _nixl_verbs_req_t *r = (_nixl_verbs_req_t *)handle;
+    _nixl_verbs_peer_t *p = r->peer;
+    if (p) {
+        _nixl_verbs_conn_t *c = p->conn;
+        _nixl_verbs_bl_remove(p, r);
+        if (r->notif_state == _NIXL_VERBS_NOTIF_QUEUED) _nixl_verbs_am_unlink(p, &r->am);
+        if (c && c->cq) {
+            int q;
+            uint32_t k;
+            for (q = 0; q < c->nqp; q++)
+                for (k = 0; k < c->qps[q].count; k++) {
+                    _nixl_verbs_rec_t *rec = &c->qps[q].ring[(c->qps[q].head + k) % e->sq_depth];
+                    if (rec->req == r) rec->req = NULL;
+                }
+        }
+    }
+    _nixl_verbs_req_free(e, r);
+    return NIXL_SUCCESS;
+}
+
+// >>notifications (vtable)
+
+static nixl_status_t _nixl_verbs_gen_notif(void *engine, const char *remote, const void *msg, size_t len) {
+    _nixl_verbs_engine_t *e = (_nixl_verbs_engine_t *)engine;
+    _nixl_verbs_peer_t *p = _nixl_verbs_peer_find(e, remote);
+    _nixl_verbs_am_t *m;
+    if (!p) return NIXL_ERR_NOT_FOUND;
+    if (len + _NIXL_VERBS_AM_HDR > e->notif_buf_size ||
+        (p->conn && p->conn->peer_buf_size && len + _NIXL_VERBS_AM_HDR > p->conn->peer_buf_size)) {
+        nixl_backend_log(e->be, NIXL_LOG_ERROR, "verbs: gen_notif of %zu bytes refused: larger than one buffer "
+                         "(notif_buf_size %u, 8 bytes of header)", len, (unsigned)e->notif_buf_size);
+        return NIXL_ERR_INVALID_PARAM;
+    }
+    if (p->conn && p->conn->state == _NIXL_VERBS_CONN_FAILED) return NIXL_ERR_REMOTE_DISCONNECT;
+    m = (_nixl_verbs_am_t *)nixl_backend_alloc(e->be, sizeof *m + len);
+    if (!m) return NIXL_ERR_BACKEND;
+    m->id = _NIXL_VERBS_AM_NOTIF;
+    m->len = (uint32_t)len;
+    m->data = (const unsigned char *)(m + 1);
+    if (len) memcpy(m + 1, msg, len);
+    _nixl_verbs_am_push(p, m);
+    if (_nixl_verbs_peer_ready(p)) _nixl_verbs_flush_am(e, p->conn);
+    else if (!p->conn) p->want_connect = 1;
+    return NIXL_SUCCESS;
+}
+
+// >>progress
+
+static int _nixl_verbs_peer_progress(_nixl_verbs_engine_t *e, _nixl_verbs_peer_t *p) {
+    int did = 0, batches;
+    if (!p->conn && p->wait_passive && nixl_now_us() - p->wait_since > _NIXL_VERBS_WAIT_PASSIVE_US) {
+        p->wait_passive = 0; /* the winner never came: try ourselves */
+        p->want_connect = 1;
+    }
+    if (!p->conn && !p->wait_passive && (p->want_connect || p->bl_head || p->am_head)) {
+        _nixl_verbs_conn_start(e, p);
+        return 1;
+    }
+    if (!p->conn || !p->conn->cq || p->conn->state == _NIXL_VERBS_CONN_FAILED) return did;
+    for (batches = 0; batches < 64; batches++) {
+        _nixl_verbs_conn_t *c = p->conn;
+        int n;
+        if (!c || c->state == _NIXL_VERBS_CONN_FAILED) return 1;
+        n = _nixl_verbs_poll_conn(e, c);
+        if (n < 0) return 1;
+        if (n > 0) did = 1;
+        if (n < _NIXL_VERBS_POLL_BATCH) break;
+    }
+    if (p->conn && p->conn->state == _NIXL_VERBS_CONN_UP) {
+        _nixl_verbs_pump_backlog(e, p->conn);
+        if (p->conn && p->conn->state == _NIXL_VERBS_CONN_UP) _nixl_verbs_flush_am(e, p->conn);
+    }
+    return did;
+}
+
+static nixl_status_t _nixl_verbs_progress(void *engine) {
+    _nixl_verbs_engine_t *e = (_nixl_verbs_engine_t *)engine;
+    _nixl_verbs_peer_t *p, *next;
+    int did = _nixl_verbs_cm_progress(e) > 0;
+    did |= _nixl_verbs_peer_progress(e, e->self);
+    for (p = e->peers; p; p = next) {
+        next = p->next; /* p may be freed (unknown peers are forgotten on failure) */
+        did |= _nixl_verbs_peer_progress(e, p);
+    }
+    _nixl_verbs_reap(e);
+    return did ? NIXL_IN_PROG : NIXL_SUCCESS;
+}
+
+// >>public
+
+static const nixl_backend_ops_t _nixl_verbs_ops = {
+    "VERBS",
+    NIXL_BACKEND_ABI,
+    NIXL_MEM_BIT(NIXL_DRAM) | NIXL_MEM_BIT(NIXL_VRAM),
+    NIXL_CAP_NOTIF | NIXL_CAP_LOCAL | NIXL_CAP_REMOTE,
+    _nixl_verbs_param_keys,
+    _nixl_verbs_create,
+    _nixl_verbs_destroy,
+    _nixl_verbs_register_mem,
+    _nixl_verbs_deregister_mem,
+    _nixl_verbs_get_public_data,
+    _nixl_verbs_get_conn_info,
+    _nixl_verbs_load_remote_conn_info,
+    _nixl_verbs_connect,
+    _nixl_verbs_disconnect,
+    _nixl_verbs_load_remote_md,
+    _nixl_verbs_load_local_md,
+    _nixl_verbs_unload_md,
+    _nixl_verbs_prep_xfer,
+    _nixl_verbs_post_xfer,
+    _nixl_verbs_check_xfer,
+    _nixl_verbs_release_xfer,
+    NULL,
+    _nixl_verbs_gen_notif,
+    _nixl_verbs_progress,
+};
+
+NIXL_API const nixl_backend_ops_t *nixl_verbs_backend(void) { return &_nixl_verbs_ops; }
+
+#endif /* NIXL_VERBS_IMPLEMENTATION_DONE */
+#endif /* NIXL_IMPLEMENTATION */

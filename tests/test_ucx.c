@@ -1,0 +1,1301 @@
+/* test_ucx.c — the UCX backend (nixl_ucx.h) over real UCX, natively.
+
+   Build: cc -std=c11 -Wall -Wextra -Werror -pedantic -g -I. tests/test_ucx.c \
+             -o build/test_ucx -lucp -lucs -lpthread
+   Run:   NIXL_TEST_UCX_TLS=tcp build/test_ucx          (one transport list;
+          '+' separates transports: tcp, posix, sysv, cma+posix, ...)
+          build/test_ucx test_loopback ...               (chosen tests only)
+          tests/ucx_run.sh test                          (every list in turn)
+   Env:   NIXL_TEST_UCX_TLS   the tls= param (default "tcp")
+          NIXL_TEST_UCX_EXTRA more backend params appended (",ucx.X=Y")
+          NIXL_TEST_LOG=1     print the library's log lines
+          NIXL_TEST_TIMEOUT_SCALE=N  multiply every time limit (valgrind: 20)
+
+   Every test runs in a forked child with a time limit, so a hang or a crash
+   fails that test and the suite goes on; no UCX state is ever created in the
+   parent, so forking stays clean. Two-process tests fork one more process
+   (the peer); metadata travels over a socketpair. Every transfer checks the
+   bytes that arrived. */
+#define NIXL_IMPLEMENTATION
+#include "nixl_ucx.h"
+#include "nixl_test.h"
+
+#include <errno.h>
+#include <poll.h>
+#include <pthread.h>
+#include <signal.h>
+#include <sys/socket.h>
+
+#define MiB (1024u * 1024u)
+
+static char g_params[1024];
+static const char *g_tls;
+static int g_count_fd = -1; /* where a test process reports its check counts */
+static double g_scale = 1;  /* NIXL_TEST_TIMEOUT_SCALE: longer limits (valgrind) */
+
+// >>harness
+
+static void report_counts(void) {
+    int v[2];
+    v[0] = nt_passed;
+    v[1] = nt_failed;
+    if (g_count_fd >= 0 && write(g_count_fd, v, sizeof v) != (ssize_t)sizeof v) _exit(101);
+}
+
+static void on_alarm(int sig) {
+    static const char msg[] = "FAIL timeout: the test process hung and was stopped\n";
+    (void)sig;
+    if (write(1, msg, sizeof msg - 1) < 0) _exit(99);
+    nt_failed++;
+    report_counts();
+    _exit(99);
+}
+
+/* In a fresh process: counts start at zero, a hang ends in a failure. */
+static void process_start(unsigned timeout_s) {
+    nt_passed = nt_failed = 0;
+    signal(SIGALRM, on_alarm);
+    alarm((unsigned)(timeout_s * g_scale));
+}
+
+static void process_end(void) {
+    report_counts();
+    nt_child_exit();
+}
+
+/* Runs fn in a child; adds the child's (and its peers') checks to ours. */
+static void run_isolated(void (*fn)(void), const char *name, unsigned timeout_s) {
+    int fds[2], v[2];
+    pid_t pid;
+    if (!nt_selected(name)) return;
+    nt_current = name;
+    if (getenv("NIXL_TEST_VERBOSE")) printf("== %s\n", name);
+    fflush(stdout);
+    if (pipe(fds) != 0) {
+        CHECKF(0, "pipe: %s", strerror(errno));
+        return;
+    }
+    pid = fork();
+    if (pid == 0) {
+        close(fds[0]);
+        g_count_fd = fds[1];
+        process_start(timeout_s);
+        fn();
+        process_end();
+    }
+    close(fds[1]);
+    while (read(fds[0], v, sizeof v) == (ssize_t)sizeof v) {
+        nt_passed += v[0];
+        nt_failed += v[1];
+    }
+    close(fds[0]);
+    CHECK_CHILD(pid);
+}
+#define RUN(fn, t) run_isolated(fn, #fn, t)
+
+/* Forks the peer process of a two-process test; fn gets its socket end. */
+static pid_t spawn_peer(void (*fn)(int sock), int *sock, unsigned timeout_s) {
+    int sv[2];
+    pid_t pid;
+    if (socketpair(AF_UNIX, SOCK_STREAM, 0, sv) != 0) return -1;
+    fflush(stdout);
+    pid = fork();
+    if (pid == 0) {
+        close(sv[0]);
+        process_start(timeout_s);
+        fn(sv[1]);
+        process_end();
+    }
+    close(sv[1]);
+    *sock = sv[0];
+    return pid;
+}
+
+// >>wire (between test processes)
+
+static int write_all(int fd, const void *p, size_t n) {
+    const char *c = (const char *)p;
+    while (n) {
+        ssize_t w = write(fd, c, n);
+        if (w < 0 && errno == EINTR) continue;
+        if (w <= 0) return -1;
+        c += w;
+        n -= (size_t)w;
+    }
+    return 0;
+}
+
+static int read_all(int fd, void *p, size_t n) {
+    char *c = (char *)p;
+    while (n) {
+        ssize_t r = read(fd, c, n);
+        if (r < 0 && errno == EINTR) continue;
+        if (r <= 0) return -1;
+        c += r;
+        n -= (size_t)r;
+    }
+    return 0;
+}
+
+static int send_u32(int fd, uint32_t v) { return write_all(fd, &v, sizeof v); }
+
+static uint32_t recv_u32(int fd) {
+    uint32_t v = 0xffffffffu;
+    if (read_all(fd, &v, sizeof v) != 0) return 0xffffffffu;
+    return v;
+}
+
+/* Sends this agent's metadata blob. */
+static int send_md(int fd, nixl_agent_t *a) {
+    void *blob = NULL;
+    size_t len = 0;
+    int rc = -1;
+    if (nixl_get_local_md(a, &blob, &len) != NIXL_SUCCESS) return -1;
+    if (send_u32(fd, (uint32_t)len) == 0 && write_all(fd, blob, len) == 0) rc = 0;
+    nixl_free_md(a, blob);
+    return rc;
+}
+
+/* Receives a metadata blob and loads it. */
+static nixl_status_t recv_md(int fd, nixl_agent_t *a, char *name, size_t cap) {
+    uint32_t len = recv_u32(fd);
+    void *blob;
+    nixl_status_t st;
+    if (len == 0xffffffffu || len > (64u << 20)) return NIXL_ERR_UNKNOWN;
+    blob = malloc(len);
+    if (!blob || read_all(fd, blob, len) != 0) {
+        free(blob);
+        return NIXL_ERR_UNKNOWN;
+    }
+    st = nixl_load_remote_md(a, blob, len, name, cap);
+    free(blob);
+    return st;
+}
+
+/* Loads `from`'s metadata into `to` (same process). */
+static nixl_status_t share_md(nixl_agent_t *from, nixl_agent_t *to) {
+    void *blob = NULL;
+    size_t len = 0;
+    char name[256];
+    nixl_status_t st = nixl_get_local_md(from, &blob, &len);
+    if (st != NIXL_SUCCESS) return st;
+    st = nixl_load_remote_md(to, blob, len, name, sizeof name);
+    nixl_free_md(from, blob);
+    return st;
+}
+
+// >>agents
+
+static void test_log(void *user, int level, const char *msg) {
+    (void)user;
+    if (getenv("NIXL_TEST_LOG")) fprintf(stderr, "[%d] %s\n", level, msg);
+}
+
+static nixl_agent_t *make_agent_cfg(const char *name, const char *params, int progress_thread,
+                                    nixl_status_t *backend_st) {
+    nixl_agent_config_t cfg;
+    nixl_agent_t *a = NULL;
+    nixl_backend_t *be = NULL;
+    nixl_status_t st;
+    memset(&cfg, 0, sizeof cfg);
+    cfg.name = name;
+    cfg.progress_thread = progress_thread;
+    cfg.log_fn = test_log;
+    if (nixl_agent_create(&cfg, &a) != NIXL_SUCCESS) return NULL;
+    st = nixl_create_backend(a, nixl_ucx_backend(), params, &be);
+    if (backend_st) *backend_st = st;
+    if (st != NIXL_SUCCESS) {
+        nixl_agent_destroy(a);
+        return NULL;
+    }
+    return a;
+}
+
+/* An agent with a UCX backend on the transport list under test. */
+static nixl_agent_t *make_agent(const char *name) {
+    nixl_agent_t *a = make_agent_cfg(name, g_params, 0, NULL);
+    CHECKF(a != NULL, "agent %s with UCX params '%s'", name, g_params);
+    return a;
+}
+
+static nixl_agent_t *make_agent_extra(const char *name, const char *extra, int progress_thread) {
+    char p[1200];
+    nixl_agent_t *a;
+    snprintf(p, sizeof p, "%s,%s", g_params, extra);
+    a = make_agent_cfg(name, p, progress_thread, NULL);
+    CHECKF(a != NULL, "agent %s with UCX params '%s'", name, p);
+    return a;
+}
+
+static nixl_status_t reg1(nixl_agent_t *a, void *buf, size_t len) {
+    nixl_desc_t d;
+    nixl_dlist_t l;
+    d.addr = (uintptr_t)buf;
+    d.len = len;
+    d.dev_id = 0;
+    l.mem = NIXL_DRAM;
+    l.descs = &d;
+    l.count = 1;
+    return nixl_register_mem(a, &l, NULL);
+}
+
+static nixl_status_t dereg1(nixl_agent_t *a, void *buf, size_t len) {
+    nixl_desc_t d;
+    nixl_dlist_t l;
+    d.addr = (uintptr_t)buf;
+    d.len = len;
+    d.dev_id = 0;
+    l.mem = NIXL_DRAM;
+    l.descs = &d;
+    l.count = 1;
+    return nixl_deregister_mem(a, &l, NULL);
+}
+
+/* A one-descriptor request (optionally with a notification). */
+static nixl_status_t make_req1(nixl_agent_t *a, nixl_xfer_op_t op, void *lbuf, uintptr_t raddr, size_t len,
+                               const char *remote, const char *notif, nixl_xfer_req_t **r) {
+    nixl_desc_t ld, rd;
+    nixl_dlist_t ll, rl;
+    nixl_opt_args_t opt;
+    ld.addr = (uintptr_t)lbuf;
+    ld.len = len;
+    ld.dev_id = 0;
+    rd.addr = raddr;
+    rd.len = len;
+    rd.dev_id = 0;
+    ll.mem = rl.mem = NIXL_DRAM;
+    ll.descs = &ld;
+    rl.descs = &rd;
+    ll.count = rl.count = 1;
+    memset(&opt, 0, sizeof opt);
+    if (notif) {
+        opt.notif = notif;
+        opt.notif_len = strlen(notif);
+        opt.has_notif = 1;
+    }
+    return nixl_create_xfer_req(a, op, &ll, &rl, remote, &opt, r);
+}
+
+/* Waits for a request while also driving `other` (the target in this
+   process, if any). Bounded: IN_PROG back means it timed out. */
+static nixl_status_t wait_xfer(nixl_agent_t *a, nixl_xfer_req_t *r, nixl_agent_t *other, double timeout_s) {
+    uint64_t until = nixl_now_us() + (uint64_t)(timeout_s * g_scale * 1e6);
+    nixl_status_t st;
+    do {
+        st = nixl_get_xfer_status(a, r);
+        if (st != NIXL_IN_PROG) return st;
+        if (other) nixl_progress(other);
+    } while (nixl_now_us() < until);
+    return NIXL_IN_PROG;
+}
+
+static nixl_status_t post_wait(nixl_agent_t *a, nixl_xfer_req_t *r, nixl_agent_t *other, double timeout_s) {
+    nixl_status_t st = nixl_post_xfer_req(a, r, NULL);
+    if (st != NIXL_IN_PROG) return st;
+    return wait_xfer(a, r, other, timeout_s);
+}
+
+// >>notifications
+
+typedef struct notes {
+    size_t n, cap;
+    char **msg;
+    size_t *len;
+    char **from;
+} notes_t;
+
+static void notes_cb(void *user, const char *remote, const void *msg, size_t len) {
+    notes_t *q = (notes_t *)user;
+    if (q->n == q->cap) {
+        size_t cap = q->cap ? 2 * q->cap : 64;
+        q->msg = (char **)realloc(q->msg, cap * sizeof *q->msg);
+        q->len = (size_t *)realloc(q->len, cap * sizeof *q->len);
+        q->from = (char **)realloc(q->from, cap * sizeof *q->from);
+        if (!q->msg || !q->len || !q->from) abort();
+        q->cap = cap;
+    }
+    q->msg[q->n] = (char *)malloc(len + 1);
+    q->from[q->n] = strdup(remote);
+    if (!q->msg[q->n] || !q->from[q->n]) abort();
+    memcpy(q->msg[q->n], msg, len);
+    q->msg[q->n][len] = '\0';
+    q->len[q->n] = len;
+    q->n++;
+}
+
+static void notes_free(notes_t *q) {
+    size_t i;
+    for (i = 0; i < q->n; i++) {
+        free(q->msg[i]);
+        free(q->from[i]);
+    }
+    free(q->msg);
+    free(q->len);
+    free(q->from);
+    memset(q, 0, sizeof *q);
+}
+
+/* Collects notifications on `a` (driving `other` too) until there are n. */
+static size_t wait_notes(nixl_agent_t *a, nixl_agent_t *other, notes_t *q, size_t n, double timeout_s) {
+    uint64_t until = nixl_now_us() + (uint64_t)(timeout_s * g_scale * 1e6);
+    while (q->n < n && nixl_now_us() < until) {
+        nixl_get_notifs(a, notes_cb, q);
+        if (other) nixl_progress(other);
+    }
+    return q->n;
+}
+
+/* Drives an agent until a byte arrives on fd (a step of the other process). */
+static int progress_until_readable(nixl_agent_t *a, int fd, double timeout_s) {
+    uint64_t until = nixl_now_us() + (uint64_t)(timeout_s * g_scale * 1e6);
+    struct pollfd p;
+    p.fd = fd;
+    p.events = POLLIN;
+    while (nixl_now_us() < until) {
+        p.revents = 0;
+        if (poll(&p, 1, 0) > 0) return 1;
+        nixl_progress(a);
+    }
+    return 0;
+}
+
+static unsigned char *xmalloc(size_t n) {
+    unsigned char *p = (unsigned char *)calloc(1, n);
+    if (!p) abort();
+    return p;
+}
+
+// >>tests: one process, two agents
+
+static const size_t k_sizes[] = {1, 4096, MiB, 64 * MiB};
+
+static void one_size(nixl_agent_t *a, nixl_agent_t *b, size_t size, unsigned seed) {
+    unsigned char *l = xmalloc(size), *r = xmalloc(size);
+    nixl_xfer_req_t *req = NULL;
+    notes_t q;
+    char note[64];
+    memset(&q, 0, sizeof q);
+    CHECK_ST(reg1(a, l, size), NIXL_SUCCESS);
+    CHECK_ST(reg1(b, r, size), NIXL_SUCCESS);
+    CHECK_ST(share_md(b, a), NIXL_SUCCESS);
+    /* WRITE a -> b, then the notification */
+    nt_fill(l, size, seed);
+    snprintf(note, sizeof note, "write-%zu", size);
+    CHECK_ST(make_req1(a, NIXL_WRITE, l, (uintptr_t)r, size, "tgt", note, &req), NIXL_SUCCESS);
+    if (req) {
+        CHECK_ST(post_wait(a, req, b, 60), NIXL_SUCCESS);
+        CHECKF(nt_verify(r, size, seed), "WRITE of %zu bytes arrived intact", size);
+        CHECK(wait_notes(b, a, &q, 1, 20) == 1);
+        CHECKF(q.n == 1 && strcmp(q.msg[0], note) == 0 && strcmp(q.from[0], "ini") == 0,
+               "notification '%s' from ini", q.n ? q.msg[0] : "(none)");
+        CHECK_ST(nixl_release_xfer_req(a, req), NIXL_SUCCESS);
+    }
+    notes_free(&q);
+    /* READ b -> a */
+    nt_fill(r, size, seed + 1);
+    memset(l, 0, size);
+    snprintf(note, sizeof note, "read-%zu", size);
+    req = NULL;
+    CHECK_ST(make_req1(a, NIXL_READ, l, (uintptr_t)r, size, "tgt", note, &req), NIXL_SUCCESS);
+    if (req) {
+        CHECK_ST(post_wait(a, req, b, 60), NIXL_SUCCESS);
+        CHECKF(nt_verify(l, size, seed + 1), "READ of %zu bytes arrived intact", size);
+        CHECK(wait_notes(b, a, &q, 1, 20) == 1);
+        CHECK(q.n == 1 && strcmp(q.msg[0], note) == 0);
+        CHECK_ST(nixl_release_xfer_req(a, req), NIXL_SUCCESS);
+    }
+    notes_free(&q);
+    CHECK_ST(dereg1(a, l, size), NIXL_SUCCESS);
+    CHECK_ST(dereg1(b, r, size), NIXL_SUCCESS);
+    free(l);
+    free(r);
+}
+
+static void test_sizes_one_process(void) {
+    nixl_agent_t *a = make_agent("ini"), *b = make_agent("tgt");
+    size_t i;
+    if (a && b)
+        for (i = 0; i < sizeof k_sizes / sizeof k_sizes[0]; i++) one_size(a, b, k_sizes[i], 10 + (unsigned)i);
+    nixl_agent_destroy(a);
+    nixl_agent_destroy(b);
+}
+
+/* 10,000 small descriptors in one request, scattered on the target. */
+static void test_many_descriptors(void) {
+    enum { N = 10000, SZ = 64, STRIDE = 128 };
+    nixl_agent_t *a = make_agent("ini"), *b = make_agent("tgt");
+    unsigned char *l = xmalloc((size_t)N * SZ), *r = xmalloc((size_t)N * STRIDE);
+    nixl_desc_t *ld = (nixl_desc_t *)calloc(N, sizeof *ld), *rd = (nixl_desc_t *)calloc(N, sizeof *rd);
+    nixl_dlist_t ll, rl;
+    nixl_opt_args_t opt;
+    nixl_xfer_req_t *req = NULL;
+    notes_t q;
+    int i, ok = 1, gaps = 1;
+    memset(&q, 0, sizeof q);
+    if (!a || !b || !ld || !rd) goto out;
+    CHECK_ST(reg1(a, l, (size_t)N * SZ), NIXL_SUCCESS);
+    CHECK_ST(reg1(b, r, (size_t)N * STRIDE), NIXL_SUCCESS);
+    CHECK_ST(share_md(b, a), NIXL_SUCCESS);
+    for (i = 0; i < N; i++) {
+        ld[i].addr = (uintptr_t)(l + (size_t)i * SZ);
+        ld[i].len = SZ;
+        rd[i].addr = (uintptr_t)(r + (size_t)i * STRIDE);
+        rd[i].len = SZ;
+        nt_fill(l + (size_t)i * SZ, SZ, 1000u + (unsigned)i);
+    }
+    ll.mem = rl.mem = NIXL_DRAM;
+    ll.descs = ld;
+    rl.descs = rd;
+    ll.count = rl.count = N;
+    memset(&opt, 0, sizeof opt);
+    opt.notif = "many";
+    opt.notif_len = 4;
+    opt.has_notif = 1;
+    CHECK_ST(nixl_create_xfer_req(a, NIXL_WRITE, &ll, &rl, "tgt", &opt, &req), NIXL_SUCCESS);
+    if (!req) goto out;
+    CHECK_ST(post_wait(a, req, b, 60), NIXL_SUCCESS);
+    for (i = 0; i < N; i++) {
+        static const unsigned char zero[STRIDE - SZ];
+        if (!nt_verify(r + (size_t)i * STRIDE, SZ, 1000u + (unsigned)i)) ok = 0;
+        if (memcmp(r + (size_t)i * STRIDE + SZ, zero, STRIDE - SZ) != 0) gaps = 0;
+    }
+    CHECKF(ok, "all %d descriptors landed", N);
+    CHECKF(gaps, "nothing written between the descriptors");
+    CHECK(wait_notes(b, a, &q, 1, 20) == 1 && strcmp(q.msg[0], "many") == 0);
+    CHECK_ST(nixl_release_xfer_req(a, req), NIXL_SUCCESS);
+    /* and back: READ the 10,000 pieces into a cleared buffer */
+    memset(l, 0, (size_t)N * SZ);
+    req = NULL;
+    CHECK_ST(nixl_create_xfer_req(a, NIXL_READ, &ll, &rl, "tgt", NULL, &req), NIXL_SUCCESS);
+    if (req) {
+        CHECK_ST(post_wait(a, req, b, 60), NIXL_SUCCESS);
+        for (ok = 1, i = 0; i < N; i++)
+            if (!nt_verify(l + (size_t)i * SZ, SZ, 1000u + (unsigned)i)) ok = 0;
+        CHECKF(ok, "all %d descriptors read back", N);
+        CHECK_ST(nixl_release_xfer_req(a, req), NIXL_SUCCESS);
+    }
+out:
+    notes_free(&q);
+    nixl_agent_destroy(a);
+    nixl_agent_destroy(b);
+    free(ld);
+    free(rd);
+    free(l);
+    free(r);
+}
+
+/* vLLM-like: both sides prepared once, blocks picked by id per request. */
+static void test_prepared_indices(void) {
+    enum { NB = 64, BS = 16384, PICK = 16 };
+    nixl_agent_t *a = make_agent("ini"), *b = make_agent("tgt");
+    unsigned char *l = xmalloc((size_t)NB * BS), *r = xmalloc((size_t)NB * BS);
+    nixl_desc_t ld[NB], rd[NB];
+    nixl_dlist_t ll, rl;
+    nixl_dlist_handle_t *lh = NULL, *rh = NULL;
+    int lidx[PICK], ridx[PICK], i, round;
+    if (!a || !b) goto out;
+    CHECK_ST(reg1(a, l, (size_t)NB * BS), NIXL_SUCCESS);
+    CHECK_ST(reg1(b, r, (size_t)NB * BS), NIXL_SUCCESS);
+    CHECK_ST(share_md(b, a), NIXL_SUCCESS);
+    for (i = 0; i < NB; i++) {
+        ld[i].addr = (uintptr_t)(l + (size_t)i * BS);
+        rd[i].addr = (uintptr_t)(r + (size_t)i * BS);
+        ld[i].len = rd[i].len = BS;
+        ld[i].dev_id = rd[i].dev_id = 0;
+    }
+    ll.mem = rl.mem = NIXL_DRAM;
+    ll.descs = ld;
+    rl.descs = rd;
+    ll.count = rl.count = NB;
+    CHECK_ST(nixl_prep_xfer_dlist(a, NULL, &ll, NULL, &lh), NIXL_SUCCESS);
+    CHECK_ST(nixl_prep_xfer_dlist(a, "tgt", &rl, NULL, &rh), NIXL_SUCCESS);
+    if (!lh || !rh) goto out;
+    for (round = 0; round < 4; round++) {
+        nixl_xfer_op_t op = (round & 1) ? NIXL_READ : NIXL_WRITE;
+        nixl_xfer_req_t *req = NULL;
+        int ok = 1, untouched = 1;
+        memset(l, 0xee, (size_t)NB * BS);
+        memset(r, 0xee, (size_t)NB * BS);
+        for (i = 0; i < PICK; i++) {
+            lidx[i] = (i * 7 + round) % NB;          /* block ids, not in order */
+            ridx[i] = (NB - 1 - i * 3 - round) % NB;
+            nt_fill((op == NIXL_WRITE ? l + (size_t)lidx[i] * BS : r + (size_t)ridx[i] * BS), BS,
+                    (unsigned)(round * 100 + i));
+        }
+        CHECK_ST(nixl_make_xfer_req(a, op, lh, lidx, PICK, rh, ridx, PICK, NULL, &req), NIXL_SUCCESS);
+        if (!req) continue;
+        CHECK_ST(post_wait(a, req, b, 30), NIXL_SUCCESS);
+        for (i = 0; i < PICK; i++) {
+            unsigned char *dst = op == NIXL_WRITE ? r + (size_t)ridx[i] * BS : l + (size_t)lidx[i] * BS;
+            if (!nt_verify(dst, BS, (unsigned)(round * 100 + i))) ok = 0;
+        }
+        CHECKF(ok, "round %d (%s): every picked block landed at its id", round, op == NIXL_WRITE ? "WRITE" : "READ");
+        /* blocks not picked on the destination side stay as they were */
+        for (i = 0; i < NB; i++) {
+            int j, picked = 0;
+            unsigned char *dst = op == NIXL_WRITE ? r + (size_t)i * BS : l + (size_t)i * BS;
+            for (j = 0; j < PICK; j++)
+                if ((op == NIXL_WRITE ? ridx[j] : lidx[j]) == i) picked = 1;
+            if (!picked && (dst[0] != 0xee || dst[BS - 1] != 0xee)) untouched = 0;
+        }
+        CHECKF(untouched, "round %d: blocks not picked are untouched", round);
+        CHECK_ST(nixl_release_xfer_req(a, req), NIXL_SUCCESS);
+    }
+out:
+    if (lh) CHECK_ST(nixl_release_dlist_handle(a, lh), NIXL_SUCCESS);
+    if (rh) CHECK_ST(nixl_release_dlist_handle(a, rh), NIXL_SUCCESS);
+    nixl_agent_destroy(a);
+    nixl_agent_destroy(b);
+    free(l);
+    free(r);
+}
+
+/* One prepared request posted 100 times; every post's bytes and notification. */
+static void test_repost_100(void) {
+    enum { SZ = 65536, N = 100 };
+    nixl_agent_t *a = make_agent("ini"), *b = make_agent("tgt");
+    unsigned char *l = xmalloc(SZ), *r = xmalloc(SZ);
+    nixl_xfer_req_t *req = NULL;
+    notes_t q;
+    int i, ok = 1, st_ok = 1, refused = 0, reposted = 0;
+    size_t j;
+    memset(&q, 0, sizeof q);
+    if (!a || !b) goto out;
+    CHECK_ST(reg1(a, l, SZ), NIXL_SUCCESS);
+    CHECK_ST(reg1(b, r, SZ), NIXL_SUCCESS);
+    CHECK_ST(share_md(b, a), NIXL_SUCCESS);
+    CHECK_ST(make_req1(a, NIXL_WRITE, l, (uintptr_t)r, SZ, "tgt", "x", &req), NIXL_SUCCESS);
+    if (!req) goto out;
+    for (i = 0; i < N; i++) {
+        char note[32];
+        nixl_opt_args_t opt;
+        nixl_status_t st;
+        nt_fill(l, SZ, 500u + (unsigned)i);
+        snprintf(note, sizeof note, "post-%d", i);
+        memset(&opt, 0, sizeof opt);
+        opt.notif = note;
+        opt.notif_len = strlen(note);
+        opt.has_notif = 1;
+        st = nixl_post_xfer_req(a, req, &opt);
+        if (st == NIXL_IN_PROG) {
+            /* posting again while in flight is refused (the target has not
+               progressed yet, so on tcp and shared memory it is in flight) */
+            nixl_status_t again = nixl_post_xfer_req(a, req, NULL);
+            if (again == NIXL_ERR_REPOST_ACTIVE) refused++;
+            else if (again == NIXL_IN_PROG || again == NIXL_SUCCESS) reposted++; /* it had finished */
+            else st_ok = 0;
+            st = wait_xfer(a, req, b, 30);
+        }
+        if (st != NIXL_SUCCESS) st_ok = 0;
+        if (!nt_verify(r, SZ, 500u + (unsigned)i)) ok = 0;
+    }
+    CHECKF(st_ok, "100 posts all ended in SUCCESS");
+    CHECKF(ok, "100 posts all delivered their bytes");
+    CHECKF(refused > 0, "a post while in flight was refused %d times (re-posted after completion: %d)", refused,
+           reposted);
+    wait_notes(b, a, &q, (size_t)(N + reposted), 20);
+    CHECKF(q.n == (size_t)(N + reposted), "%zu notifications for %d posts", q.n, N + reposted);
+    /* in posting order; a re-post repeats the notification it follows */
+    for (ok = 1, i = 0, j = 0; i < N && j < q.n; i++) {
+        char note[32];
+        snprintf(note, sizeof note, "post-%d", i);
+        if (strcmp(q.msg[j++], note) != 0) ok = 0;
+        while (j < q.n && strcmp(q.msg[j], note) == 0) j++;
+    }
+    CHECKF(ok && i == N, "notifications in posting order");
+    CHECK_ST(nixl_release_xfer_req(a, req), NIXL_SUCCESS);
+out:
+    notes_free(&q);
+    nixl_agent_destroy(a);
+    nixl_agent_destroy(b);
+    free(l);
+    free(r);
+}
+
+/* The initiator never asks for status: nixl_progress alone completes the
+   request and sends its notification. */
+static void test_progress_only(void) {
+    enum { SZ = 2 * MiB };
+    nixl_agent_t *a = make_agent("ini"), *b = make_agent("tgt");
+    unsigned char *l = xmalloc(SZ), *r = xmalloc(SZ);
+    nixl_xfer_req_t *req = NULL;
+    notes_t q;
+    uint64_t until;
+    nixl_status_t st;
+    memset(&q, 0, sizeof q);
+    if (!a || !b) goto out;
+    CHECK_ST(reg1(a, l, SZ), NIXL_SUCCESS);
+    CHECK_ST(reg1(b, r, SZ), NIXL_SUCCESS);
+    CHECK_ST(share_md(b, a), NIXL_SUCCESS);
+    nt_fill(l, SZ, 4242);
+    CHECK_ST(make_req1(a, NIXL_WRITE, l, (uintptr_t)r, SZ, "tgt", "progress-only", &req), NIXL_SUCCESS);
+    if (!req) goto out;
+    st = nixl_post_xfer_req(a, req, NULL);
+    CHECK(st == NIXL_IN_PROG || st == NIXL_SUCCESS);
+    until = nixl_now_us() + (uint64_t)(20e6 * g_scale);
+    while (q.n == 0 && nixl_now_us() < until) {
+        nixl_progress(a);
+        nixl_get_notifs(b, notes_cb, &q);
+    }
+    CHECKF(q.n == 1 && strcmp(q.msg[0], "progress-only") == 0, "notification arrived with nixl_progress alone");
+    CHECK(nt_verify(r, SZ, 4242));
+    CHECK_ST(nixl_get_xfer_status(a, req), NIXL_SUCCESS);
+    CHECK_ST(nixl_release_xfer_req(a, req), NIXL_SUCCESS);
+out:
+    notes_free(&q);
+    nixl_agent_destroy(a);
+    nixl_agent_destroy(b);
+    free(l);
+    free(r);
+}
+
+/* A gen_notif right before invalidating the peer still arrives (the endpoint
+   closes once what was sent on it completed); the peer's metadata is gone. */
+static void test_invalidate_after_notif(void) {
+    nixl_agent_t *a = make_agent("ini"), *b = make_agent("tgt");
+    unsigned char *r = xmalloc(4096);
+    notes_t q;
+    int i;
+    memset(&q, 0, sizeof q);
+    if (!a || !b) goto out;
+    CHECK_ST(reg1(b, r, 4096), NIXL_SUCCESS);
+    CHECK_ST(share_md(b, a), NIXL_SUCCESS);
+    for (i = 0; i < 100; i++) {
+        char m[16];
+        snprintf(m, sizeof m, "last-%d", i);
+        CHECK_ST(nixl_gen_notif(a, "tgt", m, strlen(m), NULL), NIXL_SUCCESS);
+    }
+    CHECK_ST(nixl_invalidate_remote_md(a, "tgt"), NIXL_SUCCESS);
+    CHECK_ST(nixl_check_remote_md(a, "tgt", NULL), NIXL_ERR_NOT_FOUND);
+    CHECK_ST(nixl_gen_notif(a, "tgt", "x", 1, NULL), NIXL_ERR_NOT_FOUND);
+    wait_notes(b, a, &q, 100, 20);
+    CHECKF(q.n == 100 && strcmp(q.msg[99], "last-99") == 0, "%zu of 100 notifications sent before the invalidation",
+           q.n);
+    /* and the peer can be loaded again */
+    CHECK_ST(share_md(b, a), NIXL_SUCCESS);
+    CHECK_ST(nixl_gen_notif(a, "tgt", "again", 5, NULL), NIXL_SUCCESS);
+    CHECK(wait_notes(b, a, &q, 101, 20) == 101 && strcmp(q.msg[100], "again") == 0);
+out:
+    notes_free(&q);
+    nixl_agent_destroy(a);
+    nixl_agent_destroy(b);
+    free(r);
+}
+
+/* Several threads posting on one agent at once; the target has a progress thread. */
+enum { TH = 4, TH_ITERS = 50, TH_SZ = 262144 };
+typedef struct th_arg {
+    nixl_agent_t *a;
+    unsigned char *l, *r;
+    int id, ok_bytes, ok_status;
+} th_arg_t;
+
+static void *poster(void *p) {
+    th_arg_t *t = (th_arg_t *)p;
+    nixl_xfer_req_t *req = NULL;
+    char note[32];
+    int i;
+    snprintf(note, sizeof note, "thread-%d", t->id);
+    t->ok_bytes = t->ok_status = 1;
+    if (make_req1(t->a, NIXL_WRITE, t->l, (uintptr_t)t->r, TH_SZ, "tgt", note, &req) != NIXL_SUCCESS) {
+        t->ok_status = 0;
+        return NULL;
+    }
+    for (i = 0; i < TH_ITERS; i++) {
+        unsigned seed = (unsigned)(t->id * 1000 + i);
+        nt_fill(t->l, TH_SZ, seed);
+        if (post_wait(t->a, req, NULL, 30) != NIXL_SUCCESS) t->ok_status = 0;
+        if (!nt_verify(t->r, TH_SZ, seed)) t->ok_bytes = 0;
+    }
+    if (nixl_release_xfer_req(t->a, req) != NIXL_SUCCESS) t->ok_status = 0;
+    return NULL;
+}
+
+static void test_threads(void) {
+    nixl_agent_t *a = make_agent("ini"), *b = make_agent_extra("tgt", "num_workers=1", 1);
+    unsigned char *l = xmalloc((size_t)TH * TH_SZ), *r = xmalloc((size_t)TH * TH_SZ);
+    pthread_t th[TH];
+    th_arg_t arg[TH];
+    notes_t q;
+    int i, per[TH];
+    memset(&q, 0, sizeof q);
+    if (!a || !b) goto out;
+    CHECK_ST(reg1(a, l, (size_t)TH * TH_SZ), NIXL_SUCCESS);
+    CHECK_ST(reg1(b, r, (size_t)TH * TH_SZ), NIXL_SUCCESS);
+    CHECK_ST(share_md(b, a), NIXL_SUCCESS);
+    for (i = 0; i < TH; i++) {
+        arg[i].a = a;
+        arg[i].l = l + (size_t)i * TH_SZ;
+        arg[i].r = r + (size_t)i * TH_SZ;
+        arg[i].id = i;
+        CHECK(pthread_create(&th[i], NULL, poster, &arg[i]) == 0);
+    }
+    for (i = 0; i < TH; i++) {
+        pthread_join(th[i], NULL);
+        CHECKF(arg[i].ok_status, "thread %d: every post ended in SUCCESS", i);
+        CHECKF(arg[i].ok_bytes, "thread %d: every post delivered its bytes", i);
+    }
+    wait_notes(b, NULL, &q, TH * TH_ITERS, 20);
+    CHECKF(q.n == TH * TH_ITERS, "%zu notifications, want %d", q.n, TH * TH_ITERS);
+    memset(per, 0, sizeof per);
+    for (i = 0; (size_t)i < q.n; i++) {
+        int id = -1;
+        if (sscanf(q.msg[i], "thread-%d", &id) == 1 && id >= 0 && id < TH) per[id]++;
+    }
+    for (i = 0; i < TH; i++) CHECKF(per[i] == TH_ITERS, "thread %d: %d notifications", i, per[i]);
+out:
+    notes_free(&q);
+    nixl_agent_destroy(a);
+    nixl_agent_destroy(b);
+    free(l);
+    free(r);
+}
+
+/* Transfers within one agent (NIXL_CAP_LOCAL). */
+static void test_loopback(void) {
+    enum { SZ = 3 * MiB + 17 };
+    nixl_agent_t *a = make_agent("solo");
+    unsigned char *src = xmalloc(SZ), *dst = xmalloc(SZ);
+    nixl_xfer_req_t *req = NULL;
+    notes_t q;
+    memset(&q, 0, sizeof q);
+    if (!a) goto out;
+    CHECK_ST(reg1(a, src, SZ), NIXL_SUCCESS);
+    CHECK_ST(reg1(a, dst, SZ), NIXL_SUCCESS);
+    nt_fill(src, SZ, 77);
+    CHECK_ST(make_req1(a, NIXL_WRITE, src, (uintptr_t)dst, SZ, "solo", "self-write", &req), NIXL_SUCCESS);
+    if (req) {
+        CHECK_ST(post_wait(a, req, NULL, 30), NIXL_SUCCESS);
+        CHECK(nt_verify(dst, SZ, 77));
+        CHECK_ST(nixl_release_xfer_req(a, req), NIXL_SUCCESS);
+    }
+    CHECK(wait_notes(a, NULL, &q, 1, 10) == 1 && strcmp(q.msg[0], "self-write") == 0 &&
+          strcmp(q.from[0], "solo") == 0);
+    nt_fill(dst, SZ, 78);
+    memset(src, 0, SZ);
+    req = NULL;
+    CHECK_ST(make_req1(a, NIXL_READ, src, (uintptr_t)dst, SZ, "solo", NULL, &req), NIXL_SUCCESS);
+    if (req) {
+        CHECK_ST(post_wait(a, req, NULL, 30), NIXL_SUCCESS);
+        CHECK(nt_verify(src, SZ, 78));
+        CHECK_ST(nixl_release_xfer_req(a, req), NIXL_SUCCESS);
+    }
+    CHECK_ST(nixl_gen_notif(a, "solo", "hello me", 8, NULL), NIXL_SUCCESS);
+    CHECK(wait_notes(a, NULL, &q, 2, 10) == 2 && strcmp(q.msg[1], "hello me") == 0);
+    CHECK_ST(dereg1(a, src, SZ), NIXL_SUCCESS);
+    CHECK_ST(dereg1(a, dst, SZ), NIXL_SUCCESS);
+out:
+    notes_free(&q);
+    nixl_agent_destroy(a);
+    free(src);
+    free(dst);
+}
+
+/* Descriptors outside registered regions never reach UCX. */
+static void test_invalid_descriptors(void) {
+    enum { SZ = 8192 };
+    nixl_agent_t *a = make_agent("ini"), *b = make_agent("tgt");
+    unsigned char *l = xmalloc(2 * SZ), *r = xmalloc(2 * SZ);
+    nixl_xfer_req_t *req = NULL;
+    if (!a || !b) goto out;
+    CHECK_ST(reg1(a, l, SZ), NIXL_SUCCESS);
+    CHECK_ST(reg1(b, r, SZ), NIXL_SUCCESS);
+    CHECK_ST(share_md(b, a), NIXL_SUCCESS);
+    memset(r, 0x5a, 2 * SZ);
+    /* remote runs past the region's end */
+    CHECK_ST(make_req1(a, NIXL_WRITE, l, (uintptr_t)(r + SZ / 2), SZ, "tgt", NULL, &req), NIXL_ERR_NOT_FOUND);
+    CHECK(req == NULL);
+    /* remote entirely outside */
+    CHECK_ST(make_req1(a, NIXL_WRITE, l, (uintptr_t)(r + SZ), 16, "tgt", NULL, &req), NIXL_ERR_NOT_FOUND);
+    /* local outside */
+    CHECK_ST(make_req1(a, NIXL_WRITE, l + SZ, (uintptr_t)r, 16, "tgt", NULL, &req), NIXL_ERR_NOT_FOUND);
+    /* unknown peer */
+    CHECK_ST(make_req1(a, NIXL_WRITE, l, (uintptr_t)r, 16, "nobody", NULL, &req), NIXL_ERR_NOT_FOUND);
+    {
+        unsigned char expect[2 * SZ];
+        memset(expect, 0x5a, sizeof expect);
+        nixl_progress(a);
+        nixl_progress(b);
+        CHECKF(memcmp(r, expect, 2 * SZ) == 0, "nothing was written on the target");
+    }
+    /* VRAM: Debian's UCX has no CUDA */
+    {
+        nixl_desc_t d;
+        nixl_dlist_t dl;
+        d.addr = (uintptr_t)l;
+        d.len = 64;
+        d.dev_id = 0;
+        dl.mem = NIXL_VRAM;
+        dl.descs = &d;
+        dl.count = 1;
+        if (nixl_ucx_backend()->mem_mask & NIXL_MEM_BIT(NIXL_VRAM))
+            SKIP("this UCX supports CUDA memory");
+        else
+            CHECK_ST(nixl_register_mem(a, &dl, NULL), NIXL_ERR_NOT_SUPPORTED);
+    }
+out:
+    nixl_agent_destroy(a);
+    nixl_agent_destroy(b);
+    free(l);
+    free(r);
+}
+
+/* Params: values validated, UCX variables passed through, several workers. */
+static void test_params(void) {
+    nixl_status_t st = NIXL_SUCCESS;
+    nixl_agent_t *x;
+    char p[1200];
+    x = make_agent_cfg("p", "num_workers=0", 0, &st);
+    CHECK(x == NULL);
+    CHECK_ST(st, NIXL_ERR_INVALID_PARAM);
+    x = make_agent_cfg("p", "num_workers=many", 0, &st);
+    CHECK_ST(st, NIXL_ERR_INVALID_PARAM);
+    x = make_agent_cfg("p", "ucx.NO_SUCH_UCX_VARIABLE=1", 0, &st);
+    CHECK_ST(st, NIXL_ERR_INVALID_PARAM);
+    x = make_agent_cfg("p", "tls=", 0, &st);
+    CHECK_ST(st, NIXL_ERR_INVALID_PARAM);
+    x = make_agent_cfg("p", "bogus=1", 0, &st);
+    CHECK_ST(st, NIXL_ERR_INVALID_PARAM);
+    snprintf(p, sizeof p, "%s,ucx.UCX_RNDV_THRESH=16k,ucx.MAX_EAGER_RAILS=1", g_params);
+    x = make_agent_cfg("p", p, 0, &st);
+    CHECK_ST(st, NIXL_SUCCESS);
+    nixl_agent_destroy(x);
+    /* 3 workers talking to 2: requests spread over every worker */
+    {
+        nixl_agent_t *a = make_agent_extra("ini", "num_workers=3", 0);
+        nixl_agent_t *b = make_agent_extra("tgt", "num_workers=2", 0);
+        enum { SZ = 300000 };
+        unsigned char *l = xmalloc(SZ), *r = xmalloc(SZ);
+        notes_t q;
+        int i;
+        memset(&q, 0, sizeof q);
+        if (a && b) {
+            CHECK_ST(reg1(a, l, SZ), NIXL_SUCCESS);
+            CHECK_ST(reg1(b, r, SZ), NIXL_SUCCESS);
+            CHECK_ST(share_md(b, a), NIXL_SUCCESS);
+            for (i = 0; i < 6; i++) {
+                nixl_xfer_req_t *req = NULL;
+                nt_fill(l, SZ, 900u + (unsigned)i);
+                CHECK_ST(make_req1(a, i % 2 ? NIXL_READ : NIXL_WRITE, l, (uintptr_t)r, SZ, "tgt", "w", &req),
+                         NIXL_SUCCESS);
+                if (i % 2) nt_fill(r, SZ, 950u + (unsigned)i);
+                if (!req) continue;
+                CHECK_ST(post_wait(a, req, b, 30), NIXL_SUCCESS);
+                CHECKF(i % 2 ? nt_verify(l, SZ, 950u + (unsigned)i) : nt_verify(r, SZ, 900u + (unsigned)i),
+                       "request %d (worker %d) moved its bytes", i, i % 3);
+                CHECK_ST(nixl_release_xfer_req(a, req), NIXL_SUCCESS);
+            }
+            CHECK(wait_notes(b, a, &q, 6, 10) == 6);
+        }
+        notes_free(&q);
+        nixl_agent_destroy(a);
+        nixl_agent_destroy(b);
+        free(l);
+        free(r);
+    }
+}
+
+// >>tests: two processes
+
+enum { CMD_WRITE = 1, CMD_READ = 2, CMD_BYE = 3 };
+#define TGT_REGION (64 * MiB)
+
+static int send_u64(int fd, uint64_t v) { return write_all(fd, &v, sizeof v); }
+
+static uint64_t recv_u64(int fd) {
+    uint64_t v = 0;
+    if (read_all(fd, &v, sizeof v) != 0) return 0;
+    return v;
+}
+
+/* Initiator side of a two-process test: agent "ini" with a region of lsize
+   bytes; loads the target's metadata and learns its region's address. */
+typedef struct side {
+    nixl_agent_t *a;
+    unsigned char *buf;
+    size_t len;
+    uintptr_t raddr;
+} side_t;
+
+static int ini_open(side_t *x, int s, size_t lsize, const char *extra) {
+    char peer[256];
+    memset(x, 0, sizeof *x);
+    x->a = extra ? make_agent_extra("ini", extra, 0) : make_agent("ini");
+    x->buf = xmalloc(lsize);
+    x->len = lsize;
+    if (!x->a) return -1;
+    CHECK_ST(reg1(x->a, x->buf, lsize), NIXL_SUCCESS);
+    CHECK_ST(recv_md(s, x->a, peer, sizeof peer), NIXL_SUCCESS);
+    CHECK(strcmp(peer, "tgt") == 0);
+    x->raddr = (uintptr_t)recv_u64(s);
+    CHECK(send_md(s, x->a) == 0);
+    return x->raddr ? 0 : -1;
+}
+
+static int tgt_open(side_t *x, int s, size_t size, const char *extra) {
+    char peer[256];
+    memset(x, 0, sizeof *x);
+    x->a = extra ? make_agent_extra("tgt", extra, 0) : make_agent("tgt");
+    x->buf = xmalloc(size);
+    x->len = size;
+    if (!x->a) return -1;
+    CHECK_ST(reg1(x->a, x->buf, size), NIXL_SUCCESS);
+    CHECK(send_md(s, x->a) == 0);
+    CHECK(send_u64(s, (uint64_t)(uintptr_t)x->buf) == 0);
+    CHECK_ST(recv_md(s, x->a, peer, sizeof peer), NIXL_SUCCESS);
+    return 0;
+}
+
+static void side_close(side_t *x) {
+    if (x->a) nixl_agent_destroy(x->a);
+    free(x->buf);
+    memset(x, 0, sizeof *x);
+}
+
+/* The target of test_sizes_two_processes: serves rounds the initiator announces. */
+static void sizes_target(int s) {
+    side_t t;
+    if (tgt_open(&t, s, TGT_REGION, NULL) == 0)
+        for (;;) {
+            uint32_t cmd = recv_u32(s), size, seed;
+            notes_t q;
+            char want[64];
+            if (cmd != CMD_WRITE && cmd != CMD_READ) break;
+            size = recv_u32(s);
+            seed = recv_u32(s);
+            if (cmd == CMD_READ) nt_fill(t.buf, size, seed);
+            send_u32(s, 1); /* ready */
+            memset(&q, 0, sizeof q);
+            snprintf(want, sizeof want, "%s-%u-%u", cmd == CMD_WRITE ? "w" : "r", size, seed);
+            CHECKF(wait_notes(t.a, NULL, &q, 1, 60) == 1, "notification %s arrived", want);
+            if (q.n)
+                CHECKF(strcmp(q.msg[0], want) == 0 && strcmp(q.from[0], "ini") == 0, "got '%s' from %s, want '%s'",
+                       q.msg[0], q.from[0], want);
+            /* the notification comes after the data: check right away */
+            if (cmd == CMD_WRITE)
+                CHECKF(nt_verify(t.buf, size, seed), "WRITE of %u bytes landed before its notification", size);
+            notes_free(&q);
+            send_u32(s, 2); /* checked */
+        }
+    side_close(&t);
+}
+
+/* READ and WRITE of 1 B .. 64 MiB between two processes. */
+static void test_sizes_two_processes(void) {
+    int s, op;
+    size_t i;
+    pid_t pid = spawn_peer(sizes_target, &s, 150);
+    side_t x;
+    if (ini_open(&x, s, TGT_REGION, NULL) == 0)
+        for (i = 0; i < sizeof k_sizes / sizeof k_sizes[0]; i++)
+            for (op = 0; op < 2; op++) {
+                uint32_t size = (uint32_t)k_sizes[i], seed = (uint32_t)(200 + i * 2 + (size_t)op);
+                nixl_xfer_op_t xop = op ? NIXL_READ : NIXL_WRITE;
+                nixl_xfer_req_t *req = NULL;
+                char note[64];
+                snprintf(note, sizeof note, "%s-%u-%u", op ? "r" : "w", size, seed);
+                memset(x.buf, 0, size);
+                if (xop == NIXL_WRITE) nt_fill(x.buf, size, seed);
+                send_u32(s, op ? CMD_READ : CMD_WRITE);
+                send_u32(s, size);
+                send_u32(s, seed);
+                CHECK(recv_u32(s) == 1);
+                CHECK_ST(make_req1(x.a, xop, x.buf, x.raddr, size, "tgt", note, &req), NIXL_SUCCESS);
+                if (req) {
+                    CHECK_ST(post_wait(x.a, req, NULL, 60), NIXL_SUCCESS);
+                    if (xop == NIXL_READ) CHECKF(nt_verify(x.buf, size, seed), "READ of %u bytes intact", size);
+                }
+                /* keep progressing: the notification may still be on its way */
+                CHECK(progress_until_readable(x.a, s, 60));
+                CHECK(recv_u32(s) == 2);
+                if (req) CHECK_ST(nixl_release_xfer_req(x.a, req), NIXL_SUCCESS);
+            }
+    send_u32(s, CMD_BYE);
+    side_close(&x);
+    CHECK_CHILD(pid);
+    close(s);
+}
+
+/* The target checks, on each notification, that its slot holds the data. */
+enum { ORD_SLOTS = 16, ORD_SZ = MiB };
+static void ordering_target(int s) {
+    side_t t;
+    notes_t q;
+    int k, ok = 1;
+    memset(&q, 0, sizeof q);
+    if (tgt_open(&t, s, (size_t)ORD_SLOTS * ORD_SZ, NULL) != 0) goto out;
+    /* READ slots hold data the initiator reads; filled before it starts */
+    for (k = 0; k < ORD_SLOTS; k++)
+        if (k % 2) nt_fill(t.buf + (size_t)k * ORD_SZ, ORD_SZ, 7000u + (unsigned)k);
+    send_u32(s, 1);
+    while (q.n < ORD_SLOTS) {
+        size_t before = q.n, j;
+        if (wait_notes(t.a, NULL, &q, before + 1, 60) == before) break;
+        for (j = before; j < q.n; j++) {
+            int slot = -1;
+            if (sscanf(q.msg[j], "slot-%d", &slot) != 1 || slot < 0 || slot >= ORD_SLOTS) {
+                ok = 0;
+                continue;
+            }
+            if (slot % 2 == 0) {
+                if (!nt_verify(t.buf + (size_t)slot * ORD_SZ, ORD_SZ, 7000u + (unsigned)slot)) ok = 0;
+            } else {
+                /* READ done: the source may change now without harm */
+                memset(t.buf + (size_t)slot * ORD_SZ, 0, ORD_SZ);
+            }
+        }
+    }
+    CHECKF(q.n == ORD_SLOTS, "%zu of %d notifications", q.n, ORD_SLOTS);
+    CHECKF(ok, "every WRITE's slot was complete when its notification arrived");
+    send_u32(s, 2);
+out:
+    notes_free(&q);
+    side_close(&t);
+}
+
+static void test_notification_ordering(void) {
+    int s, k;
+    pid_t pid = spawn_peer(ordering_target, &s, 100);
+    side_t x;
+    nixl_xfer_req_t *reqs[ORD_SLOTS];
+    int ok = 1;
+    memset(reqs, 0, sizeof reqs);
+    if (ini_open(&x, s, (size_t)ORD_SLOTS * ORD_SZ, NULL) == 0 && recv_u32(s) == 1) {
+        /* all requests in flight at once, each with its notification */
+        for (k = 0; k < ORD_SLOTS; k++) {
+            char note[32];
+            unsigned char *lb = x.buf + (size_t)k * ORD_SZ;
+            nixl_status_t st;
+            snprintf(note, sizeof note, "slot-%d", k);
+            if (k % 2 == 0) nt_fill(lb, ORD_SZ, 7000u + (unsigned)k);
+            CHECK_ST(make_req1(x.a, k % 2 ? NIXL_READ : NIXL_WRITE, lb, x.raddr + (size_t)k * ORD_SZ, ORD_SZ, "tgt",
+                               note, &reqs[k]),
+                     NIXL_SUCCESS);
+            if (!reqs[k]) continue;
+            st = nixl_post_xfer_req(x.a, reqs[k], NULL);
+            CHECKF(st == NIXL_IN_PROG || st == NIXL_SUCCESS, "post %d: %s", k, nixl_status_str(st));
+        }
+        for (k = 0; k < ORD_SLOTS; k++) {
+            if (!reqs[k]) continue;
+            CHECK_ST(wait_xfer(x.a, reqs[k], NULL, 60), NIXL_SUCCESS);
+            if (k % 2 && !nt_verify(x.buf + (size_t)k * ORD_SZ, ORD_SZ, 7000u + (unsigned)k)) ok = 0;
+        }
+        CHECKF(ok, "every READ slot arrived intact");
+        CHECK(progress_until_readable(x.a, s, 60));
+        CHECK(recv_u32(s) == 2);
+        for (k = 0; k < ORD_SLOTS; k++)
+            if (reqs[k]) CHECK_ST(nixl_release_xfer_req(x.a, reqs[k]), NIXL_SUCCESS);
+    }
+    side_close(&x);
+    CHECK_CHILD(pid);
+    close(s);
+}
+
+/* 10,000 gen_notif in a burst: complete and in order. */
+enum { BURST = 10000 };
+static void burst_target(int s) {
+    side_t t;
+    notes_t q;
+    int i, ok = 1;
+    memset(&q, 0, sizeof q);
+    if (tgt_open(&t, s, 4096, NULL) == 0) {
+        send_u32(s, 1);
+        wait_notes(t.a, NULL, &q, BURST, 60);
+        CHECKF(q.n == BURST, "%zu of %d notifications arrived", q.n, BURST);
+        for (i = 0; (size_t)i < q.n; i++) {
+            char want[32];
+            snprintf(want, sizeof want, "burst-%05d", i);
+            if (strcmp(q.msg[i], want) != 0 || q.len[i] != strlen(want) || strcmp(q.from[i], "ini") != 0) {
+                if (ok) printf("  first mismatch at %d: '%s' from %s\n", i, q.msg[i], q.from[i]);
+                ok = 0;
+            }
+        }
+        CHECKF(ok, "in order, intact, from ini");
+        send_u32(s, 2);
+    }
+    notes_free(&q);
+    side_close(&t);
+}
+
+static void test_gen_notif_burst(void) {
+    int s, i, sent = 0;
+    pid_t pid = spawn_peer(burst_target, &s, 100);
+    side_t x;
+    if (ini_open(&x, s, 4096, NULL) == 0 && recv_u32(s) == 1) {
+        for (i = 0; i < BURST; i++) {
+            char m[32];
+            snprintf(m, sizeof m, "burst-%05d", i);
+            if (nixl_gen_notif(x.a, "tgt", m, strlen(m), NULL) == NIXL_SUCCESS) sent++;
+        }
+        CHECKF(sent == BURST, "%d of %d gen_notif calls succeeded", sent, BURST);
+        CHECK(progress_until_readable(x.a, s, 60));
+        CHECK(recv_u32(s) == 2);
+    }
+    side_close(&x);
+    CHECK_CHILD(pid);
+    close(s);
+}
+
+/* The owner deregisters a region the peer holds the rkey of. */
+enum { DR_SZ = MiB };
+static void dereg_target(int s) {
+    side_t t;
+    notes_t q;
+    unsigned char *r2 = xmalloc(DR_SZ);
+    memset(&q, 0, sizeof q);
+    if (tgt_open(&t, s, DR_SZ, NULL) != 0) goto out;
+    CHECK_ST(reg1(t.a, r2, DR_SZ), NIXL_SUCCESS);
+    CHECK(send_md(s, t.a) == 0); /* now with the second region */
+    CHECK(send_u64(s, (uint64_t)(uintptr_t)r2) == 0);
+    /* 1: a first WRITE works */
+    CHECK(wait_notes(t.a, NULL, &q, 1, 30) == 1);
+    CHECK(nt_verify(t.buf, DR_SZ, 31));
+    /* 2: deregister region 1, mark it, tell the initiator */
+    CHECK_ST(dereg1(t.a, t.buf, DR_SZ), NIXL_SUCCESS);
+    memset(t.buf, 0xab, DR_SZ);
+    CHECK_ST(nixl_gen_notif(t.a, "ini", "dereg-done", 10, NULL), NIXL_SUCCESS);
+    /* 3: the initiator tries; then region 2 must still work */
+    CHECK(wait_notes(t.a, NULL, &q, 2, 30) == 2);
+    CHECK(q.n == 2 && strcmp(q.msg[1], "region2") == 0);
+    CHECK(nt_verify(r2, DR_SZ, 33));
+    {
+        size_t i;
+        int untouched = 1;
+        for (i = 0; i < DR_SZ; i++)
+            if (t.buf[i] != 0xab) untouched = 0;
+        CHECKF(untouched, "the deregistered region was not written");
+    }
+    CHECK_ST(dereg1(t.a, r2, DR_SZ), NIXL_SUCCESS);
+    send_u32(s, 2);
+out:
+    notes_free(&q);
+    side_close(&t);
+    free(r2);
+}
+
+static void test_dereg_while_peer_holds_rkey(void) {
+    int s;
+    pid_t pid = spawn_peer(dereg_target, &s, 60);
+    side_t x;
+    notes_t q;
+    char peer[256];
+    uintptr_t r2;
+    nixl_xfer_req_t *req = NULL, *req2 = NULL;
+    nixl_status_t st;
+    memset(&q, 0, sizeof q);
+    if (ini_open(&x, s, DR_SZ, NULL) != 0) goto out;
+    CHECK_ST(recv_md(s, x.a, peer, sizeof peer), NIXL_SUCCESS);
+    r2 = (uintptr_t)recv_u64(s);
+    nt_fill(x.buf, DR_SZ, 31);
+    CHECK_ST(make_req1(x.a, NIXL_WRITE, x.buf, x.raddr, DR_SZ, "tgt", "first", &req), NIXL_SUCCESS);
+    if (!req) goto out;
+    CHECK_ST(post_wait(x.a, req, NULL, 30), NIXL_SUCCESS);
+    /* the owner's REVOKE and then its notification arrive in this order */
+    CHECK(wait_notes(x.a, NULL, &q, 1, 30) == 1 && strcmp(q.msg[0], "dereg-done") == 0);
+    nt_fill(x.buf, DR_SZ, 32);
+    st = nixl_post_xfer_req(x.a, req, NULL);
+    if (st == NIXL_IN_PROG) st = wait_xfer(x.a, req, NULL, 30);
+    CHECKF(st == NIXL_ERR_NOT_FOUND, "WRITE to the deregistered region: %s (want refused, NIXL_ERR_NOT_FOUND)",
+           nixl_status_str(st));
+    /* the other region is fine */
+    nt_fill(x.buf, DR_SZ, 33);
+    CHECK_ST(make_req1(x.a, NIXL_WRITE, x.buf, r2, DR_SZ, "tgt", "region2", &req2), NIXL_SUCCESS);
+    if (req2) {
+        CHECK_ST(post_wait(x.a, req2, NULL, 30), NIXL_SUCCESS);
+        CHECK_ST(nixl_release_xfer_req(x.a, req2), NIXL_SUCCESS);
+    }
+    CHECK(progress_until_readable(x.a, s, 30));
+    CHECK(recv_u32(s) == 2);
+    CHECK_ST(nixl_release_xfer_req(x.a, req), NIXL_SUCCESS);
+out:
+    notes_free(&q);
+    side_close(&x);
+    CHECK_CHILD(pid);
+    close(s);
+}
+
+/* SIGKILL the target in the middle of transfers: a bounded REMOTE_DISCONNECT. */
+static void kill_target(int s) {
+    side_t t;
+    if (tgt_open(&t, s, 64 * MiB, "ucx.KEEPALIVE_INTERVAL=500ms") != 0) return;
+    send_u32(s, 1);
+    for (;;) nixl_progress(t.a); /* serve until killed */
+}
+
+static void test_peer_killed(void) {
+    int s, posts = 0;
+    pid_t pid = spawn_peer(kill_target, &s, 60);
+    side_t x;
+    nixl_xfer_req_t *req = NULL;
+    nixl_status_t st = NIXL_IN_PROG;
+    uint64_t t0, until;
+    int ws = 0;
+    if (ini_open(&x, s, 64 * MiB, "ucx.KEEPALIVE_INTERVAL=500ms") != 0 || recv_u32(s) != 1) goto out;
+    nt_fill(x.buf, 64 * MiB, 5);
+    CHECK_ST(make_req1(x.a, NIXL_WRITE, x.buf, x.raddr, 64 * MiB, "tgt", "never", &req), NIXL_SUCCESS);
+    if (!req) goto out;
+    st = nixl_post_xfer_req(x.a, req, NULL);
+    posts++;
+    CHECKF(st == NIXL_IN_PROG, "64 MiB WRITE in flight when the peer is killed (post: %s)", nixl_status_str(st));
+    kill(pid, SIGKILL);
+    CHECK(waitpid(pid, &ws, 0) == pid && WIFSIGNALED(ws));
+    pid = -1;
+    t0 = nixl_now_us();
+    until = t0 + (uint64_t)(30e6 * g_scale);
+    /* keep the pipe full: a transfer that finished before the kill is posted again */
+    while (nixl_now_us() < until) {
+        if (st == NIXL_IN_PROG) st = nixl_get_xfer_status(x.a, req);
+        if (st == NIXL_SUCCESS) {
+            st = nixl_post_xfer_req(x.a, req, NULL);
+            posts++;
+        }
+        if (st != NIXL_IN_PROG && st != NIXL_SUCCESS) break;
+    }
+    printf("  peer killed: %s after %.3f s (%d posts)\n", nixl_status_str(st), (double)(nixl_now_us() - t0) / 1e6,
+           posts);
+    CHECKF(st == NIXL_ERR_REMOTE_DISCONNECT, "in-flight request ended in %s", nixl_status_str(st));
+    /* the peer's metadata is gone: no new requests to it */
+    CHECK_ST(nixl_check_remote_md(x.a, "tgt", NULL), NIXL_ERR_NOT_FOUND);
+    st = nixl_post_xfer_req(x.a, req, NULL);
+    CHECKF(st == NIXL_ERR_REMOTE_DISCONNECT || st == NIXL_ERR_NOT_FOUND, "re-post after the peer died: %s",
+           nixl_status_str(st));
+    CHECK_ST(nixl_release_xfer_req(x.a, req), NIXL_SUCCESS);
+out:
+    side_close(&x);
+    if (pid > 0) {
+        kill(pid, SIGKILL);
+        waitpid(pid, &ws, 0);
+    }
+    close(s);
+}
+
+static int run_all(void) {
+    RUN(test_params, 60);
+    RUN(test_loopback, 60);
+    RUN(test_invalid_descriptors, 60);
+    RUN(test_sizes_one_process, 120);
+    RUN(test_many_descriptors, 60);
+    RUN(test_prepared_indices, 60);
+    RUN(test_repost_100, 60);
+    RUN(test_progress_only, 60);
+    RUN(test_invalidate_after_notif, 60);
+    RUN(test_threads, 60);
+    RUN(test_sizes_two_processes, 150);
+    RUN(test_notification_ordering, 100);
+    RUN(test_gen_notif_burst, 100);
+    RUN(test_dereg_while_peer_holds_rkey, 60);
+    RUN(test_peer_killed, 60);
+    return nt_finish();
+}
+
+int main(int argc, char **argv) {
+    const char *extra = getenv("NIXL_TEST_UCX_EXTRA");
+    const char *scale = getenv("NIXL_TEST_TIMEOUT_SCALE");
+    if (scale && atof(scale) >= 1) g_scale = atof(scale);
+    nt_init(argc, argv);
+    g_tls = getenv("NIXL_TEST_UCX_TLS");
+    if (!g_tls || !*g_tls) g_tls = "tcp";
+    snprintf(g_params, sizeof g_params, "tls=%s%s%s", g_tls, extra && *extra ? "," : "", extra ? extra : "");
+    printf("UCX suite over tls=%s\n", g_tls);
+    return run_all();
+}

@@ -1,0 +1,155 @@
+/* xfer_util.h — helpers shared by the transfer tests (any backend): agents,
+   registration, metadata exchange in one process or over a socket between
+   processes, waiting for requests and notifications with a deadline.
+   Include after nixl.h (with its implementation) and nixl_test.h. */
+#ifndef NIXL_XFER_UTIL_H
+#define NIXL_XFER_UTIL_H
+
+#include <pthread.h>
+#include <sys/socket.h>
+
+#define XU_FN static __attribute__((unused))
+
+/* no wait in a test may exceed this (µs) */
+#ifndef XU_WAIT_US
+#define XU_WAIT_US (60u * 1000000u)
+#endif
+
+static int xu_log_level = NIXL_LOG_WARN;
+XU_FN void xu_log(void *user, int level, const char *msg) {
+    (void)user;
+    if (level <= xu_log_level) fprintf(stderr, "    [log %d] %s\n", level, msg);
+}
+
+/* an agent with one backend of `ops` and `params` */
+XU_FN nixl_agent_t *xu_agent(const char *name, const nixl_backend_ops_t *ops, const char *params) {
+    nixl_agent_config_t cfg;
+    nixl_agent_t *a = NULL;
+    nixl_backend_t *be = NULL;
+    memset(&cfg, 0, sizeof cfg);
+    cfg.name = name;
+    cfg.log_fn = xu_log;
+    if (nixl_agent_create(&cfg, &a) != NIXL_SUCCESS) return NULL;
+    if (nixl_create_backend(a, ops, params, &be) != NIXL_SUCCESS) {
+        nixl_agent_destroy(a);
+        return NULL;
+    }
+    return a;
+}
+
+XU_FN nixl_status_t xu_reg(nixl_agent_t *a, void *p, size_t n) {
+    nixl_desc_t d = {(uintptr_t)p, n, 0};
+    nixl_dlist_t l = {NIXL_DRAM, &d, 1};
+    return nixl_register_mem(a, &l, NULL);
+}
+
+XU_FN nixl_status_t xu_dereg(nixl_agent_t *a, void *p, size_t n) {
+    nixl_desc_t d = {(uintptr_t)p, n, 0};
+    nixl_dlist_t l = {NIXL_DRAM, &d, 1};
+    return nixl_deregister_mem(a, &l, NULL);
+}
+
+/* `to` loads `from`'s metadata (same process) */
+XU_FN int xu_share_md(nixl_agent_t *from, nixl_agent_t *to) {
+    void *blob = NULL;
+    size_t len = 0;
+    int ok = nixl_get_local_md(from, &blob, &len) == NIXL_SUCCESS &&
+             nixl_load_remote_md(to, blob, len, NULL, 0) == NIXL_SUCCESS;
+    nixl_free_md(from, blob);
+    return ok;
+}
+
+XU_FN int xu_send_all(int fd, const void *p, size_t n) {
+    const char *c = (const char *)p;
+    while (n) {
+        ssize_t k = send(fd, c, n, MSG_NOSIGNAL);
+        if (k <= 0) return 0;
+        c += k;
+        n -= (size_t)k;
+    }
+    return 1;
+}
+
+XU_FN int xu_recv_all(int fd, void *p, size_t n) {
+    char *c = (char *)p;
+    while (n) {
+        ssize_t k = recv(fd, c, n, 0);
+        if (k <= 0) return 0;
+        c += k;
+        n -= (size_t)k;
+    }
+    return 1;
+}
+
+/* between processes: send our metadata and a buffer address, load the
+   peer's; returns the peer's address (0 on failure) */
+XU_FN uintptr_t xu_swap_md(nixl_agent_t *a, int fd, uintptr_t mine) {
+    void *blob = NULL;
+    size_t len = 0, plen = 0;
+    uintptr_t theirs = 0;
+    unsigned char *peer;
+    int ok;
+    if (nixl_get_local_md(a, &blob, &len) != NIXL_SUCCESS) return 0;
+    ok = xu_send_all(fd, &len, sizeof len) && xu_send_all(fd, blob, len) && xu_send_all(fd, &mine, sizeof mine);
+    nixl_free_md(a, blob);
+    if (!ok || !xu_recv_all(fd, &plen, sizeof plen) || plen > (64u << 20)) return 0;
+    peer = (unsigned char *)malloc(plen);
+    ok = peer && xu_recv_all(fd, peer, plen) && xu_recv_all(fd, &theirs, sizeof theirs) &&
+         nixl_load_remote_md(a, peer, plen, NULL, 0) == NIXL_SUCCESS;
+    free(peer);
+    return ok ? theirs : 0;
+}
+
+/* a one-descriptor request between l (local) and r (at `remote`) */
+XU_FN nixl_status_t xu_req(nixl_agent_t *a, const char *remote, nixl_xfer_op_t op, uintptr_t l, uintptr_t r,
+                           size_t len, const char *notif, nixl_xfer_req_t **out) {
+    nixl_desc_t ld = {l, len, 0}, rd = {r, len, 0};
+    nixl_dlist_t ll = {NIXL_DRAM, &ld, 1}, rl = {NIXL_DRAM, &rd, 1};
+    nixl_opt_args_t opt;
+    memset(&opt, 0, sizeof opt);
+    if (notif) {
+        opt.notif = notif;
+        opt.notif_len = strlen(notif);
+        opt.has_notif = 1;
+    }
+    return nixl_create_xfer_req(a, op, &ll, &rl, remote, &opt, out);
+}
+
+/* status until final or the deadline, driving `other` (same process) too */
+XU_FN nixl_status_t xu_wait(nixl_agent_t *a, nixl_xfer_req_t *r, nixl_agent_t *other, uint64_t limit_us) {
+    uint64_t end = nixl_now_us() + (limit_us ? limit_us : XU_WAIT_US);
+    nixl_status_t st;
+    while ((st = nixl_get_xfer_status(a, r)) == NIXL_IN_PROG && nixl_now_us() < end)
+        if (other) nixl_progress(other);
+    return st;
+}
+
+/* notifications: counts them, and checks "seq N" messages arrive in order */
+typedef struct xu_notes {
+    long n;
+    int in_order;
+    char last[256];
+} xu_notes;
+
+XU_FN void xu_on_note(void *user, const char *remote, const void *msg, size_t len) {
+    xu_notes *n = (xu_notes *)user;
+    char want[32];
+    (void)remote;
+    snprintf(want, sizeof want, "seq %ld", n->n);
+    if (len != strlen(want) || memcmp(msg, want, len) != 0) n->in_order = 0;
+    if (len >= sizeof n->last) len = sizeof n->last - 1;
+    memcpy(n->last, msg, len);
+    n->last[len] = 0;
+    n->n++;
+}
+
+XU_FN int xu_wait_notes(nixl_agent_t *a, xu_notes *n, long want, nixl_agent_t *other, uint64_t limit_us) {
+    uint64_t end = nixl_now_us() + (limit_us ? limit_us : XU_WAIT_US);
+    while (n->n < want && nixl_now_us() < end) {
+        nixl_get_notifs(a, xu_on_note, n);
+        if (other) nixl_progress(other);
+    }
+    return n->n >= want;
+}
+
+#endif
