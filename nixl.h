@@ -1308,7 +1308,11 @@ NIXL_API void nixl_backend_free(nixl_backend_t *be, void *ptr) { _nixl_free(be->
 
 NIXL_API void nixl_backend_notif(nixl_backend_t *be, const char *remote, const void *msg, size_t len) {
     nixl_agent_t *a = be->agent;
-    size_t nlen = strlen(remote);
+    size_t nlen = remote ? strlen(remote) : 0;
+    if (!remote || (len && !msg)) {
+        _nixl_log(a, NIXL_LOG_ERROR, "%s delivered a notification without sender or data: dropped", be->ops->name);
+        return;
+    }
     /* one block: entry, sender name, message */
     _nixl_notif *n = (_nixl_notif *)_nixl_alloc(a, sizeof *n + nlen + 1 + len);
     if (!n) {
@@ -1328,6 +1332,10 @@ NIXL_API void nixl_backend_notif(nixl_backend_t *be, const char *remote, const v
 NIXL_API void nixl_backend_peer_down(nixl_backend_t *be, const char *remote) {
     nixl_agent_t *a = be->agent;
     _nixl_down *d;
+    if (!remote) { /* a backend bug, but never a crash of the core */
+        _nixl_log(a, NIXL_LOG_ERROR, "%s reported an unnamed peer down: ignored", be->ops->name);
+        return;
+    }
     for (d = a->downs; d; d = d->next)
         if (!strcmp(d->name, remote)) return;
     d = (_nixl_down *)_nixl_alloc(a, sizeof *d + strlen(remote) + 1);

@@ -970,6 +970,22 @@ static void test_overlapping_lookup(void) {
     free(buf);
 }
 
+/* found by fuzzing the verbs AM frames: a backend reporting an unnamed peer
+   down (or a notification without a sender) must not crash the core */
+static void test_backend_callbacks_hardened(void) {
+    nixl_agent_t *a = mk_agent("hardened");
+    nixl_backend_t *b = mk_backend(a, &OPS_A, NULL);
+    notes ns;
+    nixl_backend_peer_down(b, NULL);
+    CHECK(logged("unnamed peer down"));
+    nixl_backend_notif(b, NULL, "x", 1);
+    CHECK(logged("without sender"));
+    memset(&ns, 0, sizeof ns);
+    CHECK_ST(nixl_get_notifs(a, note_cb, &ns), NIXL_SUCCESS);
+    CHECK(ns.n == 0);
+    nixl_agent_destroy(a);
+}
+
 static void test_allocator_balance(void) {
     /* every test agent used the counting allocator: all freed again */
     CHECKF(n_alloc > 0 && n_alloc == n_free, "alloc %ld free %ld", n_alloc, n_free);
@@ -1004,6 +1020,7 @@ int main(int argc, char **argv) {
     NT_RUN(test_threads_and_progress_thread);
     NT_RUN(test_many_descriptors);
     NT_RUN(test_overlapping_lookup);
+    NT_RUN(test_backend_callbacks_hardened);
     NT_RUN(test_allocator_balance);
     return nt_finish();
 }

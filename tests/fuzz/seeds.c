@@ -39,8 +39,8 @@ int main(int argc, char **argv) {
     void *blob;
     size_t len;
     int i;
-    if (argc != 3) {
-        fprintf(stderr, "usage: seeds MD_DIR FRAME_DIR\n");
+    if (argc != 4) {
+        fprintf(stderr, "usage: seeds MD_DIR FRAME_DIR AM_DIR\n");
         return 2;
     }
     memset(&cfg, 0, sizeof cfg);
@@ -68,6 +68,17 @@ int main(int argc, char **argv) {
     frame(argv[2], "fetch", NIXL_SC_FETCH_MD, "tok", NULL, 0);
     frame(argv[2], "invalidate", NIXL_SC_INVALIDATE, "tok", "seed-agent", 10);
     frame(argv[2], "wrong-token", NIXL_SC_FETCH_MD, "nope", NULL, 0);
+    {
+        /* verbs AM frames: {id, flags, credits u16, len u32} + payload */
+        static const unsigned char hello[] = {1, 0, 2, 0, 5, 0, 0, 0, 'p', 'e', 'e', 'r', '0'};
+        static const unsigned char notif[] = {2, 0, 0, 0, 4, 0, 0, 0, 'd', 'o', 'n', 'e'};
+        static const unsigned char credit[] = {3, 0, 8, 0, 0, 0, 0, 0};
+        static const unsigned char bye[] = {4, 0, 0, 0, 0, 0, 0, 0};
+        write_file(argv[3], "hello", hello, sizeof hello);
+        write_file(argv[3], "notif", notif, sizeof notif);
+        write_file(argv[3], "credit", credit, sizeof credit);
+        write_file(argv[3], "disconnect", bye, sizeof bye);
+    }
     nixl_agent_destroy(a);
     return 0;
 }
