@@ -21,8 +21,10 @@
 #include "nixl_test.h"
 #include "xfer_util.h"
 
+#include <linux/capability.h>
 #include <signal.h>
 #include <sys/resource.h>
+#include <sys/syscall.h>
 
 #define BUF (8u << 20)       /* each side's buffer */
 #define SLICE (1u << 20)     /* one request moves this much */
@@ -331,10 +333,12 @@ static void test_notif_flood(void) {
 }
 
 /* locked-memory limit: registration fails, and the log says why */
-static char last_err[512];
+static char last_err[2048]; /* every registration error line, in order */
 static void keep_log(void *u, int level, const char *msg) {
+    size_t used = strlen(last_err);
     (void)u;
-    if (level <= NIXL_LOG_ERROR && strstr(msg, "register")) snprintf(last_err, sizeof last_err, "%s", msg);
+    if (level <= NIXL_LOG_ERROR && strstr(msg, "register"))
+        snprintf(last_err + used, sizeof last_err - used, "%s%s", used ? " | " : "", msg);
 }
 static void test_memlock_limit(void) {
     pid_t pid;
@@ -350,10 +354,25 @@ static void test_memlock_limit(void) {
     CHECK_CHILD(pid);
 }
 
+/* Root (as in the VM) pins past RLIMIT_MEMLOCK through CAP_IPC_LOCK: drop
+   that capability so the limit binds, as it does for an ordinary user. */
+static void drop_ipc_lock(void) {
+    struct __user_cap_header_struct h;
+    struct __user_cap_data_struct d[2];
+    memset(&h, 0, sizeof h);
+    h.version = _LINUX_CAPABILITY_VERSION_3;
+    if (syscall(SYS_capget, &h, d) != 0) return;
+    d[0].effective &= ~(1u << CAP_IPC_LOCK);
+    d[0].permitted &= ~(1u << CAP_IPC_LOCK);
+    d[0].inheritable &= ~(1u << CAP_IPC_LOCK);
+    if (syscall(SYS_capset, &h, d) != 0) perror("capset");
+}
+
 /* (its own exec) */
 static void memlock_main(void) {
     {
         struct rlimit rl = {64 * 1024, 64 * 1024};
+        drop_ipc_lock();
         nixl_agent_config_t cfg;
         nixl_agent_t *a = NULL;
         nixl_backend_t *b;
