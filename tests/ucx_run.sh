@@ -38,7 +38,7 @@ test)
         fi
     done
     [ $rc = 0 ] || [ $tf -gt 0 ] || tf=1
-    echo "test_ucx, all transports: $tp passed, $tf failed"
+    echo "all-transports: $tp passed, $tf failed"
     ;;
 valgrind)
     bin=${2:-build/test_ucx}
