@@ -19,6 +19,7 @@
 #define NIXL_IMPLEMENTATION
 #include "nixl_ucx.h"
 #include "nixl_test.h"
+#include "xfer_util.h"
 
 #include <errno.h>
 #include <poll.h>
@@ -227,30 +228,6 @@ static nixl_agent_t *make_agent_extra(const char *name, const char *extra, int p
     return a;
 }
 
-static nixl_status_t reg1(nixl_agent_t *a, void *buf, size_t len) {
-    nixl_desc_t d;
-    nixl_dlist_t l;
-    d.addr = (uintptr_t)buf;
-    d.len = len;
-    d.dev_id = 0;
-    l.mem = NIXL_DRAM;
-    l.descs = &d;
-    l.count = 1;
-    return nixl_register_mem(a, &l, NULL);
-}
-
-static nixl_status_t dereg1(nixl_agent_t *a, void *buf, size_t len) {
-    nixl_desc_t d;
-    nixl_dlist_t l;
-    d.addr = (uintptr_t)buf;
-    d.len = len;
-    d.dev_id = 0;
-    l.mem = NIXL_DRAM;
-    l.descs = &d;
-    l.count = 1;
-    return nixl_deregister_mem(a, &l, NULL);
-}
-
 /* A one-descriptor request (optionally with a notification). */
 static nixl_status_t make_req1(nixl_agent_t *a, nixl_xfer_op_t op, void *lbuf, uintptr_t raddr, size_t len,
                                const char *remote, const char *notif, nixl_xfer_req_t **r) {
@@ -375,8 +352,8 @@ static void one_size(nixl_agent_t *a, nixl_agent_t *b, size_t size, unsigned see
     notes_t q;
     char note[64];
     memset(&q, 0, sizeof q);
-    CHECK_ST(reg1(a, l, size), NIXL_SUCCESS);
-    CHECK_ST(reg1(b, r, size), NIXL_SUCCESS);
+    CHECK_ST(xu_reg(a, l, size), NIXL_SUCCESS);
+    CHECK_ST(xu_reg(b, r, size), NIXL_SUCCESS);
     CHECK_ST(share_md(b, a), NIXL_SUCCESS);
     /* WRITE a -> b, then the notification */
     nt_fill(l, size, seed);
@@ -405,8 +382,8 @@ static void one_size(nixl_agent_t *a, nixl_agent_t *b, size_t size, unsigned see
         CHECK_ST(nixl_release_xfer_req(a, req), NIXL_SUCCESS);
     }
     notes_free(&q);
-    CHECK_ST(dereg1(a, l, size), NIXL_SUCCESS);
-    CHECK_ST(dereg1(b, r, size), NIXL_SUCCESS);
+    CHECK_ST(xu_dereg(a, l, size), NIXL_SUCCESS);
+    CHECK_ST(xu_dereg(b, r, size), NIXL_SUCCESS);
     free(l);
     free(r);
 }
@@ -433,8 +410,8 @@ static void test_many_descriptors(void) {
     int i, ok = 1, gaps = 1;
     memset(&q, 0, sizeof q);
     if (!a || !b || !ld || !rd) goto out;
-    CHECK_ST(reg1(a, l, (size_t)N * SZ), NIXL_SUCCESS);
-    CHECK_ST(reg1(b, r, (size_t)N * STRIDE), NIXL_SUCCESS);
+    CHECK_ST(xu_reg(a, l, (size_t)N * SZ), NIXL_SUCCESS);
+    CHECK_ST(xu_reg(b, r, (size_t)N * STRIDE), NIXL_SUCCESS);
     CHECK_ST(share_md(b, a), NIXL_SUCCESS);
     for (i = 0; i < N; i++) {
         ld[i].addr = (uintptr_t)(l + (size_t)i * SZ);
@@ -494,8 +471,8 @@ static void test_prepared_indices(void) {
     nixl_dlist_handle_t *lh = NULL, *rh = NULL;
     int lidx[PICK], ridx[PICK], i, round;
     if (!a || !b) goto out;
-    CHECK_ST(reg1(a, l, (size_t)NB * BS), NIXL_SUCCESS);
-    CHECK_ST(reg1(b, r, (size_t)NB * BS), NIXL_SUCCESS);
+    CHECK_ST(xu_reg(a, l, (size_t)NB * BS), NIXL_SUCCESS);
+    CHECK_ST(xu_reg(b, r, (size_t)NB * BS), NIXL_SUCCESS);
     CHECK_ST(share_md(b, a), NIXL_SUCCESS);
     for (i = 0; i < NB; i++) {
         ld[i].addr = (uintptr_t)(l + (size_t)i * BS);
@@ -561,8 +538,8 @@ static void test_repost_100(void) {
     size_t j;
     memset(&q, 0, sizeof q);
     if (!a || !b) goto out;
-    CHECK_ST(reg1(a, l, SZ), NIXL_SUCCESS);
-    CHECK_ST(reg1(b, r, SZ), NIXL_SUCCESS);
+    CHECK_ST(xu_reg(a, l, SZ), NIXL_SUCCESS);
+    CHECK_ST(xu_reg(b, r, SZ), NIXL_SUCCESS);
     CHECK_ST(share_md(b, a), NIXL_SUCCESS);
     CHECK_ST(make_req1(a, NIXL_WRITE, l, (uintptr_t)r, SZ, "tgt", "x", &req), NIXL_SUCCESS);
     if (!req) goto out;
@@ -624,8 +601,8 @@ static void test_progress_only(void) {
     nixl_status_t st;
     memset(&q, 0, sizeof q);
     if (!a || !b) goto out;
-    CHECK_ST(reg1(a, l, SZ), NIXL_SUCCESS);
-    CHECK_ST(reg1(b, r, SZ), NIXL_SUCCESS);
+    CHECK_ST(xu_reg(a, l, SZ), NIXL_SUCCESS);
+    CHECK_ST(xu_reg(b, r, SZ), NIXL_SUCCESS);
     CHECK_ST(share_md(b, a), NIXL_SUCCESS);
     nt_fill(l, SZ, 4242);
     CHECK_ST(make_req1(a, NIXL_WRITE, l, (uintptr_t)r, SZ, "tgt", "progress-only", &req), NIXL_SUCCESS);
@@ -658,7 +635,7 @@ static void test_invalidate_after_notif(void) {
     int i;
     memset(&q, 0, sizeof q);
     if (!a || !b) goto out;
-    CHECK_ST(reg1(b, r, 4096), NIXL_SUCCESS);
+    CHECK_ST(xu_reg(b, r, 4096), NIXL_SUCCESS);
     CHECK_ST(share_md(b, a), NIXL_SUCCESS);
     for (i = 0; i < 100; i++) {
         char m[16];
@@ -720,8 +697,8 @@ static void test_threads(void) {
     int i, per[TH];
     memset(&q, 0, sizeof q);
     if (!a || !b) goto out;
-    CHECK_ST(reg1(a, l, (size_t)TH * TH_SZ), NIXL_SUCCESS);
-    CHECK_ST(reg1(b, r, (size_t)TH * TH_SZ), NIXL_SUCCESS);
+    CHECK_ST(xu_reg(a, l, (size_t)TH * TH_SZ), NIXL_SUCCESS);
+    CHECK_ST(xu_reg(b, r, (size_t)TH * TH_SZ), NIXL_SUCCESS);
     CHECK_ST(share_md(b, a), NIXL_SUCCESS);
     for (i = 0; i < TH; i++) {
         arg[i].a = a;
@@ -760,8 +737,8 @@ static void test_loopback(void) {
     notes_t q;
     memset(&q, 0, sizeof q);
     if (!a) goto out;
-    CHECK_ST(reg1(a, src, SZ), NIXL_SUCCESS);
-    CHECK_ST(reg1(a, dst, SZ), NIXL_SUCCESS);
+    CHECK_ST(xu_reg(a, src, SZ), NIXL_SUCCESS);
+    CHECK_ST(xu_reg(a, dst, SZ), NIXL_SUCCESS);
     nt_fill(src, SZ, 77);
     CHECK_ST(make_req1(a, NIXL_WRITE, src, (uintptr_t)dst, SZ, "solo", "self-write", &req), NIXL_SUCCESS);
     if (req) {
@@ -782,8 +759,8 @@ static void test_loopback(void) {
     }
     CHECK_ST(nixl_gen_notif(a, "solo", "hello me", 8, NULL), NIXL_SUCCESS);
     CHECK(wait_notes(a, NULL, &q, 2, 10) == 2 && strcmp(q.msg[1], "hello me") == 0);
-    CHECK_ST(dereg1(a, src, SZ), NIXL_SUCCESS);
-    CHECK_ST(dereg1(a, dst, SZ), NIXL_SUCCESS);
+    CHECK_ST(xu_dereg(a, src, SZ), NIXL_SUCCESS);
+    CHECK_ST(xu_dereg(a, dst, SZ), NIXL_SUCCESS);
 out:
     notes_free(&q);
     nixl_agent_destroy(a);
@@ -798,8 +775,8 @@ static void test_invalid_descriptors(void) {
     unsigned char *l = xmalloc(2 * SZ), *r = xmalloc(2 * SZ);
     nixl_xfer_req_t *req = NULL;
     if (!a || !b) goto out;
-    CHECK_ST(reg1(a, l, SZ), NIXL_SUCCESS);
-    CHECK_ST(reg1(b, r, SZ), NIXL_SUCCESS);
+    CHECK_ST(xu_reg(a, l, SZ), NIXL_SUCCESS);
+    CHECK_ST(xu_reg(b, r, SZ), NIXL_SUCCESS);
     CHECK_ST(share_md(b, a), NIXL_SUCCESS);
     memset(r, 0x5a, 2 * SZ);
     /* remote runs past the region's end */
@@ -870,8 +847,8 @@ static void test_params(void) {
         int i;
         memset(&q, 0, sizeof q);
         if (a && b) {
-            CHECK_ST(reg1(a, l, SZ), NIXL_SUCCESS);
-            CHECK_ST(reg1(b, r, SZ), NIXL_SUCCESS);
+            CHECK_ST(xu_reg(a, l, SZ), NIXL_SUCCESS);
+            CHECK_ST(xu_reg(b, r, SZ), NIXL_SUCCESS);
             CHECK_ST(share_md(b, a), NIXL_SUCCESS);
             for (i = 0; i < 6; i++) {
                 nixl_xfer_req_t *req = NULL;
@@ -924,7 +901,7 @@ static int ini_open(side_t *x, int s, size_t lsize, const char *extra) {
     x->buf = xmalloc(lsize);
     x->len = lsize;
     if (!x->a) return -1;
-    CHECK_ST(reg1(x->a, x->buf, lsize), NIXL_SUCCESS);
+    CHECK_ST(xu_reg(x->a, x->buf, lsize), NIXL_SUCCESS);
     CHECK_ST(recv_md(s, x->a, peer, sizeof peer), NIXL_SUCCESS);
     CHECK(strcmp(peer, "tgt") == 0);
     x->raddr = (uintptr_t)recv_u64(s);
@@ -939,7 +916,7 @@ static int tgt_open(side_t *x, int s, size_t size, const char *extra) {
     x->buf = xmalloc(size);
     x->len = size;
     if (!x->a) return -1;
-    CHECK_ST(reg1(x->a, x->buf, size), NIXL_SUCCESS);
+    CHECK_ST(xu_reg(x->a, x->buf, size), NIXL_SUCCESS);
     CHECK(send_md(s, x->a) == 0);
     CHECK(send_u64(s, (uint64_t)(uintptr_t)x->buf) == 0);
     CHECK_ST(recv_md(s, x->a, peer, sizeof peer), NIXL_SUCCESS);
@@ -1144,14 +1121,14 @@ static void dereg_target(int s) {
     unsigned char *r2 = xmalloc(DR_SZ);
     memset(&q, 0, sizeof q);
     if (tgt_open(&t, s, DR_SZ, NULL) != 0) goto out;
-    CHECK_ST(reg1(t.a, r2, DR_SZ), NIXL_SUCCESS);
+    CHECK_ST(xu_reg(t.a, r2, DR_SZ), NIXL_SUCCESS);
     CHECK(send_md(s, t.a) == 0); /* now with the second region */
     CHECK(send_u64(s, (uint64_t)(uintptr_t)r2) == 0);
     /* 1: a first WRITE works */
     CHECK(wait_notes(t.a, NULL, &q, 1, 30) == 1);
     CHECK(nt_verify(t.buf, DR_SZ, 31));
     /* 2: deregister region 1, mark it, tell the initiator */
-    CHECK_ST(dereg1(t.a, t.buf, DR_SZ), NIXL_SUCCESS);
+    CHECK_ST(xu_dereg(t.a, t.buf, DR_SZ), NIXL_SUCCESS);
     memset(t.buf, 0xab, DR_SZ);
     CHECK_ST(nixl_gen_notif(t.a, "ini", "dereg-done", 10, NULL), NIXL_SUCCESS);
     /* 3: the initiator tries; then region 2 must still work */
@@ -1165,7 +1142,7 @@ static void dereg_target(int s) {
             if (t.buf[i] != 0xab) untouched = 0;
         CHECKF(untouched, "the deregistered region was not written");
     }
-    CHECK_ST(dereg1(t.a, r2, DR_SZ), NIXL_SUCCESS);
+    CHECK_ST(xu_dereg(t.a, r2, DR_SZ), NIXL_SUCCESS);
     send_u32(s, 2);
 out:
     notes_free(&q);

@@ -14,6 +14,7 @@
 #define NIXL_IMPLEMENTATION
 #include "nixl_verbs.h"
 #include "nixl_test.h"
+#include "xfer_util.h"
 
 #include <pthread.h>
 #include <signal.h>
@@ -55,30 +56,6 @@ static void *xalloc(size_t n) {
     }
     memset(p, 0, n);
     return p;
-}
-
-static nixl_status_t reg(nixl_agent_t *a, void *p, size_t n) {
-    nixl_desc_t d;
-    nixl_dlist_t l;
-    d.addr = (uintptr_t)p;
-    d.len = n;
-    d.dev_id = 0;
-    l.mem = NIXL_DRAM;
-    l.descs = &d;
-    l.count = 1;
-    return nixl_register_mem(a, &l, NULL);
-}
-
-static nixl_status_t dereg(nixl_agent_t *a, void *p, size_t n) {
-    nixl_desc_t d;
-    nixl_dlist_t l;
-    d.addr = (uintptr_t)p;
-    d.len = n;
-    d.dev_id = 0;
-    l.mem = NIXL_DRAM;
-    l.descs = &d;
-    l.count = 1;
-    return nixl_deregister_mem(a, &l, NULL);
 }
 
 /* b loads a's metadata; the loaded name must be a's */
@@ -221,8 +198,8 @@ static void test_loopback(void) {
     notes_t notes;
     CHECK(a != NULL);
     if (!a) return;
-    CHECK_ST(reg(a, src, n), NIXL_SUCCESS);
-    CHECK_ST(reg(a, dst, n), NIXL_SUCCESS);
+    CHECK_ST(xu_reg(a, src, n), NIXL_SUCCESS);
+    CHECK_ST(xu_reg(a, dst, n), NIXL_SUCCESS);
     /* WRITE src -> dst with a notification to ourselves */
     nt_fill(src, n, 11);
     CHECK_ST(one_xfer(a, a, NIXL_WRITE, src, dst, n, "seq 0", &r), NIXL_SUCCESS);
@@ -276,8 +253,8 @@ static void xfer_size(pair_t *p, size_t n, unsigned seed) {
     unsigned char *la = (unsigned char *)xalloc(n), *rb = (unsigned char *)xalloc(n);
     nixl_xfer_req_t *r = NULL;
     notes_t notes;
-    CHECK_ST(reg(p->a, la, n), NIXL_SUCCESS);
-    CHECK_ST(reg(p->b, rb, n), NIXL_SUCCESS);
+    CHECK_ST(xu_reg(p->a, la, n), NIXL_SUCCESS);
+    CHECK_ST(xu_reg(p->b, rb, n), NIXL_SUCCESS);
     CHECK(share_md(p->b, p->a));
     nt_fill(la, n, seed);
     notes_init(&notes);
@@ -302,8 +279,8 @@ static void xfer_size(pair_t *p, size_t n, unsigned seed) {
         nixl_release_xfer_req(p->a, r);
     }
     CHECKF(nt_verify(la, n, seed + 1), "read of %zu bytes", n);
-    CHECK_ST(dereg(p->a, la, n), NIXL_SUCCESS);
-    CHECK_ST(dereg(p->b, rb, n), NIXL_SUCCESS);
+    CHECK_ST(xu_dereg(p->a, la, n), NIXL_SUCCESS);
+    CHECK_ST(xu_dereg(p->b, rb, n), NIXL_SUCCESS);
     free(la);
     free(rb);
 }
@@ -340,8 +317,8 @@ static void test_many_descs(void) {
     int i, ok;
     CHECK(pair_make(&p, "sq_depth=64", NULL));
     if (!p.a || !p.b) goto out;
-    CHECK_ST(reg(p.a, la, (size_t)N * SZ * 2), NIXL_SUCCESS);
-    CHECK_ST(reg(p.b, rb, (size_t)N * SZ * 2), NIXL_SUCCESS);
+    CHECK_ST(xu_reg(p.a, la, (size_t)N * SZ * 2), NIXL_SUCCESS);
+    CHECK_ST(xu_reg(p.b, rb, (size_t)N * SZ * 2), NIXL_SUCCESS);
     CHECK(share_md(p.b, p.a));
     /* every other 64-byte block, remote in reverse order */
     for (i = 0; i < N; i++) {
@@ -403,8 +380,8 @@ static void test_100k_descs(void) {
     int i;
     CHECK(pair_make(&p, NULL, NULL));
     if (!p.a || !p.b) goto out;
-    CHECK_ST(reg(p.a, la, (size_t)N * SZ), NIXL_SUCCESS);
-    CHECK_ST(reg(p.b, rb, (size_t)N * SZ), NIXL_SUCCESS);
+    CHECK_ST(xu_reg(p.a, la, (size_t)N * SZ), NIXL_SUCCESS);
+    CHECK_ST(xu_reg(p.b, rb, (size_t)N * SZ), NIXL_SUCCESS);
     CHECK(share_md(p.b, p.a));
     nt_fill(la, (size_t)N * SZ, 77);
     for (i = 0; i < N; i++) {
@@ -447,8 +424,8 @@ static void test_prepped_and_repost(void) {
     notes_t notes;
     CHECK(pair_make(&p, NULL, NULL));
     if (!p.a || !p.b) goto out;
-    CHECK_ST(reg(p.a, la, (size_t)NB * BS), NIXL_SUCCESS);
-    CHECK_ST(reg(p.b, rb, (size_t)NB * BS), NIXL_SUCCESS);
+    CHECK_ST(xu_reg(p.a, la, (size_t)NB * BS), NIXL_SUCCESS);
+    CHECK_ST(xu_reg(p.b, rb, (size_t)NB * BS), NIXL_SUCCESS);
     CHECK(share_md(p.b, p.a));
     for (i = 0; i < NB; i++) {
         ld[i].addr = (uintptr_t)(la + (size_t)i * BS);
@@ -518,8 +495,8 @@ static void test_notif_ordering(void) {
     int k, ok = 1, okr = 1;
     CHECK(pair_make(&p, "qps_per_peer=4,slice_size=65536", NULL));
     if (!p.a || !p.b) goto out;
-    CHECK_ST(reg(p.a, la, n), NIXL_SUCCESS);
-    CHECK_ST(reg(p.b, rb, n), NIXL_SUCCESS);
+    CHECK_ST(xu_reg(p.a, la, n), NIXL_SUCCESS);
+    CHECK_ST(xu_reg(p.b, rb, n), NIXL_SUCCESS);
     CHECK(share_md(p.b, p.a));
     CHECK_ST(one_xfer(p.a, p.b, NIXL_WRITE, la, rb, n, "x", &w), NIXL_SUCCESS);
     CHECK_ST(one_xfer(p.a, p.b, NIXL_READ, la, rb, n, "x", &rd), NIXL_SUCCESS);
@@ -678,8 +655,8 @@ static void test_threads(void) {
     int i, fails = 0;
     CHECK(pair_make(&p, NULL, NULL));
     if (!p.a || !p.b) goto out;
-    CHECK_ST(reg(p.a, la, n * T), NIXL_SUCCESS);
-    CHECK_ST(reg(p.b, rb, n * T), NIXL_SUCCESS);
+    CHECK_ST(xu_reg(p.a, la, n * T), NIXL_SUCCESS);
+    CHECK_ST(xu_reg(p.b, rb, n * T), NIXL_SUCCESS);
     CHECK(share_md(p.b, p.a));
     for (i = 0; i < T; i++) {
         args[i].a = p.a;
@@ -710,8 +687,8 @@ static void test_invalid_descs(void) {
     nixl_xfer_req_t *r = NULL;
     CHECK(pair_make(&p, NULL, NULL));
     if (!p.a || !p.b) goto out;
-    CHECK_ST(reg(p.a, la, n), NIXL_SUCCESS);
-    CHECK_ST(reg(p.b, rb, n), NIXL_SUCCESS);
+    CHECK_ST(xu_reg(p.a, la, n), NIXL_SUCCESS);
+    CHECK_ST(xu_reg(p.b, rb, n), NIXL_SUCCESS);
     CHECK(share_md(p.b, p.a));
     quiet_log_level = NIXL_LOG_ERROR - 1;
     CHECK_ST(one_xfer(p.a, p.b, NIXL_WRITE, la, rb + 1, n, NULL, &r), NIXL_ERR_NOT_FOUND);      /* past the end */
@@ -746,9 +723,9 @@ static void test_dereg_while_held(void) {
     nixl_status_t st;
     CHECK(pair_make(&p, NULL, NULL));
     if (!p.a || !p.b) goto out;
-    CHECK_ST(reg(p.a, la, n), NIXL_SUCCESS);
-    CHECK_ST(reg(p.b, rb, n), NIXL_SUCCESS);
-    CHECK_ST(reg(p.b, rb2, n), NIXL_SUCCESS);
+    CHECK_ST(xu_reg(p.a, la, n), NIXL_SUCCESS);
+    CHECK_ST(xu_reg(p.b, rb, n), NIXL_SUCCESS);
+    CHECK_ST(xu_reg(p.b, rb2, n), NIXL_SUCCESS);
     CHECK(share_md(p.b, p.a));
     nt_fill(la, n, 9);
     CHECK_ST(one_xfer(p.a, p.b, NIXL_WRITE, la, rb, n, NULL, &r), NIXL_SUCCESS);
@@ -756,7 +733,7 @@ static void test_dereg_while_held(void) {
     CHECK_ST(post_wait(p.a, r, p.b, NULL), NIXL_SUCCESS); /* connected and working */
     CHECK(nt_verify(rb, n, 9));
     memset(rb, 0x5a, n);
-    CHECK_ST(dereg(p.b, rb, n), NIXL_SUCCESS);
+    CHECK_ST(xu_dereg(p.b, rb, n), NIXL_SUCCESS);
     quiet_log_level = NIXL_LOG_ERROR - 1;
     st = post_wait(p.a, r, p.b, NULL);
     CHECKF(st == NIXL_ERR_REMOTE_DISCONNECT || st == NIXL_ERR_BACKEND, "got %s", nixl_status_str(st));
@@ -795,8 +772,8 @@ static void test_release_in_flight(void) {
     nixl_xfer_req_t *r = NULL;
     CHECK(pair_make(&p, "sq_depth=16,slice_size=65536", NULL));
     if (!p.a || !p.b) goto out;
-    CHECK_ST(reg(p.a, la, n), NIXL_SUCCESS);
-    CHECK_ST(reg(p.b, rb, n), NIXL_SUCCESS);
+    CHECK_ST(xu_reg(p.a, la, n), NIXL_SUCCESS);
+    CHECK_ST(xu_reg(p.b, rb, n), NIXL_SUCCESS);
     CHECK(share_md(p.b, p.a));
     CHECK_ST(one_xfer(p.a, p.b, NIXL_WRITE, la, rb, n, "seq 0", &r), NIXL_SUCCESS);
     if (!r) goto out;
@@ -887,8 +864,8 @@ static void two_proc_side(const char *me, const char *peer, int fd, unsigned my_
     uintptr_t peer_dst = 0;
     CHECK(a != NULL);
     if (!a) return;
-    CHECK_ST(reg(a, src, n), NIXL_SUCCESS);
-    CHECK_ST(reg(a, dst, n), NIXL_SUCCESS);
+    CHECK_ST(xu_reg(a, src, n), NIXL_SUCCESS);
+    CHECK_ST(xu_reg(a, dst, n), NIXL_SUCCESS);
     CHECK(swap_md(a, fd));
     /* learn the peer's dst address */
     CHECK(send_blob(fd, &dst, sizeof dst) == 0);
@@ -1005,7 +982,7 @@ static void test_peer_killed(void) {
         int posts = 0;
         CHECK(a != NULL);
         if (!a) goto done;
-        CHECK_ST(reg(a, src, n), NIXL_SUCCESS);
+        CHECK_ST(xu_reg(a, src, n), NIXL_SUCCESS);
         CHECK(swap_md(a, sv[0]));
         blob = recv_blob(sv[0], &blen);
         CHECK(blob && blen == sizeof peer_dst);
@@ -1068,7 +1045,7 @@ static void victim_main(int fd) {
     unsigned char *dst = (unsigned char *)xalloc(n);
     nixl_agent_t *b = mk_agent("victim", NULL, NULL);
     char c;
-    if (!b || reg(b, dst, n) != NIXL_SUCCESS || !swap_md(b, fd)) _exit(3);
+    if (!b || xu_reg(b, dst, n) != NIXL_SUCCESS || !swap_md(b, fd)) _exit(3);
     if (send_blob(fd, &dst, sizeof dst)) _exit(4);
     for (;;) { /* serve until killed */
         nixl_progress(b);
@@ -1123,7 +1100,7 @@ static int wirecut_target(const char *dir) {
     nt_current = "wirecut_target";
     CHECK(b != NULL);
     if (!b) return nt_finish();
-    CHECK_ST(reg(b, buf, n), NIXL_SUCCESS);
+    CHECK_ST(xu_reg(b, buf, n), NIXL_SUCCESS);
     CHECK_ST(nixl_get_local_md(b, &blob, &len), NIXL_SUCCESS);
     CHECK(file_put(dir, "target.md", blob, len) == 0);
     CHECK(file_put(dir, "target.addr", &addr, sizeof addr) == 0);
@@ -1160,8 +1137,8 @@ static int wirecut_init(const char *dir) {
     nt_current = "wirecut_init";
     CHECK(a != NULL);
     if (!a) return nt_finish();
-    CHECK_ST(reg(a, src, n), NIXL_SUCCESS);
-    CHECK_ST(reg(a, back, n), NIXL_SUCCESS);
+    CHECK_ST(xu_reg(a, src, n), NIXL_SUCCESS);
+    CHECK_ST(xu_reg(a, back, n), NIXL_SUCCESS);
     blob = file_get(dir, "target.md", &len, 120);
     ab = file_get(dir, "target.addr", &alen, 120);
     CHECK(blob && ab && alen == sizeof raddr);
