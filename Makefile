@@ -25,7 +25,13 @@ TSAN     = -O1 -g -fsanitize=thread
 HEADERS  = nixl.h $(wildcard nixl_verbs.h nixl_ucx.h)
 
 # Parts of `make test`, in order; verbs and UCX join when their headers exist.
-TEST_PARTS = test-unit test-metadata check-headers asan tsan fuzz test-ucx faults-ucx test-verbs test-link
+# test-link (two VMs on a wire) is not in the default run: its two-VM
+# start-up hung once (both VMs booted, no output for 5+ minutes) and CI must
+# not hang on it; run it with `make test-link` or NIXL_TEST_LINK=1.
+TEST_PARTS = test-unit test-metadata check-headers asan tsan fuzz test-ucx faults-ucx test-verbs
+ifeq ($(NIXL_TEST_LINK),1)
+TEST_PARTS += test-link
+endif
 
 # Verbs tests run on the host when it has an active RDMA port, else in the VM.
 VM_RUN := $(shell tests/softroce/has-rdma 2>/dev/null || echo tests/softroce/vm-run)
