@@ -8,6 +8,7 @@
 #include "../nixl_ucx.h"
 #include "nixl_test.h"
 #include "test_backend.h"
+#include "log_capture.h"
 
 #include <signal.h>
 #include <sys/stat.h>
@@ -73,28 +74,6 @@ static void stop_etcd(void) {
     if (system(cmd) != 0) fprintf(stderr, "could not remove %s\n", data_dir);
 }
 
-static char logbuf[32768];
-static pthread_mutex_t log_mu = PTHREAD_MUTEX_INITIALIZER;
-static void capture_log(void *user, int level, const char *msg) {
-    size_t used;
-    (void)user;
-    (void)level;
-    pthread_mutex_lock(&log_mu);
-    used = strlen(logbuf);
-    if (used + strlen(msg) + 2 >= sizeof logbuf) used = logbuf[0] = 0;
-    snprintf(logbuf + used, sizeof logbuf - used, "%s\n", msg);
-    pthread_mutex_unlock(&log_mu);
-    if (getenv("NIXL_TEST_VERBOSE")) fprintf(stderr, "log: %s\n", msg);
-}
-static int logged(const char *needle) {
-    int hit;
-    pthread_mutex_lock(&log_mu);
-    hit = strstr(logbuf, needle) != NULL;
-    if (!hit) fprintf(stderr, "logged lines: %s", logbuf);
-    logbuf[0] = 0;
-    pthread_mutex_unlock(&log_mu);
-    return hit;
-}
 
 static nixl_agent_t *mk(const char *name, const char *ns, int timeout_ms, const nixl_backend_ops_t *ops,
                         const char *params) {

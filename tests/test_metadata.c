@@ -6,6 +6,7 @@
 #include "../nixl.h"
 #include "nixl_test.h"
 #include "test_backend.h"
+#include "log_capture.h"
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
@@ -14,28 +15,6 @@
 
 static nixl_backend_ops_t OPS;
 
-static char logbuf[65536];
-static pthread_mutex_t log_mu = PTHREAD_MUTEX_INITIALIZER;
-static void capture_log(void *user, int level, const char *msg) {
-    size_t used;
-    (void)user;
-    (void)level;
-    pthread_mutex_lock(&log_mu);
-    used = strlen(logbuf);
-    if (used + strlen(msg) + 2 >= sizeof logbuf) used = logbuf[0] = 0;
-    snprintf(logbuf + used, sizeof logbuf - used, "%s\n", msg);
-    pthread_mutex_unlock(&log_mu);
-    if (getenv("NIXL_TEST_VERBOSE")) fprintf(stderr, "log: %s\n", msg);
-}
-static int logged(const char *needle) {
-    int hit;
-    pthread_mutex_lock(&log_mu);
-    hit = strstr(logbuf, needle) != NULL;
-    if (!hit) fprintf(stderr, "logged lines: %s", logbuf);
-    logbuf[0] = 0;
-    pthread_mutex_unlock(&log_mu);
-    return hit;
-}
 
 static nixl_agent_t *mk(const char *name, int listen, const char *token, int timeout_ms) {
     nixl_agent_config_t cfg;
