@@ -6,7 +6,7 @@
    the buffer; credits may never exceed what the peer could grant. */
 #define NIXL_IMPLEMENTATION
 #include "../../nixl_verbs.h"
-#include "../test_backend.h"
+#include "fuzz_agent.h"
 
 static void drop(void *u, const char *from, const void *msg, size_t len) {
     (void)u;
@@ -16,22 +16,12 @@ static void drop(void *u, const char *from, const void *msg, size_t len) {
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
-    static nixl_agent_t *a;
-    static nixl_backend_t *be;
-    static nixl_backend_ops_t ops;
     static unsigned char buf[4096];
+    nixl_backend_t *be; /* stands in as the engine's core handle */
+    nixl_agent_t *a = fuzz_agent(NULL, &be);
     _nixl_verbs_engine_t e;
     _nixl_verbs_conn_t c;
     _nixl_verbs_peer_t p;
-    if (!a) {
-        nixl_agent_config_t cfg;
-        memset(&cfg, 0, sizeof cfg);
-        cfg.name = "fuzz";
-        setenv("NIXL_LOG_LEVEL", "none", 1);
-        ops = tb_make_ops("LOOP", NIXL_MEM_BIT(NIXL_DRAM));
-        nixl_agent_create(&cfg, &a);
-        nixl_create_backend(a, &ops, NULL, &be); /* stands in as the engine's core handle */
-    }
     if (size > sizeof buf) return 0;
     memset(&e, 0, sizeof e);
     memset(&c, 0, sizeof c);

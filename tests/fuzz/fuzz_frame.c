@@ -4,29 +4,12 @@
    is driven directly with the input as the bytes a peer sent. */
 #define NIXL_IMPLEMENTATION
 #include "../../nixl.h"
-#include "../test_backend.h"
+#include "fuzz_agent.h"
 
 #include <sys/socket.h>
 
-static nixl_agent_t *fuzz_agent(void) {
-    static nixl_agent_t *a;
-    static nixl_backend_ops_t ops;
-    if (!a) {
-        nixl_agent_config_t cfg;
-        nixl_backend_t *b;
-        memset(&cfg, 0, sizeof cfg);
-        cfg.name = "fuzz";
-        cfg.auth_token = "tok";
-        setenv("NIXL_LOG_LEVEL", "none", 1);
-        ops = tb_make_ops("LOOP", NIXL_MEM_BIT(NIXL_DRAM));
-        nixl_agent_create(&cfg, &a);
-        nixl_create_backend(a, &ops, NULL, &b);
-    }
-    return a;
-}
-
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
-    nixl_agent_t *a = fuzz_agent();
+    nixl_agent_t *a = fuzz_agent("tok", NULL);
     _nixl_sc_conn c;
     unsigned cmd;
     size_t tok, pay;

@@ -5,23 +5,7 @@
    out of bounds; a blob that loads must be invalidated cleanly. */
 #define NIXL_IMPLEMENTATION
 #include "../../nixl.h"
-#include "../test_backend.h"
-
-static nixl_agent_t *fuzz_agent(void) {
-    static nixl_agent_t *a;
-    static nixl_backend_ops_t ops;
-    if (!a) {
-        nixl_agent_config_t cfg;
-        nixl_backend_t *b;
-        memset(&cfg, 0, sizeof cfg);
-        cfg.name = "fuzz";
-        setenv("NIXL_LOG_LEVEL", "none", 1);
-        ops = tb_make_ops("LOOP", NIXL_MEM_BIT(NIXL_DRAM));
-        nixl_agent_create(&cfg, &a);
-        nixl_create_backend(a, &ops, NULL, &b);
-    }
-    return a;
-}
+#include "fuzz_agent.h"
 
 static void try_load(nixl_agent_t *a, const uint8_t *data, size_t size) {
     char name[256];
@@ -31,7 +15,7 @@ static void try_load(nixl_agent_t *a, const uint8_t *data, size_t size) {
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
-    nixl_agent_t *a = fuzz_agent();
+    nixl_agent_t *a = fuzz_agent(NULL, NULL);
     uint8_t *copy;
     try_load(a, data, size);
     if (size < 16 || size > (1u << 20)) return 0;
