@@ -138,6 +138,48 @@ extern "C" {
    memory DRAM and VRAM, caps NOTIF | LOCAL | REMOTE. Any thread. */
 NIXL_API const nixl_backend_ops_t *nixl_verbs_backend(void);
 
+/* How a VRAM region reaches the NIC (see MEMORY in the manual). */
+typedef enum nixl_verbs_mem_path {
+    NIXL_VERBS_PATH_NONE = 0,  /* the backend holds no region there */
+    NIXL_VERBS_PATH_HOST,      /* DRAM: ibv_reg_mr */
+    NIXL_VERBS_PATH_DMABUF,    /* VRAM: dma-buf, ibv_reg_dmabuf_mr */
+    NIXL_VERBS_PATH_PEERMEM,   /* VRAM: ibv_reg_mr with nvidia-peermem */
+    NIXL_VERBS_PATH_STAGING    /* VRAM: copied through pinned host buffers */
+} nixl_verbs_mem_path_t;
+
+/* The path of the region registered with `be` that holds addr. Any thread. */
+NIXL_API nixl_verbs_mem_path_t nixl_verbs_mem_path(nixl_backend_t *be, const void *addr);
+NIXL_API const char *nixl_verbs_mem_path_str(nixl_verbs_mem_path_t path); /* "host", "dma-buf", ... */
+
+/* The copy engine of the staging path: how device memory is recognised and
+   copied to and from host bounce buffers. The default is the CUDA driver's
+   (a stream per GPU, an event per bounce buffer). An inference runtime with
+   its own copy engine, or a test with host memory standing in for a GPU,
+   installs another with nixl_verbs_set_copy_ops before registering VRAM.
+   Every function returns 0 on success, -1 on failure, unless said. */
+typedef struct nixl_verbs_copy_ops {
+    /* Is [addr, addr+len) device memory? If so: its device ordinal and the
+       allocation holding it. -1: not device memory (a host pointer). */
+    int (*query)(void *ctx, uintptr_t addr, size_t len, int *dev, uintptr_t *base, size_t *size);
+    /* Pins a host bounce buffer for fast copies on device dev (may be NULL). */
+    int (*pin)(void *ctx, int dev, void *host, size_t len);
+    void (*unpin)(void *ctx, void *host);
+    /* A completion marker for copies on device dev. */
+    int (*event_create)(void *ctx, int dev, void **ev);
+    void (*event_destroy)(void *ctx, void *ev);
+    /* Starts a copy (to_device: host -> device, else device -> host) and
+       arms ev to complete when it has. Copies of one device may run in order. */
+    int (*copy)(void *ctx, int dev, int to_device, void *host, uintptr_t device, size_t len, void *ev);
+    /* 1: done, 0: not yet, -1: the copy failed. */
+    int (*event_done)(void *ctx, void *ev);
+    void *ctx;
+} nixl_verbs_copy_ops_t;
+
+/* Installs `ops` (copied; ops->ctx must outlive the backend) for regions
+   registered from now on. NULL restores the CUDA driver's. INVALID_PARAM if
+   be is not a VERBS backend; NOT_ALLOWED while staged regions exist. */
+NIXL_API nixl_status_t nixl_verbs_set_copy_ops(nixl_backend_t *be, const nixl_verbs_copy_ops_t *ops);
+
 #ifdef __cplusplus
 }
 #endif
@@ -160,6 +202,7 @@ NIXL_API const nixl_backend_ops_t *nixl_verbs_backend(void);
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <unistd.h>
 
 // >>constants
@@ -174,6 +217,7 @@ NIXL_API const nixl_backend_ops_t *nixl_verbs_backend(void);
 #define _NIXL_VERBS_REJ_TIEBREAK 1 /* reject reason: "I connect to you" */
 #define _NIXL_VERBS_REJ_REFUSED 2  /* reject reason: refused */
 #define _NIXL_VERBS_PUB_VERSION 1
+#define _NIXL_VERBS_PUB_STAGED 2 /* {2, 0}: staged VRAM, no rkey */
 #define _NIXL_VERBS_RESOLVE_MS 2000
 #define _NIXL_VERBS_WAIT_PASSIVE_US 5000000u /* retry if the winner never connects */
 #define _NIXL_VERBS_CLOSE_WAIT_US 100000u    /* graceful close: wait for DISCONNECT's completion */
@@ -219,7 +263,9 @@ typedef struct _nixl_verbs_md {
     nixl_mem_t mem;
     uintptr_t addr;
     size_t len;
-    struct ibv_mr *mr[NIXL_VERBS_MAX_DEVICES];
+    struct ibv_mr *mr[NIXL_VERBS_MAX_DEVICES]; /* none when staged */
+    int path;  /* nixl_verbs_mem_path_t */
+    int gpu;   /* VRAM: device ordinal */
     unsigned char pub[2 + 12 * NIXL_VERBS_MAX_DEVICES];
     size_t pub_len;
 } _nixl_verbs_md_t;
@@ -230,6 +276,7 @@ typedef struct _nixl_verbs_rmd {
     size_t len;
     uint64_t base;  /* address to use in WRs for `addr` (primary device) */
     uint32_t rkey;
+    int staged;     /* the peer's NIC cannot reach it (staged VRAM): no rkey */
 } _nixl_verbs_rmd_t;
 
 /* one outstanding signaled send WR: what its completion retires */
@@ -237,6 +284,7 @@ typedef struct _nixl_verbs_rec {
     struct _nixl_verbs_req *req; /* NULL: none, or its request was released */
     uint32_t nwr;                /* WRs retired (unsignaled ones before it + itself) */
     int32_t slot;                /* AM send buffer to free, -1 for data */
+    int32_t stage;               /* staging: bounce buffer of the WR, -1 none */
     uint8_t last;                /* last data WR of req's lane `lane` */
     uint8_t lane;                /* the request's lane (QP index within the request) */
     uint8_t notif;               /* req's notification SEND */
@@ -301,6 +349,7 @@ typedef struct _nixl_verbs_peer {
     uint64_t wait_since;
     struct _nixl_verbs_req *bl_head, *bl_tail; /* posted, not fully on the wire */
     _nixl_verbs_am_t *am_head, *am_tail;       /* messages waiting to be sent */
+    struct _nixl_verbs_stage *stage;           /* bounce buffers, made on first staged request */
 } _nixl_verbs_peer_t;
 
 typedef struct _nixl_verbs_req {
@@ -322,18 +371,171 @@ typedef struct _nixl_verbs_req {
     uint32_t notif_cap;
     int notif_state;
     _nixl_verbs_am_t am;
+    /* staging (a local descriptor in staged VRAM): every WR goes on lane 0,
+       one at a time, through a bounce buffer when swr[k].dptr is set */
+    struct _nixl_verbs_swr *swr;
+    uint32_t snext; /* next WR to start */
+    uint32_t sdone; /* WRs finished (data placed, copies included) */
 } _nixl_verbs_req_t;
 
-typedef int _nixl_verbs_CUresult;
-typedef unsigned long long _nixl_verbs_CUdeviceptr;
-typedef _nixl_verbs_CUresult (*_nixl_verbs_cuInit_t)(unsigned int flags);
-typedef _nixl_verbs_CUresult (*_nixl_verbs_cuPointerGetAttribute_t)(void *data, int attribute,
-                                                                     _nixl_verbs_CUdeviceptr ptr);
-typedef _nixl_verbs_CUresult (*_nixl_verbs_cuMemGetHandleForAddressRange_t)(
-    void *handle, _nixl_verbs_CUdeviceptr dptr, size_t size, int handle_type, unsigned long long flags);
-#define _NIXL_VERBS_CU_POINTER_ATTRIBUTE_MEMORY_TYPE 2
-#define _NIXL_VERBS_CU_MEMORYTYPE_DEVICE 2
-#define _NIXL_VERBS_CU_MEM_RANGE_HANDLE_TYPE_DMA_BUF_FD 1
+/* a staged request's WR: where its bytes live on the GPU */
+typedef struct _nixl_verbs_swr {
+    uintptr_t dptr; /* 0: host memory, no bounce buffer */
+    int gpu;
+} _nixl_verbs_swr_t;
+
+enum { _NIXL_VERBS_SLOT_FREE = 0,
+       _NIXL_VERBS_SLOT_COPY_IN,  /* WRITE: device -> bounce copy running */
+       _NIXL_VERBS_SLOT_READY,    /* WRITE: copied, waits for a send-queue slot */
+       _NIXL_VERBS_SLOT_WIRE,     /* RDMA WR from/into the bounce buffer posted */
+       _NIXL_VERBS_SLOT_COPY_OUT  /* READ: bounce -> device copy running */ };
+
+typedef struct _nixl_verbs_slot {
+    int state;
+    _nixl_verbs_req_t *req; /* NULL: orphaned (request failed or released) */
+    uint32_t wr;            /* index of the WR in req */
+    void *ev;
+    int ev_gpu;             /* device the event was made for, -1 none */
+} _nixl_verbs_slot_t;
+
+/* A peer's bounce buffers: count x size bytes, registered on the primary
+   device and pinned for the copy engine. */
+typedef struct _nixl_verbs_stage {
+    unsigned char *buf;
+    struct ibv_mr *mr;
+    int pinned;
+    uint32_t count, size, nfree;
+    uint32_t *free_stack;
+    _nixl_verbs_slot_t *slots;
+    uint64_t copies, overlapped; /* copies started; of them, with RDMA in flight */
+} _nixl_verbs_stage_t;
+
+/* The CUDA driver API, as far as it is used: our own declarations, so no
+   CUDA headers are needed to build. With NIXL_CUDA_HEADERS defined, <cuda.h>
+   supplies the types and every pointer below is checked against the real
+   declaration (tests/check-headers does that when CUDA is installed). The
+   symbol names are the ones <cuda.h> maps the API names to (the _v2 ABI). */
+#ifdef NIXL_CUDA_HEADERS
+#include <cuda.h>
+typedef CUresult _nixl_CUresult;
+typedef CUdeviceptr _nixl_CUdeviceptr;
+typedef CUdevice _nixl_CUdevice;
+typedef CUcontext _nixl_CUcontext;
+typedef CUstream _nixl_CUstream;
+typedef CUevent _nixl_CUevent;
+typedef CUpointer_attribute _nixl_CUpointer_attribute;
+typedef CUmemRangeHandleType _nixl_CUmemRangeHandleType;
+#else
+typedef int _nixl_CUresult;
+typedef unsigned long long _nixl_CUdeviceptr;
+typedef int _nixl_CUdevice;
+typedef struct CUctx_st *_nixl_CUcontext;
+typedef struct CUstream_st *_nixl_CUstream;
+typedef struct CUevent_st *_nixl_CUevent;
+typedef int _nixl_CUpointer_attribute;     /* enums: int-sized in the C ABI */
+typedef int _nixl_CUmemRangeHandleType;
+#endif
+
+/* X(field, symbol, return, parameters) */
+#define _NIXL_CUDA_FUNCS(X)                                                                                 \
+    X(cuInit, "cuInit", _nixl_CUresult, (unsigned int))                                                   \
+    X(cuDeviceGet, "cuDeviceGet", _nixl_CUresult, (_nixl_CUdevice *, int))                                 \
+    X(cuDevicePrimaryCtxRetain, "cuDevicePrimaryCtxRetain", _nixl_CUresult,                                \
+      (_nixl_CUcontext *, _nixl_CUdevice))                                                                  \
+    X(cuDevicePrimaryCtxRelease, "cuDevicePrimaryCtxRelease_v2", _nixl_CUresult, (_nixl_CUdevice))         \
+    X(cuCtxSetCurrent, "cuCtxSetCurrent", _nixl_CUresult, (_nixl_CUcontext))                               \
+    X(cuPointerGetAttribute, "cuPointerGetAttribute", _nixl_CUresult, (void *, _nixl_CUpointer_attribute, _nixl_CUdeviceptr))\
+    X(cuPointerSetAttribute, "cuPointerSetAttribute", _nixl_CUresult,                                      \
+      (const void *, _nixl_CUpointer_attribute, _nixl_CUdeviceptr))                                                               \
+    X(cuMemGetAddressRange, "cuMemGetAddressRange_v2", _nixl_CUresult,                                     \
+      (_nixl_CUdeviceptr *, size_t *, _nixl_CUdeviceptr))                                                   \
+    X(cuMemGetHandleForAddressRange, "cuMemGetHandleForAddressRange", _nixl_CUresult,                      \
+      (void *, _nixl_CUdeviceptr, size_t, _nixl_CUmemRangeHandleType, unsigned long long))                                         \
+    X(cuMemHostRegister, "cuMemHostRegister_v2", _nixl_CUresult, (void *, size_t, unsigned int))           \
+    X(cuMemHostUnregister, "cuMemHostUnregister", _nixl_CUresult, (void *))                                \
+    X(cuStreamCreate, "cuStreamCreate", _nixl_CUresult, (_nixl_CUstream *, unsigned int))                  \
+    X(cuStreamDestroy, "cuStreamDestroy_v2", _nixl_CUresult, (_nixl_CUstream))                             \
+    X(cuEventCreate, "cuEventCreate", _nixl_CUresult, (_nixl_CUevent *, unsigned int))                     \
+    X(cuEventDestroy, "cuEventDestroy_v2", _nixl_CUresult, (_nixl_CUevent))                                \
+    X(cuEventRecord, "cuEventRecord", _nixl_CUresult, (_nixl_CUevent, _nixl_CUstream))                     \
+    X(cuEventQuery, "cuEventQuery", _nixl_CUresult, (_nixl_CUevent))                                       \
+    X(cuMemcpyDtoHAsync, "cuMemcpyDtoHAsync_v2", _nixl_CUresult,                                           \
+      (void *, _nixl_CUdeviceptr, size_t, _nixl_CUstream))                                                  \
+    X(cuMemcpyHtoDAsync, "cuMemcpyHtoDAsync_v2", _nixl_CUresult,                                           \
+      (_nixl_CUdeviceptr, const void *, size_t, _nixl_CUstream))
+
+#define _NIXL_CUDA_TYPEDEF(f, sym, ret, args) typedef ret(*_nixl_##f##_t) args;
+_NIXL_CUDA_FUNCS(_NIXL_CUDA_TYPEDEF)
+#undef _NIXL_CUDA_TYPEDEF
+
+/* values from the CUDA driver API */
+#define _NIXL_CUDA_SUCCESS 0
+#define _NIXL_CUDA_ERROR_NOT_READY 600
+#define _NIXL_CU_POINTER_ATTRIBUTE_MEMORY_TYPE ((_nixl_CUpointer_attribute)2)
+#define _NIXL_CU_POINTER_ATTRIBUTE_SYNC_MEMOPS ((_nixl_CUpointer_attribute)6)
+#define _NIXL_CU_POINTER_ATTRIBUTE_DEVICE_ORDINAL ((_nixl_CUpointer_attribute)9)
+#define _NIXL_CU_MEMORYTYPE_DEVICE 2
+#define _NIXL_CU_MEM_RANGE_HANDLE_TYPE_DMA_BUF_FD ((_nixl_CUmemRangeHandleType)1)
+#define _NIXL_CU_MEMHOSTREGISTER_PORTABLE 1
+#define _NIXL_CU_STREAM_NON_BLOCKING 1
+#define _NIXL_CU_EVENT_DISABLE_TIMING 2
+
+#ifdef NIXL_CUDA_HEADERS
+/* Our declarations against <cuda.h>: a value that differs fails to compile
+   (negative array size); so does a function whose type differs (an
+   initialiser of the wrong pointer type is an error under -Werror and in
+   C++). */
+#define _NIXL_CUDA_SAME(name, a, b) typedef char _nixl_cuda_check_##name[(a) == (b) ? 1 : -1];
+_NIXL_CUDA_SAME(success, _NIXL_CUDA_SUCCESS, CUDA_SUCCESS)
+_NIXL_CUDA_SAME(not_ready, _NIXL_CUDA_ERROR_NOT_READY, CUDA_ERROR_NOT_READY)
+_NIXL_CUDA_SAME(memory_type, _NIXL_CU_POINTER_ATTRIBUTE_MEMORY_TYPE, CU_POINTER_ATTRIBUTE_MEMORY_TYPE)
+_NIXL_CUDA_SAME(sync_memops, _NIXL_CU_POINTER_ATTRIBUTE_SYNC_MEMOPS, CU_POINTER_ATTRIBUTE_SYNC_MEMOPS)
+_NIXL_CUDA_SAME(ordinal, _NIXL_CU_POINTER_ATTRIBUTE_DEVICE_ORDINAL, CU_POINTER_ATTRIBUTE_DEVICE_ORDINAL)
+_NIXL_CUDA_SAME(device, _NIXL_CU_MEMORYTYPE_DEVICE, CU_MEMORYTYPE_DEVICE)
+_NIXL_CUDA_SAME(dma_buf, _NIXL_CU_MEM_RANGE_HANDLE_TYPE_DMA_BUF_FD, CU_MEM_RANGE_HANDLE_TYPE_DMA_BUF_FD)
+_NIXL_CUDA_SAME(portable, _NIXL_CU_MEMHOSTREGISTER_PORTABLE, CU_MEMHOSTREGISTER_PORTABLE)
+_NIXL_CUDA_SAME(non_blocking, _NIXL_CU_STREAM_NON_BLOCKING, CU_STREAM_NON_BLOCKING)
+_NIXL_CUDA_SAME(no_timing, _NIXL_CU_EVENT_DISABLE_TIMING, CU_EVENT_DISABLE_TIMING)
+#undef _NIXL_CUDA_SAME
+/* (inside sizeof: nothing is referenced, nothing needs libcuda to link) */
+#define _NIXL_CUDA_CHECK_FN(f, sym, ret, args) typedef char _nixl_cuda_check_##f[sizeof((_nixl_##f##_t)0 == f)];
+_NIXL_CUDA_FUNCS(_NIXL_CUDA_CHECK_FN)
+#undef _NIXL_CUDA_CHECK_FN
+/* The symbol each API name is #defined to in <cuda.h> (cuMemcpyDtoHAsync ->
+   cuMemcpyDtoHAsync_v2) must be the one we dlsym: 0 if all agree, else the
+   number that differ (run by tests/check-headers). */
+#define _NIXL_CUDA_STR2(x) #x
+#define _NIXL_CUDA_STR(x) _NIXL_CUDA_STR2(x)
+#if defined(__GNUC__) || defined(__clang__)
+__attribute__((unused))
+#endif
+static int _nixl_cuda_check_symbols(void) {
+    int bad = 0;
+#define _NIXL_CUDA_CHECK_SYM(f, sym, ret, args)                                                   \
+    if (strcmp(sym, _NIXL_CUDA_STR(f)) != 0) {                                                   \
+        fprintf(stderr, "CUDA symbol of %s: we use %s, <cuda.h> %s\n", #f, sym, _NIXL_CUDA_STR(f)); \
+        bad++;                                                                                    \
+    }
+    _NIXL_CUDA_FUNCS(_NIXL_CUDA_CHECK_SYM)
+#undef _NIXL_CUDA_CHECK_SYM
+    return bad;
+}
+#endif
+
+#ifndef NIXL_CUDA_MAX_GPUS
+#define NIXL_CUDA_MAX_GPUS 64
+#endif
+
+/* The driver, opened on first use; per GPU its primary context and a
+   non-blocking stream of ours for the staging copies. */
+typedef struct _nixl_cuda {
+    void *lib;
+#define _NIXL_CUDA_FIELD(f, sym, ret, args) _nixl_##f##_t f;
+    _NIXL_CUDA_FUNCS(_NIXL_CUDA_FIELD)
+#undef _NIXL_CUDA_FIELD
+    _nixl_CUcontext ctx[NIXL_CUDA_MAX_GPUS];
+    _nixl_CUstream stream[NIXL_CUDA_MAX_GPUS];
+} _nixl_cuda_t;
 
 typedef struct _nixl_verbs_engine {
     nixl_backend_t *be;
@@ -360,11 +562,15 @@ typedef struct _nixl_verbs_engine {
     _nixl_verbs_rmd_t *rmds;
     _nixl_verbs_conn_t *reap;
     uint32_t nonce_ctr;
-    /* CUDA driver, loaded on first VRAM registration */
-    int cuda_tried;
-    void *cuda_lib;
-    _nixl_verbs_cuPointerGetAttribute_t cuPointerGetAttribute;
-    _nixl_verbs_cuMemGetHandleForAddressRange_t cuMemGetHandleForAddressRange;
+    /* VRAM: the CUDA driver (loaded on first VRAM registration), the copy
+       engine of the staging path (the driver's unless replaced) */
+    int vram_path; /* nixl_verbs_mem_path_t to force, NONE: the best one */
+    uint32_t stage_bufs, stage_size;
+    int cuda_tried, cuda_ok;
+    _nixl_cuda_t cuda;
+    nixl_verbs_copy_ops_t copy;
+    int copy_custom; /* copy ops installed by the user */
+    uint32_t nstaged; /* staged regions registered now */
 } _nixl_verbs_engine_t;
 
 // >>helpers
@@ -489,11 +695,17 @@ static void _nixl_verbs_am_discard(_nixl_verbs_engine_t *e, _nixl_verbs_am_t *m)
 
 // >>requests state
 
+static void _nixl_verbs_stage_orphan(_nixl_verbs_peer_t *p, _nixl_verbs_req_t *r);
+static void _nixl_verbs_stage_reset(_nixl_verbs_peer_t *p);
+static void _nixl_verbs_stage_destroy(_nixl_verbs_engine_t *e, struct _nixl_verbs_stage *st);
+static void _nixl_verbs_req_free(_nixl_verbs_engine_t *e, _nixl_verbs_req_t *r);
+
 static void _nixl_verbs_req_finish(_nixl_verbs_req_t *r, nixl_status_t st) {
     if (!r->active) return;
     r->status = st;
     r->active = 0;
     if (r->peer) _nixl_verbs_bl_remove(r->peer, r);
+    if (r->peer && r->swr) _nixl_verbs_stage_orphan(r->peer, r);
 }
 
 static void _nixl_verbs_flush_am(_nixl_verbs_engine_t *e, _nixl_verbs_conn_t *c);
@@ -539,6 +751,7 @@ static void _nixl_verbs_peer_fail_reqs(_nixl_verbs_engine_t *e, _nixl_verbs_peer
             _nixl_verbs_req_finish(r, st);
         }
     while ((m = _nixl_verbs_am_pop(p)) != NULL) _nixl_verbs_am_discard(e, m);
+    _nixl_verbs_stage_reset(p); /* the connection's WRs will not complete */
 }
 
 /* Releases every OS resource of a connection, in reverse order of creation.
@@ -573,6 +786,7 @@ static void _nixl_verbs_peer_free(_nixl_verbs_engine_t *e, _nixl_verbs_peer_t *p
     for (r = e->reqs; r; r = r->next)
         if (r->peer == p) r->peer = NULL;
     _nixl_verbs_peer_unlink(e, p);
+    _nixl_verbs_stage_destroy(e, p->stage);
     if (p->name) nixl_backend_free(e->be, p->name);
     nixl_backend_free(e->be, p);
 }
@@ -629,6 +843,23 @@ static void _nixl_verbs_conn_fail(_nixl_verbs_engine_t *e, _nixl_verbs_conn_t *c
 
 // >>active messages
 
+/* The completion record of a signaled WR about to be posted on qp: it
+   retires the unsignaled WRs before it too. */
+static _nixl_verbs_rec_t *_nixl_verbs_rec_push(_nixl_verbs_engine_t *e, _nixl_verbs_qp_t *qp, _nixl_verbs_req_t *r) {
+    _nixl_verbs_rec_t *rec = &qp->ring[(qp->head + qp->count) % e->sq_depth];
+    qp->count++;
+    rec->req = r;
+    rec->nwr = qp->unsig + 1;
+    rec->slot = -1;
+    rec->stage = -1;
+    rec->last = 0;
+    rec->lane = 0;
+    rec->notif = 0;
+    qp->unsig = 0;
+    return rec;
+}
+
+
 /* Sends one message on QP 0 if a credit, a send buffer and a send slot are
    free. CREDIT may use the last credit; everything else leaves one so that
    credits can always be returned (no deadlock when both sides are full).
@@ -674,15 +905,9 @@ static int _nixl_verbs_am_send(_nixl_verbs_engine_t *e, _nixl_verbs_conn_t *c, u
     c->rx_pending -= credits;
     c->tx_credits--;
     qp->sq_free--;
-    rec = &qp->ring[(qp->head + qp->count) % e->sq_depth];
-    qp->count++;
-    rec->req = req;
-    rec->nwr = qp->unsig + 1;
+    rec = _nixl_verbs_rec_push(e, qp, req);
     rec->slot = (int32_t)slot;
-    rec->last = 0;
-    rec->lane = 0;
     rec->notif = req ? 1 : 0;
-    qp->unsig = 0;
     return 1;
 }
 
@@ -807,11 +1032,27 @@ static void _nixl_verbs_am_recv(_nixl_verbs_engine_t *e, _nixl_verbs_conn_t *c, 
 
 // >>posting
 
+/* Completion records of r's WRs forget it (it was released, or failed
+   while some of its WRs are still on the wire). */
+static void _nixl_verbs_recs_forget(_nixl_verbs_engine_t *e, _nixl_verbs_conn_t *c, _nixl_verbs_req_t *r) {
+    int q;
+    uint32_t k;
+    if (!c || !c->cq) return;
+    for (q = 0; q < c->nqp; q++)
+        for (k = 0; k < c->qps[q].count; k++) {
+            _nixl_verbs_rec_t *rec = &c->qps[q].ring[(c->qps[q].head + k) % e->sq_depth];
+            if (rec->req == r) rec->req = NULL;
+        }
+}
+
+static int _nixl_verbs_stage_pump(_nixl_verbs_engine_t *e, _nixl_verbs_conn_t *c, _nixl_verbs_req_t *r);
+
 /* Posts as many of the request's WRs as the send queues take now, as one
    linked chain per QP. The WR arrays were built by prep; only `next`,
    `send_flags` and the completion records change here. */
 static int _nixl_verbs_req_pump(_nixl_verbs_engine_t *e, _nixl_verbs_conn_t *c, _nixl_verbs_req_t *r) {
     int q;
+    if (r->swr) return _nixl_verbs_stage_pump(e, c, r);
     for (q = 0; q < r->nqp; q++) {
         _nixl_verbs_qp_t *qp = &c->qps[q % c->nqp]; /* a passive connection may have fewer QPs */
         while (r->qposted[q] < r->qcount[q] && qp->sq_free > 0) {
@@ -826,15 +1067,9 @@ static int _nixl_verbs_req_pump(_nixl_verbs_engine_t *e, _nixl_verbs_conn_t *c, 
                 w->next = i + 1 < n ? w + 1 : NULL;
                 w->wr_id = ((uint64_t)qp->index << 2) | _NIXL_VERBS_WRID_SEND;
                 if (last || qp->unsig + 1 >= e->sig_every) {
-                    _nixl_verbs_rec_t *rec = &qp->ring[(qp->head + qp->count) % e->sq_depth];
-                    qp->count++;
-                    rec->req = r;
-                    rec->nwr = qp->unsig + 1;
-                    rec->slot = -1;
+                    _nixl_verbs_rec_t *rec = _nixl_verbs_rec_push(e, qp, r);
                     rec->last = (uint8_t)last;
                     rec->lane = (uint8_t)q;
-                    rec->notif = 0;
-                    qp->unsig = 0;
                     w->send_flags = IBV_SEND_SIGNALED;
                 } else {
                     qp->unsig++;
@@ -867,6 +1102,278 @@ static void _nixl_verbs_pump_backlog(_nixl_verbs_engine_t *e, _nixl_verbs_conn_t
     }
 }
 
+// >>staging
+
+/* VRAM the NIC cannot reach moves through a peer's bounce buffers. A WRITE
+   copies device -> bounce (the copy engine's stream) and posts the RDMA
+   WRITE of that buffer when the copy is done, while the next slices are
+   copied; a READ posts RDMA READs into bounce buffers and copies each to the
+   device when its completion arrives, while the next READs run. All of a
+   staged request runs on QP 0, one signaled WR per slice; its notification
+   follows the last WRITE on QP 0 (RC order), or the last copy of a READ. */
+
+static void _nixl_verbs_slot_set(_nixl_verbs_stage_t *st, uint32_t i, int state) {
+    _nixl_verbs_slot_t *s = &st->slots[i];
+    s->state = state;
+    if (state == _NIXL_VERBS_SLOT_FREE) {
+        s->req = NULL;
+        st->free_stack[st->nfree++] = i;
+    }
+}
+
+static int _nixl_verbs_slot_copying(const _nixl_verbs_slot_t *s) {
+    return s->state == _NIXL_VERBS_SLOT_COPY_IN || s->state == _NIXL_VERBS_SLOT_COPY_OUT;
+}
+
+static unsigned char *_nixl_verbs_slot_buf(const _nixl_verbs_stage_t *st, uint32_t i) {
+    return st->buf + (size_t)i * st->size;
+}
+
+/* Waits (bounded) for copies still writing into the bounce buffers, then
+   frees them; a copy that never ends leaks the buffers rather than free
+   memory a DMA engine may still write. */
+static void _nixl_verbs_stage_destroy(_nixl_verbs_engine_t *e, _nixl_verbs_stage_t *st) {
+    uint64_t deadline = nixl_now_us() + 5000000u;
+    uint32_t i;
+    int busy = 1;
+    if (!st) return;
+    while (busy && nixl_now_us() < deadline) {
+        busy = 0;
+        for (i = 0; i < st->count; i++)
+            if (_nixl_verbs_slot_copying(&st->slots[i]) && e->copy.event_done(e->copy.ctx, st->slots[i].ev) == 0)
+                busy = 1;
+    }
+    for (i = 0; i < st->count; i++)
+        if (st->slots[i].ev) e->copy.event_destroy(e->copy.ctx, st->slots[i].ev);
+    if (busy) {
+        nixl_backend_log(e->be, NIXL_LOG_ERROR, "verbs: staging copies did not finish in 5 s: leaking %u bounce "
+                         "buffers of %u bytes", (unsigned)st->count, (unsigned)st->size);
+    } else {
+        if (st->mr) ibv_dereg_mr(st->mr);
+        if (st->pinned && e->copy.unpin) e->copy.unpin(e->copy.ctx, st->buf);
+        if (st->buf) munmap(st->buf, (size_t)st->count * st->size);
+    }
+    if (st->slots) nixl_backend_free(e->be, st->slots);
+    if (st->free_stack) nixl_backend_free(e->be, st->free_stack);
+    nixl_backend_free(e->be, st);
+}
+
+/* The peer's bounce buffers, made on its first staged request. */
+static nixl_status_t _nixl_verbs_stage_make(_nixl_verbs_engine_t *e, _nixl_verbs_peer_t *p, int gpu) {
+    _nixl_verbs_stage_t *st;
+    size_t total = (size_t)e->stage_bufs * e->stage_size;
+    uint32_t i;
+    if (p->stage) return NIXL_SUCCESS;
+    st = (_nixl_verbs_stage_t *)nixl_backend_alloc(e->be, sizeof *st);
+    if (!st) return NIXL_ERR_BACKEND;
+    st->count = e->stage_bufs;
+    st->size = e->stage_size;
+    st->slots = (_nixl_verbs_slot_t *)nixl_backend_alloc(e->be, st->count * sizeof *st->slots);
+    st->free_stack = (uint32_t *)nixl_backend_alloc(e->be, st->count * sizeof *st->free_stack);
+    st->buf = (unsigned char *)mmap(NULL, total, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (st->buf == MAP_FAILED) st->buf = NULL;
+    if (st->buf) st->mr = ibv_reg_mr(e->devs[0].pd, st->buf, total, IBV_ACCESS_LOCAL_WRITE);
+    if (!st->slots || !st->free_stack || !st->mr) {
+        int err = errno;
+        nixl_backend_log(e->be, NIXL_LOG_ERROR, "verbs: cannot make %u staging buffers of %u bytes for %s: %s%s",
+                         (unsigned)st->count, (unsigned)st->size, p->name ? p->name : "a peer", strerror(err),
+                         _nixl_verbs_errno_hint(err));
+        if (!st->mr && st->buf) {
+            munmap(st->buf, total);
+            st->buf = NULL;
+        }
+        _nixl_verbs_stage_destroy(e, st);
+        return NIXL_ERR_BACKEND;
+    }
+    if (e->copy.pin) {
+        st->pinned = e->copy.pin(e->copy.ctx, gpu, st->buf, total) == 0;
+        if (!st->pinned)
+            nixl_backend_log(e->be, NIXL_LOG_WARN, "verbs: could not pin the staging buffers for GPU copies: "
+                             "copies will be slower");
+    }
+    for (i = st->count; i-- > 0;) {
+        st->slots[i].ev_gpu = -1;
+        _nixl_verbs_slot_set(st, i, _NIXL_VERBS_SLOT_FREE);
+    }
+    p->stage = st;
+    return NIXL_SUCCESS;
+}
+
+/* r failed or was released: its buffers in use finish what they do and
+   return to the pool without touching it. */
+static void _nixl_verbs_stage_orphan(_nixl_verbs_peer_t *p, _nixl_verbs_req_t *r) {
+    _nixl_verbs_stage_t *st = p->stage;
+    uint32_t i;
+    for (i = 0; st && i < st->count; i++)
+        if (st->slots[i].req == r) {
+            st->slots[i].req = NULL;
+            if (st->slots[i].state == _NIXL_VERBS_SLOT_READY) _nixl_verbs_slot_set(st, i, _NIXL_VERBS_SLOT_FREE);
+        }
+}
+
+/* The connection is gone: its WRs never complete, so their buffers are
+   free; running copies end as orphans. */
+static void _nixl_verbs_stage_reset(_nixl_verbs_peer_t *p) {
+    _nixl_verbs_stage_t *st = p->stage;
+    uint32_t i;
+    for (i = 0; st && i < st->count; i++) {
+        _nixl_verbs_slot_t *s = &st->slots[i];
+        if (s->state == _NIXL_VERBS_SLOT_WIRE || s->state == _NIXL_VERBS_SLOT_READY)
+            _nixl_verbs_slot_set(st, i, _NIXL_VERBS_SLOT_FREE);
+        else
+            s->req = NULL;
+    }
+}
+
+static void _nixl_verbs_stage_fail(_nixl_verbs_engine_t *e, _nixl_verbs_req_t *r, const char *what) {
+    nixl_backend_log(e->be, NIXL_LOG_ERROR, "verbs: staged %s to %s failed: %s",
+                     r->op == NIXL_WRITE ? "WRITE" : "READ", r->peer && r->peer->name ? r->peer->name : "?", what);
+    if (r->peer) {
+        if (r->notif_state == _NIXL_VERBS_NOTIF_QUEUED) _nixl_verbs_am_unlink(r->peer, &r->am);
+        _nixl_verbs_recs_forget(e, r->peer->conn, r);
+    }
+    _nixl_verbs_req_finish(r, NIXL_ERR_BACKEND);
+}
+
+/* One more WR of a staged request is done (data placed, copy included). */
+static void _nixl_verbs_stage_wr_done(_nixl_verbs_engine_t *e, _nixl_verbs_req_t *r) {
+    if (++r->sdone == r->nwr) r->qdone |= 1u;
+    _nixl_verbs_req_advance(e, r);
+}
+
+/* Starts copy `to_device` of WR k through buffer i. */
+static int _nixl_verbs_stage_copy(_nixl_verbs_engine_t *e, _nixl_verbs_stage_t *st, uint32_t i, int to_device) {
+    _nixl_verbs_slot_t *s = &st->slots[i];
+    const _nixl_verbs_swr_t *w = &s->req->swr[s->wr];
+    uint32_t len = s->req->sge[s->wr].length, k;
+    if (s->ev_gpu != w->gpu) {
+        if (s->ev) e->copy.event_destroy(e->copy.ctx, s->ev);
+        s->ev = NULL;
+        s->ev_gpu = -1;
+        if (e->copy.event_create(e->copy.ctx, w->gpu, &s->ev) != 0) return -1;
+        s->ev_gpu = w->gpu;
+    }
+    for (k = 0; k < st->count; k++)
+        if (st->slots[k].state == _NIXL_VERBS_SLOT_WIRE) {
+            st->overlapped++; /* the pipeline at work: RDMA runs during this copy */
+            break;
+        }
+    st->copies++;
+    if (e->copy.copy(e->copy.ctx, w->gpu, to_device, _nixl_verbs_slot_buf(st, i), w->dptr, len, s->ev) != 0)
+        return -1;
+    s->state = to_device ? _NIXL_VERBS_SLOT_COPY_OUT : _NIXL_VERBS_SLOT_COPY_IN;
+    return 0;
+}
+
+/* Posts WR k of r, signaled, from/into bounce buffer `slot` (or its own
+   memory with _NIXL_VERBS_STAGE_DIRECT). */
+#define _NIXL_VERBS_STAGE_DIRECT (-2)
+static int _nixl_verbs_stage_post(_nixl_verbs_engine_t *e, _nixl_verbs_conn_t *c, _nixl_verbs_req_t *r, uint32_t k,
+                                  int32_t slot) {
+    _nixl_verbs_qp_t *qp = &c->qps[0];
+    struct ibv_send_wr *w = &r->wr[k], *bad = NULL;
+    _nixl_verbs_stage_t *st = r->peer->stage;
+    int rc;
+    if (slot >= 0) {
+        r->sge[k].addr = (uint64_t)(uintptr_t)_nixl_verbs_slot_buf(st, (uint32_t)slot);
+        r->sge[k].lkey = st->mr->lkey;
+    }
+    w->next = NULL;
+    w->wr_id = ((uint64_t)qp->index << 2) | _NIXL_VERBS_WRID_SEND;
+    w->send_flags = IBV_SEND_SIGNALED;
+    rc = ibv_post_send(qp->qp, w, &bad);
+    if (rc) {
+        nixl_backend_log(e->be, NIXL_LOG_ERROR, "verbs: ibv_post_send(staged WR) failed: %s", strerror(rc));
+        _nixl_verbs_conn_fail(e, c, NIXL_ERR_BACKEND, "cannot post RDMA WRs");
+        return -1;
+    }
+    _nixl_verbs_rec_push(e, qp, r)->stage = slot;
+    qp->sq_free--;
+    r->qposted[0]++;
+    if (slot >= 0) st->slots[slot].state = _NIXL_VERBS_SLOT_WIRE;
+    return 0;
+}
+
+/* Moves a staged request on: posts the slices whose copies are done, then
+   starts new slices while bounce buffers and send-queue slots last. */
+static int _nixl_verbs_stage_pump(_nixl_verbs_engine_t *e, _nixl_verbs_conn_t *c, _nixl_verbs_req_t *r) {
+    _nixl_verbs_stage_t *st = r->peer->stage;
+    _nixl_verbs_qp_t *qp = &c->qps[0];
+    uint32_t i;
+    for (i = 0; i < st->count && qp->sq_free > 0; i++)
+        if (st->slots[i].req == r && st->slots[i].state == _NIXL_VERBS_SLOT_READY &&
+            _nixl_verbs_stage_post(e, c, r, st->slots[i].wr, (int32_t)i) < 0)
+            return -1;
+    while (r->active && r->snext < r->nwr && qp->sq_free > 0) {
+        uint32_t k = r->snext;
+        if (!r->swr[k].dptr) {
+            if (_nixl_verbs_stage_post(e, c, r, k, _NIXL_VERBS_STAGE_DIRECT) < 0) return -1;
+        } else {
+            if (!st->nfree) break;
+            i = st->free_stack[--st->nfree];
+            st->slots[i].req = r;
+            st->slots[i].wr = k;
+            if (r->op == NIXL_WRITE) {
+                if (_nixl_verbs_stage_copy(e, st, i, 0) != 0) {
+                    _nixl_verbs_slot_set(st, i, _NIXL_VERBS_SLOT_FREE);
+                    _nixl_verbs_stage_fail(e, r, "cannot start a device-to-host copy");
+                    return 0;
+                }
+            } else if (_nixl_verbs_stage_post(e, c, r, k, (int32_t)i) < 0) {
+                return -1;
+            }
+        }
+        r->snext++;
+    }
+    if (r->qposted[0] == r->nwr) _nixl_verbs_bl_remove(c->peer, r);
+    return 0;
+}
+
+/* A staged request's signaled WR completed. */
+static void _nixl_verbs_stage_on_wc(_nixl_verbs_engine_t *e, _nixl_verbs_peer_t *p, _nixl_verbs_req_t *r,
+                                    int32_t slot) {
+    _nixl_verbs_stage_t *st = p ? p->stage : NULL;
+    if (slot >= 0 && st && (uint32_t)slot < st->count) {
+        _nixl_verbs_slot_t *s = &st->slots[slot];
+        if (!s->req || s->req->op == NIXL_WRITE) {
+            _nixl_verbs_slot_set(st, (uint32_t)slot, _NIXL_VERBS_SLOT_FREE);
+        } else if (_nixl_verbs_stage_copy(e, st, (uint32_t)slot, 1) != 0) {
+            _nixl_verbs_req_t *failed = s->req;
+            _nixl_verbs_slot_set(st, (uint32_t)slot, _NIXL_VERBS_SLOT_FREE);
+            _nixl_verbs_stage_fail(e, failed, "cannot start a host-to-device copy");
+            return;
+        } else {
+            return; /* done when the copy is */
+        }
+    }
+    if (r && r->active) _nixl_verbs_stage_wr_done(e, r);
+}
+
+/* Polls the running copies of the peer's bounce buffers. */
+static int _nixl_verbs_stage_poll(_nixl_verbs_engine_t *e, _nixl_verbs_peer_t *p) {
+    _nixl_verbs_stage_t *st = p->stage;
+    uint32_t i;
+    int did = 0;
+    for (i = 0; st && i < st->count; i++) {
+        _nixl_verbs_slot_t *s = &st->slots[i];
+        _nixl_verbs_req_t *r = s->req;
+        int done;
+        if (!_nixl_verbs_slot_copying(s)) continue;
+        done = e->copy.event_done(e->copy.ctx, s->ev);
+        if (done == 0) continue;
+        did = 1;
+        if (done < 0 || !r || s->state == _NIXL_VERBS_SLOT_COPY_OUT)
+            _nixl_verbs_slot_set(st, i, _NIXL_VERBS_SLOT_FREE);
+        else
+            s->state = _NIXL_VERBS_SLOT_READY; /* posted by the next pump */
+        if (r && done < 0)
+            _nixl_verbs_stage_fail(e, r, "a copy between GPU and bounce buffer failed");
+        else if (r && s->state == _NIXL_VERBS_SLOT_FREE)
+            _nixl_verbs_stage_wr_done(e, r);
+    }
+    return did;
+}
+
 // >>completions
 
 static nixl_status_t _nixl_verbs_wc_status(enum ibv_wc_status s) {
@@ -893,6 +1400,10 @@ static void _nixl_verbs_on_send_wc(_nixl_verbs_engine_t *e, _nixl_verbs_conn_t *
     qp->count--;
     qp->sq_free += rec.nwr;
     if (rec.slot >= 0) c->tx_free[c->tx_free_n++] = (uint32_t)rec.slot;
+    if (rec.stage != -1) {
+        _nixl_verbs_stage_on_wc(e, c->peer, rec.req, rec.stage);
+        return;
+    }
     if (!rec.req) return;
     if (rec.last) rec.req->qdone |= 1u << rec.lane;
     if (rec.notif) rec.req->notif_state = _NIXL_VERBS_NOTIF_DONE;
@@ -1528,11 +2039,176 @@ static nixl_status_t _nixl_verbs_listen(_nixl_verbs_engine_t *e, const char *add
     return NIXL_SUCCESS;
 }
 
+// >>cuda
+
+/* Opens the driver and resolves every function; 0, or -1 with *why filled. */
+static int _nixl_cuda_open(_nixl_cuda_t *cu, const char *lib, char *why, size_t cap) {
+    void *sym;
+    memset(cu, 0, sizeof *cu);
+    cu->lib = dlopen(lib, RTLD_NOW | RTLD_LOCAL);
+    if (!cu->lib) {
+        snprintf(why, cap, "dlopen(%s): %s", lib, dlerror());
+        return -1;
+    }
+    /* dlsym returns void*: copied into the pointer (ISO C has no cast) */
+#define _NIXL_CUDA_SYM(f, name, ret, args)                                           \
+    sym = dlsym(cu->lib, name);                                                      \
+    memcpy(&cu->f, &sym, sizeof sym);                                                \
+    if (!sym && strcmp(name, "cuMemGetHandleForAddressRange") != 0) {                 \
+        snprintf(why, cap, "%s: no %s (a CUDA driver older than 11.7?)", lib, name); \
+        dlclose(cu->lib);                                                            \
+        memset(cu, 0, sizeof *cu);                                                   \
+        return -1;                                                                   \
+    }
+    _NIXL_CUDA_FUNCS(_NIXL_CUDA_SYM)
+#undef _NIXL_CUDA_SYM
+    if (cu->cuInit(0) != _NIXL_CUDA_SUCCESS) {
+        snprintf(why, cap, "cuInit failed (no GPU, or the driver is not loaded)");
+        dlclose(cu->lib);
+        memset(cu, 0, sizeof *cu);
+        return -1;
+    }
+    return 0;
+}
+
+static void _nixl_cuda_close(_nixl_cuda_t *cu) {
+    int g;
+    if (!cu->lib) return;
+    for (g = 0; g < NIXL_CUDA_MAX_GPUS; g++) {
+        if (cu->stream[g]) cu->cuStreamDestroy(cu->stream[g]);
+        if (cu->ctx[g]) cu->cuDevicePrimaryCtxRelease((_nixl_CUdevice)g);
+    }
+    dlclose(cu->lib);
+    memset(cu, 0, sizeof *cu);
+}
+
+/* Makes GPU g's primary context current on this thread (contexts are
+   per thread, and progress may run on any), with our stream made. */
+static int _nixl_cuda_use(_nixl_cuda_t *cu, int g) {
+    if (g < 0 || g >= NIXL_CUDA_MAX_GPUS) return -1;
+    if (!cu->ctx[g]) {
+        _nixl_CUdevice dev;
+        if (cu->cuDeviceGet(&dev, g) != _NIXL_CUDA_SUCCESS || cu->cuDevicePrimaryCtxRetain(&cu->ctx[g], dev) != 0) {
+            cu->ctx[g] = NULL;
+            return -1;
+        }
+    }
+    if (cu->cuCtxSetCurrent(cu->ctx[g]) != _NIXL_CUDA_SUCCESS) return -1;
+    if (!cu->stream[g] && cu->cuStreamCreate(&cu->stream[g], _NIXL_CU_STREAM_NON_BLOCKING) != _NIXL_CUDA_SUCCESS) {
+        cu->stream[g] = NULL;
+        return -1;
+    }
+    return 0;
+}
+
+/* the CUDA driver as the staging copy engine (nixl_verbs_copy_ops_t) */
+
+static int _nixl_cuda_query(void *ctx, uintptr_t addr, size_t len, int *dev, uintptr_t *base, size_t *size) {
+    _nixl_cuda_t *cu = (_nixl_cuda_t *)ctx;
+    unsigned int memtype = 0, one = 1;
+    int ordinal = -1;
+    _nixl_CUdeviceptr b = 0;
+    (void)len;
+    if (cu->cuPointerGetAttribute(&memtype, _NIXL_CU_POINTER_ATTRIBUTE_MEMORY_TYPE, (_nixl_CUdeviceptr)addr) != 0 ||
+        memtype != _NIXL_CU_MEMORYTYPE_DEVICE ||
+        cu->cuPointerGetAttribute(&ordinal, _NIXL_CU_POINTER_ATTRIBUTE_DEVICE_ORDINAL, (_nixl_CUdeviceptr)addr) != 0 ||
+        _nixl_cuda_use(cu, ordinal) != 0 || cu->cuMemGetAddressRange(&b, size, (_nixl_CUdeviceptr)addr) != 0)
+        return -1;
+    /* RDMA may touch it behind CUDA's back: synchronous memops keep cuMemcpy
+       from overtaking (or being overtaken by) the NIC */
+    cu->cuPointerSetAttribute(&one, _NIXL_CU_POINTER_ATTRIBUTE_SYNC_MEMOPS, b);
+    *dev = ordinal;
+    *base = (uintptr_t)b;
+    return 0;
+}
+
+static int _nixl_cuda_pin(void *ctx, int dev, void *host, size_t len) {
+    _nixl_cuda_t *cu = (_nixl_cuda_t *)ctx;
+    if (_nixl_cuda_use(cu, dev) != 0) return -1;
+    return cu->cuMemHostRegister(host, len, _NIXL_CU_MEMHOSTREGISTER_PORTABLE) == _NIXL_CUDA_SUCCESS ? 0 : -1;
+}
+
+static void _nixl_cuda_unpin(void *ctx, void *host) { ((_nixl_cuda_t *)ctx)->cuMemHostUnregister(host); }
+
+static int _nixl_cuda_event_create(void *ctx, int dev, void **ev) {
+    _nixl_cuda_t *cu = (_nixl_cuda_t *)ctx;
+    _nixl_CUevent e = NULL;
+    if (_nixl_cuda_use(cu, dev) != 0 || cu->cuEventCreate(&e, _NIXL_CU_EVENT_DISABLE_TIMING) != 0) return -1;
+    *ev = (void *)e;
+    return 0;
+}
+
+static void _nixl_cuda_event_destroy(void *ctx, void *ev) {
+    ((_nixl_cuda_t *)ctx)->cuEventDestroy((_nixl_CUevent)ev);
+}
+
+static int _nixl_cuda_copy(void *ctx, int dev, int to_device, void *host, uintptr_t device, size_t len, void *ev) {
+    _nixl_cuda_t *cu = (_nixl_cuda_t *)ctx;
+    _nixl_CUresult rc;
+    if (_nixl_cuda_use(cu, dev) != 0) return -1;
+    rc = to_device ? cu->cuMemcpyHtoDAsync((_nixl_CUdeviceptr)device, host, len, cu->stream[dev])
+                   : cu->cuMemcpyDtoHAsync(host, (_nixl_CUdeviceptr)device, len, cu->stream[dev]);
+    if (rc != _NIXL_CUDA_SUCCESS) return -1;
+    return cu->cuEventRecord((_nixl_CUevent)ev, cu->stream[dev]) == _NIXL_CUDA_SUCCESS ? 0 : -1;
+}
+
+static int _nixl_cuda_event_done(void *ctx, void *ev) {
+    _nixl_CUresult rc = ((_nixl_cuda_t *)ctx)->cuEventQuery((_nixl_CUevent)ev);
+    if (rc == _NIXL_CUDA_SUCCESS) return 1;
+    return rc == _NIXL_CUDA_ERROR_NOT_READY ? 0 : -1;
+}
+
+static nixl_verbs_copy_ops_t _nixl_cuda_copy_ops(_nixl_cuda_t *cu) {
+    nixl_verbs_copy_ops_t o;
+    o.query = _nixl_cuda_query;
+    o.pin = _nixl_cuda_pin;
+    o.unpin = _nixl_cuda_unpin;
+    o.event_create = _nixl_cuda_event_create;
+    o.event_destroy = _nixl_cuda_event_destroy;
+    o.copy = _nixl_cuda_copy;
+    o.event_done = _nixl_cuda_event_done;
+    o.ctx = cu;
+    return o;
+}
+
+#ifndef NIXL_CUDA_LIB
+#define NIXL_CUDA_LIB "libcuda.so.1"
+#endif
+
+/* The driver for this engine, opened once; absent is not an error until
+   VRAM is registered. */
+static int _nixl_verbs_cuda_load(_nixl_verbs_engine_t *e) {
+    char why[256];
+    if (e->cuda_tried) return e->cuda_ok ? 0 : -1;
+    e->cuda_tried = 1;
+    if (_nixl_cuda_open(&e->cuda, NIXL_CUDA_LIB, why, sizeof why) != 0) {
+        nixl_backend_log(e->be, NIXL_LOG_ERROR, "verbs: VRAM needs the CUDA driver: %s", why);
+        return -1;
+    }
+    e->cuda_ok = 1;
+    e->copy = _nixl_cuda_copy_ops(&e->cuda);
+    return 0;
+}
+
 // >>lifecycle
 
 static const char *const _nixl_verbs_param_keys[] = {
     "devices", "listen_addr", "listen_port", "qps_per_peer", "sq_depth", "slice_size",
-    "timeout", "notif_bufs", "notif_buf_size", "retry_cnt", NULL};
+    "timeout", "notif_bufs", "notif_buf_size", "retry_cnt", "vram_path", "stage_bufs", "stage_size", NULL};
+
+static nixl_status_t _nixl_verbs_param_vram_path(_nixl_verbs_engine_t *e, const char *v) {
+    static const struct { const char *name; int path; } paths[] = {
+        {"auto", NIXL_VERBS_PATH_NONE}, {"dmabuf", NIXL_VERBS_PATH_DMABUF},
+        {"peermem", NIXL_VERBS_PATH_PEERMEM}, {"staging", NIXL_VERBS_PATH_STAGING}};
+    size_t i;
+    for (i = 0; i < sizeof paths / sizeof paths[0]; i++)
+        if (!v || strcmp(v, paths[i].name) == 0) {
+            e->vram_path = v ? paths[i].path : NIXL_VERBS_PATH_NONE;
+            return NIXL_SUCCESS;
+        }
+    nixl_backend_log(e->be, NIXL_LOG_ERROR, "verbs: vram_path=%s: expected auto, dmabuf, peermem or staging", v);
+    return NIXL_ERR_INVALID_PARAM;
+}
 
 static nixl_status_t _nixl_verbs_params(_nixl_verbs_engine_t *e, const nixl_backend_init_t *init) {
     uint64_t v;
@@ -1548,10 +2224,12 @@ static nixl_status_t _nixl_verbs_params(_nixl_verbs_engine_t *e, const nixl_back
     _NIXL_VERBS_PARAM("notif_bufs", 64, 4, 4096, e->notif_bufs)
     _NIXL_VERBS_PARAM("notif_buf_size", 4096, 64, 1u << 20, e->notif_buf_size)
     _NIXL_VERBS_PARAM("retry_cnt", 7, 0, 7, e->retry_cnt)
+    _NIXL_VERBS_PARAM("stage_bufs", 8, 2, 1024, e->stage_bufs)
+    _NIXL_VERBS_PARAM("stage_size", 1u << 20, 4096, 1u << 28, e->stage_size)
     _NIXL_VERBS_PARAM("listen_port", 0, 0, 65535, v)
 #undef _NIXL_VERBS_PARAM
     e->listen_port = (uint16_t)v;
-    return NIXL_SUCCESS;
+    return _nixl_verbs_param_vram_path(e, nixl_param_get(init, "vram_path"));
 }
 
 static void _nixl_verbs_destroy(void *engine);
@@ -1648,18 +2326,12 @@ static void _nixl_verbs_destroy(void *engine) {
     if (e->self) {
         if (e->self->conn) _nixl_verbs_conn_close(e, e->self->conn);
         _nixl_verbs_peer_fail_reqs(e, e->self, NIXL_ERR_REMOTE_DISCONNECT);
+        _nixl_verbs_stage_destroy(e, e->self->stage);
         if (e->self->name) nixl_backend_free(e->be, e->self->name);
         nixl_backend_free(e->be, e->self);
     }
     _nixl_verbs_reap(e);
-    while (e->reqs) {
-        _nixl_verbs_req_t *r = e->reqs;
-        e->reqs = r->next;
-        if (r->wr) nixl_backend_free(e->be, r->wr);
-        if (r->sge) nixl_backend_free(e->be, r->sge);
-        if (r->notif) nixl_backend_free(e->be, r->notif);
-        nixl_backend_free(e->be, r);
-    }
+    while (e->reqs) _nixl_verbs_req_free(e, e->reqs);
     while (e->rmds) {
         _nixl_verbs_rmd_t *r = e->rmds;
         e->rmds = r->next;
@@ -1677,7 +2349,7 @@ static void _nixl_verbs_destroy(void *engine) {
     for (i = e->ndev - 1; i >= 0; i--)
         if (e->devs[i].pd) ibv_dealloc_pd(e->devs[i].pd);
     if (e->ctx_list) rdma_free_devices(e->ctx_list);
-    if (e->cuda_lib) dlclose(e->cuda_lib);
+    _nixl_cuda_close(&e->cuda);
     if (e->name) nixl_backend_free(e->be, e->name);
     nixl_backend_free(e->be, e);
 }
@@ -1687,35 +2359,6 @@ static void _nixl_verbs_destroy(void *engine) {
 static int _nixl_verbs_access(void) {
     return IBV_ACCESS_LOCAL_WRITE | IBV_ACCESS_REMOTE_READ | IBV_ACCESS_REMOTE_WRITE |
            IBV_ACCESS_RELAXED_ORDERING;
-}
-
-/* The CUDA driver, opened once; absent is not an error until VRAM is used. */
-static int _nixl_verbs_cuda_load(_nixl_verbs_engine_t *e) {
-    _nixl_verbs_cuInit_t cu_init;
-    if (e->cuda_tried) return e->cuPointerGetAttribute ? 0 : -1;
-    e->cuda_tried = 1;
-    e->cuda_lib = dlopen("libcuda.so.1", RTLD_NOW | RTLD_LOCAL);
-    if (!e->cuda_lib) {
-        nixl_backend_log(e->be, NIXL_LOG_ERROR, "verbs: VRAM needs the CUDA driver: dlopen(libcuda.so.1): %s",
-                         dlerror());
-        return -1;
-    }
-    /* dlsym returns void*; copy into function pointers without a cast that
-       ISO C forbids */
-    {
-        void *sym = dlsym(e->cuda_lib, "cuInit");
-        memcpy(&cu_init, &sym, sizeof sym);
-        sym = dlsym(e->cuda_lib, "cuPointerGetAttribute");
-        memcpy(&e->cuPointerGetAttribute, &sym, sizeof sym);
-        sym = dlsym(e->cuda_lib, "cuMemGetHandleForAddressRange");
-        memcpy(&e->cuMemGetHandleForAddressRange, &sym, sizeof sym);
-    }
-    if (!cu_init || !e->cuPointerGetAttribute || cu_init(0) != 0) {
-        nixl_backend_log(e->be, NIXL_LOG_ERROR, "verbs: the CUDA driver does not initialise (cuInit)");
-        e->cuPointerGetAttribute = NULL;
-        return -1;
-    }
-    return 0;
 }
 
 static int _nixl_verbs_dmabuf_supported(_nixl_verbs_engine_t *e, _nixl_verbs_dev_t *d) {
@@ -1737,44 +2380,112 @@ static int _nixl_verbs_peermem_loaded(void) {
            access("/sys/module/nvidia_peermem", F_OK) == 0;
 }
 
-static nixl_status_t _nixl_verbs_reg_vram(_nixl_verbs_engine_t *e, _nixl_verbs_dev_t *d, const nixl_desc_t *r,
-                                          struct ibv_mr **out) {
-    unsigned int memtype = 0;
+/* dma-buf of the allocation's page-aligned range, registered at the
+   region's offset in it. */
+static struct ibv_mr *_nixl_verbs_reg_dmabuf(_nixl_verbs_engine_t *e, _nixl_verbs_dev_t *d, const nixl_desc_t *r,
+                                             uintptr_t base, size_t size) {
     long pg = sysconf(_SC_PAGESIZE);
-    if (_nixl_verbs_cuda_load(e)) return NIXL_ERR_NOT_SUPPORTED;
-    if (e->cuPointerGetAttribute(&memtype, _NIXL_VERBS_CU_POINTER_ATTRIBUTE_MEMORY_TYPE,
-                                 (_nixl_verbs_CUdeviceptr)r->addr) != 0 ||
-        memtype != _NIXL_VERBS_CU_MEMORYTYPE_DEVICE) {
-        nixl_backend_log(e->be, NIXL_LOG_ERROR, "verbs: register_mem: %p is not CUDA device memory",
-                         (void *)r->addr);
+    uintptr_t start, end;
+    struct ibv_mr *mr;
+    int fd = -1;
+    if (pg <= 0) pg = 4096;
+    start = base & ~((uintptr_t)pg - 1);
+    end = (base + size + (uintptr_t)pg - 1) & ~((uintptr_t)pg - 1);
+    if (e->cuda.cuMemGetHandleForAddressRange(&fd, (_nixl_CUdeviceptr)start, end - start,
+                                              _NIXL_CU_MEM_RANGE_HANDLE_TYPE_DMA_BUF_FD, 0) != 0 || fd < 0) {
+        nixl_backend_log(e->be, NIXL_LOG_WARN, "verbs: cuMemGetHandleForAddressRange(%p, %zu) gave no dma-buf fd",
+                         (void *)start, (size_t)(end - start));
+        return NULL;
+    }
+    mr = ibv_reg_dmabuf_mr(d->pd, r->addr - start, r->len, r->addr, fd, _nixl_verbs_access());
+    if (!mr)
+        nixl_backend_log(e->be, NIXL_LOG_WARN, "verbs: ibv_reg_dmabuf_mr(%p, %zu) on %s failed: %s",
+                         (void *)r->addr, r->len, d->name, strerror(errno));
+    close(fd); /* the MR holds its own reference */
+    return mr;
+}
+
+/* GPUDirect on every device: dma-buf, else peermem. 0, or -1 with nothing
+   registered (and *why saying what is missing). */
+static int _nixl_verbs_reg_direct(_nixl_verbs_engine_t *e, _nixl_verbs_md_t *m, const nixl_desc_t *r,
+                                  uintptr_t base, size_t size, int want, const char **why) {
+    int d;
+    int dmabuf = (want == NIXL_VERBS_PATH_NONE || want == NIXL_VERBS_PATH_DMABUF) && !e->copy_custom &&
+                 e->cuda.cuMemGetHandleForAddressRange;
+    int peermem = (want == NIXL_VERBS_PATH_NONE || want == NIXL_VERBS_PATH_PEERMEM) && _nixl_verbs_peermem_loaded();
+    for (d = 0; d < e->ndev; d++)
+        if (!_nixl_verbs_dmabuf_supported(e, &e->devs[d])) dmabuf = 0;
+    m->path = NIXL_VERBS_PATH_NONE;
+    for (d = 0; d < e->ndev && dmabuf; d++)
+        if ((m->mr[d] = _nixl_verbs_reg_dmabuf(e, &e->devs[d], r, base, size)) == NULL) dmabuf = 0;
+    if (dmabuf) {
+        m->path = NIXL_VERBS_PATH_DMABUF;
+        return 0;
+    }
+    for (d = e->ndev - 1; d >= 0; d--)
+        if (m->mr[d]) {
+            ibv_dereg_mr(m->mr[d]);
+            m->mr[d] = NULL;
+        }
+    for (d = 0; d < e->ndev && peermem; d++)
+        if ((m->mr[d] = ibv_reg_mr(e->devs[d].pd, (void *)r->addr, r->len, _nixl_verbs_access())) == NULL) {
+            nixl_backend_log(e->be, NIXL_LOG_WARN, "verbs: ibv_reg_mr(GPU %p, %zu) with nvidia-peermem on %s "
+                             "failed: %s", (void *)r->addr, r->len, e->devs[d].name, strerror(errno));
+            peermem = 0;
+        }
+    if (peermem) {
+        m->path = NIXL_VERBS_PATH_PEERMEM;
+        return 0;
+    }
+    for (d = e->ndev - 1; d >= 0; d--)
+        if (m->mr[d]) {
+            ibv_dereg_mr(m->mr[d]);
+            m->mr[d] = NULL;
+        }
+    *why = e->copy_custom ? "copy ops installed (no CUDA dma-buf)"
+           : !e->cuda.cuMemGetHandleForAddressRange ? "no dma-buf in this CUDA driver (needs >= 11.7)"
+           : !_nixl_verbs_peermem_loaded() ? "no dma-buf on the NIC/kernel, and nvidia-peermem is not loaded"
+                                           : "dma-buf and peermem registration failed";
+    return -1;
+}
+
+/* VRAM: confirm device memory of the descriptor's GPU, then the best path
+   the machine allows (or the one vram_path= forces). */
+static nixl_status_t _nixl_verbs_reg_vram(_nixl_verbs_engine_t *e, _nixl_verbs_md_t *m, const nixl_desc_t *r) {
+    int gpu = -1;
+    uintptr_t base = 0;
+    size_t size = 0;
+    const char *why = "";
+    if (!e->copy_custom && _nixl_verbs_cuda_load(e) != 0) return NIXL_ERR_NOT_SUPPORTED;
+    if (e->copy.query(e->copy.ctx, r->addr, r->len, &gpu, &base, &size) != 0) {
+        nixl_backend_log(e->be, NIXL_LOG_ERROR, "verbs: register_mem: VRAM region %p+%zu is not device memory "
+                         "(a host pointer passed as VRAM?)", (void *)r->addr, r->len);
         return NIXL_ERR_INVALID_PARAM;
     }
-    if (pg <= 0) pg = 4096;
-    if (e->cuMemGetHandleForAddressRange && _nixl_verbs_dmabuf_supported(e, d)) {
-        uintptr_t start = r->addr & ~((uintptr_t)pg - 1);
-        size_t span = ((r->addr + r->len + (uintptr_t)pg - 1) & ~((uintptr_t)pg - 1)) - start;
-        int fd = -1;
-        if (e->cuMemGetHandleForAddressRange(&fd, (_nixl_verbs_CUdeviceptr)start, span,
-                                             _NIXL_VERBS_CU_MEM_RANGE_HANDLE_TYPE_DMA_BUF_FD, 0) == 0 &&
-            fd >= 0) {
-            *out = ibv_reg_dmabuf_mr(d->pd, r->addr - start, r->len, r->addr, fd, _nixl_verbs_access());
-            close(fd);
-            if (*out) return NIXL_SUCCESS;
-            nixl_backend_log(e->be, NIXL_LOG_WARN, "verbs: ibv_reg_dmabuf_mr(%p, %zu) failed: %s; trying peermem",
-                             (void *)r->addr, r->len, strerror(errno));
-        }
+    if ((uint64_t)gpu != r->dev_id) {
+        nixl_backend_log(e->be, NIXL_LOG_ERROR, "verbs: register_mem: VRAM region %p+%zu is on GPU %d, not on "
+                         "dev_id %llu", (void *)r->addr, r->len, gpu, (unsigned long long)r->dev_id);
+        return NIXL_ERR_INVALID_PARAM;
     }
-    if (_nixl_verbs_peermem_loaded()) {
-        *out = ibv_reg_mr(d->pd, (void *)r->addr, r->len, _nixl_verbs_access());
-        if (*out) return NIXL_SUCCESS;
-        nixl_backend_log(e->be, NIXL_LOG_ERROR, "verbs: ibv_reg_mr(GPU %p, %zu) with nvidia-peermem failed: %s",
-                         (void *)r->addr, r->len, strerror(errno));
-        return NIXL_ERR_BACKEND;
+    if (r->addr < base || r->addr + r->len > base + size) {
+        nixl_backend_log(e->be, NIXL_LOG_ERROR, "verbs: register_mem: VRAM region %p+%zu runs past its allocation "
+                         "%p+%zu", (void *)r->addr, r->len, (void *)base, size);
+        return NIXL_ERR_INVALID_PARAM;
     }
-    nixl_backend_log(e->be, NIXL_LOG_ERROR,
-                     "verbs: cannot register GPU memory on %s: no dma-buf support (needs CUDA >= 11.7 driver and a "
-                     "kernel/NIC with dma-buf) and nvidia-peermem is not loaded", d->name);
-    return NIXL_ERR_NOT_SUPPORTED;
+    m->gpu = gpu;
+    if (e->vram_path != NIXL_VERBS_PATH_STAGING && _nixl_verbs_reg_direct(e, m, r, base, size, e->vram_path, &why) == 0)
+        return NIXL_SUCCESS;
+    if (e->vram_path != NIXL_VERBS_PATH_NONE && e->vram_path != NIXL_VERBS_PATH_STAGING) {
+        nixl_backend_log(e->be, NIXL_LOG_ERROR, "verbs: register_mem: vram_path=%s is not available for %p: %s",
+                         nixl_verbs_mem_path_str((nixl_verbs_mem_path_t)e->vram_path), (void *)r->addr, why);
+        return NIXL_ERR_NOT_SUPPORTED;
+    }
+    if (e->vram_path == NIXL_VERBS_PATH_NONE)
+        nixl_backend_log(e->be, NIXL_LOG_WARN, "verbs: GPU %d memory %p+%zu is staged through host buffers (%s): "
+                         "slower than GPUDirect RDMA", gpu, (void *)r->addr, r->len, why);
+    m->path = NIXL_VERBS_PATH_STAGING;
+    e->nstaged++;
+    return NIXL_SUCCESS;
 }
 
 static nixl_status_t _nixl_verbs_register_mem(void *engine, nixl_mem_t mem, const nixl_desc_t *region, void **md_out) {
@@ -1788,24 +2499,16 @@ static nixl_status_t _nixl_verbs_register_mem(void *engine, nixl_mem_t mem, cons
     m->mem = mem;
     m->addr = region->addr;
     m->len = region->len;
-    m->pub[0] = _NIXL_VERBS_PUB_VERSION;
-    m->pub[1] = (unsigned char)e->ndev;
-    for (d = 0; d < e->ndev && st == NIXL_SUCCESS; d++) {
-        if (mem == NIXL_DRAM) {
-            m->mr[d] = ibv_reg_mr(e->devs[d].pd, (void *)region->addr, region->len, _nixl_verbs_access());
-            if (!m->mr[d]) {
-                int err = errno;
-                nixl_backend_log(e->be, NIXL_LOG_ERROR, "verbs: register_mem: ibv_reg_mr(%p, %zu) on %s failed: %s%s",
-                                 (void *)region->addr, region->len, e->devs[d].name, strerror(err),
-                                 _nixl_verbs_errno_hint(err));
-                st = NIXL_ERR_BACKEND;
-            }
-        } else {
-            st = _nixl_verbs_reg_vram(e, &e->devs[d], region, &m->mr[d]);
-        }
-        if (st == NIXL_SUCCESS) {
-            _nixl_verbs_put32(m->pub + 2 + 12 * d, m->mr[d]->rkey);
-            _nixl_verbs_put64(m->pub + 2 + 12 * d + 4, (uint64_t)region->addr);
+    m->path = NIXL_VERBS_PATH_HOST;
+    if (mem == NIXL_VRAM) st = _nixl_verbs_reg_vram(e, m, region);
+    for (d = 0; d < e->ndev && st == NIXL_SUCCESS && mem == NIXL_DRAM; d++) {
+        m->mr[d] = ibv_reg_mr(e->devs[d].pd, (void *)region->addr, region->len, _nixl_verbs_access());
+        if (!m->mr[d]) {
+            int err = errno;
+            nixl_backend_log(e->be, NIXL_LOG_ERROR, "verbs: register_mem: ibv_reg_mr(%p, %zu) on %s failed: %s%s",
+                             (void *)region->addr, region->len, e->devs[d].name, strerror(err),
+                             _nixl_verbs_errno_hint(err));
+            st = NIXL_ERR_BACKEND;
         }
     }
     if (st != NIXL_SUCCESS) {
@@ -1814,7 +2517,23 @@ static nixl_status_t _nixl_verbs_register_mem(void *engine, nixl_mem_t mem, cons
         nixl_backend_free(e->be, m);
         return st;
     }
-    m->pub_len = 2 + 12 * (size_t)e->ndev;
+    if (m->path != NIXL_VERBS_PATH_HOST)
+        nixl_backend_log(e->be, NIXL_LOG_INFO, "verbs: GPU %d memory %p+%zu registered via %s", m->gpu,
+                         (void *)region->addr, region->len, nixl_verbs_mem_path_str((nixl_verbs_mem_path_t)m->path));
+    if (m->path == NIXL_VERBS_PATH_STAGING) {
+        /* peers cannot reach it: they learn so and refuse transfers to it */
+        m->pub[0] = _NIXL_VERBS_PUB_STAGED;
+        m->pub[1] = 0;
+        m->pub_len = 2;
+    } else {
+        m->pub[0] = _NIXL_VERBS_PUB_VERSION;
+        m->pub[1] = (unsigned char)e->ndev;
+        for (d = 0; d < e->ndev; d++) {
+            _nixl_verbs_put32(m->pub + 2 + 12 * d, m->mr[d]->rkey);
+            _nixl_verbs_put64(m->pub + 2 + 12 * d + 4, (uint64_t)region->addr);
+        }
+        m->pub_len = 2 + 12 * (size_t)e->ndev;
+    }
     m->next = e->mds;
     if (e->mds) e->mds->prev = m;
     e->mds = m;
@@ -1831,6 +2550,7 @@ static void _nixl_verbs_deregister_mem(void *engine, void *md) {
         if (m->mr[d] && ibv_dereg_mr(m->mr[d]))
             nixl_backend_log(e->be, NIXL_LOG_ERROR, "verbs: ibv_dereg_mr(%p) failed: %s", (void *)m->addr,
                              strerror(errno));
+    if (m->path == NIXL_VERBS_PATH_STAGING) e->nstaged--;
     if (m->prev) m->prev->next = m->next; else e->mds = m->next;
     if (m->next) m->next->prev = m->prev;
     nixl_backend_free(e->be, m);
@@ -1864,6 +2584,13 @@ static nixl_status_t _nixl_verbs_load_remote_md(void *engine, const char *remote
     const unsigned char *p = (const unsigned char *)pub;
     _nixl_verbs_rmd_t *r;
     (void)mem;
+    if (p && len == 2 && p[0] == _NIXL_VERBS_PUB_STAGED && p[1] == 0) {
+        r = _nixl_verbs_rmd_new(e, region->addr, region->len, 0, 0);
+        if (!r) return NIXL_ERR_BACKEND;
+        r->staged = 1;
+        *rmd = r;
+        return NIXL_SUCCESS;
+    }
     /* version, device count, then per device rkey u32 + base u64; the
        peer's primary device comes first and is the one we talk to */
     if (!p || len < 2 + 12 || p[0] != _NIXL_VERBS_PUB_VERSION || p[1] == 0 || len != 2 + 12 * (size_t)p[1]) {
@@ -1880,8 +2607,10 @@ static nixl_status_t _nixl_verbs_load_remote_md(void *engine, const char *remote
 static nixl_status_t _nixl_verbs_load_local_md(void *engine, void *md, void **rmd) {
     _nixl_verbs_engine_t *e = (_nixl_verbs_engine_t *)engine;
     _nixl_verbs_md_t *m = (_nixl_verbs_md_t *)md;
-    _nixl_verbs_rmd_t *r = _nixl_verbs_rmd_new(e, m->addr, m->len, m->mr[0]->rkey, (uint64_t)m->addr);
+    int staged = m->path == NIXL_VERBS_PATH_STAGING;
+    _nixl_verbs_rmd_t *r = _nixl_verbs_rmd_new(e, m->addr, m->len, staged ? 0 : m->mr[0]->rkey, (uint64_t)m->addr);
     if (!r) return NIXL_ERR_BACKEND;
+    r->staged = staged;
     *rmd = r;
     return NIXL_SUCCESS;
 }
@@ -1964,7 +2693,27 @@ static void _nixl_verbs_req_free(_nixl_verbs_engine_t *e, _nixl_verbs_req_t *r) 
     if (r->wr) nixl_backend_free(e->be, r->wr);
     if (r->sge) nixl_backend_free(e->be, r->sge);
     if (r->notif) nixl_backend_free(e->be, r->notif);
+    if (r->swr) nixl_backend_free(e->be, r->swr);
     nixl_backend_free(e->be, r);
+}
+
+/* Which descriptors need the bounce buffers: -1 (refused: a peer's staged
+   VRAM), 0 none, else the GPU of the first staged one + 1. */
+static int _nixl_verbs_prep_staging(_nixl_verbs_engine_t *e, const nixl_xfer_args_t *a) {
+    size_t i;
+    int gpu = 0;
+    for (i = 0; i < a->count; i++) {
+        const _nixl_verbs_md_t *lm = (const _nixl_verbs_md_t *)a->descs[i].lmd;
+        const _nixl_verbs_rmd_t *rm = (const _nixl_verbs_rmd_t *)a->descs[i].rmd;
+        if (rm->staged) {
+            nixl_backend_log(e->be, NIXL_LOG_ERROR, "verbs: prep_xfer: descriptor %zu: %s's memory at %p is GPU "
+                             "memory its NIC cannot reach (staged there, no GPUDirect RDMA): transfers must start "
+                             "at %s", i, a->remote, (void *)a->descs[i].raddr, a->remote);
+            return -1;
+        }
+        if (lm->path == NIXL_VERBS_PATH_STAGING && !gpu) gpu = lm->gpu + 1;
+    }
+    return gpu;
 }
 
 /* Resolves keys and addresses once, slices large descriptors and lays the
@@ -1975,16 +2724,19 @@ static nixl_status_t _nixl_verbs_prep_xfer(void *engine, const nixl_xfer_args_t 
     _nixl_verbs_req_t *r;
     uint64_t total = 0;
     uint32_t cursor[_NIXL_VERBS_MAX_QPS];
-    uint32_t s = 0;
+    uint32_t s = 0, slice = e->slice;
     size_t i;
-    int q;
+    int q, staged;
     if (!p) {
         nixl_backend_log(e->be, NIXL_LOG_ERROR, "verbs: prep_xfer: no connection info for %s", a->remote);
         return NIXL_ERR_NOT_FOUND;
     }
     if ((a->lmem != NIXL_DRAM && a->lmem != NIXL_VRAM) || (a->rmem != NIXL_DRAM && a->rmem != NIXL_VRAM))
         return NIXL_ERR_NOT_SUPPORTED;
-    for (i = 0; i < a->count; i++) total += (a->descs[i].len + e->slice - 1) / e->slice;
+    if ((staged = _nixl_verbs_prep_staging(e, a)) < 0) return NIXL_ERR_NOT_SUPPORTED;
+    if (staged && _nixl_verbs_stage_make(e, p, staged - 1) != NIXL_SUCCESS) return NIXL_ERR_BACKEND;
+    if (staged && slice > e->stage_size) slice = e->stage_size; /* a slice fills one bounce buffer */
+    for (i = 0; i < a->count; i++) total += (a->descs[i].len + slice - 1) / slice;
     if (total > 0xffffffffu) {
         nixl_backend_log(e->be, NIXL_LOG_ERROR, "verbs: prep_xfer: %llu WRs after slicing: too many",
                          (unsigned long long)total);
@@ -1995,7 +2747,7 @@ static nixl_status_t _nixl_verbs_prep_xfer(void *engine, const nixl_xfer_args_t 
     r->peer = p;
     r->op = a->op;
     r->nwr = (uint32_t)total;
-    r->nqp = r->nwr < e->nqp ? (int)(r->nwr ? r->nwr : 1) : (int)e->nqp;
+    r->nqp = staged ? 1 : r->nwr < e->nqp ? (int)(r->nwr ? r->nwr : 1) : (int)e->nqp;
     r->qmask = r->nwr ? (r->nqp >= 32 ? 0xffffffffu : (1u << r->nqp) - 1) : 0;
     r->status = NIXL_ERR_NOT_POSTED;
     r->am.id = _NIXL_VERBS_AM_NOTIF;
@@ -2007,8 +2759,9 @@ static nixl_status_t _nixl_verbs_prep_xfer(void *engine, const nixl_xfer_args_t 
     if (r->nwr) {
         r->wr = (struct ibv_send_wr *)nixl_backend_alloc(e->be, (size_t)r->nwr * sizeof(struct ibv_send_wr));
         r->sge = (struct ibv_sge *)nixl_backend_alloc(e->be, (size_t)r->nwr * sizeof(struct ibv_sge));
+        if (staged) r->swr = (_nixl_verbs_swr_t *)nixl_backend_alloc(e->be, (size_t)r->nwr * sizeof *r->swr);
     }
-    if ((r->nwr && (!r->wr || !r->sge)) || !r->notif) {
+    if ((r->nwr && (!r->wr || !r->sge || (staged && !r->swr))) || !r->notif) {
         nixl_backend_log(e->be, NIXL_LOG_ERROR, "verbs: prep_xfer: out of memory for %u WRs", (unsigned)r->nwr);
         _nixl_verbs_req_free(e, r);
         return NIXL_ERR_BACKEND;
@@ -2024,13 +2777,19 @@ static nixl_status_t _nixl_verbs_prep_xfer(void *engine, const nixl_xfer_args_t 
         const _nixl_verbs_md_t *lm = (const _nixl_verbs_md_t *)d->lmd;
         const _nixl_verbs_rmd_t *rm = (const _nixl_verbs_rmd_t *)d->rmd;
         size_t off;
-        for (off = 0; off < d->len; off += e->slice, s++) {
+        for (off = 0; off < d->len; off += slice, s++) {
             uint32_t k = cursor[s % (uint32_t)r->nqp]++;
-            size_t n = d->len - off < e->slice ? d->len - off : e->slice;
+            size_t n = d->len - off < slice ? d->len - off : slice;
             struct ibv_send_wr *w = &r->wr[k];
             r->sge[k].addr = (uint64_t)(d->laddr + off);
             r->sge[k].length = (uint32_t)n;
-            r->sge[k].lkey = lm->mr[0]->lkey;
+            if (lm->path == NIXL_VERBS_PATH_STAGING) { /* the bounce buffer is chosen at post */
+                r->swr[k].dptr = d->laddr + off;
+                r->swr[k].gpu = lm->gpu;
+                r->sge[k].lkey = 0;
+            } else {
+                r->sge[k].lkey = lm->mr[0]->lkey;
+            }
             w->sg_list = &r->sge[k];
             w->num_sge = 1;
             w->opcode = a->op == NIXL_WRITE ? IBV_WR_RDMA_WRITE : IBV_WR_RDMA_READ;
@@ -2067,6 +2826,7 @@ static nixl_status_t _nixl_verbs_post_xfer(void *engine, void *handle, const voi
     }
     for (q = 0; q < r->nqp; q++) r->qposted[q] = 0;
     r->qdone = 0;
+    r->snext = r->sdone = 0;
     r->notif_state = has_notif ? _NIXL_VERBS_NOTIF_WAITING : _NIXL_VERBS_NOTIF_NONE;
     r->status = NIXL_IN_PROG;
     r->active = 1;
@@ -2095,15 +2855,8 @@ static nixl_status_t _nixl_verbs_release_xfer(void *engine, void *handle) {
         _nixl_verbs_conn_t *c = p->conn;
         _nixl_verbs_bl_remove(p, r);
         if (r->notif_state == _NIXL_VERBS_NOTIF_QUEUED) _nixl_verbs_am_unlink(p, &r->am);
-        if (c && c->cq) {
-            int q;
-            uint32_t k;
-            for (q = 0; q < c->nqp; q++)
-                for (k = 0; k < c->qps[q].count; k++) {
-                    _nixl_verbs_rec_t *rec = &c->qps[q].ring[(c->qps[q].head + k) % e->sq_depth];
-                    if (rec->req == r) rec->req = NULL;
-                }
-        }
+        _nixl_verbs_recs_forget(e, c, r);
+        if (r->swr) _nixl_verbs_stage_orphan(p, r);
     }
     _nixl_verbs_req_free(e, r);
     return NIXL_SUCCESS;
@@ -2157,6 +2910,7 @@ static int _nixl_verbs_peer_progress(_nixl_verbs_engine_t *e, _nixl_verbs_peer_t
         if (n > 0) did = 1;
         if (n < _NIXL_VERBS_POLL_BATCH) break;
     }
+    if (p->stage) did |= _nixl_verbs_stage_poll(e, p);
     if (p->conn && p->conn->state == _NIXL_VERBS_CONN_UP) {
         _nixl_verbs_pump_backlog(e, p->conn);
         if (p->conn && p->conn->state == _NIXL_VERBS_CONN_UP) _nixl_verbs_flush_am(e, p->conn);
@@ -2210,6 +2964,70 @@ static const nixl_backend_ops_t _nixl_verbs_ops = {
 };
 
 NIXL_API const nixl_backend_ops_t *nixl_verbs_backend(void) { return &_nixl_verbs_ops; }
+
+NIXL_API const char *nixl_verbs_mem_path_str(nixl_verbs_mem_path_t path) {
+    switch (path) {
+    case NIXL_VERBS_PATH_HOST: return "host";
+    case NIXL_VERBS_PATH_DMABUF: return "dma-buf";
+    case NIXL_VERBS_PATH_PEERMEM: return "peermem";
+    case NIXL_VERBS_PATH_STAGING: return "staging";
+    default: return "none";
+    }
+}
+
+/* the engine of a VERBS backend, with its agent locked; NULL otherwise */
+static _nixl_verbs_engine_t *_nixl_verbs_lock_engine(nixl_backend_t *be, const char *fn) {
+    if (!be || be->ops != &_nixl_verbs_ops) {
+        if (be) nixl_backend_log(be, NIXL_LOG_ERROR, "%s: backend %s is not VERBS", fn, be->ops->name);
+        return NULL;
+    }
+    _nixl_lock(be->agent);
+    return (_nixl_verbs_engine_t *)be->engine;
+}
+
+NIXL_API nixl_verbs_mem_path_t nixl_verbs_mem_path(nixl_backend_t *be, const void *addr) {
+    _nixl_verbs_engine_t *e = _nixl_verbs_lock_engine(be, "nixl_verbs_mem_path");
+    const _nixl_verbs_md_t *m;
+    nixl_verbs_mem_path_t path = NIXL_VERBS_PATH_NONE;
+    if (!e) return path;
+    for (m = e->mds; m; m = m->next)
+        if ((uintptr_t)addr >= m->addr && (uintptr_t)addr - m->addr < m->len) {
+            path = (nixl_verbs_mem_path_t)m->path;
+            break;
+        }
+    _nixl_unlock(be->agent);
+    return path;
+}
+
+NIXL_API nixl_status_t nixl_verbs_set_copy_ops(nixl_backend_t *be, const nixl_verbs_copy_ops_t *ops) {
+    _nixl_verbs_engine_t *e = _nixl_verbs_lock_engine(be, "nixl_verbs_set_copy_ops");
+    _nixl_verbs_peer_t *p;
+    nixl_status_t st = NIXL_SUCCESS;
+    if (!e) return NIXL_ERR_INVALID_PARAM;
+    if (ops && (!ops->query || !ops->event_create || !ops->event_destroy || !ops->copy || !ops->event_done)) {
+        nixl_backend_log(be, NIXL_LOG_ERROR, "nixl_verbs_set_copy_ops: query, event_create, event_destroy, copy "
+                         "and event_done are required");
+        st = NIXL_ERR_INVALID_PARAM;
+    } else if (e->nstaged) {
+        nixl_backend_log(be, NIXL_LOG_ERROR, "nixl_verbs_set_copy_ops: %u staged regions use the current copy "
+                         "engine: deregister them first", (unsigned)e->nstaged);
+        st = NIXL_ERR_NOT_ALLOWED;
+    } else {
+        /* bounce buffers were pinned and their events made by the old engine */
+        for (p = e->peers; p; p = p->next) {
+            _nixl_verbs_stage_destroy(e, p->stage);
+            p->stage = NULL;
+        }
+        _nixl_verbs_stage_destroy(e, e->self->stage);
+        e->self->stage = NULL;
+        e->copy_custom = ops != NULL;
+        if (ops) e->copy = *ops;
+        else if (e->cuda_ok) e->copy = _nixl_cuda_copy_ops(&e->cuda);
+        else memset(&e->copy, 0, sizeof e->copy);
+    }
+    _nixl_unlock(be->agent);
+    return st;
+}
 
 #endif /* NIXL_VERBS_IMPLEMENTATION_DONE */
 #endif /* NIXL_IMPLEMENTATION */
