@@ -39,7 +39,7 @@ VM_RUN := $(shell tests/softroce/has-rdma 2>/dev/null || echo tests/softroce/vm-
 EXAMPLES = $(B)/two_peers $(B)/kv_cache $(B)/nixl_bench
 
 PROGS = $(B)/test_core $(B)/test_metadata $(B)/test_etcd $(B)/core_bench $(EXAMPLES) \
-        $(B)/test_ucx $(B)/test_verbs $(B)/test_faults
+        $(B)/test_ucx $(B)/test_verbs $(B)/test_faults $(B)/test_gpu
 
 .PHONY: all demo test test-unit test-metadata metadata-listener metadata-etcd check-headers asan asan-core asan-metadata tsan tsan-core tsan-metadata fuzz test-verbs test-faults faults-ucx faults-verbs test-link valgrind-ucx test-ucx-softroce test-ucx test-softroce bench deps clean
 all: $(PROGS)
@@ -69,6 +69,9 @@ $(B)/test_ucx: tests/test_ucx.c tests/nixl_test.h nixl.h nixl_ucx.h | $(B)
 	$(CC) $(WARN) $(CFLAGS) -I. $< -o $@ $(UCX_LIBS) $(LIBS)
 
 $(B)/test_verbs: tests/test_verbs.c tests/nixl_test.h nixl.h nixl_verbs.h | $(B)
+	$(CC) $(WARN) $(CFLAGS) -I. $< -o $@ $(VERBS_LIBS) $(LIBS)
+
+$(B)/test_gpu: tests/test_gpu.c tests/xfer_util.h tests/log_capture.h tests/nixl_test.h nixl.h nixl_verbs.h | $(B)
 	$(CC) $(WARN) $(CFLAGS) -I. $< -o $@ $(VERBS_LIBS) $(LIBS)
 
 $(B)/test_faults: tests/test_faults.c tests/xfer_util.h tests/nixl_test.h nixl.h nixl_verbs.h nixl_ucx.h | $(B)
