@@ -9,6 +9,8 @@
 #   make test-verbs   verbs suite, faults, examples, valgrind on Soft-RoCE (in a QEMU VM without RDMA hardware)
 #   make test-ucx     UCX suite over tcp, posix, sysv, cma; the examples over UCX
 #   make test-faults  killed peers, floods, limits: UCX natively and verbs in the VM
+#   make test-gpu     GPU memory: CUDA loader, staging pipeline (stand-in GPU, on Soft-RoCE), real-GPU tests
+#                     (these skip with a reason where no GPU is present)
 #   make test-link    two VMs on a virtual wire: RDMA across it, 1%/10% loss, wire cut
 #   make fuzz         libFuzzer targets (metadata decoder, side-channel frames), FUZZ_SECONDS each (60)
 #   make bench        benchmarks (core ns/descriptor, ...)
@@ -28,7 +30,7 @@ HEADERS  = nixl.h $(wildcard nixl_verbs.h nixl_ucx.h)
 # test-link (two VMs on a wire) is not in the default run: its two-VM
 # start-up hung once (both VMs booted, no output for 5+ minutes) and CI must
 # not hang on it; run it with `make test-link` or NIXL_TEST_LINK=1.
-TEST_PARTS = test-unit test-metadata check-headers asan tsan fuzz test-ucx faults-ucx test-verbs
+TEST_PARTS = test-unit test-metadata check-headers gpu-host asan tsan fuzz test-ucx faults-ucx test-verbs
 ifeq ($(NIXL_TEST_LINK),1)
 TEST_PARTS += test-link
 endif
@@ -41,7 +43,7 @@ EXAMPLES = $(B)/two_peers $(B)/kv_cache $(B)/nixl_bench
 PROGS = $(B)/test_core $(B)/test_metadata $(B)/test_etcd $(B)/core_bench $(EXAMPLES) \
         $(B)/test_ucx $(B)/test_verbs $(B)/test_faults $(B)/test_gpu
 
-.PHONY: all demo test test-unit test-metadata metadata-listener metadata-etcd check-headers asan asan-core asan-metadata tsan tsan-core tsan-metadata fuzz test-verbs test-faults faults-ucx faults-verbs test-link valgrind-ucx test-ucx-softroce test-ucx test-softroce bench deps clean
+.PHONY: all demo test test-gpu gpu-host test-unit test-metadata metadata-listener metadata-etcd check-headers asan asan-core asan-metadata tsan tsan-core tsan-metadata fuzz test-verbs test-faults faults-ucx faults-verbs test-link valgrind-ucx test-ucx-softroce test-ucx test-softroce bench deps clean
 all: $(PROGS)
 
 $(B):
@@ -132,9 +134,17 @@ test-ucx: $(B)/test_ucx $(EXAMPLES)
 valgrind-ucx: $(B)/test_ucx
 	tests/ucx_run.sh valgrind
 
-# everything that needs an RDMA device, in one VM boot
-test-verbs: $(B)/test_verbs $(B)/test_faults $(EXAMPLES)
+# everything that needs an RDMA device, in one VM boot (test_gpu's staging part too)
+test-verbs: $(B)/test_verbs $(B)/test_faults $(B)/test_gpu $(EXAMPLES)
 	NIXL_VM_TIMEOUT=1500 $(VM_RUN) tests/softroce/verbs-suite
+
+# GPU tests alone: on this machine (driver, real GPU where present), then
+# where an RDMA device is (the staging pipeline)
+test-gpu: $(B)/test_gpu
+	@tests/run-suite gpu-host "gpu-rdma=$(VM_RUN) build/test_gpu"
+
+gpu-host: $(B)/test_gpu
+	$(B)/test_gpu
 
 faults-ucx: $(B)/test_faults
 	$(B)/test_faults UCX

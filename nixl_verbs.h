@@ -41,6 +41,14 @@
        retry_cnt=N          transport retries before a silent peer fails the
                             connection, 0..7 (default 7; on Soft-RoCE (rxe),
                             which treats 7 as "retry forever", default 6).
+       vram_path=P          how VRAM reaches the NIC: auto (default: dma-buf,
+                            else peermem, else staging), or one of dmabuf,
+                            peermem, staging to force it (a forced GPUDirect
+                            path that is not there is NOT_SUPPORTED).
+       stage_bufs=N         staging: bounce buffers per peer, 2..1024
+                            (default 8), made on the first staged request.
+       stage_size=N         staging: bytes per bounce buffer, 4096..256 MiB
+                            (default 1 MiB); staged requests slice at it.
    Fixed: rnr_retry 7 (never needed: credits), max_rd_atomic and
    max_dest_rd_atomic at the device maximum, a signaled WR every sq_depth/4
    WRs per QP (and the last of every request on each QP), ibv_poll_cq in
@@ -73,12 +81,32 @@
    ------
    NIXL_DRAM: ibv_reg_mr (LOCAL_WRITE | REMOTE_READ | REMOTE_WRITE |
    RELAXED_ORDERING where supported) on every device used.
-   NIXL_VRAM: the CUDA driver (libcuda.so.1, dlopen'ed; no build dependency)
-   confirms device memory, then dma-buf (cuMemGetHandleForAddressRange ->
-   ibv_reg_dmabuf_mr), else ibv_reg_mr on the device pointer when
-   nvidia-peermem is loaded, else NIXL_ERR_NOT_SUPPORTED with a log line that
-   says what is missing. Public data of a region: rkey + base address per
-   device (little-endian).
+   NIXL_VRAM: the CUDA driver (libcuda.so.1, dlopen'ed; no build dependency;
+   NIXL_CUDA_HEADERS checks our declarations against <cuda.h>) confirms the
+   pointer is device memory of the descriptor's dev_id (cuPointerGetAttribute:
+   a host pointer, another GPU, or a range past the allocation is
+   INVALID_PARAM), sets CU_POINTER_ATTRIBUTE_SYNC_MEMOPS, and registers it by
+   the first path that works:
+     1. dma-buf: cuMemGetHandleForAddressRange over the allocation's
+        page-aligned range -> ibv_reg_dmabuf_mr (support probed once per
+        device);
+     2. peermem: ibv_reg_mr on the device pointer when nvidia-peermem is
+        loaded;
+     3. staging: no MR on the GPU memory. Transfers whose LOCAL side is
+        staged go through a peer's pinned bounce buffers (stage_bufs x
+        stage_size, registered once): a WRITE copies device -> bounce on a
+        stream of ours and posts the RDMA WRITE of slice i while slice i+1
+        is copied; a READ lands in bounce buffers and each is copied to the
+        device while the next READs run. The request completes (and a READ's
+        notification goes) only after the last copy into the GPU; a WRITE's
+        notification follows its last WRITE on QP 0. A peer's STAGED region
+        cannot be the remote side (no rkey; its public data says so): prep
+        refuses with NOT_SUPPORTED, and the transfer must start at that peer.
+   Without a driver, VRAM registration is NOT_SUPPORTED with a log line;
+   DRAM is unaffected. The path is logged at registration and returned by
+   nixl_verbs_mem_path(). Copies go through nixl_verbs_copy_ops_t (the CUDA
+   driver's by default; nixl_verbs_set_copy_ops installs another engine).
+   Public data of a region: rkey + base address per device (little-endian).
 
    NOTIFICATIONS
    -------------
@@ -116,8 +144,10 @@
    their use from the child: EACCES). Fork before first use, or exec.
    The AM channel runs on QP 0 of each connection; a connection's CQ is its
    own (a peer's teardown never leaves stale completions in a shared CQ).
-   VRAM: written to DESIGN.md, compiled everywhere, but not yet run on a
-   GPU (the development machines have none).
+   VRAM: the dma-buf/peermem paths and the CUDA copy engine have not run on
+   a real GPU yet (tests/test_gpu.c has the tests; they skip without one);
+   the staging pipeline is tested on Soft-RoCE with host memory standing in
+   for the GPU. Staged requests use one QP and one signaled WR per slice.
 
    LICENSE: MIT (see nixl.h).
 */
