@@ -193,7 +193,7 @@ typedef struct nixl_verbs_copy_ops {
     int (*query)(void *ctx, uintptr_t addr, size_t len, int *dev, uintptr_t *base, size_t *size);
     /* Pins a host bounce buffer for fast copies on device dev (may be NULL). */
     int (*pin)(void *ctx, int dev, void *host, size_t len);
-    void (*unpin)(void *ctx, void *host);
+    void (*unpin)(void *ctx, int dev, void *host);
     /* A completion marker for copies on device dev. */
     int (*event_create)(void *ctx, int dev, void **ev);
     void (*event_destroy)(void *ctx, void *ev);
@@ -433,7 +433,7 @@ typedef struct _nixl_verbs_slot {
 typedef struct _nixl_verbs_stage {
     unsigned char *buf;
     struct ibv_mr *mr;
-    int pinned;
+    int pinned, gpu; /* pinned for copies with GPU gpu */
     uint32_t count, size, nfree;
     uint32_t *free_stack;
     _nixl_verbs_slot_t *slots;
@@ -473,7 +473,8 @@ typedef int _nixl_CUmemRangeHandleType;
     X(cuDevicePrimaryCtxRetain, "cuDevicePrimaryCtxRetain", _nixl_CUresult,                                \
       (_nixl_CUcontext *, _nixl_CUdevice))                                                                  \
     X(cuDevicePrimaryCtxRelease, "cuDevicePrimaryCtxRelease_v2", _nixl_CUresult, (_nixl_CUdevice))         \
-    X(cuCtxSetCurrent, "cuCtxSetCurrent", _nixl_CUresult, (_nixl_CUcontext))                               \
+    X(cuCtxPushCurrent, "cuCtxPushCurrent_v2", _nixl_CUresult, (_nixl_CUcontext))                         \
+    X(cuCtxPopCurrent, "cuCtxPopCurrent_v2", _nixl_CUresult, (_nixl_CUcontext *))                          \
     X(cuPointerGetAttribute, "cuPointerGetAttribute", _nixl_CUresult, (void *, _nixl_CUpointer_attribute, _nixl_CUdeviceptr))\
     X(cuPointerSetAttribute, "cuPointerSetAttribute", _nixl_CUresult,                                      \
       (const void *, _nixl_CUpointer_attribute, _nixl_CUdeviceptr))                                                               \
@@ -485,6 +486,7 @@ typedef int _nixl_CUmemRangeHandleType;
     X(cuMemHostUnregister, "cuMemHostUnregister", _nixl_CUresult, (void *))                                \
     X(cuStreamCreate, "cuStreamCreate", _nixl_CUresult, (_nixl_CUstream *, unsigned int))                  \
     X(cuStreamDestroy, "cuStreamDestroy_v2", _nixl_CUresult, (_nixl_CUstream))                             \
+    X(cuStreamSynchronize, "cuStreamSynchronize", _nixl_CUresult, (_nixl_CUstream))                        \
     X(cuEventCreate, "cuEventCreate", _nixl_CUresult, (_nixl_CUevent *, unsigned int))                     \
     X(cuEventDestroy, "cuEventDestroy_v2", _nixl_CUresult, (_nixl_CUevent))                                \
     X(cuEventRecord, "cuEventRecord", _nixl_CUresult, (_nixl_CUevent, _nixl_CUstream))                     \
@@ -941,6 +943,19 @@ static int _nixl_verbs_am_send(_nixl_verbs_engine_t *e, _nixl_verbs_conn_t *c, u
     return 1;
 }
 
+/* Completion records of r's WRs forget it (it was released, or failed
+   while some of its WRs are still on the wire). */
+static void _nixl_verbs_recs_forget(_nixl_verbs_engine_t *e, _nixl_verbs_conn_t *c, _nixl_verbs_req_t *r) {
+    int q;
+    uint32_t k;
+    if (!c || !c->cq) return;
+    for (q = 0; q < c->nqp; q++)
+        for (k = 0; k < c->qps[q].count; k++) {
+            _nixl_verbs_rec_t *rec = &c->qps[q].ring[(c->qps[q].head + k) % e->sq_depth];
+            if (rec->req == r) rec->req = NULL;
+        }
+}
+
 /* Sends queued messages in order while resources allow, then returns
    credits explicitly if none of those carried them. */
 static void _nixl_verbs_flush_am(_nixl_verbs_engine_t *e, _nixl_verbs_conn_t *c) {
@@ -954,7 +969,10 @@ static void _nixl_verbs_flush_am(_nixl_verbs_engine_t *e, _nixl_verbs_conn_t *c)
                              "buffers (notif_buf_size %u)", (unsigned)m->len, p->name ? p->name : "?",
                              (unsigned)c->peer_buf_size);
             _nixl_verbs_am_pop(p);
-            if (m->req) _nixl_verbs_req_finish(m->req, NIXL_ERR_INVALID_PARAM);
+            if (m->req) {
+                _nixl_verbs_recs_forget(e, c, m->req); /* a repost must not count these WRs */
+                _nixl_verbs_req_finish(m->req, NIXL_ERR_INVALID_PARAM);
+            }
             _nixl_verbs_am_discard(e, m);
             continue;
         }
@@ -1062,19 +1080,6 @@ static void _nixl_verbs_am_recv(_nixl_verbs_engine_t *e, _nixl_verbs_conn_t *c, 
 
 // >>posting
 
-/* Completion records of r's WRs forget it (it was released, or failed
-   while some of its WRs are still on the wire). */
-static void _nixl_verbs_recs_forget(_nixl_verbs_engine_t *e, _nixl_verbs_conn_t *c, _nixl_verbs_req_t *r) {
-    int q;
-    uint32_t k;
-    if (!c || !c->cq) return;
-    for (q = 0; q < c->nqp; q++)
-        for (k = 0; k < c->qps[q].count; k++) {
-            _nixl_verbs_rec_t *rec = &c->qps[q].ring[(c->qps[q].head + k) % e->sq_depth];
-            if (rec->req == r) rec->req = NULL;
-        }
-}
-
 static int _nixl_verbs_stage_pump(_nixl_verbs_engine_t *e, _nixl_verbs_conn_t *c, _nixl_verbs_req_t *r);
 
 /* Posts as many of the request's WRs as the send queues take now, as one
@@ -1167,6 +1172,7 @@ static void _nixl_verbs_stage_destroy(_nixl_verbs_engine_t *e, _nixl_verbs_stage
     uint32_t i;
     int busy = 1;
     if (!st) return;
+    if (!st->slots) st->count = 0; /* made only partly */
     while (busy && nixl_now_us() < deadline) {
         busy = 0;
         for (i = 0; i < st->count; i++)
@@ -1180,7 +1186,7 @@ static void _nixl_verbs_stage_destroy(_nixl_verbs_engine_t *e, _nixl_verbs_stage
                          "buffers of %u bytes", (unsigned)st->count, (unsigned)st->size);
     } else {
         if (st->mr) ibv_dereg_mr(st->mr);
-        if (st->pinned && e->copy.unpin) e->copy.unpin(e->copy.ctx, st->buf);
+        if (st->pinned && e->copy.unpin) e->copy.unpin(e->copy.ctx, st->gpu, st->buf);
         if (st->buf) munmap(st->buf, (size_t)st->count * st->size);
     }
     if (st->slots) nixl_backend_free(e->be, st->slots);
@@ -1216,6 +1222,7 @@ static nixl_status_t _nixl_verbs_stage_make(_nixl_verbs_engine_t *e, _nixl_verbs
         return NIXL_ERR_BACKEND;
     }
     if (e->copy.pin) {
+        st->gpu = gpu;
         st->pinned = e->copy.pin(e->copy.ctx, gpu, st->buf, total) == 0;
         if (!st->pinned)
             nixl_backend_log(e->be, NIXL_LOG_WARN, "verbs: could not pin the staging buffers for GPU copies: "
@@ -1349,8 +1356,9 @@ static int _nixl_verbs_stage_pump(_nixl_verbs_engine_t *e, _nixl_verbs_conn_t *c
                     _nixl_verbs_stage_fail(e, r, "cannot start a device-to-host copy");
                     return 0;
                 }
-            } else if (_nixl_verbs_stage_post(e, c, r, k, (int32_t)i) < 0) {
-                return -1;
+            } else {
+                st->slots[i].state = _NIXL_VERBS_SLOT_WIRE; /* a failed post frees it with the connection */
+                if (_nixl_verbs_stage_post(e, c, r, k, (int32_t)i) < 0) return -1;
             }
         }
         r->snext++;
@@ -1365,7 +1373,11 @@ static void _nixl_verbs_stage_on_wc(_nixl_verbs_engine_t *e, _nixl_verbs_peer_t 
     _nixl_verbs_stage_t *st = p ? p->stage : NULL;
     if (slot >= 0 && st && (uint32_t)slot < st->count) {
         _nixl_verbs_slot_t *s = &st->slots[slot];
-        if (!s->req || s->req->op == NIXL_WRITE) {
+        if (!r || s->req != r) { /* orphaned: r was released or failed (and may be posted again) */
+            _nixl_verbs_slot_set(st, (uint32_t)slot, _NIXL_VERBS_SLOT_FREE);
+            return;
+        }
+        if (r->op == NIXL_WRITE) {
             _nixl_verbs_slot_set(st, (uint32_t)slot, _NIXL_VERBS_SLOT_FREE);
         } else if (_nixl_verbs_stage_copy(e, st, (uint32_t)slot, 1) != 0) {
             _nixl_verbs_req_t *failed = s->req;
@@ -1390,8 +1402,8 @@ static int _nixl_verbs_stage_poll(_nixl_verbs_engine_t *e, _nixl_verbs_peer_t *p
         int done;
         if (!_nixl_verbs_slot_copying(s)) continue;
         done = e->copy.event_done(e->copy.ctx, s->ev);
+        did = 1; /* running or done: either way the pipeline is busy */
         if (done == 0) continue;
-        did = 1;
         if (done < 0 || !r || s->state == _NIXL_VERBS_SLOT_COPY_OUT)
             _nixl_verbs_slot_set(st, i, _NIXL_VERBS_SLOT_FREE);
         else
@@ -2101,20 +2113,11 @@ static int _nixl_cuda_open(_nixl_cuda_t *cu, const char *lib, char *why, size_t 
     return 0;
 }
 
-static void _nixl_cuda_close(_nixl_cuda_t *cu) {
-    int g;
-    if (!cu->lib) return;
-    for (g = 0; g < NIXL_CUDA_MAX_GPUS; g++) {
-        if (cu->stream[g]) cu->cuStreamDestroy(cu->stream[g]);
-        if (cu->ctx[g]) cu->cuDevicePrimaryCtxRelease((_nixl_CUdevice)g);
-    }
-    dlclose(cu->lib);
-    memset(cu, 0, sizeof *cu);
-}
-
-/* Makes GPU g's primary context current on this thread (contexts are
-   per thread, and progress may run on any), with our stream made. */
-static int _nixl_cuda_use(_nixl_cuda_t *cu, int g) {
+/* Makes GPU g's primary context current on this thread for one operation:
+   pushed on entry, popped on leave, so the caller's own current context
+   (an application's cudaSetDevice, its own cuCtxCreate) is left as it was.
+   Our stream of the GPU is made on first use. */
+static int _nixl_cuda_enter(_nixl_cuda_t *cu, int g) {
     if (g < 0 || g >= NIXL_CUDA_MAX_GPUS) return -1;
     if (!cu->ctx[g]) {
         _nixl_CUdevice dev;
@@ -2123,12 +2126,35 @@ static int _nixl_cuda_use(_nixl_cuda_t *cu, int g) {
             return -1;
         }
     }
-    if (cu->cuCtxSetCurrent(cu->ctx[g]) != _NIXL_CUDA_SUCCESS) return -1;
+    if (cu->cuCtxPushCurrent(cu->ctx[g]) != _NIXL_CUDA_SUCCESS) return -1;
     if (!cu->stream[g] && cu->cuStreamCreate(&cu->stream[g], _NIXL_CU_STREAM_NON_BLOCKING) != _NIXL_CUDA_SUCCESS) {
+        _nixl_CUcontext popped;
         cu->stream[g] = NULL;
+        cu->cuCtxPopCurrent(&popped);
         return -1;
     }
     return 0;
+}
+
+/* returns rc, for `return _nixl_cuda_leave(cu, rc);` */
+static int _nixl_cuda_leave(_nixl_cuda_t *cu, int rc) {
+    _nixl_CUcontext popped;
+    cu->cuCtxPopCurrent(&popped);
+    return rc;
+}
+
+static void _nixl_cuda_close(_nixl_cuda_t *cu) {
+    int g;
+    if (!cu->lib) return;
+    for (g = 0; g < NIXL_CUDA_MAX_GPUS; g++) {
+        if (cu->stream[g] && cu->cuCtxPushCurrent(cu->ctx[g]) == _NIXL_CUDA_SUCCESS) {
+            cu->cuStreamDestroy(cu->stream[g]);
+            _nixl_cuda_leave(cu, 0);
+        }
+        if (cu->ctx[g]) cu->cuDevicePrimaryCtxRelease((_nixl_CUdevice)g);
+    }
+    dlclose(cu->lib);
+    memset(cu, 0, sizeof *cu);
 }
 
 /* the CUDA driver as the staging copy engine (nixl_verbs_copy_ops_t) */
@@ -2136,36 +2162,44 @@ static int _nixl_cuda_use(_nixl_cuda_t *cu, int g) {
 static int _nixl_cuda_query(void *ctx, uintptr_t addr, size_t len, int *dev, uintptr_t *base, size_t *size) {
     _nixl_cuda_t *cu = (_nixl_cuda_t *)ctx;
     unsigned int memtype = 0, one = 1;
-    int ordinal = -1;
+    int ordinal = -1, rc;
     _nixl_CUdeviceptr b = 0;
     (void)len;
     if (cu->cuPointerGetAttribute(&memtype, _NIXL_CU_POINTER_ATTRIBUTE_MEMORY_TYPE, (_nixl_CUdeviceptr)addr) != 0 ||
         memtype != _NIXL_CU_MEMORYTYPE_DEVICE ||
         cu->cuPointerGetAttribute(&ordinal, _NIXL_CU_POINTER_ATTRIBUTE_DEVICE_ORDINAL, (_nixl_CUdeviceptr)addr) != 0 ||
-        _nixl_cuda_use(cu, ordinal) != 0 || cu->cuMemGetAddressRange(&b, size, (_nixl_CUdeviceptr)addr) != 0)
+        _nixl_cuda_enter(cu, ordinal) != 0)
         return -1;
+    rc = cu->cuMemGetAddressRange(&b, size, (_nixl_CUdeviceptr)addr) == _NIXL_CUDA_SUCCESS ? 0 : -1;
     /* RDMA may touch it behind CUDA's back: synchronous memops keep cuMemcpy
        from overtaking (or being overtaken by) the NIC */
-    cu->cuPointerSetAttribute(&one, _NIXL_CU_POINTER_ATTRIBUTE_SYNC_MEMOPS, b);
+    if (rc == 0) cu->cuPointerSetAttribute(&one, _NIXL_CU_POINTER_ATTRIBUTE_SYNC_MEMOPS, b);
     *dev = ordinal;
     *base = (uintptr_t)b;
-    return 0;
+    return _nixl_cuda_leave(cu, rc);
 }
 
 static int _nixl_cuda_pin(void *ctx, int dev, void *host, size_t len) {
     _nixl_cuda_t *cu = (_nixl_cuda_t *)ctx;
-    if (_nixl_cuda_use(cu, dev) != 0) return -1;
-    return cu->cuMemHostRegister(host, len, _NIXL_CU_MEMHOSTREGISTER_PORTABLE) == _NIXL_CUDA_SUCCESS ? 0 : -1;
+    if (_nixl_cuda_enter(cu, dev) != 0) return -1;
+    return _nixl_cuda_leave(
+        cu, cu->cuMemHostRegister(host, len, _NIXL_CU_MEMHOSTREGISTER_PORTABLE) == _NIXL_CUDA_SUCCESS ? 0 : -1);
 }
 
-static void _nixl_cuda_unpin(void *ctx, void *host) { ((_nixl_cuda_t *)ctx)->cuMemHostUnregister(host); }
+static void _nixl_cuda_unpin(void *ctx, int dev, void *host) {
+    _nixl_cuda_t *cu = (_nixl_cuda_t *)ctx;
+    if (_nixl_cuda_enter(cu, dev) != 0) return;
+    cu->cuMemHostUnregister(host);
+    _nixl_cuda_leave(cu, 0);
+}
 
 static int _nixl_cuda_event_create(void *ctx, int dev, void **ev) {
     _nixl_cuda_t *cu = (_nixl_cuda_t *)ctx;
     _nixl_CUevent e = NULL;
-    if (_nixl_cuda_use(cu, dev) != 0 || cu->cuEventCreate(&e, _NIXL_CU_EVENT_DISABLE_TIMING) != 0) return -1;
+    if (_nixl_cuda_enter(cu, dev) != 0) return -1;
+    if (cu->cuEventCreate(&e, _NIXL_CU_EVENT_DISABLE_TIMING) != _NIXL_CUDA_SUCCESS) return _nixl_cuda_leave(cu, -1);
     *ev = (void *)e;
-    return 0;
+    return _nixl_cuda_leave(cu, 0);
 }
 
 static void _nixl_cuda_event_destroy(void *ctx, void *ev) {
@@ -2175,11 +2209,17 @@ static void _nixl_cuda_event_destroy(void *ctx, void *ev) {
 static int _nixl_cuda_copy(void *ctx, int dev, int to_device, void *host, uintptr_t device, size_t len, void *ev) {
     _nixl_cuda_t *cu = (_nixl_cuda_t *)ctx;
     _nixl_CUresult rc;
-    if (_nixl_cuda_use(cu, dev) != 0) return -1;
+    if (_nixl_cuda_enter(cu, dev) != 0) return -1;
     rc = to_device ? cu->cuMemcpyHtoDAsync((_nixl_CUdeviceptr)device, host, len, cu->stream[dev])
                    : cu->cuMemcpyDtoHAsync(host, (_nixl_CUdeviceptr)device, len, cu->stream[dev]);
-    if (rc != _NIXL_CUDA_SUCCESS) return -1;
-    return cu->cuEventRecord((_nixl_CUevent)ev, cu->stream[dev]) == _NIXL_CUDA_SUCCESS ? 0 : -1;
+    if (rc != _NIXL_CUDA_SUCCESS) return _nixl_cuda_leave(cu, -1);
+    if (cu->cuEventRecord((_nixl_CUevent)ev, cu->stream[dev]) != _NIXL_CUDA_SUCCESS) {
+        /* the copy is queued but nothing would tell its end: wait for it
+           here, so the caller may reuse the buffer when we fail */
+        cu->cuStreamSynchronize(cu->stream[dev]);
+        return _nixl_cuda_leave(cu, -1);
+    }
+    return _nixl_cuda_leave(cu, 0);
 }
 
 static int _nixl_cuda_event_done(void *ctx, void *ev) {
@@ -3029,6 +3069,17 @@ NIXL_API nixl_verbs_mem_path_t nixl_verbs_mem_path(nixl_backend_t *be, const voi
     return path;
 }
 
+/* staged requests exist, or a peer's bounce buffers are still in use */
+static int _nixl_verbs_staging_busy(const _nixl_verbs_engine_t *e) {
+    const _nixl_verbs_req_t *r;
+    const _nixl_verbs_peer_t *p;
+    for (r = e->reqs; r; r = r->next)
+        if (r->swr) return 1;
+    for (p = e->peers; p; p = p->next)
+        if (p->stage && p->stage->nfree != p->stage->count) return 1;
+    return e->self->stage && e->self->stage->nfree != e->self->stage->count;
+}
+
 NIXL_API nixl_status_t nixl_verbs_set_copy_ops(nixl_backend_t *be, const nixl_verbs_copy_ops_t *ops) {
     _nixl_verbs_engine_t *e = _nixl_verbs_lock_engine(be, "nixl_verbs_set_copy_ops");
     _nixl_verbs_peer_t *p;
@@ -3038,9 +3089,10 @@ NIXL_API nixl_status_t nixl_verbs_set_copy_ops(nixl_backend_t *be, const nixl_ve
         nixl_backend_log(be, NIXL_LOG_ERROR, "nixl_verbs_set_copy_ops: query, event_create, event_destroy, copy "
                          "and event_done are required");
         st = NIXL_ERR_INVALID_PARAM;
-    } else if (e->nstaged) {
-        nixl_backend_log(be, NIXL_LOG_ERROR, "nixl_verbs_set_copy_ops: %u staged regions use the current copy "
-                         "engine: deregister them first", (unsigned)e->nstaged);
+    } else if (e->nstaged || _nixl_verbs_staging_busy(e)) {
+        nixl_backend_log(be, NIXL_LOG_ERROR, "nixl_verbs_set_copy_ops: the current copy engine is in use (%u staged "
+                         "regions, or staged requests and copies): release and deregister them first",
+                         (unsigned)e->nstaged);
         st = NIXL_ERR_NOT_ALLOWED;
     } else {
         /* bounce buffers were pinned and their events made by the old engine */

@@ -95,8 +95,8 @@ static int fake_pin(void *ctx, int dev, void *host, size_t len) {
     return 0;
 }
 
-static void fake_unpin(void *ctx, void *host) {
-    (void)host;
+static void fake_unpin(void *ctx, int dev, void *host) {
+    (void)dev, (void)host;
     ((fake_gpu *)ctx)->pinned--;
 }
 
@@ -390,6 +390,12 @@ static void pair_free(pair *p) {
     free(p->hb);
 }
 
+/* the initiator's bounce buffers for the target (engine internals) */
+static _nixl_verbs_stage_t *peer_stage(pair *p) {
+    _nixl_verbs_peer_t *peer = _nixl_verbs_peer_find((_nixl_verbs_engine_t *)p->g.be->engine, "host-b");
+    return peer ? peer->stage : NULL;
+}
+
 /* one descriptor both ways through the bounce buffers; the notification
    finds the data complete at the target (WRITE) */
 static void stage_one(pair *p, size_t off, size_t len, unsigned seed) {
@@ -430,14 +436,13 @@ static void test_stage_sizes(void) {
     for (i = 0; i < sizeof sizes / sizeof sizes[0] && p.b; i++) stage_one(&p, i % 2 ? 77 : 0, sizes[i], 300 + (unsigned)i);
     /* 4 MiB in 64 KiB slices through 4 buffers: copies overlapped RDMA */
     if (p.b) {
-        _nixl_verbs_engine_t *e = (_nixl_verbs_engine_t *)p.g.be->engine;
-        _nixl_verbs_peer_t *peer = _nixl_verbs_peer_find(e, "host-b");
-        CHECK(peer && peer->stage);
-        if (peer && peer->stage) {
-            CHECKF(peer->stage->overlapped > 0, "copies started while RDMA was in flight: %llu of %llu",
-                   (unsigned long long)peer->stage->overlapped, (unsigned long long)peer->stage->copies);
-            printf("FIGURE staging_overlap copies=%llu overlapped=%llu\n", (unsigned long long)peer->stage->copies,
-                   (unsigned long long)peer->stage->overlapped);
+        _nixl_verbs_stage_t *st = peer_stage(&p);
+        CHECK(st != NULL);
+        if (st) {
+            CHECKF(st->overlapped > 0, "copies started while RDMA was in flight: %llu of %llu",
+                   (unsigned long long)st->overlapped, (unsigned long long)st->copies);
+            printf("FIGURE staging_overlap copies=%llu overlapped=%llu\n", (unsigned long long)st->copies,
+                   (unsigned long long)st->overlapped);
         }
         CHECK(p.g.gpu.pinned == 1);
     }
@@ -616,6 +621,7 @@ static void test_stage_release_in_flight(void) {
     pair p;
     int i;
     CHECK(pair_make(&p, "stage_bufs=4,stage_size=16384", 2 * MiB, 2 * MiB));
+    if (p.b) stage_one(&p, 0, 64 * KiB, 3); /* connected: what follows is really in flight */
     for (i = 0; i < 6 && p.b; i++) {
         uintptr_t l = (uintptr_t)p.g.gpu.mem, r = (uintptr_t)p.hb;
         size_t len = 2 * MiB;
@@ -629,9 +635,29 @@ static void test_stage_release_in_flight(void) {
         CHECK(st == NIXL_IN_PROG);
         nixl_progress(p.g.a);
         nixl_progress(p.b);
+        {
+            _nixl_verbs_stage_t *st0 = peer_stage(&p);
+            CHECKF(st0 && st0->nfree < st0->count, "round %d: bounce buffers in use at the release", i);
+        }
         CHECK_ST(nixl_release_xfer_req(p.g.a, req), NIXL_SUCCESS);
     }
     if (p.b) {
+        /* the copy engine cannot change while released requests' copies run */
+        nixl_verbs_copy_ops_t ops = fake_ops(&p.g.gpu);
+        uint64_t end = nixl_now_us() + XU_WAIT_US;
+        _nixl_verbs_stage_t *st = peer_stage(&p);
+        CHECK_ST(reg(p.g.a, NIXL_VRAM, (uintptr_t)p.g.gpu.mem, p.g.gpu.size, 0, 1), NIXL_SUCCESS);
+        CHECK(st->nfree < st->count);
+        CHECK_ST(nixl_verbs_set_copy_ops(p.g.be, &ops), NIXL_ERR_NOT_ALLOWED);
+        CHECK(logged("the current copy engine is in use"));
+        while (st->nfree < st->count && nixl_now_us() < end) {
+            nixl_progress(p.g.a);
+            nixl_progress(p.b);
+        }
+        CHECKF(st->nfree == st->count, "every bounce buffer came back (%u of %u)", (unsigned)st->nfree,
+               (unsigned)st->count);
+        CHECK_ST(nixl_verbs_set_copy_ops(p.g.be, &ops), NIXL_SUCCESS);
+        CHECK_ST(reg(p.g.a, NIXL_VRAM, (uintptr_t)p.g.gpu.mem, p.g.gpu.size, 0, 0), NIXL_SUCCESS);
         p.g.gpu.delay = 2;
         stage_one(&p, 4096, 512 * KiB, 7);
         {   /* leave copies running at destroy */
@@ -653,6 +679,7 @@ static void test_stage_peer_gone(void) {
     pair p;
     nixl_xfer_req_t *w = NULL, *r = NULL;
     CHECK(pair_make(&p, "stage_bufs=4,stage_size=16384", 4 * MiB, 4 * MiB));
+    if (p.b) stage_one(&p, 0, 64 * KiB, 5); /* connected: the requests below are on the wire */
     if (p.b) {
         uintptr_t l = (uintptr_t)p.g.gpu.mem, rr = (uintptr_t)p.hb, l2 = l + 2 * MiB, r2 = rr + 2 * MiB;
         size_t len = 2 * MiB;
@@ -664,6 +691,7 @@ static void test_stage_peer_gone(void) {
             CHECK(nixl_post_xfer_req(p.g.a, r, NULL) == NIXL_IN_PROG);
             nixl_progress(p.g.a);
             nixl_progress(p.b);
+            CHECK(peer_stage(&p) && peer_stage(&p)->nfree < peer_stage(&p)->count);
             nixl_agent_destroy(p.b);
             p.b = NULL;
             CHECK_ST(xu_wait(p.g.a, w, NULL, 0), NIXL_ERR_REMOTE_DISCONNECT);
@@ -745,7 +773,7 @@ static int gpu_ready(void) {
     memcpy(&cu_alloc, &sym, sizeof sym);
     sym = dlsym(g_cu.lib, "cuMemFree_v2");
     memcpy(&cu_free, &sym, sizeof sym);
-    if (!cu_alloc || !cu_free || _nixl_cuda_use(&g_cu, 0) != 0) {
+    if (!cu_alloc || !cu_free || _nixl_cuda_enter(&g_cu, 0) != 0) { /* stays current for cuMemAlloc */
         SKIP("cannot make GPU 0's context current");
         return 0;
     }
@@ -829,7 +857,7 @@ static void test_gpu_copy_engine(void) {
         CHECKF(memcmp(bounce, src + off, slice) == 0, "slice at %zu MiB came back intact", off / MiB);
     }
     for (i = 0; i < NB; i++) o.event_destroy(o.ctx, ev[i]);
-    o.unpin(o.ctx, bounce);
+    o.unpin(o.ctx, 0, bounce);
     cu_free(d);
     free(bounce);
     free(src);
