@@ -89,7 +89,10 @@
    VRAM: registered only when UCX reports CUDA memory support
    (ucp_context_query memory_types). Debian's UCX 1.13 has no CUDA: then the
    backend takes DRAM only, and a VRAM region gets NIXL_ERR_NOT_SUPPORTED with
-   a log line saying so.
+   a log line saying so. Where UCX has CUDA, the CUDA driver (dlopen'ed by
+   nixl.h) first confirms each VRAM region is device memory of its dev_id
+   inside one allocation (UCX trusts the memory type it is given): a host
+   pointer passed as VRAM is INVALID_PARAM, no driver is NOT_SUPPORTED.
 
    THREADS
    -------
@@ -285,6 +288,7 @@ struct _nixl_ucx_engine {
     size_t name_len;
     ucp_context_h ctx;
     uint64_t mem_types;    /* ucp_context_query memory_types */
+    _nixl_cuda_t cuda;     /* VRAM: checks the pointers UCX is given */
     unsigned num_workers;
     _nixl_ucx_worker_t *workers;
     unsigned char *info;   /* our connection info */
@@ -1166,6 +1170,7 @@ static void _nixl_ucx_destroy(void *engine) {
     if (eng->ctx) ucp_cleanup(eng->ctx);
     _nixl_ucx_free(eng, eng->info);
     _nixl_ucx_free(eng, eng->name);
+    _nixl_cuda_close(&eng->cuda);
     nixl_backend_free(eng->be, eng);
 }
 
@@ -1187,6 +1192,16 @@ static nixl_status_t _nixl_ucx_register_mem(void *engine, nixl_mem_t mem, const 
     if (mem != NIXL_DRAM && mem != NIXL_VRAM) {
         nixl_backend_log(eng->be, NIXL_LOG_ERROR, "register_mem: memory type %s not supported", nixl_mem_str(mem));
         return NIXL_ERR_NOT_SUPPORTED;
+    }
+    if (mem == NIXL_VRAM) {
+        /* UCX trusts the memory type it is told: check it ourselves */
+        int gpu;
+        uintptr_t base;
+        size_t size;
+        nixl_status_t vs;
+        if (_nixl_cuda_load(&eng->cuda, eng->be, "ucx") != 0) return NIXL_ERR_NOT_SUPPORTED;
+        vs = _nixl_vram_check(eng->be, "ucx", _nixl_cuda_query, &eng->cuda, region, &gpu, &base, &size);
+        if (vs != NIXL_SUCCESS) return vs;
     }
     m = (_nixl_ucx_md_t *)_nixl_ucx_alloc(eng, sizeof *m);
     if (!m) return NIXL_ERR_BACKEND;

@@ -440,134 +440,6 @@ typedef struct _nixl_verbs_stage {
     uint64_t copies, overlapped; /* copies started; of them, with RDMA in flight */
 } _nixl_verbs_stage_t;
 
-/* The CUDA driver API, as far as it is used: our own declarations, so no
-   CUDA headers are needed to build. With NIXL_CUDA_HEADERS defined, <cuda.h>
-   supplies the types and every pointer below is checked against the real
-   declaration (tests/check-headers does that when CUDA is installed). The
-   symbol names are the ones <cuda.h> maps the API names to (the _v2 ABI). */
-#ifdef NIXL_CUDA_HEADERS
-#include <cuda.h>
-typedef CUresult _nixl_CUresult;
-typedef CUdeviceptr _nixl_CUdeviceptr;
-typedef CUdevice _nixl_CUdevice;
-typedef CUcontext _nixl_CUcontext;
-typedef CUstream _nixl_CUstream;
-typedef CUevent _nixl_CUevent;
-typedef CUpointer_attribute _nixl_CUpointer_attribute;
-typedef CUmemRangeHandleType _nixl_CUmemRangeHandleType;
-#else
-typedef int _nixl_CUresult;
-typedef unsigned long long _nixl_CUdeviceptr;
-typedef int _nixl_CUdevice;
-typedef struct CUctx_st *_nixl_CUcontext;
-typedef struct CUstream_st *_nixl_CUstream;
-typedef struct CUevent_st *_nixl_CUevent;
-typedef int _nixl_CUpointer_attribute;     /* enums: int-sized in the C ABI */
-typedef int _nixl_CUmemRangeHandleType;
-#endif
-
-/* X(field, symbol, return, parameters) */
-#define _NIXL_CUDA_FUNCS(X)                                                                                 \
-    X(cuInit, "cuInit", _nixl_CUresult, (unsigned int))                                                   \
-    X(cuDeviceGet, "cuDeviceGet", _nixl_CUresult, (_nixl_CUdevice *, int))                                 \
-    X(cuDevicePrimaryCtxRetain, "cuDevicePrimaryCtxRetain", _nixl_CUresult,                                \
-      (_nixl_CUcontext *, _nixl_CUdevice))                                                                  \
-    X(cuDevicePrimaryCtxRelease, "cuDevicePrimaryCtxRelease_v2", _nixl_CUresult, (_nixl_CUdevice))         \
-    X(cuCtxPushCurrent, "cuCtxPushCurrent_v2", _nixl_CUresult, (_nixl_CUcontext))                         \
-    X(cuCtxPopCurrent, "cuCtxPopCurrent_v2", _nixl_CUresult, (_nixl_CUcontext *))                          \
-    X(cuPointerGetAttribute, "cuPointerGetAttribute", _nixl_CUresult, (void *, _nixl_CUpointer_attribute, _nixl_CUdeviceptr))\
-    X(cuPointerSetAttribute, "cuPointerSetAttribute", _nixl_CUresult,                                      \
-      (const void *, _nixl_CUpointer_attribute, _nixl_CUdeviceptr))                                                               \
-    X(cuMemGetAddressRange, "cuMemGetAddressRange_v2", _nixl_CUresult,                                     \
-      (_nixl_CUdeviceptr *, size_t *, _nixl_CUdeviceptr))                                                   \
-    X(cuMemGetHandleForAddressRange, "cuMemGetHandleForAddressRange", _nixl_CUresult,                      \
-      (void *, _nixl_CUdeviceptr, size_t, _nixl_CUmemRangeHandleType, unsigned long long))                                         \
-    X(cuMemHostRegister, "cuMemHostRegister_v2", _nixl_CUresult, (void *, size_t, unsigned int))           \
-    X(cuMemHostUnregister, "cuMemHostUnregister", _nixl_CUresult, (void *))                                \
-    X(cuStreamCreate, "cuStreamCreate", _nixl_CUresult, (_nixl_CUstream *, unsigned int))                  \
-    X(cuStreamDestroy, "cuStreamDestroy_v2", _nixl_CUresult, (_nixl_CUstream))                             \
-    X(cuStreamSynchronize, "cuStreamSynchronize", _nixl_CUresult, (_nixl_CUstream))                        \
-    X(cuEventCreate, "cuEventCreate", _nixl_CUresult, (_nixl_CUevent *, unsigned int))                     \
-    X(cuEventDestroy, "cuEventDestroy_v2", _nixl_CUresult, (_nixl_CUevent))                                \
-    X(cuEventRecord, "cuEventRecord", _nixl_CUresult, (_nixl_CUevent, _nixl_CUstream))                     \
-    X(cuEventQuery, "cuEventQuery", _nixl_CUresult, (_nixl_CUevent))                                       \
-    X(cuMemcpyDtoHAsync, "cuMemcpyDtoHAsync_v2", _nixl_CUresult,                                           \
-      (void *, _nixl_CUdeviceptr, size_t, _nixl_CUstream))                                                  \
-    X(cuMemcpyHtoDAsync, "cuMemcpyHtoDAsync_v2", _nixl_CUresult,                                           \
-      (_nixl_CUdeviceptr, const void *, size_t, _nixl_CUstream))
-
-#define _NIXL_CUDA_TYPEDEF(f, sym, ret, args) typedef ret(*_nixl_##f##_t) args;
-_NIXL_CUDA_FUNCS(_NIXL_CUDA_TYPEDEF)
-#undef _NIXL_CUDA_TYPEDEF
-
-/* values from the CUDA driver API */
-#define _NIXL_CUDA_SUCCESS 0
-#define _NIXL_CUDA_ERROR_NOT_READY 600
-#define _NIXL_CU_POINTER_ATTRIBUTE_MEMORY_TYPE ((_nixl_CUpointer_attribute)2)
-#define _NIXL_CU_POINTER_ATTRIBUTE_SYNC_MEMOPS ((_nixl_CUpointer_attribute)6)
-#define _NIXL_CU_POINTER_ATTRIBUTE_DEVICE_ORDINAL ((_nixl_CUpointer_attribute)9)
-#define _NIXL_CU_MEMORYTYPE_DEVICE 2
-#define _NIXL_CU_MEM_RANGE_HANDLE_TYPE_DMA_BUF_FD ((_nixl_CUmemRangeHandleType)1)
-#define _NIXL_CU_MEMHOSTREGISTER_PORTABLE 1
-#define _NIXL_CU_STREAM_NON_BLOCKING 1
-#define _NIXL_CU_EVENT_DISABLE_TIMING 2
-
-#ifdef NIXL_CUDA_HEADERS
-/* Our declarations against <cuda.h>: a value that differs fails to compile
-   (negative array size); so does a function whose type differs (an
-   initialiser of the wrong pointer type is an error under -Werror and in
-   C++). */
-#define _NIXL_CUDA_SAME(name, a, b) typedef char _nixl_cuda_check_##name[(a) == (b) ? 1 : -1];
-_NIXL_CUDA_SAME(success, _NIXL_CUDA_SUCCESS, CUDA_SUCCESS)
-_NIXL_CUDA_SAME(not_ready, _NIXL_CUDA_ERROR_NOT_READY, CUDA_ERROR_NOT_READY)
-_NIXL_CUDA_SAME(memory_type, _NIXL_CU_POINTER_ATTRIBUTE_MEMORY_TYPE, CU_POINTER_ATTRIBUTE_MEMORY_TYPE)
-_NIXL_CUDA_SAME(sync_memops, _NIXL_CU_POINTER_ATTRIBUTE_SYNC_MEMOPS, CU_POINTER_ATTRIBUTE_SYNC_MEMOPS)
-_NIXL_CUDA_SAME(ordinal, _NIXL_CU_POINTER_ATTRIBUTE_DEVICE_ORDINAL, CU_POINTER_ATTRIBUTE_DEVICE_ORDINAL)
-_NIXL_CUDA_SAME(device, _NIXL_CU_MEMORYTYPE_DEVICE, CU_MEMORYTYPE_DEVICE)
-_NIXL_CUDA_SAME(dma_buf, _NIXL_CU_MEM_RANGE_HANDLE_TYPE_DMA_BUF_FD, CU_MEM_RANGE_HANDLE_TYPE_DMA_BUF_FD)
-_NIXL_CUDA_SAME(portable, _NIXL_CU_MEMHOSTREGISTER_PORTABLE, CU_MEMHOSTREGISTER_PORTABLE)
-_NIXL_CUDA_SAME(non_blocking, _NIXL_CU_STREAM_NON_BLOCKING, CU_STREAM_NON_BLOCKING)
-_NIXL_CUDA_SAME(no_timing, _NIXL_CU_EVENT_DISABLE_TIMING, CU_EVENT_DISABLE_TIMING)
-#undef _NIXL_CUDA_SAME
-/* (inside sizeof: nothing is referenced, nothing needs libcuda to link) */
-#define _NIXL_CUDA_CHECK_FN(f, sym, ret, args) typedef char _nixl_cuda_check_##f[sizeof((_nixl_##f##_t)0 == f)];
-_NIXL_CUDA_FUNCS(_NIXL_CUDA_CHECK_FN)
-#undef _NIXL_CUDA_CHECK_FN
-/* The symbol each API name is #defined to in <cuda.h> (cuMemcpyDtoHAsync ->
-   cuMemcpyDtoHAsync_v2) must be the one we dlsym: 0 if all agree, else the
-   number that differ (run by tests/check-headers). */
-#define _NIXL_CUDA_STR2(x) #x
-#define _NIXL_CUDA_STR(x) _NIXL_CUDA_STR2(x)
-#if defined(__GNUC__) || defined(__clang__)
-__attribute__((unused))
-#endif
-static int _nixl_cuda_check_symbols(void) {
-    int bad = 0;
-#define _NIXL_CUDA_CHECK_SYM(f, sym, ret, args)                                                   \
-    if (strcmp(sym, _NIXL_CUDA_STR(f)) != 0) {                                                   \
-        fprintf(stderr, "CUDA symbol of %s: we use %s, <cuda.h> %s\n", #f, sym, _NIXL_CUDA_STR(f)); \
-        bad++;                                                                                    \
-    }
-    _NIXL_CUDA_FUNCS(_NIXL_CUDA_CHECK_SYM)
-#undef _NIXL_CUDA_CHECK_SYM
-    return bad;
-}
-#endif
-
-#ifndef NIXL_CUDA_MAX_GPUS
-#define NIXL_CUDA_MAX_GPUS 64
-#endif
-
-/* The driver, opened on first use; per GPU its primary context and a
-   non-blocking stream of ours for the staging copies. */
-typedef struct _nixl_cuda {
-    void *lib;
-#define _NIXL_CUDA_FIELD(f, sym, ret, args) _nixl_##f##_t f;
-    _NIXL_CUDA_FUNCS(_NIXL_CUDA_FIELD)
-#undef _NIXL_CUDA_FIELD
-    _nixl_CUcontext ctx[NIXL_CUDA_MAX_GPUS];
-    _nixl_CUstream stream[NIXL_CUDA_MAX_GPUS];
-} _nixl_cuda_t;
 
 typedef struct _nixl_verbs_engine {
     nixl_backend_t *be;
@@ -598,7 +470,6 @@ typedef struct _nixl_verbs_engine {
        engine of the staging path (the driver's unless replaced) */
     int vram_path; /* nixl_verbs_mem_path_t to force, NONE: the best one */
     uint32_t stage_bufs, stage_size;
-    int cuda_tried, cuda_ok;
     _nixl_cuda_t cuda;
     nixl_verbs_copy_ops_t copy;
     int copy_custom; /* copy ops installed by the user */
@@ -2083,101 +1954,7 @@ static nixl_status_t _nixl_verbs_listen(_nixl_verbs_engine_t *e, const char *add
 
 // >>cuda
 
-/* Opens the driver and resolves every function; 0, or -1 with *why filled. */
-static int _nixl_cuda_open(_nixl_cuda_t *cu, const char *lib, char *why, size_t cap) {
-    void *sym;
-    memset(cu, 0, sizeof *cu);
-    cu->lib = dlopen(lib, RTLD_NOW | RTLD_LOCAL);
-    if (!cu->lib) {
-        snprintf(why, cap, "dlopen(%s): %s", lib, dlerror());
-        return -1;
-    }
-    /* dlsym returns void*: copied into the pointer (ISO C has no cast) */
-#define _NIXL_CUDA_SYM(f, name, ret, args)                                           \
-    sym = dlsym(cu->lib, name);                                                      \
-    memcpy(&cu->f, &sym, sizeof sym);                                                \
-    if (!sym && strcmp(name, "cuMemGetHandleForAddressRange") != 0) {                 \
-        snprintf(why, cap, "%s: no %s (a CUDA driver older than 11.7?)", lib, name); \
-        dlclose(cu->lib);                                                            \
-        memset(cu, 0, sizeof *cu);                                                   \
-        return -1;                                                                   \
-    }
-    _NIXL_CUDA_FUNCS(_NIXL_CUDA_SYM)
-#undef _NIXL_CUDA_SYM
-    if (cu->cuInit(0) != _NIXL_CUDA_SUCCESS) {
-        snprintf(why, cap, "cuInit failed (no GPU, or the driver is not loaded)");
-        dlclose(cu->lib);
-        memset(cu, 0, sizeof *cu);
-        return -1;
-    }
-    return 0;
-}
-
-/* Makes GPU g's primary context current on this thread for one operation:
-   pushed on entry, popped on leave, so the caller's own current context
-   (an application's cudaSetDevice, its own cuCtxCreate) is left as it was.
-   Our stream of the GPU is made on first use. */
-static int _nixl_cuda_enter(_nixl_cuda_t *cu, int g) {
-    if (g < 0 || g >= NIXL_CUDA_MAX_GPUS) return -1;
-    if (!cu->ctx[g]) {
-        _nixl_CUdevice dev;
-        if (cu->cuDeviceGet(&dev, g) != _NIXL_CUDA_SUCCESS || cu->cuDevicePrimaryCtxRetain(&cu->ctx[g], dev) != 0) {
-            cu->ctx[g] = NULL;
-            return -1;
-        }
-    }
-    if (cu->cuCtxPushCurrent(cu->ctx[g]) != _NIXL_CUDA_SUCCESS) return -1;
-    if (!cu->stream[g] && cu->cuStreamCreate(&cu->stream[g], _NIXL_CU_STREAM_NON_BLOCKING) != _NIXL_CUDA_SUCCESS) {
-        _nixl_CUcontext popped;
-        cu->stream[g] = NULL;
-        cu->cuCtxPopCurrent(&popped);
-        return -1;
-    }
-    return 0;
-}
-
-/* returns rc, for `return _nixl_cuda_leave(cu, rc);` */
-static int _nixl_cuda_leave(_nixl_cuda_t *cu, int rc) {
-    _nixl_CUcontext popped;
-    cu->cuCtxPopCurrent(&popped);
-    return rc;
-}
-
-static void _nixl_cuda_close(_nixl_cuda_t *cu) {
-    int g;
-    if (!cu->lib) return;
-    for (g = 0; g < NIXL_CUDA_MAX_GPUS; g++) {
-        if (cu->stream[g] && cu->cuCtxPushCurrent(cu->ctx[g]) == _NIXL_CUDA_SUCCESS) {
-            cu->cuStreamDestroy(cu->stream[g]);
-            _nixl_cuda_leave(cu, 0);
-        }
-        if (cu->ctx[g]) cu->cuDevicePrimaryCtxRelease((_nixl_CUdevice)g);
-    }
-    dlclose(cu->lib);
-    memset(cu, 0, sizeof *cu);
-}
-
 /* the CUDA driver as the staging copy engine (nixl_verbs_copy_ops_t) */
-
-static int _nixl_cuda_query(void *ctx, uintptr_t addr, size_t len, int *dev, uintptr_t *base, size_t *size) {
-    _nixl_cuda_t *cu = (_nixl_cuda_t *)ctx;
-    unsigned int memtype = 0, one = 1;
-    int ordinal = -1, rc;
-    _nixl_CUdeviceptr b = 0;
-    (void)len;
-    if (cu->cuPointerGetAttribute(&memtype, _NIXL_CU_POINTER_ATTRIBUTE_MEMORY_TYPE, (_nixl_CUdeviceptr)addr) != 0 ||
-        memtype != _NIXL_CU_MEMORYTYPE_DEVICE ||
-        cu->cuPointerGetAttribute(&ordinal, _NIXL_CU_POINTER_ATTRIBUTE_DEVICE_ORDINAL, (_nixl_CUdeviceptr)addr) != 0 ||
-        _nixl_cuda_enter(cu, ordinal) != 0)
-        return -1;
-    rc = cu->cuMemGetAddressRange(&b, size, (_nixl_CUdeviceptr)addr) == _NIXL_CUDA_SUCCESS ? 0 : -1;
-    /* RDMA may touch it behind CUDA's back: synchronous memops keep cuMemcpy
-       from overtaking (or being overtaken by) the NIC */
-    if (rc == 0) cu->cuPointerSetAttribute(&one, _NIXL_CU_POINTER_ATTRIBUTE_SYNC_MEMOPS, b);
-    *dev = ordinal;
-    *base = (uintptr_t)b;
-    return _nixl_cuda_leave(cu, rc);
-}
 
 static int _nixl_cuda_pin(void *ctx, int dev, void *host, size_t len) {
     _nixl_cuda_t *cu = (_nixl_cuda_t *)ctx;
@@ -2241,22 +2018,11 @@ static nixl_verbs_copy_ops_t _nixl_cuda_copy_ops(_nixl_cuda_t *cu) {
     return o;
 }
 
-#ifndef NIXL_CUDA_LIB
-#define NIXL_CUDA_LIB "libcuda.so.1"
-#endif
-
 /* The driver for this engine, opened once; absent is not an error until
    VRAM is registered. */
 static int _nixl_verbs_cuda_load(_nixl_verbs_engine_t *e) {
-    char why[256];
-    if (e->cuda_tried) return e->cuda_ok ? 0 : -1;
-    e->cuda_tried = 1;
-    if (_nixl_cuda_open(&e->cuda, NIXL_CUDA_LIB, why, sizeof why) != 0) {
-        nixl_backend_log(e->be, NIXL_LOG_ERROR, "verbs: VRAM needs the CUDA driver: %s", why);
-        return -1;
-    }
-    e->cuda_ok = 1;
-    e->copy = _nixl_cuda_copy_ops(&e->cuda);
+    if (_nixl_cuda_load(&e->cuda, e->be, "verbs") != 0) return -1;
+    if (!e->copy.query) e->copy = _nixl_cuda_copy_ops(&e->cuda);
     return 0;
 }
 
@@ -2526,22 +2292,10 @@ static nixl_status_t _nixl_verbs_reg_vram(_nixl_verbs_engine_t *e, _nixl_verbs_m
     uintptr_t base = 0;
     size_t size = 0;
     const char *why = "";
+    nixl_status_t st;
     if (!e->copy_custom && _nixl_verbs_cuda_load(e) != 0) return NIXL_ERR_NOT_SUPPORTED;
-    if (e->copy.query(e->copy.ctx, r->addr, r->len, &gpu, &base, &size) != 0) {
-        nixl_backend_log(e->be, NIXL_LOG_ERROR, "verbs: register_mem: VRAM region %p+%zu is not device memory "
-                         "(a host pointer passed as VRAM?)", (void *)r->addr, r->len);
-        return NIXL_ERR_INVALID_PARAM;
-    }
-    if ((uint64_t)gpu != r->dev_id) {
-        nixl_backend_log(e->be, NIXL_LOG_ERROR, "verbs: register_mem: VRAM region %p+%zu is on GPU %d, not on "
-                         "dev_id %llu", (void *)r->addr, r->len, gpu, (unsigned long long)r->dev_id);
-        return NIXL_ERR_INVALID_PARAM;
-    }
-    if (r->addr < base || r->addr + r->len > base + size) {
-        nixl_backend_log(e->be, NIXL_LOG_ERROR, "verbs: register_mem: VRAM region %p+%zu runs past its allocation "
-                         "%p+%zu", (void *)r->addr, r->len, (void *)base, size);
-        return NIXL_ERR_INVALID_PARAM;
-    }
+    st = _nixl_vram_check(e->be, "verbs", e->copy.query, e->copy.ctx, r, &gpu, &base, &size);
+    if (st != NIXL_SUCCESS) return st;
     m->gpu = gpu;
     if (e->vram_path != NIXL_VERBS_PATH_STAGING && _nixl_verbs_reg_direct(e, m, r, base, size, e->vram_path, &why) == 0)
         return NIXL_SUCCESS;
@@ -3104,7 +2858,7 @@ NIXL_API nixl_status_t nixl_verbs_set_copy_ops(nixl_backend_t *be, const nixl_ve
         e->self->stage = NULL;
         e->copy_custom = ops != NULL;
         if (ops) e->copy = *ops;
-        else if (e->cuda_ok) e->copy = _nixl_cuda_copy_ops(&e->cuda);
+        else if (e->cuda.ok) e->copy = _nixl_cuda_copy_ops(&e->cuda);
         else memset(&e->copy, 0, sizeof e->copy);
     }
     _nixl_unlock(be->agent);

@@ -305,6 +305,8 @@ static void test_vram_without_driver(void) {
         logged(""); /* clear */
         CHECK_ST(reg(a, NIXL_VRAM, (uintptr_t)p, 64 * KiB, 0, 0), NIXL_ERR_NOT_SUPPORTED);
         CHECK(logged("VRAM needs the CUDA driver: dlopen(libcuda.so.1)"));
+        CHECK_ST(reg(a, NIXL_VRAM, (uintptr_t)p, 4 * KiB, 0, 0), NIXL_ERR_NOT_SUPPORTED);
+        CHECK(logged("VRAM needs the CUDA driver")); /* every refusal says why, not just the first */
         /* DRAM still works */
         CHECK_ST(xu_reg(a, p, 64 * KiB), NIXL_SUCCESS);
         CHECK(nixl_verbs_mem_path(be, p + 100) == NIXL_VERBS_PATH_HOST);

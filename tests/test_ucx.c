@@ -809,6 +809,19 @@ static void test_invalid_descriptors(void) {
             SKIP("this UCX supports CUDA memory");
         else
             CHECK_ST(nixl_register_mem(a, &dl, NULL), NIXL_ERR_NOT_SUPPORTED);
+        /* a UCX that takes CUDA memory still gets no pointer unchecked: the
+           backend asks the CUDA driver first (here: absent, so refused) */
+        if (dlopen(NIXL_CUDA_LIB, RTLD_NOW | RTLD_LOCAL)) {
+            SKIP("a CUDA driver is installed (tests/test_gpu.c covers the check there)");
+        } else {
+            _nixl_ucx_engine_t *eng = (_nixl_ucx_engine_t *)a->be[0]->engine;
+            uint64_t saved = eng->mem_types;
+            void *md = NULL;
+            eng->mem_types |= 1ull << UCS_MEMORY_TYPE_CUDA;
+            CHECK_ST(_nixl_ucx_register_mem(eng, NIXL_VRAM, &d, &md), NIXL_ERR_NOT_SUPPORTED);
+            CHECK(md == NULL);
+            eng->mem_types = saved;
+        }
     }
 out:
     nixl_agent_destroy(a);
