@@ -67,10 +67,10 @@ $(B)/%_tsan: tests/%.c tests/log_capture.h tests/test_backend.h tests/nixl_test.
 $(B)/core_bench: tests/bench/core_bench.c tests/test_backend.h nixl.h | $(B)
 	$(CC) $(WARN) -O2 -g -I. $< -o $@ $(LIBS)
 
-$(B)/test_ucx: tests/test_ucx.c tests/nixl_test.h nixl.h nixl_ucx.h | $(B)
+$(B)/test_ucx: tests/test_ucx.c tests/xfer_util.h tests/nixl_test.h nixl.h nixl_ucx.h | $(B)
 	$(CC) $(WARN) $(CFLAGS) -I. $< -o $@ $(UCX_LIBS) $(LIBS)
 
-$(B)/test_verbs: tests/test_verbs.c tests/nixl_test.h nixl.h nixl_verbs.h | $(B)
+$(B)/test_verbs: tests/test_verbs.c tests/xfer_util.h tests/nixl_test.h nixl.h nixl_verbs.h | $(B)
 	$(CC) $(WARN) $(CFLAGS) -I. $< -o $@ $(VERBS_LIBS) $(LIBS)
 
 $(B)/test_gpu: tests/test_gpu.c tests/xfer_util.h tests/log_capture.h tests/nixl_test.h nixl.h nixl_verbs.h | $(B)

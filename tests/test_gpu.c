@@ -28,29 +28,9 @@
 #define KiB 1024u
 #define MiB (1024u * 1024u)
 
-static int have_rdma(void) {
-    struct ibv_device **l;
-    int n = 0;
-    l = ibv_get_device_list(&n);
-    if (l) ibv_free_device_list(l);
-    return n > 0;
-}
-
 /* an agent logging into log_capture.h, with one VERBS backend */
 static nixl_agent_t *mk_agent(const char *name, const char *params, nixl_backend_t **be) {
-    nixl_agent_config_t cfg;
-    nixl_agent_t *a = NULL;
-    nixl_backend_t *b = NULL;
-    memset(&cfg, 0, sizeof cfg);
-    cfg.name = name;
-    cfg.log_fn = capture_log;
-    if (nixl_agent_create(&cfg, &a) != NIXL_SUCCESS) return NULL;
-    if (nixl_create_backend(a, nixl_verbs_backend(), params, &b) != NIXL_SUCCESS) {
-        nixl_agent_destroy(a);
-        return NULL;
-    }
-    if (be) *be = b;
-    return a;
+    return xu_agent_log(name, nixl_verbs_backend(), params, capture_log, be);
 }
 
 static nixl_status_t reg(nixl_agent_t *a, nixl_mem_t mem, uintptr_t p, size_t n, uint64_t dev, int dereg) {
@@ -875,7 +855,7 @@ static void test_gpu_staging_rdma(void) {
     nixl_verbs_copy_ops_t o;
     void *ev = NULL;
     if (!gpu_ready()) return;
-    if (!have_rdma()) {
+    if (!xu_have_rdma()) {
         SKIP("no RDMA device next to the GPU");
         return;
     }
@@ -923,7 +903,7 @@ int main(int argc, char **argv) {
     NT_RUN(test_driver_absent);
     nt_current = "test_driver_real";
     test_driver_real(); /* always: the groups below depend on it */
-    if (!have_rdma()) {
+    if (!xu_have_rdma()) {
         nt_current = "staging";
         SKIP("no RDMA device (the staging tests run inside tests/softroce/vm-run)");
     } else {

@@ -33,19 +33,7 @@ static void test_log(void *user, int level, const char *msg) {
 }
 
 static nixl_agent_t *mk_agent(const char *name, const char *params, nixl_backend_t **be_out) {
-    nixl_agent_config_t cfg;
-    nixl_agent_t *a = NULL;
-    nixl_backend_t *be = NULL;
-    memset(&cfg, 0, sizeof cfg);
-    cfg.name = name;
-    cfg.log_fn = test_log;
-    if (nixl_agent_create(&cfg, &a) != NIXL_SUCCESS) return NULL;
-    if (nixl_create_backend(a, nixl_verbs_backend(), params, &be) != NIXL_SUCCESS) {
-        nixl_agent_destroy(a);
-        return NULL;
-    }
-    if (be_out) *be_out = be;
-    return a;
+    return xu_agent_log(name, nixl_verbs_backend(), params, test_log, be_out);
 }
 
 static void *xalloc(size_t n) {
@@ -148,14 +136,6 @@ static nixl_status_t one_xfer(nixl_agent_t *a, nixl_agent_t *b, nixl_xfer_op_t o
         opt.has_notif = 1;
     }
     return nixl_create_xfer_req(a, op, &ll, &rl, nixl_agent_name(b), notif ? &opt : NULL, out);
-}
-
-static int have_rdma(void) {
-    struct ibv_device **l;
-    int n = 0;
-    l = ibv_get_device_list(&n);
-    if (l) ibv_free_device_list(l);
-    return n > 0;
 }
 
 // >>tests: params
@@ -1198,7 +1178,7 @@ int main(int argc, char **argv) {
     }
     nt_init(argc, argv);
     setvbuf(stdout, NULL, _IOLBF, 0);
-    if (!have_rdma()) {
+    if (!xu_have_rdma()) {
         SKIP("no RDMA device (run inside tests/softroce/vm-run)");
         return nt_finish();
     }

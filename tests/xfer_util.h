@@ -21,21 +21,39 @@ XU_FN void xu_log(void *user, int level, const char *msg) {
     if (level <= xu_log_level) fprintf(stderr, "    [log %d] %s\n", level, msg);
 }
 
-/* an agent with one backend of `ops` and `params` */
-XU_FN nixl_agent_t *xu_agent(const char *name, const nixl_backend_ops_t *ops, const char *params) {
+/* an agent logging to log_fn with one backend of `ops` and `params`;
+   *be_out (may be NULL) gets the backend */
+XU_FN nixl_agent_t *xu_agent_log(const char *name, const nixl_backend_ops_t *ops, const char *params,
+                                 void (*log_fn)(void *, int, const char *), nixl_backend_t **be_out) {
     nixl_agent_config_t cfg;
     nixl_agent_t *a = NULL;
     nixl_backend_t *be = NULL;
     memset(&cfg, 0, sizeof cfg);
     cfg.name = name;
-    cfg.log_fn = xu_log;
+    cfg.log_fn = log_fn;
     if (nixl_agent_create(&cfg, &a) != NIXL_SUCCESS) return NULL;
     if (nixl_create_backend(a, ops, params, &be) != NIXL_SUCCESS) {
         nixl_agent_destroy(a);
         return NULL;
     }
+    if (be_out) *be_out = be;
     return a;
 }
+
+XU_FN nixl_agent_t *xu_agent(const char *name, const nixl_backend_ops_t *ops, const char *params) {
+    return xu_agent_log(name, ops, params, xu_log, NULL);
+}
+
+#ifdef NIXL_VERBS_H
+/* an RDMA device is present (else verbs tests skip) */
+XU_FN int xu_have_rdma(void) {
+    struct ibv_device **l;
+    int n = 0;
+    l = ibv_get_device_list(&n);
+    if (l) ibv_free_device_list(l);
+    return n > 0;
+}
+#endif
 
 XU_FN nixl_status_t xu_reg(nixl_agent_t *a, void *p, size_t n) {
     nixl_desc_t d = {(uintptr_t)p, n, 0};
