@@ -33,12 +33,6 @@ static nixl_agent_t *mk_agent(const char *name, const char *params, nixl_backend
     return xu_agent_log(name, nixl_verbs_backend(), params, capture_log, be);
 }
 
-static nixl_status_t reg(nixl_agent_t *a, nixl_mem_t mem, uintptr_t p, size_t n, uint64_t dev, int dereg) {
-    nixl_desc_t d = {p, n, dev};
-    nixl_dlist_t l = {mem, &d, 1};
-    return dereg ? nixl_deregister_mem(a, &l, NULL) : nixl_register_mem(a, &l, NULL);
-}
-
 // >>a stand-in GPU: host memory behind the copy-ops table
 
 typedef struct fake_ev {
@@ -283,9 +277,9 @@ static void test_vram_without_driver(void) {
     CHECK(a != NULL);
     if (a) {
         logged(""); /* clear */
-        CHECK_ST(reg(a, NIXL_VRAM, (uintptr_t)p, 64 * KiB, 0, 0), NIXL_ERR_NOT_SUPPORTED);
+        CHECK_ST(xu_reg_mem(a, NIXL_VRAM, (uintptr_t)p, 64 * KiB, 0, 0), NIXL_ERR_NOT_SUPPORTED);
         CHECK(logged("VRAM needs the CUDA driver: dlopen(libcuda.so.1)"));
-        CHECK_ST(reg(a, NIXL_VRAM, (uintptr_t)p, 4 * KiB, 0, 0), NIXL_ERR_NOT_SUPPORTED);
+        CHECK_ST(xu_reg_mem(a, NIXL_VRAM, (uintptr_t)p, 4 * KiB, 0, 0), NIXL_ERR_NOT_SUPPORTED);
         CHECK(logged("VRAM needs the CUDA driver")); /* every refusal says why, not just the first */
         /* DRAM still works */
         CHECK_ST(xu_reg(a, p, 64 * KiB), NIXL_SUCCESS);
@@ -306,18 +300,18 @@ static void test_stage_register(void) {
     if (!ga.a) return;
     logged("");
     /* device memory of GPU 1, registered as such: staged, and said so */
-    CHECK_ST(reg(ga.a, NIXL_VRAM, (uintptr_t)ga.gpu.mem + 4096, 256 * KiB, 1, 0), NIXL_SUCCESS);
+    CHECK_ST(xu_reg_mem(ga.a, NIXL_VRAM, (uintptr_t)ga.gpu.mem + 4096, 256 * KiB, 1, 0), NIXL_SUCCESS);
     CHECK(logged("staged through host buffers"));
     CHECK(nixl_verbs_mem_path(ga.be, ga.gpu.mem + 4096) == NIXL_VERBS_PATH_STAGING);
     CHECK(strcmp(nixl_verbs_mem_path_str(nixl_verbs_mem_path(ga.be, ga.gpu.mem + 8192)), "staging") == 0);
     CHECK(nixl_verbs_mem_path(ga.be, ga.gpu.mem) == NIXL_VERBS_PATH_NONE);
     /* a host pointer passed as VRAM, a dev_id that is not its GPU, a region
        past its allocation: errors that say so */
-    CHECK_ST(reg(ga.a, NIXL_VRAM, (uintptr_t)host, 64 * KiB, 1, 0), NIXL_ERR_INVALID_PARAM);
+    CHECK_ST(xu_reg_mem(ga.a, NIXL_VRAM, (uintptr_t)host, 64 * KiB, 1, 0), NIXL_ERR_INVALID_PARAM);
     CHECK(logged("is not device memory"));
-    CHECK_ST(reg(ga.a, NIXL_VRAM, (uintptr_t)ga.gpu.mem + 512 * KiB, 64 * KiB, 0, 0), NIXL_ERR_INVALID_PARAM);
+    CHECK_ST(xu_reg_mem(ga.a, NIXL_VRAM, (uintptr_t)ga.gpu.mem + 512 * KiB, 64 * KiB, 0, 0), NIXL_ERR_INVALID_PARAM);
     CHECK(logged("is on GPU 1, not on dev_id 0"));
-    CHECK_ST(reg(ga.a, NIXL_VRAM, (uintptr_t)ga.gpu.mem + 1 * MiB - 4096, 8192, 1, 0), NIXL_ERR_INVALID_PARAM);
+    CHECK_ST(xu_reg_mem(ga.a, NIXL_VRAM, (uintptr_t)ga.gpu.mem + 1 * MiB - 4096, 8192, 1, 0), NIXL_ERR_INVALID_PARAM);
     CHECK(logged("runs past its allocation"));
     /* the copy engine cannot change under staged regions */
     ops = fake_ops(&ga.gpu);
@@ -325,7 +319,7 @@ static void test_stage_register(void) {
     ops.copy = NULL;
     CHECK_ST(nixl_verbs_set_copy_ops(ga.be, &ops), NIXL_ERR_INVALID_PARAM);
     CHECK(logged("are required"));
-    CHECK_ST(reg(ga.a, NIXL_VRAM, (uintptr_t)ga.gpu.mem + 4096, 256 * KiB, 1, 1), NIXL_SUCCESS);
+    CHECK_ST(xu_reg_mem(ga.a, NIXL_VRAM, (uintptr_t)ga.gpu.mem + 4096, 256 * KiB, 1, 1), NIXL_SUCCESS);
     ops = fake_ops(&ga.gpu);
     CHECK_ST(nixl_verbs_set_copy_ops(ga.be, &ops), NIXL_SUCCESS);
     CHECK_ST(nixl_verbs_set_copy_ops(NULL, &ops), NIXL_ERR_INVALID_PARAM);
@@ -339,7 +333,7 @@ static void test_stage_register(void) {
         ops = fake_ops(&g);
         CHECK_ST(nixl_verbs_set_copy_ops(fbe, &ops), NIXL_SUCCESS);
         logged("");
-        CHECK_ST(reg(forced, NIXL_VRAM, (uintptr_t)g.mem, 64 * KiB, 0, 0), NIXL_ERR_NOT_SUPPORTED);
+        CHECK_ST(xu_reg_mem(forced, NIXL_VRAM, (uintptr_t)g.mem, 64 * KiB, 0, 0), NIXL_ERR_NOT_SUPPORTED);
         CHECK(logged("vram_path=dma-buf is not available"));
         nixl_agent_destroy(forced);
         fake_free(&g);
@@ -362,7 +356,7 @@ static int pair_make(pair *p, const char *params, size_t gpu_bytes, size_t host_
     p->b = mk_agent("host-b", NULL, NULL);
     p->hb = (unsigned char *)calloc(1, host_bytes);
     p->hb_len = host_bytes;
-    return p->b && p->hb && reg(p->g.a, NIXL_VRAM, (uintptr_t)p->g.gpu.mem, gpu_bytes, 0, 0) == NIXL_SUCCESS &&
+    return p->b && p->hb && xu_reg_mem(p->g.a, NIXL_VRAM, (uintptr_t)p->g.gpu.mem, gpu_bytes, 0, 0) == NIXL_SUCCESS &&
            xu_reg(p->b, p->hb, host_bytes) == NIXL_SUCCESS && xu_share_md(p->b, p->g.a);
 }
 
@@ -517,7 +511,7 @@ static void test_stage_remote_refused(void) {
         nixl_desc_t ld = {(uintptr_t)buf, 4096, 0}, rd = {(uintptr_t)t.gpu.mem, 4096, 0};
         nixl_dlist_t ll = {NIXL_DRAM, &ld, 1}, rl = {NIXL_VRAM, &rd, 1};
         nixl_xfer_req_t *req = NULL;
-        CHECK_ST(reg(t.a, NIXL_VRAM, (uintptr_t)t.gpu.mem, 1 * MiB, 0, 0), NIXL_SUCCESS);
+        CHECK_ST(xu_reg_mem(t.a, NIXL_VRAM, (uintptr_t)t.gpu.mem, 1 * MiB, 0, 0), NIXL_SUCCESS);
         CHECK_ST(xu_reg(a, buf, 64 * KiB), NIXL_SUCCESS);
         CHECK(xu_share_md(t.a, a));
         logged("");
@@ -546,7 +540,7 @@ static void test_stage_loopback(void) {
         uintptr_t l = (uintptr_t)g.gpu.mem, r = (uintptr_t)host;
         size_t len = 2 * MiB - 5;
         nixl_xfer_req_t *req = NULL;
-        CHECK_ST(reg(g.a, NIXL_VRAM, l, 2 * MiB, 0, 0), NIXL_SUCCESS);
+        CHECK_ST(xu_reg_mem(g.a, NIXL_VRAM, l, 2 * MiB, 0, 0), NIXL_SUCCESS);
         CHECK_ST(xu_reg(g.a, host, 2 * MiB), NIXL_SUCCESS);
         nt_fill(g.gpu.mem, len, 41);
         CHECK_ST(mk_req(g.a, "self", NIXL_WRITE, NIXL_VRAM, &l, &r, &len, 1, 0, NULL, &req), NIXL_SUCCESS);
@@ -628,7 +622,7 @@ static void test_stage_release_in_flight(void) {
         nixl_verbs_copy_ops_t ops = fake_ops(&p.g.gpu);
         uint64_t end = nixl_now_us() + XU_WAIT_US;
         _nixl_verbs_stage_t *st = peer_stage(&p);
-        CHECK_ST(reg(p.g.a, NIXL_VRAM, (uintptr_t)p.g.gpu.mem, p.g.gpu.size, 0, 1), NIXL_SUCCESS);
+        CHECK_ST(xu_reg_mem(p.g.a, NIXL_VRAM, (uintptr_t)p.g.gpu.mem, p.g.gpu.size, 0, 1), NIXL_SUCCESS);
         CHECK(st->nfree < st->count);
         CHECK_ST(nixl_verbs_set_copy_ops(p.g.be, &ops), NIXL_ERR_NOT_ALLOWED);
         CHECK(logged("the current copy engine is in use"));
@@ -639,7 +633,7 @@ static void test_stage_release_in_flight(void) {
         CHECKF(st->nfree == st->count, "every bounce buffer came back (%u of %u)", (unsigned)st->nfree,
                (unsigned)st->count);
         CHECK_ST(nixl_verbs_set_copy_ops(p.g.be, &ops), NIXL_SUCCESS);
-        CHECK_ST(reg(p.g.a, NIXL_VRAM, (uintptr_t)p.g.gpu.mem, p.g.gpu.size, 0, 0), NIXL_SUCCESS);
+        CHECK_ST(xu_reg_mem(p.g.a, NIXL_VRAM, (uintptr_t)p.g.gpu.mem, p.g.gpu.size, 0, 0), NIXL_SUCCESS);
         p.g.gpu.delay = 2;
         stage_one(&p, 4096, 512 * KiB, 7);
         {   /* leave copies running at destroy */
@@ -869,7 +863,7 @@ static void test_gpu_staging_rdma(void) {
         size_t len = n;
         nixl_xfer_req_t *req = NULL;
         uint64_t t0;
-        CHECK_ST(reg(a, NIXL_VRAM, l, n, 0, 0), NIXL_SUCCESS);
+        CHECK_ST(xu_reg_mem(a, NIXL_VRAM, l, n, 0, 0), NIXL_SUCCESS);
         CHECK(nixl_verbs_mem_path(be, (void *)l) == NIXL_VERBS_PATH_STAGING);
         CHECK_ST(xu_reg(a, host, n), NIXL_SUCCESS);
         nt_fill(host, n, 9);
@@ -888,7 +882,7 @@ static void test_gpu_staging_rdma(void) {
             nixl_release_xfer_req(a, req);
             CHECK(nt_verify(host, n, 9));
         }
-        CHECK_ST(reg(a, NIXL_VRAM, l, n, 0, 1), NIXL_SUCCESS);
+        CHECK_ST(xu_reg_mem(a, NIXL_VRAM, l, n, 0, 1), NIXL_SUCCESS);
     }
     if (ev) o.event_destroy(o.ctx, ev);
     if (a) nixl_agent_destroy(a);

@@ -55,16 +55,17 @@ XU_FN int xu_have_rdma(void) {
 }
 #endif
 
-XU_FN nixl_status_t xu_reg(nixl_agent_t *a, void *p, size_t n) {
-    nixl_desc_t d = {(uintptr_t)p, n, 0};
-    nixl_dlist_t l = {NIXL_DRAM, &d, 1};
-    return nixl_register_mem(a, &l, NULL);
+/* registers (or with dereg, deregisters) one region of `mem` on GPU `dev` */
+XU_FN nixl_status_t xu_reg_mem(nixl_agent_t *a, nixl_mem_t mem, uintptr_t p, size_t n, uint64_t dev, int dereg) {
+    nixl_desc_t d = {p, n, dev};
+    nixl_dlist_t l = {mem, &d, 1};
+    return dereg ? nixl_deregister_mem(a, &l, NULL) : nixl_register_mem(a, &l, NULL);
 }
 
+XU_FN nixl_status_t xu_reg(nixl_agent_t *a, void *p, size_t n) { return xu_reg_mem(a, NIXL_DRAM, (uintptr_t)p, n, 0, 0); }
+
 XU_FN nixl_status_t xu_dereg(nixl_agent_t *a, void *p, size_t n) {
-    nixl_desc_t d = {(uintptr_t)p, n, 0};
-    nixl_dlist_t l = {NIXL_DRAM, &d, 1};
-    return nixl_deregister_mem(a, &l, NULL);
+    return xu_reg_mem(a, NIXL_DRAM, (uintptr_t)p, n, 0, 1);
 }
 
 /* `to` loads `from`'s metadata (same process) */
