@@ -545,6 +545,17 @@ static int _nixl_verbs_parse_addr(const void *info, size_t len, struct sockaddr_
     return 0;
 }
 
+/* Deregisters every MR of a region (last device first) and forgets them. */
+static void _nixl_verbs_md_drop_mrs(_nixl_verbs_engine_t *e, _nixl_verbs_md_t *m) {
+    int d;
+    for (d = NIXL_VERBS_MAX_DEVICES - 1; d >= 0; d--) {
+        if (m->mr[d] && ibv_dereg_mr(m->mr[d]))
+            nixl_backend_log(e->be, NIXL_LOG_ERROR, "verbs: ibv_dereg_mr(%p) failed: %s", (void *)m->addr,
+                             strerror(errno));
+        m->mr[d] = NULL;
+    }
+}
+
 // >>lists
 
 static void _nixl_verbs_bl_add(_nixl_verbs_peer_t *p, _nixl_verbs_req_t *r) {
@@ -2176,8 +2187,7 @@ static void _nixl_verbs_destroy(void *engine) {
     while (e->mds) {
         _nixl_verbs_md_t *m = e->mds;
         e->mds = m->next;
-        for (i = NIXL_VERBS_MAX_DEVICES - 1; i >= 0; i--)
-            if (m->mr[i]) ibv_dereg_mr(m->mr[i]);
+        _nixl_verbs_md_drop_mrs(e, m);
         nixl_backend_free(e->be, m);
     }
     if (e->listen_id) rdma_destroy_id(e->listen_id);
@@ -2258,11 +2268,7 @@ static int _nixl_verbs_reg_direct(_nixl_verbs_engine_t *e, _nixl_verbs_md_t *m, 
         m->path = NIXL_VERBS_PATH_DMABUF;
         return 0;
     }
-    for (d = e->ndev - 1; d >= 0; d--)
-        if (m->mr[d]) {
-            ibv_dereg_mr(m->mr[d]);
-            m->mr[d] = NULL;
-        }
+    _nixl_verbs_md_drop_mrs(e, m);
     for (d = 0; d < e->ndev && peermem; d++)
         if ((m->mr[d] = ibv_reg_mr(e->devs[d].pd, (void *)r->addr, r->len, _nixl_verbs_access())) == NULL) {
             nixl_backend_log(e->be, NIXL_LOG_WARN, "verbs: ibv_reg_mr(GPU %p, %zu) with nvidia-peermem on %s "
@@ -2273,11 +2279,7 @@ static int _nixl_verbs_reg_direct(_nixl_verbs_engine_t *e, _nixl_verbs_md_t *m, 
         m->path = NIXL_VERBS_PATH_PEERMEM;
         return 0;
     }
-    for (d = e->ndev - 1; d >= 0; d--)
-        if (m->mr[d]) {
-            ibv_dereg_mr(m->mr[d]);
-            m->mr[d] = NULL;
-        }
+    _nixl_verbs_md_drop_mrs(e, m);
     *why = e->copy_custom ? "copy ops installed (no CUDA dma-buf)"
            : !e->cuda.cuMemGetHandleForAddressRange ? "no dma-buf in this CUDA driver (needs >= 11.7)"
            : !_nixl_verbs_peermem_loaded() ? "no dma-buf on the NIC/kernel, and nvidia-peermem is not loaded"
@@ -2336,8 +2338,7 @@ static nixl_status_t _nixl_verbs_register_mem(void *engine, nixl_mem_t mem, cons
         }
     }
     if (st != NIXL_SUCCESS) {
-        for (d = e->ndev - 1; d >= 0; d--)
-            if (m->mr[d]) ibv_dereg_mr(m->mr[d]);
+        _nixl_verbs_md_drop_mrs(e, m);
         nixl_backend_free(e->be, m);
         return st;
     }
@@ -2368,12 +2369,8 @@ static nixl_status_t _nixl_verbs_register_mem(void *engine, nixl_mem_t mem, cons
 static void _nixl_verbs_deregister_mem(void *engine, void *md) {
     _nixl_verbs_engine_t *e = (_nixl_verbs_engine_t *)engine;
     _nixl_verbs_md_t *m = (_nixl_verbs_md_t *)md;
-    int d;
     if (!m) return;
-    for (d = NIXL_VERBS_MAX_DEVICES - 1; d >= 0; d--)
-        if (m->mr[d] && ibv_dereg_mr(m->mr[d]))
-            nixl_backend_log(e->be, NIXL_LOG_ERROR, "verbs: ibv_dereg_mr(%p) failed: %s", (void *)m->addr,
-                             strerror(errno));
+    _nixl_verbs_md_drop_mrs(e, m);
     if (m->path == NIXL_VERBS_PATH_STAGING) e->nstaged--;
     if (m->prev) m->prev->next = m->next; else e->mds = m->next;
     if (m->next) m->next->prev = m->prev;

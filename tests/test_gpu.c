@@ -168,30 +168,6 @@ static void gpu_agent_free(gpu_agent *ga) {
     fake_free(&ga->gpu);
 }
 
-/* notification bookkeeping: when the first one arrives, check the data */
-typedef struct seen {
-    int n;
-    const void *buf;
-    size_t len;
-    unsigned seed;
-    int data_ok;
-} seen;
-
-static void on_notif(void *user, const char *remote, const void *msg, size_t len) {
-    seen *s = (seen *)user;
-    (void)remote, (void)msg, (void)len;
-    if (s->n++ == 0 && s->buf) s->data_ok = nt_verify(s->buf, s->len, s->seed);
-}
-
-static int wait_notif(nixl_agent_t *a, seen *s, nixl_agent_t *other) {
-    uint64_t end = nixl_now_us() + XU_WAIT_US;
-    while (s->n == 0 && nixl_now_us() < end) {
-        nixl_get_notifs(a, on_notif, s);
-        if (other) nixl_progress(other);
-    }
-    return s->n > 0;
-}
-
 /* a request of `n` descriptors (lmem/laddr[i] -> raddr[i], len[i]) */
 static nixl_status_t mk_req(nixl_agent_t *a, const char *remote, nixl_xfer_op_t op, nixl_mem_t lmem,
                             const uintptr_t *l, const uintptr_t *r, const size_t *len, size_t n, uint64_t ldev,
@@ -377,20 +353,20 @@ static _nixl_verbs_stage_t *peer_stage(pair *p) {
 static void stage_one(pair *p, size_t off, size_t len, unsigned seed) {
     uintptr_t l = (uintptr_t)p->g.gpu.mem + off, r = (uintptr_t)p->hb + off;
     nixl_xfer_req_t *req = NULL;
-    seen s;
+    xu_notes s;
     nt_fill((void *)l, len, seed);
     memset(p->hb + off, 0, len);
     memset(&s, 0, sizeof s);
-    s.buf = p->hb + off;
-    s.len = len;
-    s.seed = seed;
+    s.check_buf = p->hb + off;
+    s.check_len = len;
+    s.check_seed = seed;
     CHECK_ST(mk_req(p->g.a, "host-b", NIXL_WRITE, NIXL_VRAM, &l, &r, &len, 1, 0, "w", &req), NIXL_SUCCESS);
     if (req) {
         CHECKF(run_req(p->g.a, req, p->b) == NIXL_SUCCESS, "staged WRITE of %zu bytes at %zu", len, off);
         nixl_release_xfer_req(p->g.a, req);
     }
-    CHECK(wait_notif(p->b, &s, p->g.a));
-    CHECKF(s.data_ok, "WRITE of %zu bytes: all of it at the target when the notification came", len);
+    CHECK(xu_wait_notes(p->b, &s, 1, p->g.a, 0));
+    CHECKF(s.check_ok, "WRITE of %zu bytes: all of it at the target when the notification came", len);
     CHECKF(nt_verify(p->hb + off, len, seed), "WRITE of %zu bytes at %zu", len, off);
     /* READ it back into zeroed "device" memory */
     memset((void *)l, 0, len);

@@ -143,11 +143,17 @@ XU_FN nixl_status_t xu_wait(nixl_agent_t *a, nixl_xfer_req_t *r, nixl_agent_t *o
     return st;
 }
 
-/* notifications: counts them, and checks "seq N" messages arrive in order */
+/* notifications: counts them, checks "seq N" messages arrive in order, and
+   (check_buf set) whether nt_fill(check_seed) data was all in place when
+   each arrived */
 typedef struct xu_notes {
     long n;
     int in_order;
     char last[256];
+    const void *check_buf;
+    size_t check_len;
+    unsigned check_seed;
+    int check_ok;
 } xu_notes;
 
 XU_FN void xu_on_note(void *user, const char *remote, const void *msg, size_t len) {
@@ -160,6 +166,7 @@ XU_FN void xu_on_note(void *user, const char *remote, const void *msg, size_t le
     memcpy(n->last, msg, len);
     n->last[len] = 0;
     n->n++;
+    if (n->check_buf) n->check_ok = nt_verify(n->check_buf, n->check_len, n->check_seed);
 }
 
 XU_FN int xu_wait_notes(nixl_agent_t *a, xu_notes *n, long want, nixl_agent_t *other, uint64_t limit_us) {
