@@ -162,21 +162,43 @@ NIXL_API const nixl_backend_ops_t *nixl_ucx_backend(void);
 #include <string.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <sys/random.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 // >>constants
 
-#define _NIXL_UCX_AM_ID 0x4e58u          /* "NX": our active message id */
-#define _NIXL_UCX_WIRE_VERSION 1u
+#define _NIXL_UCX_AM_ID 0x4e58u          /* "NX": notifications */
+#define _NIXL_UCX_AM_DATA_ID 0x4e59u     /* "NY": the checked data path */
+#define _NIXL_UCX_WIRE_VERSION 2u
 #define _NIXL_UCX_AM_NOTIF 1u            /* payload: notification bytes */
-#define _NIXL_UCX_AM_REVOKE 2u           /* payload: u64le addr, u64le len */
+/* data-path message kinds (user header of _NIXL_UCX_AM_DATA_ID) */
+#define _NIXL_UCX_DP_WRITE 1u            /* data: bytes for [addr, addr+len) at the target */
+#define _NIXL_UCX_DP_READ_REQ 2u         /* no data: send me [addr, addr+len) */
+#define _NIXL_UCX_DP_READ_DATA 3u        /* data (or a refusal status): the answer */
+#define _NIXL_UCX_DP_ACK 4u              /* no data: a WRITE landed (or was refused) */
+#define _NIXL_UCX_DP_HELLO 5u            /* no data: wires a new endpoint up (ignored) */
+/* header: u8 version, u8 kind, u16le refusal (a -nixl_status_t, 0 = fine),
+   u32le descriptor index, u64le slot/generation, u64le token, u64le addr,
+   u64le len */
+#define _NIXL_UCX_DP_HDR 40u
 #define _NIXL_UCX_MAX_WORKERS 64u
 #define _NIXL_UCX_NOTIF_PREALLOC 256u
 #define _NIXL_UCX_PROGRESS_BUDGET 1024   /* ucp_worker_progress calls per worker per progress() */
 #define _NIXL_UCX_DESTROY_WAIT_US 2000000u
-/* conn info: magic 'U', version, worker count, then per worker u32le length
-   + address bytes */
+#define _NIXL_UCX_DEREG_WAIT_US 2000000u /* deregistration waits this long for accesses in flight */
+#define _NIXL_UCX_RNDV_THRESH 8192u      /* default: larger data goes by rendezvous (zero-copy) */
+/* conn info: magic 'U', version, worker count, flags, the process identity
+   (u32le pid, u64le start time, u64le pid namespace, 36-byte boot id), then
+   per worker u32le length + address bytes */
 #define _NIXL_UCX_INFO_MAGIC 0x55u
-/* public data: magic 'R', version, 2 reserved bytes, then the packed rkey */
+#define _NIXL_UCX_BOOT_ID 36u
+#define _NIXL_UCX_IDENT (4u + 8u + 8u + _NIXL_UCX_BOOT_ID)
+#define _NIXL_UCX_INFO_HDR (4u + _NIXL_UCX_IDENT)
+#define _NIXL_UCX_WATCH_US 100000u       /* a stalled peer on this host is checked this often */
+#define _NIXL_UCX_INFO_RMA 1u            /* flags: this agent serves one-sided RMA */
+/* public data: magic 'R', version, flags, reserved, then the packed rkey
+   (only an agent on the one-sided path packs one) */
 #define _NIXL_UCX_PUB_MAGIC 0x52u
 #define _NIXL_UCX_PUB_HDR 4u
 
@@ -198,13 +220,20 @@ typedef struct _nixl_ucx_conn {
     void *close_req;        /* its request, until complete */
 } _nixl_ucx_conn_t;
 
+/* Which process an agent runs in: on the same host (boot id and pid
+   namespace equal), whether it is still alive can be read from /proc. */
+typedef struct _nixl_ucx_ident {
+    uint32_t pid;
+    uint64_t start, pidns;
+    char boot[_NIXL_UCX_BOOT_ID];
+} _nixl_ucx_ident_t;
+
 typedef struct _nixl_ucx_rmd {
     struct _nixl_ucx_rmd *next, *prev; /* the peer's list */
     _nixl_ucx_peer_t *peer;
     uintptr_t addr;
     size_t len;
-    ucp_rkey_h *rkeys; /* one per local worker (rkeys belong to an ep) */
-    int revoked;       /* the owner deregistered it (REVOKE message) */
+    ucp_rkey_h *rkeys; /* one per local worker (rkeys belong to an ep); NULL on the checked path */
 } _nixl_ucx_rmd_t;
 
 struct _nixl_ucx_peer {
@@ -217,6 +246,9 @@ struct _nixl_ucx_peer {
     size_t addr_lens[_NIXL_UCX_MAX_WORKERS];
     _nixl_ucx_conn_t **conns; /* per local worker, NULL until connected */
     _nixl_ucx_rmd_t *rmds;
+    int rma;            /* one-sided put/get to it (both ends on the RMA path) */
+    _nixl_ucx_ident_t ident;
+    int same_host;      /* ident names a process on this host: watch it */
     int failed;         /* an endpoint reported an error */
     int down_reported;  /* nixl_backend_peer_down was called */
     ucs_status_t fail_status;
@@ -227,16 +259,22 @@ typedef struct _nixl_ucx_md {
     ucp_mem_h memh;
     uintptr_t addr;
     size_t len;
-    unsigned char *pub; /* magic header + packed rkey */
+    unsigned char *pub; /* magic header (+ packed rkey on the RMA path) */
     size_t pub_len;
+    unsigned busy;      /* checked accesses in flight that read or write it */
 } _nixl_ucx_md_t;
 
+typedef struct _nixl_ucx_req _nixl_ucx_req_t;
+
 typedef struct _nixl_ucx_op {
+    _nixl_ucx_req_t *req;
     void *laddr;
     uint64_t raddr;
     size_t len;
     ucp_rkey_h rkey;
-    const _nixl_ucx_rmd_t *rmd; /* read at post only (the core keeps it alive then) */
+    unsigned char hdr[_NIXL_UCX_DP_HDR]; /* checked path: this descriptor's AM header */
+    unsigned char done;                   /* checked path: landed (or refused) in this post */
+    unsigned char rndv;                   /* checked path: by rendezvous, no ACK */
 } _nixl_ucx_op_t;
 
 enum {
@@ -247,7 +285,7 @@ enum {
     _NIXL_UCX_REQ_DONE
 };
 
-typedef struct _nixl_ucx_req {
+struct _nixl_ucx_req {
     struct _nixl_ucx_req *next, *prev;   /* the engine's list of requests */
     struct _nixl_ucx_req *ready_next;    /* the engine's NOTIF_READY queue */
     _nixl_ucx_engine_t *eng;
@@ -262,11 +300,18 @@ typedef struct _nixl_ucx_req {
     void *ucx_req;                       /* in-flight flush or AM send */
     _nixl_ucx_conn_t *io_conn;           /* the conn ucx_req runs on */
     int send_notif;                      /* this post carries a notification */
+    /* the checked path (active messages) */
+    int am;                              /* this request moves data with checked AMs */
+    uint32_t slot, gen;                  /* slot in the engine's table; post generation */
+    uint64_t token;                      /* random: an answer must echo it */
+    size_t ndone;                        /* descriptors landed (or refused) in this post */
+    int io_inflight;                     /* our UCX sends/receives that reference it */
+    nixl_status_t am_err;                /* first error of this post */
     unsigned char *notif;                /* AM payload: header + message */
     size_t notif_hdr, notif_len, notif_cap;
-} _nixl_ucx_req_t;
+};
 
-/* An in-flight gen_notif or REVOKE message (owns its payload). */
+/* An in-flight gen_notif message (owns its payload). */
 typedef struct _nixl_ucx_msg {
     struct _nixl_ucx_msg *next, *prev;
     _nixl_ucx_engine_t *eng;
@@ -276,7 +321,19 @@ typedef struct _nixl_ucx_msg {
     unsigned char *buf;
 } _nixl_ucx_msg_t;
 
+/* The target's side of a checked access in flight (a READ's answer, a
+   WRITE's rendezvous receive, an ACK): owns the header UCX may still read,
+   and pins the region against deregistration. */
+typedef struct _nixl_ucx_tio {
+    struct _nixl_ucx_tio *next, *prev;
+    _nixl_ucx_engine_t *eng;
+    _nixl_ucx_md_t *md;                   /* NULL: no region (ACK, refusal) or deregistered */
+    ucp_ep_h reply_ep;                    /* a WRITE's rendezvous receive: where its ACK goes */
+    unsigned char hdr[_NIXL_UCX_DP_HDR];
+} _nixl_ucx_tio_t;
+
 typedef struct _nixl_ucx_worker {
+    _nixl_ucx_engine_t *eng;              /* the AM handlers' argument */
     ucp_worker_h h;
     ucp_address_t *addr;
     size_t addr_len;
@@ -298,6 +355,19 @@ struct _nixl_ucx_engine {
     _nixl_ucx_peer_t *self_peer; /* loopback, created on first load_local_md */
     _nixl_ucx_conn_t *conns;
     _nixl_ucx_md_t *mds;
+    _nixl_ucx_md_t **by_addr; /* every md, sorted by address: the target's access check */
+    size_t nby_addr, by_addr_cap;
+    size_t max_region;     /* the longest region ever registered (bounds the search) */
+    int rma;               /* this agent serves one-sided put/get (data_path) */
+    size_t rndv_thresh;    /* checked path: eager below, rendezvous from here */
+    _nixl_ucx_req_t **slots; /* checked path: answers find their request here */
+    uint32_t nslots;       /* slots in use or freed (the table's length) */
+    uint32_t *free_slots;  /* freed slot numbers (a stack), nfree of them */
+    uint32_t nfree, slots_cap;
+    uint64_t rng;          /* xorshift state for request tokens */
+    _nixl_ucx_tio_t *tios; /* target accesses in flight */
+    _nixl_ucx_ident_t ident; /* this process */
+    uint64_t next_watch;   /* when stalled same-host peers are checked next */
     _nixl_ucx_req_t *reqs;
     _nixl_ucx_req_t *ready_head, *ready_tail;
     _nixl_ucx_msg_t *msgs;
@@ -372,6 +442,69 @@ static void _nixl_ucx_am_hdr_write(const _nixl_ucx_engine_t *eng, unsigned char 
     p[1] = (unsigned char)kind;
     _nixl_ucx_put_u16(p + 2, (unsigned)eng->name_len);
     memcpy(p + 4, eng->name, eng->name_len);
+}
+
+// >>liveness
+
+/* Start time of a process (field 22 of /proc/PID/stat), 0 if it is gone. */
+static uint64_t _nixl_ucx_proc_start(uint32_t pid) {
+    char path[64], buf[1024];
+    const char *p;
+    FILE *f;
+    size_t n;
+    int field;
+    snprintf(path, sizeof path, "/proc/%u/stat", (unsigned)pid);
+    f = fopen(path, "r");
+    if (!f) return 0;
+    n = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    buf[n] = '\0';
+    p = strrchr(buf, ')'); /* the command name may hold spaces and parentheses */
+    if (!p) return 0;
+    for (field = 2; *p && field < 22; p++)
+        if (*p == ' ') field++;
+    return field == 22 ? strtoull(p, NULL, 10) : 0;
+}
+
+/* This process's identity (pid 0: unknown, peers then never watch us). */
+static void _nixl_ucx_ident_self(_nixl_ucx_ident_t *id) {
+    struct stat st;
+    FILE *f = fopen("/proc/sys/kernel/random/boot_id", "r");
+    memset(id, 0, sizeof *id);
+    if (!f) return;
+    if (fread(id->boot, 1, _NIXL_UCX_BOOT_ID, f) == _NIXL_UCX_BOOT_ID && stat("/proc/self/ns/pid", &st) == 0) {
+        id->pid = (uint32_t)getpid();
+        id->start = _nixl_ucx_proc_start(id->pid);
+        id->pidns = (uint64_t)st.st_ino;
+    }
+    fclose(f);
+}
+
+/* UCX 1.13 does not watch an endpoint that never finished its wire-up (the
+   peer died right after we created it): a request waiting on such a peer
+   would wait forever on shared memory. So while checked requests wait on a
+   peer of this host, progress checks every _NIXL_UCX_WATCH_US that its
+   process still lives, and fails the peer like an endpoint error if not. */
+static int _nixl_ucx_watch_peers(_nixl_ucx_engine_t *eng) {
+    _nixl_ucx_req_t *r;
+    uint64_t now;
+    int did = 0;
+    if (!eng->reqs) return 0;
+    now = nixl_now_us();
+    if (now < eng->next_watch) return 0;
+    eng->next_watch = now + _NIXL_UCX_WATCH_US;
+    for (r = eng->reqs; r; r = r->next) {
+        _nixl_ucx_peer_t *p = r->peer;
+        if (!r->am || r->state != _NIXL_UCX_REQ_FLUSHING || !p || !p->same_host || p->failed) continue;
+        if (_nixl_ucx_proc_start(p->ident.pid) == p->ident.start) continue;
+        nixl_backend_log(eng->be, NIXL_LOG_WARN, "peer %s: its process (pid %u) is gone", p->name,
+                         (unsigned)p->ident.pid);
+        p->failed = 1;
+        p->fail_status = UCS_ERR_CONNECTION_RESET;
+        eng->peer_failed = 1;
+        did = 1;
+    }
+    return did;
 }
 
 // >>params
@@ -481,33 +614,60 @@ static nixl_status_t _nixl_ucx_check_keys(_nixl_ucx_engine_t *eng, const nixl_ba
     return st;
 }
 
-// >>am
-
-static void _nixl_ucx_handle_revoke(_nixl_ucx_engine_t *eng, const char *sender, const unsigned char *p,
-                                    size_t len) {
-    _nixl_ucx_peer_t *peer;
-    _nixl_ucx_rmd_t *r;
-    uint64_t addr, rlen;
-    if (len != 16) {
-        nixl_backend_log(eng->be, NIXL_LOG_WARN, "am: REVOKE from %s with %zu payload bytes (want 16), dropped",
-                         sender, len);
-        return;
+/* Transports on which the NIC (or the GPU's IPC mapping) enforces remote
+   keys: put/get there cannot reach memory that was not registered. */
+static int _nixl_ucx_tl_checks_keys(const char *tl, size_t n) {
+    static const char *const hw[] = {"rc", "dc", "ud", "ib", "cuda_ipc", "cuda_copy", "gdr_copy", "rocm", "self"};
+    size_t i;
+    for (i = 0; i < sizeof hw / sizeof hw[0]; i++) {
+        size_t k = strlen(hw[i]);
+        if (n >= k && strncmp(tl, hw[i], k) == 0 && (n == k || tl[k] == '_')) return 1;
     }
-    addr = _nixl_ucx_get_u64(p);
-    rlen = _nixl_ucx_get_u64(p + 8);
-    for (peer = eng->peers; peer; peer = peer->next)
-        if (strcmp(peer->name, sender) == 0) break;
-    if (!peer && strcmp(sender, eng->name) == 0) peer = eng->self_peer;
-    if (!peer) return; /* we hold nothing of it */
-    for (r = peer->rmds; r; r = r->next)
-        if (r->addr == (uintptr_t)addr && r->len == (size_t)rlen) {
-            r->revoked = 1;
-            nixl_backend_log(eng->be, NIXL_LOG_INFO, "am: %s deregistered region 0x%llx+%llu: refused from now on",
-                             sender, (unsigned long long)addr, (unsigned long long)rlen);
-        }
+    return 0;
 }
 
-/* The one AM handler: notifications and revocations, all bounds-checked. */
+/* data_path=auto: one-sided only when every transport listed (tls= param,
+   else UCX_TLS) checks keys in hardware; UCX's default "all" includes tcp
+   and shared memory, so it takes the checked path. */
+static int _nixl_ucx_auto_rma(const nixl_backend_init_t *init) {
+    const char *tls = nixl_param_get(init, "tls");
+    const char *p;
+    if (!tls) tls = getenv("UCX_TLS");
+    if (!tls || !*tls || *tls == '^') return 0;
+    for (p = tls; *p;) {
+        size_t n = strcspn(p, "+,");
+        if (n == 0 || !_nixl_ucx_tl_checks_keys(p, n)) return 0;
+        p += n;
+        if (*p) p++;
+    }
+    return 1;
+}
+
+/* data_path=auto|rma|am: sets eng->rma, with a log line saying why. */
+static nixl_status_t _nixl_ucx_choose_path(_nixl_ucx_engine_t *eng, const nixl_backend_init_t *init) {
+    const char *v = nixl_param_get(init, "data_path");
+    uint64_t th = _NIXL_UCX_RNDV_THRESH;
+    nixl_status_t st = nixl_param_u64(init, "rndv_thresh", _NIXL_UCX_RNDV_THRESH, 0, 1u << 30, &th);
+    if (st != NIXL_SUCCESS) return st;
+    eng->rndv_thresh = (size_t)th;
+    if (!v || strcmp(v, "auto") == 0) eng->rma = _nixl_ucx_auto_rma(init);
+    else if (strcmp(v, "rma") == 0) eng->rma = 1;
+    else if (strcmp(v, "am") == 0) eng->rma = 0;
+    else {
+        nixl_backend_log(eng->be, NIXL_LOG_ERROR, "create: data_path=%s: want auto, rma or am", v);
+        return NIXL_ERR_INVALID_PARAM;
+    }
+    nixl_backend_log(eng->be, NIXL_LOG_INFO, "data path: %s (data_path=%s)",
+                     eng->rma ? "one-sided put/get where the peer agrees: the NIC checks remote keys"
+                              : "checked active messages: this agent checks every peer access against its "
+                                "registrations",
+                     v ? v : "auto");
+    return NIXL_SUCCESS;
+}
+
+// >>am
+
+/* The notification handler, bounds-checked. */
 static ucs_status_t _nixl_ucx_am_cb(void *arg, const void *header, size_t header_length, void *data,
                                     size_t length, const ucp_am_recv_param_t *param) {
     _nixl_ucx_engine_t *eng = (_nixl_ucx_engine_t *)arg;
@@ -541,8 +701,6 @@ static ucs_status_t _nixl_ucx_am_cb(void *arg, const void *header, size_t header
     length -= 4 + nlen;
     if (kind == _NIXL_UCX_AM_NOTIF)
         nixl_backend_notif(eng->be, sender, p, length);
-    else if (kind == _NIXL_UCX_AM_REVOKE)
-        _nixl_ucx_handle_revoke(eng, sender, p, length);
     else
         nixl_backend_log(eng->be, NIXL_LOG_WARN, "am: unknown kind %u from %s, dropped", kind, sender);
     return UCS_OK;
@@ -564,7 +722,7 @@ static void _nixl_ucx_msg_sent_cb(void *request, ucs_status_t status, void *user
     _nixl_ucx_msg_t *m = (_nixl_ucx_msg_t *)user_data;
     _nixl_ucx_engine_t *eng = m->eng;
     if (status != UCS_OK && !eng->destroying)
-        nixl_backend_log(eng->be, NIXL_LOG_WARN, "am: message of %zu bytes (notification or REVOKE) not delivered: %s",
+        nixl_backend_log(eng->be, NIXL_LOG_WARN, "am: notification of %zu bytes not delivered: %s",
                          m->len, ucs_status_string(status));
     ucp_request_free(request);
     m->conn->pending--;
@@ -581,9 +739,10 @@ static void _nixl_ucx_am_param(ucp_request_param_t *prm, ucp_send_nbx_callback_t
     prm->flags = UCP_AM_SEND_FLAG_EAGER;
 }
 
-/* Sends an engine-owned message (gen_notif, REVOKE) on c. Takes ownership of buf. */
-static nixl_status_t _nixl_ucx_send_msg(_nixl_ucx_engine_t *eng, _nixl_ucx_conn_t *c, unsigned char *buf,
-                                        size_t len, const char *what) {
+/* Sends an engine-owned message (gen_notif) on c. Takes ownership of buf. */
+static nixl_status_t _nixl_ucx_send_msg_on(_nixl_ucx_engine_t *eng, _nixl_ucx_conn_t *c, unsigned am_id,
+                                           const void *hdr, size_t hdr_len, unsigned char *buf, size_t len,
+                                           const char *what) {
     ucp_request_param_t prm;
     ucs_status_ptr_t sp;
     _nixl_ucx_msg_t *m = (_nixl_ucx_msg_t *)_nixl_ucx_alloc(eng, sizeof *m);
@@ -596,7 +755,7 @@ static nixl_status_t _nixl_ucx_send_msg(_nixl_ucx_engine_t *eng, _nixl_ucx_conn_
     m->buf = buf;
     m->len = len;
     _nixl_ucx_am_param(&prm, _nixl_ucx_msg_sent_cb, m);
-    sp = ucp_am_send_nbx(c->ep, _NIXL_UCX_AM_ID, NULL, 0, buf, len, &prm);
+    sp = ucp_am_send_nbx(c->ep, am_id, hdr, hdr_len, buf, len, &prm);
     if (sp == NULL) {
         _nixl_ucx_msg_free(eng, m);
         return NIXL_SUCCESS;
@@ -616,13 +775,51 @@ static nixl_status_t _nixl_ucx_send_msg(_nixl_ucx_engine_t *eng, _nixl_ucx_conn_
     return NIXL_IN_PROG;
 }
 
+static nixl_status_t _nixl_ucx_send_msg(_nixl_ucx_engine_t *eng, _nixl_ucx_conn_t *c, unsigned char *buf,
+                                        size_t len, const char *what) {
+    return _nixl_ucx_send_msg_on(eng, c, _NIXL_UCX_AM_ID, NULL, 0, buf, len, what);
+}
+
+/* A first message on a new endpoint, so that UCX wires it up now, while the
+   peer is known alive: UCX 1.13 watches an endpoint (keepalive) only once it
+   is wired up, and one whose first message goes to a dead peer would wait
+   forever on shared memory. The peer's handler ignores it. */
+static void _nixl_ucx_conn_hello(_nixl_ucx_engine_t *eng, _nixl_ucx_conn_t *c) {
+    static const unsigned char hello[_NIXL_UCX_DP_HDR] = {(unsigned char)_NIXL_UCX_WIRE_VERSION,
+                                                          (unsigned char)_NIXL_UCX_DP_HELLO};
+    _nixl_ucx_send_msg_on(eng, c, _NIXL_UCX_AM_DATA_ID, hello, sizeof hello, NULL, 0, "connect: hello");
+}
+
 // >>workers
+
+static ucs_status_t _nixl_ucx_dp_cb(void *arg, const void *header, size_t header_length, void *data,
+                                    size_t length, const ucp_am_recv_param_t *param);
+
+static nixl_status_t _nixl_ucx_set_handler(_nixl_ucx_engine_t *eng, unsigned i, unsigned id,
+                                           ucp_am_recv_callback_t cb, void *arg) {
+    ucp_am_handler_param_t hp;
+    ucs_status_t st;
+    memset(&hp, 0, sizeof hp);
+    hp.field_mask = UCP_AM_HANDLER_PARAM_FIELD_ID | UCP_AM_HANDLER_PARAM_FIELD_FLAGS |
+                    UCP_AM_HANDLER_PARAM_FIELD_CB | UCP_AM_HANDLER_PARAM_FIELD_ARG;
+    hp.id = id;
+    hp.flags = UCP_AM_FLAG_WHOLE_MSG;
+    hp.cb = cb;
+    hp.arg = arg;
+    st = ucp_worker_set_am_recv_handler(eng->workers[i].h, &hp);
+    if (st != UCS_OK) {
+        nixl_backend_log(eng->be, NIXL_LOG_ERROR, "create: ucp_worker_set_am_recv_handler(#%u, id %u) failed: %s", i,
+                         id, ucs_status_string(st));
+        return NIXL_ERR_BACKEND;
+    }
+    return NIXL_SUCCESS;
+}
 
 static nixl_status_t _nixl_ucx_worker_open(_nixl_ucx_engine_t *eng, unsigned i) {
     ucp_worker_params_t wp;
-    ucp_am_handler_param_t hp;
     ucs_status_t st;
     _nixl_ucx_worker_t *w = &eng->workers[i];
+    w->eng = eng;
     memset(&wp, 0, sizeof wp);
     wp.field_mask = UCP_WORKER_PARAM_FIELD_THREAD_MODE;
     /* the agent lock serialises every call into the engine */
@@ -634,19 +831,9 @@ static nixl_status_t _nixl_ucx_worker_open(_nixl_ucx_engine_t *eng, unsigned i) 
         w->h = NULL;
         return NIXL_ERR_BACKEND;
     }
-    memset(&hp, 0, sizeof hp);
-    hp.field_mask = UCP_AM_HANDLER_PARAM_FIELD_ID | UCP_AM_HANDLER_PARAM_FIELD_FLAGS |
-                    UCP_AM_HANDLER_PARAM_FIELD_CB | UCP_AM_HANDLER_PARAM_FIELD_ARG;
-    hp.id = _NIXL_UCX_AM_ID;
-    hp.flags = UCP_AM_FLAG_WHOLE_MSG;
-    hp.cb = _nixl_ucx_am_cb;
-    hp.arg = eng;
-    st = ucp_worker_set_am_recv_handler(w->h, &hp);
-    if (st != UCS_OK) {
-        nixl_backend_log(eng->be, NIXL_LOG_ERROR, "create: ucp_worker_set_am_recv_handler(#%u) failed: %s", i,
-                         ucs_status_string(st));
+    if (_nixl_ucx_set_handler(eng, i, _NIXL_UCX_AM_ID, _nixl_ucx_am_cb, eng) != NIXL_SUCCESS ||
+        _nixl_ucx_set_handler(eng, i, _NIXL_UCX_AM_DATA_ID, _nixl_ucx_dp_cb, w) != NIXL_SUCCESS)
         return NIXL_ERR_BACKEND;
-    }
     st = ucp_worker_get_address(w->h, &w->addr, &w->addr_len);
     if (st != UCS_OK) {
         nixl_backend_log(eng->be, NIXL_LOG_ERROR, "create: ucp_worker_get_address(#%u) failed: %s", i,
@@ -657,9 +844,9 @@ static nixl_status_t _nixl_ucx_worker_open(_nixl_ucx_engine_t *eng, unsigned i) 
     return NIXL_SUCCESS;
 }
 
-/* conn info = magic, version, count, then u32le length + address per worker */
+/* conn info = magic, version, count, flags, then u32le length + address per worker */
 static nixl_status_t _nixl_ucx_build_info(_nixl_ucx_engine_t *eng) {
-    size_t n = 3, i;
+    size_t n = _NIXL_UCX_INFO_HDR, i;
     unsigned char *p;
     for (i = 0; i < eng->num_workers; i++) n += 4 + eng->workers[i].addr_len;
     eng->info = (unsigned char *)_nixl_ucx_alloc(eng, n);
@@ -669,7 +856,12 @@ static nixl_status_t _nixl_ucx_build_info(_nixl_ucx_engine_t *eng) {
     p[0] = _NIXL_UCX_INFO_MAGIC;
     p[1] = (unsigned char)_NIXL_UCX_WIRE_VERSION;
     p[2] = (unsigned char)eng->num_workers;
-    p += 3;
+    p[3] = (unsigned char)(eng->rma ? _NIXL_UCX_INFO_RMA : 0u);
+    _nixl_ucx_put_u32(p + 4, eng->ident.pid);
+    _nixl_ucx_put_u64(p + 8, eng->ident.start);
+    _nixl_ucx_put_u64(p + 16, eng->ident.pidns);
+    memcpy(p + 24, eng->ident.boot, _NIXL_UCX_BOOT_ID);
+    p += _NIXL_UCX_INFO_HDR;
     for (i = 0; i < eng->num_workers; i++) {
         _nixl_ucx_put_u32(p, (uint32_t)eng->workers[i].addr_len);
         memcpy(p + 4, eng->workers[i].addr, eng->workers[i].addr_len);
@@ -682,7 +874,7 @@ static nixl_status_t _nixl_ucx_build_info(_nixl_ucx_engine_t *eng) {
 static nixl_status_t _nixl_ucx_parse_info(_nixl_ucx_engine_t *eng, const char *remote, _nixl_ucx_peer_t *peer) {
     const unsigned char *p = peer->info, *end = peer->info + peer->info_len;
     unsigned i, n;
-    if (peer->info_len < 3 || p[0] != _NIXL_UCX_INFO_MAGIC) {
+    if (peer->info_len < _NIXL_UCX_INFO_HDR || p[0] != _NIXL_UCX_INFO_MAGIC) {
         nixl_backend_log(eng->be, NIXL_LOG_ERROR, "load_remote_conn_info(%s): not UCX connection info (%zu bytes)",
                          remote, peer->info_len);
         return NIXL_ERR_INVALID_PARAM;
@@ -698,7 +890,15 @@ static nixl_status_t _nixl_ucx_parse_info(_nixl_ucx_engine_t *eng, const char *r
                          _NIXL_UCX_MAX_WORKERS);
         return NIXL_ERR_INVALID_PARAM;
     }
-    p += 3;
+    /* one-sided only when both ends are on the RMA path (NIC-checked keys) */
+    peer->rma = eng->rma && (p[3] & _NIXL_UCX_INFO_RMA);
+    peer->ident.pid = _nixl_ucx_get_u32(p + 4);
+    peer->ident.start = _nixl_ucx_get_u64(p + 8);
+    peer->ident.pidns = _nixl_ucx_get_u64(p + 16);
+    memcpy(peer->ident.boot, p + 24, _NIXL_UCX_BOOT_ID);
+    peer->same_host = peer->ident.pid && eng->ident.pid && peer->ident.pidns == eng->ident.pidns &&
+                      memcmp(peer->ident.boot, eng->ident.boot, _NIXL_UCX_BOOT_ID) == 0;
+    p += _NIXL_UCX_INFO_HDR;
     for (i = 0; i < n; i++) {
         uint32_t len;
         if ((size_t)(end - p) < 4) break;
@@ -822,6 +1022,7 @@ static nixl_status_t _nixl_ucx_peer_connect(_nixl_ucx_engine_t *eng, _nixl_ucx_p
         c->next = eng->conns;
         eng->conns = c;
         peer->conns[i] = c;
+        _nixl_ucx_conn_hello(eng, c);
     }
     return NIXL_SUCCESS;
 }
@@ -943,22 +1144,28 @@ static nixl_status_t _nixl_ucx_req_send_notif(_nixl_ucx_req_t *r) {
     return r->status;
 }
 
+/* Every byte of the post landed: done, or its notification goes next. */
+static void _nixl_ucx_req_landed(_nixl_ucx_req_t *r) {
+    _nixl_ucx_engine_t *eng = r->eng;
+    if (!r->send_notif) {
+        _nixl_ucx_req_finish(r, NIXL_SUCCESS);
+        return;
+    }
+    /* sent from progress() once UCX returned, never from inside its callback */
+    r->state = _NIXL_UCX_REQ_NOTIF_READY;
+    r->ready_next = NULL;
+    if (eng->ready_tail) eng->ready_tail->ready_next = r;
+    else eng->ready_head = r;
+    eng->ready_tail = r;
+}
+
 static void _nixl_ucx_flush_cb(void *request, ucs_status_t status, void *user_data) {
     _nixl_ucx_req_t *r = (_nixl_ucx_req_t *)user_data;
-    _nixl_ucx_engine_t *eng = r->eng;
     _nixl_ucx_req_io_done(r, request);
-    if (status != UCS_OK) {
+    if (status != UCS_OK)
         _nixl_ucx_req_finish(r, _nixl_ucx_req_error(r, r->op == NIXL_WRITE ? "put+flush" : "get+flush", status));
-    } else if (!r->send_notif) {
-        _nixl_ucx_req_finish(r, NIXL_SUCCESS);
-    } else {
-        /* sent from progress() once UCX returned, never from inside its callback */
-        r->state = _NIXL_UCX_REQ_NOTIF_READY;
-        r->ready_next = NULL;
-        if (eng->ready_tail) eng->ready_tail->ready_next = r;
-        else eng->ready_head = r;
-        eng->ready_tail = r;
-    }
+    else
+        _nixl_ucx_req_landed(r);
 }
 
 static int _nixl_ucx_send_ready_notifs(_nixl_ucx_engine_t *eng) {
@@ -986,6 +1193,8 @@ static void _nixl_ucx_ready_remove(_nixl_ucx_engine_t *eng, _nixl_ucx_req_t *r) 
     r->ready_next = NULL;
 }
 
+static void _nixl_ucx_dp_maybe_finish(_nixl_ucx_req_t *r);
+
 /* The peer goes away: requests keep their memory but lose the endpoint. */
 static void _nixl_ucx_detach_reqs(_nixl_ucx_engine_t *eng, _nixl_ucx_peer_t *peer) {
     _nixl_ucx_req_t *r;
@@ -996,13 +1205,21 @@ static void _nixl_ucx_detach_reqs(_nixl_ucx_engine_t *eng, _nixl_ucx_peer_t *pee
             _nixl_ucx_req_finish(r, NIXL_ERR_REMOTE_DISCONNECT);
         }
         /* FLUSHING / NOTIF_SENDING end in their callback (the endpoint
-           closes only after that, or is failed and completes them) */
+           closes only after that, or is failed and completes them); on the
+           checked path the answers that never come end it here */
+        if (r->am && r->state == _NIXL_UCX_REQ_FLUSHING) {
+            if (r->am_err == NIXL_SUCCESS) r->am_err = NIXL_ERR_REMOTE_DISCONNECT;
+            _nixl_ucx_dp_maybe_finish(r);
+        }
         r->peer = NULL;
         r->conn = NULL;
     }
 }
 
+static void _nixl_ucx_slot_give(_nixl_ucx_engine_t *eng, _nixl_ucx_req_t *r);
+
 static void _nixl_ucx_req_free(_nixl_ucx_engine_t *eng, _nixl_ucx_req_t *r) {
+    _nixl_ucx_slot_give(eng, r);
     if (r->prev) r->prev->next = r->next;
     else eng->reqs = r->next;
     if (r->next) r->next->prev = r->prev;
@@ -1023,6 +1240,513 @@ static nixl_status_t _nixl_ucx_req_notif_reserve(_nixl_ucx_req_t *r, size_t len)
     r->notif = n;
     r->notif_cap = r->notif_hdr + len;
     return NIXL_SUCCESS;
+}
+
+// >>checked (the target-checked data path: active messages)
+
+/* On the checked path every access names a range of the TARGET's memory, and
+   the target serves it only if one region it registered with this backend
+   (and has not deregistered) holds the whole range. The initiator's check of
+   remote descriptors gives early, clear errors; this one is the protection.
+
+   WRITE  initiator -> target: DP_WRITE carrying the bytes. Up to rndv_thresh
+          bytes: eager; the target copies them into the checked range and
+          answers DP_ACK. Larger: rendezvous; the target receives straight
+          into the checked range (ucp_am_recv_data_nbx: cma on shared memory,
+          zero-copy) and answers DP_ACK once the receive completed (a
+          rendezvous send may complete at the sender before the receiver has
+          every byte, so its completion alone proves nothing); a refusal
+          completes the sender's request with _NIXL_UCX_REFUSED.
+   READ   initiator -> target: DP_READ_REQ; the target answers DP_READ_DATA
+          with the bytes of the checked range (eager or rendezvous by size),
+          or with a refusal status and no bytes.
+   Answers go back on the reply endpoint, from inside the handler or from
+   the completion of the receive that message started (while the endpoint
+   is known to be alive: the bytes just came over it). An answer is matched to its
+   request by slot, post generation and a random token, so late answers of
+   an earlier post, and guesses, are ignored. */
+
+/* Refusal statuses on the wire are -nixl_status_t; the rendezvous WRITE's
+   refusal travels as this UCX status. */
+#define _NIXL_UCX_REFUSED UCS_ERR_INVALID_ADDR
+
+typedef struct _nixl_ucx_dp {
+    unsigned kind, refusal;
+    uint32_t idx;
+    uint64_t slotgen, token, addr, len;
+} _nixl_ucx_dp_t;
+
+static void _nixl_ucx_dp_write_hdr(unsigned char *h, unsigned kind, unsigned refusal, uint32_t idx,
+                                   uint64_t slotgen, uint64_t token, uint64_t addr, uint64_t len) {
+    h[0] = (unsigned char)_NIXL_UCX_WIRE_VERSION;
+    h[1] = (unsigned char)kind;
+    _nixl_ucx_put_u16(h + 2, refusal);
+    _nixl_ucx_put_u32(h + 4, idx);
+    _nixl_ucx_put_u64(h + 8, slotgen);
+    _nixl_ucx_put_u64(h + 16, token);
+    _nixl_ucx_put_u64(h + 24, addr);
+    _nixl_ucx_put_u64(h + 32, len);
+}
+
+static int _nixl_ucx_dp_parse(const void *header, size_t n, _nixl_ucx_dp_t *q) {
+    const unsigned char *h = (const unsigned char *)header;
+    if (n != _NIXL_UCX_DP_HDR || h[0] != _NIXL_UCX_WIRE_VERSION) return 0;
+    q->kind = h[1];
+    q->refusal = _nixl_ucx_get_u16(h + 2);
+    q->idx = _nixl_ucx_get_u32(h + 4);
+    q->slotgen = _nixl_ucx_get_u64(h + 8);
+    q->token = _nixl_ucx_get_u64(h + 16);
+    q->addr = _nixl_ucx_get_u64(h + 24);
+    q->len = _nixl_ucx_get_u64(h + 32);
+    return 1;
+}
+
+static const char *_nixl_ucx_dp_what(unsigned kind) {
+    return kind == _NIXL_UCX_DP_WRITE ? "WRITE" : kind == _NIXL_UCX_DP_READ_REQ ? "READ" : "?";
+}
+
+/* A refusal status from the wire, as a nixl status (never success). */
+static nixl_status_t _nixl_ucx_refusal_status(unsigned refusal) {
+    int st = -(int)refusal;
+    return st <= NIXL_ERR_NOT_POSTED && st >= NIXL_ERR_NO_TELEMETRY ? (nixl_status_t)st : NIXL_ERR_BACKEND;
+}
+
+// >>checked: the target's registrations, by address
+
+/* Adds m to the address index (regions may overlap: kept in start order). */
+static nixl_status_t _nixl_ucx_index_add(_nixl_ucx_engine_t *eng, _nixl_ucx_md_t *m) {
+    size_t i;
+    if (eng->nby_addr == eng->by_addr_cap) {
+        size_t cap = eng->by_addr_cap ? 2 * eng->by_addr_cap : 16;
+        _nixl_ucx_md_t **n = (_nixl_ucx_md_t **)_nixl_ucx_alloc(eng, cap * sizeof *n);
+        if (!n) return NIXL_ERR_BACKEND;
+        if (eng->nby_addr) memcpy(n, eng->by_addr, eng->nby_addr * sizeof *n);
+        _nixl_ucx_free(eng, eng->by_addr);
+        eng->by_addr = n;
+        eng->by_addr_cap = cap;
+    }
+    for (i = eng->nby_addr; i > 0 && eng->by_addr[i - 1]->addr > m->addr; i--) eng->by_addr[i] = eng->by_addr[i - 1];
+    eng->by_addr[i] = m;
+    eng->nby_addr++;
+    if (m->len > eng->max_region) eng->max_region = m->len;
+    return NIXL_SUCCESS;
+}
+
+static void _nixl_ucx_index_remove(_nixl_ucx_engine_t *eng, const _nixl_ucx_md_t *m) {
+    size_t i;
+    for (i = 0; i < eng->nby_addr && eng->by_addr[i] != m; i++) {
+    }
+    if (i == eng->nby_addr) return;
+    memmove(eng->by_addr + i, eng->by_addr + i + 1, (eng->nby_addr - i - 1) * sizeof *eng->by_addr);
+    eng->nby_addr--;
+}
+
+/* The region registered here that holds all of [addr, addr+len), or NULL.
+   Binary search for the last region starting at or below addr, then back
+   while a region that long could still reach the range's end. */
+static _nixl_ucx_md_t *_nixl_ucx_region_of(const _nixl_ucx_engine_t *eng, uint64_t addr, uint64_t len) {
+    size_t lo = 0, hi = eng->nby_addr;
+    uint64_t end = addr + len;
+    if (len == 0 || end < addr) return NULL;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        if ((uint64_t)eng->by_addr[mid]->addr <= addr) lo = mid + 1;
+        else hi = mid;
+    }
+    while (lo-- > 0) {
+        const _nixl_ucx_md_t *m = eng->by_addr[lo];
+        if (end <= (uint64_t)m->addr + m->len) return eng->by_addr[lo];
+        if ((uint64_t)m->addr + eng->max_region < end) break; /* nothing earlier reaches that far */
+    }
+    return NULL;
+}
+
+// >>checked: the target's accesses in flight
+
+static _nixl_ucx_tio_t *_nixl_ucx_tio_new(_nixl_ucx_engine_t *eng, _nixl_ucx_md_t *md) {
+    _nixl_ucx_tio_t *t = (_nixl_ucx_tio_t *)_nixl_ucx_alloc(eng, sizeof *t);
+    if (!t) {
+        nixl_backend_log(eng->be, NIXL_LOG_ERROR, "data path: out of memory for an answer");
+        return NULL;
+    }
+    t->eng = eng;
+    t->md = md;
+    if (md) md->busy++;
+    t->next = eng->tios;
+    if (eng->tios) eng->tios->prev = t;
+    eng->tios = t;
+    return t;
+}
+
+static void _nixl_ucx_tio_free(_nixl_ucx_tio_t *t) {
+    _nixl_ucx_engine_t *eng = t->eng;
+    if (t->md) t->md->busy--;
+    if (t->prev) t->prev->next = t->next;
+    else eng->tios = t->next;
+    if (t->next) t->next->prev = t->prev;
+    _nixl_ucx_free(eng, t);
+}
+
+static void _nixl_ucx_tio_done_cb(void *request, ucs_status_t status, void *user_data) {
+    _nixl_ucx_tio_t *t = (_nixl_ucx_tio_t *)user_data;
+    if (status != UCS_OK && !t->eng->destroying)
+        nixl_backend_log(t->eng->be, NIXL_LOG_DEBUG, "data path: answer not delivered: %s", ucs_status_string(status));
+    ucp_request_free(request);
+    _nixl_ucx_tio_free(t);
+}
+
+static int _nixl_ucx_dp_parse(const void *header, size_t n, _nixl_ucx_dp_t *q);
+static void _nixl_ucx_dp_answer(_nixl_ucx_engine_t *eng, ucp_ep_h ep, const _nixl_ucx_dp_t *q, unsigned kind,
+                                unsigned refusal, _nixl_ucx_md_t *md);
+
+/* A WRITE's rendezvous receive ended: ACK it once the bytes are in place. */
+static void _nixl_ucx_tio_recv_cb(void *request, ucs_status_t status, size_t length, void *user_data) {
+    _nixl_ucx_tio_t *t = (_nixl_ucx_tio_t *)user_data;
+    _nixl_ucx_dp_t q;
+    (void)length;
+    ucp_request_free(request);
+    if (status != UCS_OK && !t->eng->destroying)
+        nixl_backend_log(t->eng->be, NIXL_LOG_WARN, "data path: WRITE of %llu bytes at 0x%llx not received: %s",
+                         (unsigned long long)_nixl_ucx_get_u64(t->hdr + 32),
+                         (unsigned long long)_nixl_ucx_get_u64(t->hdr + 24), ucs_status_string(status));
+    else if (status == UCS_OK && t->reply_ep && !t->eng->destroying && _nixl_ucx_dp_parse(t->hdr, sizeof t->hdr, &q))
+        _nixl_ucx_dp_answer(t->eng, t->reply_ep, &q, _NIXL_UCX_DP_ACK, 0, NULL);
+    _nixl_ucx_tio_free(t);
+}
+
+/* Answers q on the reply endpoint (from inside the handler only): an ACK, or
+   READ_DATA with md's bytes at q's range (md NULL: the refusal alone). */
+static void _nixl_ucx_dp_answer(_nixl_ucx_engine_t *eng, ucp_ep_h ep, const _nixl_ucx_dp_t *q, unsigned kind,
+                                unsigned refusal, _nixl_ucx_md_t *md) {
+    ucp_request_param_t prm;
+    ucs_status_ptr_t sp;
+    _nixl_ucx_tio_t *t = _nixl_ucx_tio_new(eng, md);
+    const void *data = md ? (const void *)(uintptr_t)q->addr : NULL;
+    size_t len = md ? (size_t)q->len : 0;
+    if (!t) return;
+    _nixl_ucx_dp_write_hdr(t->hdr, kind, refusal, q->idx, q->slotgen, q->token, q->addr, q->len);
+    _nixl_ucx_am_param(&prm, _nixl_ucx_tio_done_cb, t);
+    if (len > eng->rndv_thresh) prm.flags = UCP_AM_SEND_FLAG_RNDV;
+    sp = ucp_am_send_nbx(ep, _NIXL_UCX_AM_DATA_ID, t->hdr, _NIXL_UCX_DP_HDR, data, len, &prm);
+    if (UCS_PTR_IS_ERR(sp))
+        nixl_backend_log(eng->be, NIXL_LOG_WARN, "data path: answer to a %s of %llu bytes not sent: %s",
+                         kind == _NIXL_UCX_DP_ACK ? "WRITE" : "READ", (unsigned long long)q->len,
+                         ucs_status_string(UCS_PTR_STATUS(sp)));
+    if (sp == NULL || UCS_PTR_IS_ERR(sp)) _nixl_ucx_tio_free(t);
+}
+
+/* The target's check: the region, or NULL with a log line saying why. */
+static _nixl_ucx_md_t *_nixl_ucx_dp_check(_nixl_ucx_engine_t *eng, const _nixl_ucx_dp_t *q) {
+    _nixl_ucx_md_t *m = _nixl_ucx_region_of(eng, q->addr, q->len);
+    if (!m)
+        nixl_backend_log(eng->be, NIXL_LOG_WARN,
+                         "data path: refused a peer's %s of %llu bytes at 0x%llx: no region registered with this "
+                         "backend holds it", _nixl_ucx_dp_what(q->kind), (unsigned long long)q->len,
+                         (unsigned long long)q->addr);
+    return m;
+}
+
+static ucs_status_t _nixl_ucx_dp_on_write(_nixl_ucx_worker_t *w, const _nixl_ucx_dp_t *q, void *data,
+                                          size_t length, const ucp_am_recv_param_t *param) {
+    _nixl_ucx_engine_t *eng = w->eng;
+    int rndv = (param->recv_attr & UCP_AM_RECV_ATTR_FLAG_RNDV) != 0;
+    int can_reply = (param->recv_attr & UCP_AM_RECV_ATTR_FIELD_REPLY_EP) != 0;
+    _nixl_ucx_md_t *m = _nixl_ucx_dp_check(eng, q);
+    ucp_request_param_t prm;
+    ucs_status_ptr_t sp;
+    _nixl_ucx_tio_t *t;
+    if (m && length != q->len) {
+        nixl_backend_log(eng->be, NIXL_LOG_WARN, "data path: refused a WRITE naming %llu bytes that carries %zu",
+                         (unsigned long long)q->len, length);
+        m = NULL;
+    }
+    if (!rndv) {
+        if (m) memcpy((void *)(uintptr_t)q->addr, data, length);
+        if (can_reply)
+            _nixl_ucx_dp_answer(eng, param->reply_ep, q, _NIXL_UCX_DP_ACK, m ? 0u : (unsigned)-NIXL_ERR_NOT_ALLOWED,
+                                NULL);
+        return UCS_OK;
+    }
+    if (!m) return _NIXL_UCX_REFUSED; /* the sender's request completes with it */
+    t = _nixl_ucx_tio_new(eng, m);
+    if (!t) return UCS_ERR_NO_MEMORY;
+    t->reply_ep = can_reply ? param->reply_ep : NULL;
+    _nixl_ucx_dp_write_hdr(t->hdr, q->kind, 0, q->idx, q->slotgen, q->token, q->addr, q->len);
+    memset(&prm, 0, sizeof prm);
+    prm.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA;
+    prm.cb.recv_am = _nixl_ucx_tio_recv_cb;
+    prm.user_data = t;
+    sp = ucp_am_recv_data_nbx(w->h, data, (void *)(uintptr_t)q->addr, length, &prm);
+    if (UCS_PTR_IS_ERR(sp))
+        nixl_backend_log(eng->be, NIXL_LOG_WARN, "data path: ucp_am_recv_data_nbx(%zu bytes) failed: %s", length,
+                         ucs_status_string(UCS_PTR_STATUS(sp)));
+    if (sp == NULL || UCS_PTR_IS_ERR(sp)) _nixl_ucx_tio_free(t);
+    return UCS_OK;
+}
+
+static void _nixl_ucx_dp_on_read_req(_nixl_ucx_worker_t *w, const _nixl_ucx_dp_t *q,
+                                     const ucp_am_recv_param_t *param) {
+    _nixl_ucx_engine_t *eng = w->eng;
+    _nixl_ucx_md_t *m;
+    if (!(param->recv_attr & UCP_AM_RECV_ATTR_FIELD_REPLY_EP)) {
+        nixl_backend_log(eng->be, NIXL_LOG_WARN, "data path: READ request without a reply endpoint, dropped");
+        return;
+    }
+    m = _nixl_ucx_dp_check(eng, q);
+    _nixl_ucx_dp_answer(eng, param->reply_ep, q, _NIXL_UCX_DP_READ_DATA, m ? 0u : (unsigned)-NIXL_ERR_NOT_ALLOWED, m);
+}
+
+// >>checked: the initiator's side
+
+static nixl_status_t _nixl_ucx_req_error(_nixl_ucx_req_t *r, const char *what, ucs_status_t st);
+static void _nixl_ucx_req_landed(_nixl_ucx_req_t *r);
+
+/* The request an answer belongs to (this post of it), or NULL. */
+static _nixl_ucx_req_t *_nixl_ucx_dp_req_of(const _nixl_ucx_engine_t *eng, const _nixl_ucx_dp_t *q,
+                                            nixl_xfer_op_t op) {
+    uint32_t slot = (uint32_t)(q->slotgen >> 32);
+    _nixl_ucx_req_t *r;
+    if (slot >= eng->nslots) return NULL;
+    r = eng->slots[slot];
+    if (!r || r->gen != (uint32_t)q->slotgen || r->token != q->token || r->op != op ||
+        r->state != _NIXL_UCX_REQ_FLUSHING || q->idx >= r->count || r->ops[q->idx].done)
+        return NULL;
+    return r;
+}
+
+/* Ends the post once every descriptor is accounted for (or one failed) and
+   UCX holds nothing of the request any more. */
+static void _nixl_ucx_dp_maybe_finish(_nixl_ucx_req_t *r) {
+    if (r->state != _NIXL_UCX_REQ_FLUSHING || r->io_inflight > 0) return;
+    if (r->am_err != NIXL_SUCCESS) _nixl_ucx_req_finish(r, r->am_err);
+    else if (r->ndone == r->count) _nixl_ucx_req_landed(r);
+}
+
+static void _nixl_ucx_dp_op_done(_nixl_ucx_op_t *o, nixl_status_t st) {
+    _nixl_ucx_req_t *r = o->req;
+    if (!o->done) {
+        o->done = 1;
+        r->ndone++;
+    }
+    if (st != NIXL_SUCCESS && r->am_err == NIXL_SUCCESS) r->am_err = st;
+    _nixl_ucx_dp_maybe_finish(r);
+}
+
+/* A refusal by the target, logged on this side too. */
+static void _nixl_ucx_dp_refused(_nixl_ucx_op_t *o, nixl_status_t st) {
+    _nixl_ucx_req_t *r = o->req;
+    nixl_backend_log(r->eng->be, NIXL_LOG_ERROR, "xfer to %s: the target refused %s of descriptor %zu (%zu bytes at "
+                     "0x%llx): %s", r->peer ? r->peer->name : "(disconnected peer)",
+                     r->op == NIXL_WRITE ? "the WRITE" : "the READ", (size_t)(o - r->ops), o->len,
+                     (unsigned long long)o->raddr, nixl_status_str(st));
+    _nixl_ucx_dp_op_done(o, st);
+}
+
+static void _nixl_ucx_dp_sent_cb(void *request, ucs_status_t status, void *user_data) {
+    _nixl_ucx_op_t *o = (_nixl_ucx_op_t *)user_data;
+    _nixl_ucx_req_t *r = o->req;
+    ucp_request_free(request);
+    r->io_inflight--;
+    if (status == _NIXL_UCX_REFUSED) _nixl_ucx_dp_refused(o, NIXL_ERR_NOT_ALLOWED);
+    else if (status != UCS_OK) _nixl_ucx_dp_op_done(o, _nixl_ucx_req_error(r, "data path send", status));
+    else _nixl_ucx_dp_maybe_finish(r); /* its ACK (or data) says whether it landed */
+}
+
+static void _nixl_ucx_dp_recv_cb(void *request, ucs_status_t status, size_t length, void *user_data) {
+    _nixl_ucx_op_t *o = (_nixl_ucx_op_t *)user_data;
+    _nixl_ucx_req_t *r = o->req;
+    (void)length;
+    ucp_request_free(request);
+    r->io_inflight--;
+    _nixl_ucx_dp_op_done(o, status == UCS_OK ? NIXL_SUCCESS : _nixl_ucx_req_error(r, "READ data receive", status));
+}
+
+static void _nixl_ucx_dp_on_ack(_nixl_ucx_engine_t *eng, const _nixl_ucx_dp_t *q) {
+    _nixl_ucx_req_t *r = _nixl_ucx_dp_req_of(eng, q, NIXL_WRITE);
+    if (!r) return; /* an earlier post's, or not ours */
+    if (q->refusal) _nixl_ucx_dp_refused(&r->ops[q->idx], _nixl_ucx_refusal_status(q->refusal));
+    else _nixl_ucx_dp_op_done(&r->ops[q->idx], NIXL_SUCCESS);
+}
+
+static ucs_status_t _nixl_ucx_dp_on_read_data(_nixl_ucx_worker_t *w, const _nixl_ucx_dp_t *q, void *data,
+                                              size_t length, const ucp_am_recv_param_t *param) {
+    _nixl_ucx_req_t *r = _nixl_ucx_dp_req_of(w->eng, q, NIXL_READ);
+    int rndv = (param->recv_attr & UCP_AM_RECV_ATTR_FLAG_RNDV) != 0;
+    ucp_request_param_t prm;
+    ucs_status_ptr_t sp;
+    _nixl_ucx_op_t *o;
+    if (!r) return rndv ? UCS_ERR_CANCELED : UCS_OK; /* stale: decline the bytes */
+    o = &r->ops[q->idx];
+    if (q->refusal) {
+        _nixl_ucx_dp_refused(o, _nixl_ucx_refusal_status(q->refusal));
+        return rndv ? UCS_ERR_CANCELED : UCS_OK;
+    }
+    if (length != o->len) {
+        nixl_backend_log(w->eng->be, NIXL_LOG_ERROR, "xfer: READ answer of %zu bytes for a %zu-byte descriptor",
+                         length, o->len);
+        _nixl_ucx_dp_op_done(o, NIXL_ERR_BACKEND);
+        return rndv ? UCS_ERR_CANCELED : UCS_OK;
+    }
+    if (!rndv) {
+        memcpy(o->laddr, data, length);
+        _nixl_ucx_dp_op_done(o, NIXL_SUCCESS);
+        return UCS_OK;
+    }
+    memset(&prm, 0, sizeof prm);
+    prm.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA;
+    prm.cb.recv_am = _nixl_ucx_dp_recv_cb;
+    prm.user_data = o;
+    sp = ucp_am_recv_data_nbx(w->h, data, o->laddr, length, &prm);
+    if (sp == NULL) _nixl_ucx_dp_op_done(o, NIXL_SUCCESS);
+    else if (UCS_PTR_IS_ERR(sp)) _nixl_ucx_dp_op_done(o, _nixl_ucx_req_error(r, "ucp_am_recv_data_nbx", UCS_PTR_STATUS(sp)));
+    else r->io_inflight++;
+    return UCS_OK;
+}
+
+/* The data-path handler: both roles, every header checked. */
+static ucs_status_t _nixl_ucx_dp_cb(void *arg, const void *header, size_t header_length, void *data, size_t length,
+                                    const ucp_am_recv_param_t *param) {
+    _nixl_ucx_worker_t *w = (_nixl_ucx_worker_t *)arg;
+    int rndv = (param->recv_attr & UCP_AM_RECV_ATTR_FLAG_RNDV) != 0;
+    _nixl_ucx_dp_t q;
+    if (w->eng->destroying) return rndv ? UCS_ERR_CANCELED : UCS_OK;
+    if (!_nixl_ucx_dp_parse(header, header_length, &q)) {
+        nixl_backend_log(w->eng->be, NIXL_LOG_WARN, "data path: malformed header (%zu bytes), dropped", header_length);
+        return rndv ? UCS_ERR_CANCELED : UCS_OK;
+    }
+    switch (q.kind) {
+    case _NIXL_UCX_DP_WRITE: return _nixl_ucx_dp_on_write(w, &q, data, length, param);
+    case _NIXL_UCX_DP_READ_REQ: _nixl_ucx_dp_on_read_req(w, &q, param); break;
+    case _NIXL_UCX_DP_READ_DATA: return _nixl_ucx_dp_on_read_data(w, &q, data, length, param);
+    case _NIXL_UCX_DP_ACK: _nixl_ucx_dp_on_ack(w->eng, &q); break;
+    case _NIXL_UCX_DP_HELLO: break;
+    default:
+        nixl_backend_log(w->eng->be, NIXL_LOG_WARN, "data path: unknown kind %u, dropped", q.kind);
+        return rndv ? UCS_ERR_CANCELED : UCS_OK;
+    }
+    return rndv ? UCS_ERR_CANCELED : UCS_OK;
+}
+
+// >>checked: requests
+
+static uint64_t _nixl_ucx_random(_nixl_ucx_engine_t *eng) {
+    uint64_t x = eng->rng;
+    x ^= x >> 12;
+    x ^= x << 25;
+    x ^= x >> 27;
+    eng->rng = x;
+    return x * 0x2545f4914f6cdd1dull;
+}
+
+/* Gives r a slot in the answer table. */
+static nixl_status_t _nixl_ucx_slot_take(_nixl_ucx_engine_t *eng, _nixl_ucx_req_t *r) {
+    if (!eng->nfree && eng->nslots == eng->slots_cap) {
+        uint32_t cap = eng->slots_cap ? 2 * eng->slots_cap : 64;
+        _nixl_ucx_req_t **s = (_nixl_ucx_req_t **)_nixl_ucx_alloc(eng, cap * sizeof *s);
+        uint32_t *f = (uint32_t *)_nixl_ucx_alloc(eng, cap * sizeof *f);
+        if (!s || !f) {
+            _nixl_ucx_free(eng, s);
+            _nixl_ucx_free(eng, f);
+            return NIXL_ERR_BACKEND;
+        }
+        if (eng->nslots) memcpy(s, eng->slots, eng->nslots * sizeof *s);
+        _nixl_ucx_free(eng, eng->slots);
+        _nixl_ucx_free(eng, eng->free_slots);
+        eng->slots = s;
+        eng->free_slots = f;
+        eng->slots_cap = cap;
+    }
+    r->slot = eng->nfree ? eng->free_slots[--eng->nfree] : eng->nslots++;
+    eng->slots[r->slot] = r;
+    r->token = _nixl_ucx_random(eng);
+    return NIXL_SUCCESS;
+}
+
+static void _nixl_ucx_slot_give(_nixl_ucx_engine_t *eng, _nixl_ucx_req_t *r) {
+    if (!r->am || r->slot >= eng->nslots || eng->slots[r->slot] != r) return;
+    eng->slots[r->slot] = NULL;
+    eng->free_slots[eng->nfree++] = r->slot;
+}
+
+/* The post's endpoint flush: it proves nothing about the answers, but it is
+   how UCX 1.13 notices a dead peer on shared memory (a rendezvous waiting
+   for a dead receiver is never failed by keepalive there). */
+static void _nixl_ucx_dp_flush_cb(void *request, ucs_status_t status, void *user_data) {
+    _nixl_ucx_req_t *r = (_nixl_ucx_req_t *)user_data;
+    ucp_request_free(request);
+    r->io_inflight--;
+    if (status != UCS_OK && r->am_err == NIXL_SUCCESS) r->am_err = _nixl_ucx_req_error(r, "flush", status);
+    _nixl_ucx_dp_maybe_finish(r);
+}
+
+static void _nixl_ucx_dp_flush(_nixl_ucx_req_t *r, ucp_ep_h ep) {
+    ucp_request_param_t prm;
+    ucs_status_ptr_t sp;
+    memset(&prm, 0, sizeof prm);
+    prm.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA;
+    prm.cb.send = _nixl_ucx_dp_flush_cb;
+    prm.user_data = r;
+    sp = ucp_ep_flush_nbx(ep, &prm);
+    if (UCS_PTR_IS_ERR(sp) && r->am_err == NIXL_SUCCESS) r->am_err = _nixl_ucx_req_error(r, "ucp_ep_flush_nbx", UCS_PTR_STATUS(sp));
+    else if (sp && !UCS_PTR_IS_ERR(sp)) r->io_inflight++;
+}
+
+/* Posts every descriptor as a checked AM; no allocation, no lookup. */
+static nixl_status_t _nixl_ucx_dp_post(_nixl_ucx_req_t *r) {
+    ucp_ep_h ep = r->conn->ep;
+    uint64_t slotgen;
+    size_t i;
+    r->gen++;
+    r->ndone = 0;
+    r->am_err = NIXL_SUCCESS;
+    slotgen = ((uint64_t)r->slot << 32) | r->gen;
+    for (i = 0; i < r->count && r->am_err == NIXL_SUCCESS; i++) {
+        _nixl_ucx_op_t *o = &r->ops[i];
+        ucp_request_param_t prm;
+        ucs_status_ptr_t sp;
+        int wr = r->op == NIXL_WRITE;
+        o->done = 0;
+        _nixl_ucx_put_u64(o->hdr + 8, slotgen);
+        _nixl_ucx_am_param(&prm, _nixl_ucx_dp_sent_cb, o);
+        prm.flags = (wr && o->rndv ? UCP_AM_SEND_FLAG_RNDV : UCP_AM_SEND_FLAG_EAGER) | UCP_AM_SEND_FLAG_REPLY;
+        sp = ucp_am_send_nbx(ep, _NIXL_UCX_AM_DATA_ID, o->hdr, _NIXL_UCX_DP_HDR, wr ? o->laddr : NULL,
+                             wr ? o->len : 0, &prm);
+        if (UCS_PTR_IS_ERR(sp)) {
+            char what[64];
+            snprintf(what, sizeof what, "ucp_am_send_nbx(descriptor %zu, %zu bytes)", i, o->len);
+            r->am_err = _nixl_ucx_req_error(r, what, UCS_PTR_STATUS(sp));
+        } else if (sp) {
+            r->io_inflight++;
+        }
+    }
+    if (r->am_err == NIXL_SUCCESS) _nixl_ucx_dp_flush(r, ep);
+    _nixl_ucx_dp_maybe_finish(r);
+    return r->state == _NIXL_UCX_REQ_FLUSHING ? NIXL_IN_PROG : r->status;
+}
+
+/* Fills a descriptor's header at prep (the post adds its generation). */
+static void _nixl_ucx_dp_prep_op(_nixl_ucx_engine_t *eng, _nixl_ucx_req_t *r, size_t i) {
+    _nixl_ucx_op_t *o = &r->ops[i];
+    o->rndv = r->op == NIXL_WRITE && o->len > eng->rndv_thresh;
+    _nixl_ucx_dp_write_hdr(o->hdr, r->op == NIXL_WRITE ? _NIXL_UCX_DP_WRITE : _NIXL_UCX_DP_READ_REQ, 0, (uint32_t)i,
+                           0, r->token, o->raddr, o->len);
+}
+
+/* A deregistered region: new accesses are refused already (it left the
+   index); wait, bounded, for those in flight, then let go of them. */
+static void _nixl_ucx_wait_region_idle(_nixl_ucx_engine_t *eng, _nixl_ucx_md_t *m) {
+    uint64_t until = nixl_now_us() + _NIXL_UCX_DEREG_WAIT_US;
+    _nixl_ucx_tio_t *t;
+    unsigned i;
+    while (m->busy && nixl_now_us() < until)
+        for (i = 0; i < eng->num_workers; i++) ucp_worker_progress(eng->workers[i].h);
+    if (!m->busy) return;
+    nixl_backend_log(eng->be, NIXL_LOG_ERROR, "deregister_mem: %u peer accesses to %p+%zu still in flight after %u ms "
+                     "(a peer that stopped driving progress); keep the memory mapped until they end", m->busy,
+                     (void *)m->addr, m->len, _NIXL_UCX_DEREG_WAIT_US / 1000u);
+    for (t = eng->tios; t; t = t->next)
+        if (t->md == m) t->md = NULL;
+    m->busy = 0;
 }
 
 // >>vtable
@@ -1046,13 +1770,16 @@ static nixl_status_t _nixl_ucx_create_context(_nixl_ucx_engine_t *eng, const nix
     }
     memset(&prm, 0, sizeof prm);
     prm.field_mask = UCP_PARAM_FIELD_FEATURES | UCP_PARAM_FIELD_MT_WORKERS_SHARED;
-    prm.features = UCP_FEATURE_RMA | UCP_FEATURE_AM;
+    /* Without UCP_FEATURE_RMA, UCX installs no handler for its software RMA
+       emulation, so on the checked path no peer can put/get here at all,
+       whatever it sends: the only way in is our checked handler. */
+    prm.features = eng->rma ? UCP_FEATURE_RMA | UCP_FEATURE_AM : UCP_FEATURE_AM;
     prm.mt_workers_shared = 0;
     st = ucp_init(&prm, cfg, &eng->ctx);
     ucp_config_release(cfg);
     if (st != UCS_OK) {
-        nixl_backend_log(eng->be, NIXL_LOG_ERROR, "create: ucp_init(RMA|AM) failed: %s (bad tls= list?)",
-                         ucs_status_string(st));
+        nixl_backend_log(eng->be, NIXL_LOG_ERROR, "create: ucp_init(%s) failed: %s (bad tls= list?)",
+                         eng->rma ? "RMA|AM" : "AM", ucs_status_string(st));
         eng->ctx = NULL;
         return st == UCS_ERR_NO_DEVICE || st == UCS_ERR_UNSUPPORTED ? NIXL_ERR_NOT_SUPPORTED : NIXL_ERR_BACKEND;
     }
@@ -1083,6 +1810,12 @@ static nixl_status_t _nixl_ucx_create(const nixl_backend_init_t *init, void **en
         st = NIXL_ERR_INVALID_PARAM;
         goto fail;
     }
+    if (getrandom(&eng->rng, sizeof eng->rng, 0) != (ssize_t)sizeof eng->rng)
+        eng->rng = nixl_now_us() ^ ((uint64_t)getpid() << 32);
+    eng->rng |= 1;
+    _nixl_ucx_ident_self(&eng->ident);
+    st = _nixl_ucx_choose_path(eng, init);
+    if (st != NIXL_SUCCESS) goto fail;
     st = _nixl_ucx_create_context(eng, init);
     if (st != NIXL_SUCCESS) goto fail;
     eng->workers = (_nixl_ucx_worker_t *)_nixl_ucx_alloc(eng, eng->num_workers * sizeof *eng->workers);
@@ -1160,6 +1893,10 @@ static void _nixl_ucx_destroy(void *engine) {
         _nixl_ucx_msg_free(eng, m);
     }
     while (eng->reqs) _nixl_ucx_req_free(eng, eng->reqs);
+    while (eng->tios) _nixl_ucx_tio_free(eng->tios);
+    _nixl_ucx_free(eng, eng->by_addr);
+    _nixl_ucx_free(eng, eng->slots);
+    _nixl_ucx_free(eng, eng->free_slots);
     while (eng->peers) {
         p = eng->peers;
         eng->peers = p->next;
@@ -1220,7 +1957,8 @@ static nixl_status_t _nixl_ucx_register_mem(void *engine, nixl_mem_t mem, const 
         _nixl_ucx_free(eng, m);
         return NIXL_ERR_BACKEND;
     }
-    st = ucp_rkey_pack(eng->ctx, m->memh, &rkey, &rkey_len);
+    /* the checked path needs no key: the target checks the address itself */
+    st = eng->rma ? ucp_rkey_pack(eng->ctx, m->memh, &rkey, &rkey_len) : UCS_OK;
     if (st != UCS_OK) {
         nixl_backend_log(eng->be, NIXL_LOG_ERROR, "register_mem: ucp_rkey_pack(%p, %zu) failed: %s",
                          (void *)region->addr, region->len, ucs_status_string(st));
@@ -1230,18 +1968,21 @@ static nixl_status_t _nixl_ucx_register_mem(void *engine, nixl_mem_t mem, const 
     }
     m->pub_len = _NIXL_UCX_PUB_HDR + rkey_len;
     m->pub = (unsigned char *)_nixl_ucx_alloc(eng, m->pub_len);
-    if (!m->pub) {
-        ucp_rkey_buffer_release(rkey);
+    m->addr = region->addr;
+    m->len = region->len;
+    if (!m->pub || _nixl_ucx_index_add(eng, m) != NIXL_SUCCESS) {
+        if (rkey) ucp_rkey_buffer_release(rkey);
+        _nixl_ucx_free(eng, m->pub);
         ucp_mem_unmap(eng->ctx, m->memh);
         _nixl_ucx_free(eng, m);
         return NIXL_ERR_BACKEND;
     }
     m->pub[0] = _NIXL_UCX_PUB_MAGIC;
     m->pub[1] = (unsigned char)_NIXL_UCX_WIRE_VERSION;
-    memcpy(m->pub + _NIXL_UCX_PUB_HDR, rkey, rkey_len);
-    ucp_rkey_buffer_release(rkey);
-    m->addr = region->addr;
-    m->len = region->len;
+    if (rkey) {
+        memcpy(m->pub + _NIXL_UCX_PUB_HDR, rkey, rkey_len);
+        ucp_rkey_buffer_release(rkey);
+    }
     m->next = eng->mds;
     if (eng->mds) eng->mds->prev = m;
     eng->mds = m;
@@ -1249,30 +1990,18 @@ static nixl_status_t _nixl_ucx_register_mem(void *engine, nixl_mem_t mem, const 
     return NIXL_SUCCESS;
 }
 
-static void _nixl_ucx_send_revoke(_nixl_ucx_engine_t *eng, _nixl_ucx_peer_t *p, const _nixl_ucx_md_t *m) {
-    size_t hl = _nixl_ucx_am_hdr_len(eng);
-    unsigned char *buf;
-    if (p->failed || _nixl_ucx_peer_connect(eng, p, "deregister_mem") != NIXL_SUCCESS) return;
-    buf = (unsigned char *)_nixl_ucx_alloc(eng, hl + 16);
-    if (!buf) return;
-    _nixl_ucx_am_hdr_write(eng, buf, _NIXL_UCX_AM_REVOKE);
-    _nixl_ucx_put_u64(buf + hl, (uint64_t)m->addr);
-    _nixl_ucx_put_u64(buf + hl + 8, (uint64_t)m->len);
-    _nixl_ucx_send_msg(eng, p->conns[0], buf, hl + 16, "deregister_mem: REVOKE");
-}
-
-/* Tells every peer we can reach that a region is gone (see the manual). */
-static void _nixl_ucx_broadcast_revoke(_nixl_ucx_engine_t *eng, const _nixl_ucx_md_t *m) {
-    _nixl_ucx_peer_t *p;
-    for (p = eng->peers; p; p = p->next) _nixl_ucx_send_revoke(eng, p, m);
-    if (eng->self_peer) _nixl_ucx_send_revoke(eng, eng->self_peer, m);
-}
-
 static void _nixl_ucx_deregister_mem(void *engine, void *md) {
     _nixl_ucx_engine_t *eng = (_nixl_ucx_engine_t *)engine;
     _nixl_ucx_md_t *m = (_nixl_ucx_md_t *)md;
     ucs_status_t st;
-    if (!eng->destroying) _nixl_ucx_broadcast_revoke(eng, m);
+    /* refused from now on: the checked path finds it no more */
+    _nixl_ucx_index_remove(eng, m);
+    if (!eng->destroying) _nixl_ucx_wait_region_idle(eng, m);
+    else if (m->busy) {
+        _nixl_ucx_tio_t *t;
+        for (t = eng->tios; t; t = t->next)
+            if (t->md == m) t->md = NULL;
+    }
     st = ucp_mem_unmap(eng->ctx, m->memh);
     if (st != UCS_OK)
         nixl_backend_log(eng->be, NIXL_LOG_ERROR, "deregister_mem: ucp_mem_unmap(%p, %zu) failed: %s",
@@ -1345,8 +2074,12 @@ static nixl_status_t _nixl_ucx_disconnect(void *engine, const char *remote) {
     *pp = p->next;
     while (p->rmds) _nixl_ucx_unload_md(eng, p->rmds); /* the core did this already; be safe */
     _nixl_ucx_detach_reqs(eng, p);
-    for (i = 0; i < eng->num_workers; i++)
-        if (p->conns[i]) _nixl_ucx_conn_release(eng, p->conns[i]);
+    for (i = 0; i < eng->num_workers; i++) {
+        if (!p->conns[i]) continue;
+        /* a dead peer's endpoint closes now: UCX cancels what it still holds */
+        if (p->failed) _nixl_ucx_conn_close_now(eng, p->conns[i]);
+        else _nixl_ucx_conn_release(eng, p->conns[i]);
+    }
     _nixl_ucx_free_peer(eng, p);
     return NIXL_SUCCESS;
 }
@@ -1367,6 +2100,16 @@ static nixl_status_t _nixl_ucx_make_rmd(_nixl_ucx_engine_t *eng, _nixl_ucx_peer_
     if (st != NIXL_SUCCESS) return st;
     r = (_nixl_ucx_rmd_t *)_nixl_ucx_alloc(eng, sizeof *r);
     if (!r) return NIXL_ERR_BACKEND;
+    r->peer = p;
+    r->addr = region->addr;
+    r->len = region->len;
+    if (!p->rma) goto link; /* the checked path needs no key: none is unpacked */
+    if (len == _NIXL_UCX_PUB_HDR) {
+        nixl_backend_log(eng->be, NIXL_LOG_ERROR, "load_remote_md(%s, %p+%zu): the peer serves one-sided RMA but "
+                         "sent no remote key", p->name, (void *)region->addr, region->len);
+        _nixl_ucx_free(eng, r);
+        return NIXL_ERR_INVALID_PARAM;
+    }
     r->rkeys = (ucp_rkey_h *)_nixl_ucx_alloc(eng, eng->num_workers * sizeof *r->rkeys);
     if (!r->rkeys) {
         _nixl_ucx_free(eng, r);
@@ -1383,9 +2126,7 @@ static nixl_status_t _nixl_ucx_make_rmd(_nixl_ucx_engine_t *eng, _nixl_ucx_peer_
             return NIXL_ERR_BACKEND;
         }
     }
-    r->peer = p;
-    r->addr = region->addr;
-    r->len = region->len;
+link:
     r->next = p->rmds;
     if (p->rmds) p->rmds->prev = r;
     p->rmds = r;
@@ -1422,7 +2163,7 @@ static void _nixl_ucx_unload_md(void *engine, void *rmd) {
     _nixl_ucx_engine_t *eng = (_nixl_ucx_engine_t *)engine;
     _nixl_ucx_rmd_t *r = (_nixl_ucx_rmd_t *)rmd;
     unsigned i;
-    for (i = 0; i < eng->num_workers; i++) ucp_rkey_destroy(r->rkeys[i]);
+    for (i = 0; r->rkeys && i < eng->num_workers; i++) ucp_rkey_destroy(r->rkeys[i]);
     if (r->prev) r->prev->next = r->next;
     else r->peer->rmds = r->next;
     if (r->next) r->next->prev = r->prev;
@@ -1456,12 +2197,19 @@ static nixl_status_t _nixl_ucx_prep_xfer(void *engine, const nixl_xfer_args_t *a
     r->op = args->op;
     r->count = args->count;
     r->notif_hdr = _nixl_ucx_am_hdr_len(eng);
+    r->am = !p->rma;
+    if (r->am && _nixl_ucx_slot_take(eng, r) != NIXL_SUCCESS) {
+        _nixl_ucx_free(eng, r->ops);
+        _nixl_ucx_free(eng, r);
+        return NIXL_ERR_BACKEND;
+    }
     for (i = 0; i < args->count; i++) {
         const nixl_xfer_desc_t *d = &args->descs[i];
         const _nixl_ucx_rmd_t *rm = (const _nixl_ucx_rmd_t *)d->rmd;
         if (rm->peer != p) {
             nixl_backend_log(eng->be, NIXL_LOG_ERROR, "prep_xfer(%s): descriptor %zu belongs to peer %s",
                              args->remote, i, rm->peer->name);
+            _nixl_ucx_slot_give(eng, r);
             _nixl_ucx_free(eng, r->ops);
             _nixl_ucx_free(eng, r);
             return NIXL_ERR_INVALID_PARAM;
@@ -1469,10 +2217,12 @@ static nixl_status_t _nixl_ucx_prep_xfer(void *engine, const nixl_xfer_args_t *a
         r->ops[i].laddr = (void *)d->laddr;
         r->ops[i].raddr = (uint64_t)d->raddr;
         r->ops[i].len = d->len;
-        r->ops[i].rkey = rm->rkeys[r->widx];
-        r->ops[i].rmd = rm;
+        r->ops[i].rkey = rm->rkeys ? rm->rkeys[r->widx] : NULL;
+        r->ops[i].req = r;
+        if (r->am) _nixl_ucx_dp_prep_op(eng, r, i);
     }
     if (args->has_notif && _nixl_ucx_req_notif_reserve(r, _NIXL_UCX_NOTIF_PREALLOC) != NIXL_SUCCESS) {
+        _nixl_ucx_slot_give(eng, r);
         _nixl_ucx_free(eng, r->ops);
         _nixl_ucx_free(eng, r);
         return NIXL_ERR_BACKEND;
@@ -1511,7 +2261,6 @@ static nixl_status_t _nixl_ucx_post_xfer(void *engine, void *handle, const void 
     _nixl_ucx_req_t *r = (_nixl_ucx_req_t *)handle;
     ucp_request_param_t prm;
     ucs_status_ptr_t sp;
-    size_t i;
     nixl_status_t st;
     if (r->state != _NIXL_UCX_REQ_IDLE && r->state != _NIXL_UCX_REQ_DONE) return NIXL_ERR_REPOST_ACTIVE;
     if (!r->peer || !r->conn || r->peer->failed) {
@@ -1519,13 +2268,6 @@ static nixl_status_t _nixl_ucx_post_xfer(void *engine, void *handle, const void 
                          r->peer ? r->peer->name : "of this request");
         return NIXL_ERR_REMOTE_DISCONNECT;
     }
-    for (i = 0; i < r->count; i++)
-        if (r->ops[i].rmd->revoked) {
-            nixl_backend_log(eng->be, NIXL_LOG_ERROR, "post_xfer(%s): descriptor %zu: the peer deregistered "
-                             "region 0x%llx+%zu", r->peer->name, i, (unsigned long long)r->ops[i].rmd->addr,
-                             r->ops[i].rmd->len);
-            return NIXL_ERR_NOT_FOUND;
-        }
     r->send_notif = has_notif;
     if (has_notif) {
         if (notif_len > NIXL_UCX_MAX_NOTIF) {
@@ -1539,6 +2281,7 @@ static nixl_status_t _nixl_ucx_post_xfer(void *engine, void *handle, const void 
     }
     r->status = NIXL_IN_PROG;
     r->state = _NIXL_UCX_REQ_FLUSHING;
+    if (r->am) return _nixl_ucx_dp_post(r);
     st = _nixl_ucx_post_ops(r);
     if (st != NIXL_SUCCESS) {
         /* what was posted still lands; the request ends here with the error */
@@ -1576,8 +2319,8 @@ static nixl_status_t _nixl_ucx_check_xfer(void *engine, void *handle) {
 static nixl_status_t _nixl_ucx_release_xfer(void *engine, void *handle) {
     _nixl_ucx_engine_t *eng = (_nixl_ucx_engine_t *)engine;
     _nixl_ucx_req_t *r = (_nixl_ucx_req_t *)handle;
-    if (r->ucx_req) {
-        /* UCX cannot abort puts/gets in flight; the core retries later */
+    if (r->ucx_req || r->io_inflight) {
+        /* UCX cannot abort sends/puts/gets in flight; the core retries later */
         nixl_backend_log(eng->be, NIXL_LOG_DEBUG, "release_xfer: request still in flight");
         return NIXL_ERR_REPOST_ACTIVE;
     }
@@ -1633,6 +2376,7 @@ static nixl_status_t _nixl_ucx_progress(void *engine) {
     for (i = 0; i < eng->num_workers; i++)
         for (n = 0; n < _NIXL_UCX_PROGRESS_BUDGET && ucp_worker_progress(eng->workers[i].h); n++) did = 1;
     did |= _nixl_ucx_send_ready_notifs(eng);
+    did |= _nixl_ucx_watch_peers(eng);
     did |= _nixl_ucx_reap_conns(eng);
     did |= _nixl_ucx_report_failed(eng);
     return did ? NIXL_IN_PROG : NIXL_SUCCESS;
@@ -1640,7 +2384,7 @@ static nixl_status_t _nixl_ucx_progress(void *engine) {
 
 // >>public
 
-static const char *const _nixl_ucx_param_keys[] = {"num_workers", "tls", "ucx.", NULL};
+static const char *const _nixl_ucx_param_keys[] = {"num_workers", "tls", "data_path", "rndv_thresh", "ucx.", NULL};
 
 static nixl_backend_ops_t _nixl_ucx_ops;
 static pthread_once_t _nixl_ucx_once = PTHREAD_ONCE_INIT;
