@@ -1180,7 +1180,7 @@ static void test_dereg_while_peer_holds_rkey(void) {
     CHECK_ST(make_req1(x.a, NIXL_WRITE, x.buf, x.raddr, DR_SZ, "tgt", "first", &req), NIXL_SUCCESS);
     if (!req) goto out;
     CHECK_ST(post_wait(x.a, req, NULL, 30), NIXL_SUCCESS);
-    /* the owner's REVOKE and then its notification arrive in this order */
+    /* the owner deregistered, then notified: the target refuses from then on */
     CHECK(wait_notes(x.a, NULL, &q, 1, 30) == 1 && strcmp(q.msg[0], "dereg-done") == 0);
     nt_fill(x.buf, DR_SZ, 32);
     st = nixl_post_xfer_req(x.a, req, NULL);
@@ -1259,6 +1259,213 @@ out:
     close(s);
 }
 
+
+// >>tests: an adversarial peer (issue: only registered memory is reachable)
+
+/* The target holds a registered region, a second one it deregisters on
+   request, and a secret it never registered, each framed by canaries. The
+   attacker rewrites the region entry of the target's metadata blob (and the
+   CRC) to name other memory, loads it, and posts ordinary READs and WRITEs:
+   each must be refused by the TARGET, nothing outside its registrations
+   read or written, and an honest peer served afterwards. */
+#define ADV_SZ (64u * 1024u)
+#define ADV_HUGE (256u * MiB)
+
+enum { ADV_DEREG = 1, ADV_CHECK = 2, ADV_QUIT = 3 };
+
+typedef struct adv_mem {
+    unsigned char *whole;             /* [canary | region | canary | dead | canary | secret | canary] */
+    unsigned char *region, *dead, *secret;
+} adv_mem_t;
+
+static void adv_fill(adv_mem_t *m) {
+    size_t i;
+    m->whole = xmalloc(7 * ADV_SZ);
+    for (i = 0; i < 7 * ADV_SZ; i++) m->whole[i] = (unsigned char)(0xA5 ^ (i * 7));
+    m->region = m->whole + ADV_SZ;
+    m->dead = m->whole + 3 * ADV_SZ;
+    m->secret = m->whole + 5 * ADV_SZ;
+}
+
+/* Everything but the honest region still holds the pattern. */
+static int adv_intact(const adv_mem_t *m) {
+    size_t i;
+    for (i = 0; i < 7 * ADV_SZ; i++) {
+        if (i >= ADV_SZ && i < 2 * ADV_SZ) continue;
+        if (m->whole[i] != (unsigned char)(0xA5 ^ (i * 7))) return 0;
+    }
+    return 1;
+}
+
+static void adv_target(int s) {
+    adv_mem_t m;
+    nixl_agent_t *a = make_agent("tgt");
+    char peer[256];
+    adv_fill(&m);
+    if (!a) return;
+    CHECK_ST(xu_reg(a, m.region, ADV_SZ), NIXL_SUCCESS);
+    CHECK_ST(xu_reg(a, m.dead, ADV_SZ), NIXL_SUCCESS);
+    CHECK(send_md(s, a) == 0);
+    send_u64(s, (uint64_t)(uintptr_t)m.region);
+    send_u64(s, (uint64_t)(uintptr_t)m.dead);
+    send_u64(s, (uint64_t)(uintptr_t)m.secret);
+    CHECK_ST(recv_md(s, a, peer, sizeof peer), NIXL_SUCCESS);
+    for (;;) {
+        uint32_t cmd;
+        if (!progress_until_readable(a, s, 120)) break;
+        cmd = recv_u32(s);
+        if (cmd == ADV_DEREG) CHECK_ST(xu_dereg(a, m.dead, ADV_SZ), NIXL_SUCCESS);
+        else if (cmd == ADV_CHECK) send_u32(s, (uint32_t)adv_intact(&m));
+        else break;
+        if (cmd == ADV_DEREG) send_u32(s, 1);
+    }
+    CHECKF(adv_intact(&m), "target: the secret, the deregistered region and every canary are untouched");
+    nixl_agent_destroy(a);
+    free(m.whole);
+}
+
+/* The blob with the entry of region `from` rewritten to [addr, addr+len). */
+static unsigned char *adv_forge(const unsigned char *blob, size_t n, uint64_t from, uint64_t addr, uint64_t len) {
+    unsigned char *f = (unsigned char *)malloc(n), key[8];
+    size_t i;
+    int k, hits = 0;
+    if (!f) abort();
+    memcpy(f, blob, n);
+    for (k = 0; k < 8; k++) key[k] = (unsigned char)(from >> (8 * k));
+    for (i = 0; i + 17 <= n - 4; i++) {
+        if (memcmp(f + i, key, 8) != 0 || f[i - 1] != NIXL_DRAM) continue;
+        for (k = 0; k < 8; k++) {
+            f[i + k] = (unsigned char)(addr >> (8 * k));
+            f[i + 8 + k] = (unsigned char)(len >> (8 * k));
+        }
+        hits++;
+    }
+    if (hits != 1) {
+        free(f);
+        return NULL;
+    }
+    {
+        uint32_t c = _nixl_crc32(f, n - 4);
+        for (k = 0; k < 4; k++) f[n - 4 + k] = (unsigned char)(c >> (8 * k));
+    }
+    return f;
+}
+
+static int all_bytes(const void *p, int v, size_t n) {
+    const unsigned char *q = (const unsigned char *)p;
+    size_t i;
+    for (i = 0; i < n; i++)
+        if (q[i] != (unsigned char)v) return 0;
+    return 1;
+}
+
+static nixl_status_t adv_try(nixl_agent_t *a, nixl_xfer_op_t op, void *lbuf, uint64_t raddr, size_t len) {
+    nixl_xfer_req_t *r = NULL;
+    nixl_status_t st = make_req1(a, op, lbuf, (uintptr_t)raddr, len, "tgt", NULL, &r);
+    if (st != NIXL_SUCCESS) return st;
+    st = post_wait(a, r, NULL, 30);
+    CHECK_ST(nixl_release_xfer_req(a, r), NIXL_SUCCESS);
+    return st;
+}
+
+static void test_adversarial_peer(void) {
+    int s;
+    pid_t pid = spawn_peer(adv_target, &s, 200);
+    nixl_agent_t *a = make_agent("ini"), *honest = make_agent("honest");
+    unsigned char *blob = NULL, *big = (unsigned char *)calloc(1, ADV_HUGE), *buf = xmalloc(2 * ADV_SZ);
+    uint32_t blen = 0;
+    uint64_t region, dead, secret;
+    size_t i;
+    if (!a || !honest || !big) goto out;
+    CHECK_ST(xu_reg(a, buf, 2 * ADV_SZ), NIXL_SUCCESS);
+    CHECK_ST(xu_reg(a, big, ADV_HUGE), NIXL_SUCCESS);
+    blen = recv_u32(s);
+    if (blen == 0xffffffffu || !(blob = (unsigned char *)malloc(blen)) || read_all(s, blob, blen) != 0) goto out;
+    region = recv_u64(s);
+    dead = recv_u64(s);
+    secret = recv_u64(s);
+    CHECK(send_md(s, a) == 0);
+    CHECK_ST(nixl_load_remote_md(a, blob, blen, NULL, 0), NIXL_SUCCESS);
+    {   /* a region at address 0 never even loads (the core refuses NULL) */
+        unsigned char *zero = adv_forge(blob, blen, region, 0, 4096);
+        CHECK(zero != NULL);
+        if (zero) CHECK_ST(nixl_load_remote_md(a, zero, blen, NULL, 0), NIXL_ERR_INVALID_PARAM);
+        free(zero);
+    }
+    send_u32(s, ADV_DEREG); /* the target deregisters `dead` after we loaded it */
+    CHECK(progress_until_readable(a, s, 30) && recv_u32(s) == 1);
+    {
+        struct { const char *what; uint64_t addr, len; } cases[] = {
+            {"the secret (outside every region)", secret, ADV_SZ},
+            {"straddling the end of the region", region + ADV_SZ - 64, 128},
+            {"the deregistered region", dead, ADV_SZ},
+            {"a huge length from the region's start", region, ADV_HUGE},
+            {"the zero page (address 64)", 64, 4000},
+            {"near the top of the address space", UINT64_MAX - 3 * 4096 + 1, 4096},
+        };
+        for (i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+            int op;
+            unsigned char *forged = cases[i].addr == dead ? NULL
+                                    : adv_forge(blob, blen, region, cases[i].addr, cases[i].len);
+            void *l = cases[i].len > 2 * ADV_SZ ? (void *)big : (void *)buf;
+            if (cases[i].addr != dead) {
+                CHECKF(forged != NULL, "forged a blob naming %s", cases[i].what);
+                if (!forged) continue;
+                CHECK_ST(nixl_load_remote_md(a, forged, blen, NULL, 0), NIXL_SUCCESS);
+                free(forged);
+            }
+            for (op = 0; op < 2; op++) {
+                nixl_status_t st;
+                memset(l, 0x11, cases[i].len < 2 * ADV_SZ ? cases[i].len : 2 * ADV_SZ);
+                st = adv_try(a, op ? NIXL_WRITE : NIXL_READ, l, cases[i].addr, (size_t)cases[i].len);
+                CHECKF(st == NIXL_ERR_NOT_ALLOWED, "%s of %s: %s (want refused by the target: NIXL_ERR_NOT_ALLOWED)",
+                       op ? "WRITE" : "READ", cases[i].what, nixl_status_str(st));
+                if (!op) CHECKF(all_bytes(l, 0x11, cases[i].len < 2 * ADV_SZ ? cases[i].len : 2 * ADV_SZ),
+                                "READ of %s returned nothing of the target's memory", cases[i].what);
+            }
+            send_u32(s, ADV_CHECK);
+            CHECKF(progress_until_readable(a, s, 30) && recv_u32(s) == 1,
+                   "after the attack on %s: the target's memory outside its region is untouched", cases[i].what);
+        }
+    }
+    /* the attacker's honest request still works, and so does another peer */
+    nt_fill(buf, ADV_SZ, 71);
+    CHECK_ST(adv_try(a, NIXL_WRITE, buf, region, ADV_SZ), NIXL_SUCCESS);
+    memset(buf, 0, ADV_SZ);
+    CHECK_ST(adv_try(a, NIXL_READ, buf, region, ADV_SZ), NIXL_SUCCESS);
+    CHECKF(nt_verify(buf, ADV_SZ, 71), "the registered region still serves (bytes checked)");
+    CHECK_ST(xu_reg(honest, buf + ADV_SZ, ADV_SZ), NIXL_SUCCESS);
+    CHECK_ST(nixl_load_remote_md(honest, blob, blen, NULL, 0), NIXL_SUCCESS);
+    {
+        nixl_xfer_req_t *r = NULL;
+        nt_fill(buf + ADV_SZ, ADV_SZ, 72);
+        CHECK_ST(make_req1(honest, NIXL_WRITE, buf + ADV_SZ, (uintptr_t)region, ADV_SZ, "tgt", NULL, &r), NIXL_SUCCESS);
+        if (r) {
+            CHECK_ST(post_wait(honest, r, NULL, 30), NIXL_SUCCESS);
+            memset(buf + ADV_SZ, 0, ADV_SZ);
+            CHECK_ST(nixl_release_xfer_req(honest, r), NIXL_SUCCESS);
+            r = NULL;
+        }
+        CHECK_ST(make_req1(honest, NIXL_READ, buf + ADV_SZ, (uintptr_t)region, ADV_SZ, "tgt", NULL, &r), NIXL_SUCCESS);
+        if (r) {
+            CHECK_ST(post_wait(honest, r, NULL, 30), NIXL_SUCCESS);
+            CHECKF(nt_verify(buf + ADV_SZ, ADV_SZ, 72), "an honest peer is served after the attacks (bytes checked)");
+            CHECK_ST(nixl_release_xfer_req(honest, r), NIXL_SUCCESS);
+        }
+    }
+    send_u32(s, ADV_CHECK);
+    CHECK(progress_until_readable(a, s, 30) && recv_u32(s) == 1);
+    send_u32(s, ADV_QUIT);
+out:
+    nixl_agent_destroy(honest);
+    nixl_agent_destroy(a);
+    free(blob);
+    free(big);
+    free(buf);
+    CHECK_CHILD(pid);
+    close(s);
+}
+
 static int run_all(void) {
     RUN(test_params, 60);
     RUN(test_loopback, 60);
@@ -1275,6 +1482,7 @@ static int run_all(void) {
     RUN(test_gen_notif_burst, 100);
     RUN(test_dereg_while_peer_holds_rkey, 60);
     RUN(test_peer_killed, 60);
+    RUN(test_adversarial_peer, 200);
     return nt_finish();
 }
 
