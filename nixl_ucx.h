@@ -657,6 +657,11 @@ static nixl_status_t _nixl_ucx_choose_path(_nixl_ucx_engine_t *eng, const nixl_b
         nixl_backend_log(eng->be, NIXL_LOG_ERROR, "create: data_path=%s: want auto, rma or am", v);
         return NIXL_ERR_INVALID_PARAM;
     }
+    if (eng->rma && !_nixl_ucx_auto_rma(init))
+        nixl_backend_log(eng->be, NIXL_LOG_WARN, "data_path=rma with transports UCX runs in software (tls=%s): UCX "
+                         "copies a peer's put/get at this agent without checking any key, so any peer that reaches "
+                         "this worker can read and write all of this process's memory", nixl_param_get(init, "tls")
+                         ? nixl_param_get(init, "tls") : (getenv("UCX_TLS") ? getenv("UCX_TLS") : "all"));
     nixl_backend_log(eng->be, NIXL_LOG_INFO, "data path: %s (data_path=%s)",
                      eng->rma ? "one-sided put/get where the peer agrees: the NIC checks remote keys"
                               : "checked active messages: this agent checks every peer access against its "

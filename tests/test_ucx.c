@@ -1466,6 +1466,118 @@ out:
     close(s);
 }
 
+
+// >>tests: peer death, 100 times in a row
+
+/* One survivor agent; each round a fresh peer process that is killed
+   (SIGKILL) or destroys its agent while transfers run in both directions.
+   The survivor must never abort or hang: every request it posted ends in
+   SUCCESS (bytes checked) or NIXL_ERR_REMOTE_DISCONNECT, and it keeps
+   serving. Modes: 0 target killed under our WRITE, 1 under our READ, 2 peer
+   killed while it WRITEs into us, 3 peer destroys its agent mid-transfer. */
+#define DEATH_ROUNDS 100
+#define DEATH_SZ (4u * MiB)
+
+static void death_peer(int s) {
+    uint32_t mode = recv_u32(s), round = recv_u32(s);
+    char name[32], peer[256];
+    nixl_agent_t *a;
+    unsigned char *buf = xmalloc(DEATH_SZ);
+    uintptr_t theirs;
+    nixl_xfer_req_t *r = NULL;
+    snprintf(name, sizeof name, "peer-%u", (unsigned)round);
+    a = make_agent(name);
+    if (!a) _exit(3);
+    nt_fill(buf, DEATH_SZ, round);
+    if (xu_reg(a, buf, DEATH_SZ) != NIXL_SUCCESS || send_md(s, a) != 0 ||
+        send_u64(s, (uint64_t)(uintptr_t)buf) != 0 || recv_md(s, a, peer, sizeof peer) != NIXL_SUCCESS)
+        _exit(4);
+    theirs = (uintptr_t)recv_u64(s);
+    if (mode >= 2 && make_req1(a, NIXL_WRITE, buf, theirs, DEATH_SZ, peer, NULL, &r) != NIXL_SUCCESS) _exit(5);
+    if (r) nixl_post_xfer_req(a, r, NULL);
+    {   /* let the wire-up finish: death in the middle of UCX 1.13's wire-up
+           can trip an assertion inside UCX (see nixl_ucx.h, LIMITS) */
+        uint64_t until = nixl_now_us() + 3000;
+        while (nixl_now_us() < until) nixl_progress(a);
+    }
+    send_u32(s, 1); /* transfers run: kill me (or I destroy myself) */
+    if (mode == 3) {
+        uint64_t until = nixl_now_us() + 2000;
+        while (nixl_now_us() < until) nixl_progress(a);
+        nixl_agent_destroy(a); /* with requests in flight both ways */
+        _exit(0);
+    }
+    for (;;) {
+        if (r && nixl_get_xfer_status(a, r) != NIXL_IN_PROG) nixl_post_xfer_req(a, r, NULL);
+        nixl_progress(a);
+    }
+}
+
+/* One round; 1 if the survivor came through it as it must. */
+static int death_tally[4][2]; /* per mode: requests that ended SUCCESS, REMOTE_DISCONNECT */
+
+static int death_round(nixl_agent_t *surv, unsigned char *buf, uint32_t mode, uint32_t round) {
+    int s, ws = 0, ok = 1;
+    pid_t pid = spawn_peer(death_peer, &s, 60);
+    char peer[256];
+    uintptr_t raddr;
+    nixl_xfer_req_t *r = NULL;
+    nixl_status_t st = NIXL_SUCCESS;
+    if (pid < 0) return 0;
+    send_u32(s, mode);
+    send_u32(s, round);
+    if (recv_md(s, surv, peer, sizeof peer) != NIXL_SUCCESS) ok = 0;
+    raddr = (uintptr_t)recv_u64(s);
+    if (ok && (send_md(s, surv) != 0 || send_u64(s, (uint64_t)(uintptr_t)buf) != 0)) ok = 0;
+    if (ok && mode <= 1 && make_req1(surv, mode ? NIXL_READ : NIXL_WRITE, buf, raddr, DEATH_SZ, peer, NULL, &r) != NIXL_SUCCESS) ok = 0;
+    if (ok && r) st = nixl_post_xfer_req(surv, r, NULL);
+    if (ok && !progress_until_readable(surv, s, 30)) ok = 0;
+    if (ok) recv_u32(s);
+    if (mode != 3) kill(pid, SIGKILL);
+    waitpid(pid, &ws, 0);
+    close(s);
+    if (r && st == NIXL_IN_PROG) st = wait_xfer(surv, r, NULL, 30);
+    if (r) {
+        if (st == NIXL_SUCCESS && mode == 1) ok &= nt_verify(buf, DEATH_SZ, round);
+        if (st == NIXL_SUCCESS || st == NIXL_ERR_REMOTE_DISCONNECT) death_tally[mode][st != NIXL_SUCCESS]++;
+        if (st != NIXL_SUCCESS && st != NIXL_ERR_REMOTE_DISCONNECT) {
+            printf("  round %u mode %u: request ended in %s\n", (unsigned)round, (unsigned)mode, nixl_status_str(st));
+            ok = 0;
+        }
+        if (nixl_release_xfer_req(surv, r) != NIXL_SUCCESS) ok = 0;
+    }
+    return ok;
+}
+
+static void test_peer_death_100(void) {
+    nixl_agent_t *surv = make_agent("surv");
+    unsigned char *buf = xmalloc(DEATH_SZ), *lb = xmalloc(4096);
+    uint32_t i;
+    int good = 0;
+    uint64_t t0 = nixl_now_us();
+    nixl_xfer_req_t *r = NULL;
+    if (!surv) return;
+    CHECK_ST(xu_reg(surv, buf, DEATH_SZ), NIXL_SUCCESS);
+    CHECK_ST(xu_reg(surv, lb, 4096), NIXL_SUCCESS);
+    uint32_t rounds = getenv("NIXL_TEST_DEATH_ROUNDS") ? (uint32_t)atoi(getenv("NIXL_TEST_DEATH_ROUNDS")) : DEATH_ROUNDS;
+    for (i = 0; i < rounds; i++) good += death_round(surv, buf, i % 4, i);
+    CHECKF(good == (int)rounds, "%d of %u peer deaths survived as they must", good, (unsigned)rounds);
+    /* still serving: a loopback transfer, bytes checked */
+    nt_fill(buf, 4096, 5);
+    CHECK_ST(make_req1(surv, NIXL_READ, lb, (uintptr_t)buf, 4096, "surv", NULL, &r), NIXL_SUCCESS);
+    if (r) {
+        CHECK_ST(post_wait(surv, r, NULL, 30), NIXL_SUCCESS);
+        CHECKF(nt_verify(lb, 4096, 5), "the survivor still moves bytes after %d peer deaths", DEATH_ROUNDS);
+        CHECK_ST(nixl_release_xfer_req(surv, r), NIXL_SUCCESS);
+    }
+    printf("FIGURE ucx_peer_death tls=%s rounds=%d survived=%d seconds=%.1f ours_write=%d/%d ours_read=%d/%d "
+           "(success/disconnect)\n", g_tls, (int)rounds, good, (double)(nixl_now_us() - t0) / 1e6,
+           death_tally[0][0], death_tally[0][1], death_tally[1][0], death_tally[1][1]);
+    nixl_agent_destroy(surv);
+    free(buf);
+    free(lb);
+}
+
 static int run_all(void) {
     RUN(test_params, 60);
     RUN(test_loopback, 60);
@@ -1483,6 +1595,7 @@ static int run_all(void) {
     RUN(test_dereg_while_peer_holds_rkey, 60);
     RUN(test_peer_killed, 60);
     RUN(test_adversarial_peer, 200);
+    RUN(test_peer_death_100, 400);
     return nt_finish();
 }
 
