@@ -1,6 +1,8 @@
 /* nixl_ucx.h — the UCX backend of nixl.h.
-   One-sided READ/WRITE and notifications over UCX (UCP): shared memory,
-   TCP, CMA, and whatever transports the installed UCX has (verbs...).
+   READ/WRITE and notifications over UCX (UCP): shared memory, TCP, CMA, and
+   whatever transports the installed UCX has (verbs...). One-sided put/get
+   only where the NIC checks remote keys; elsewhere active messages that the
+   target checks against its own registrations (TRUST MODEL below).
    Written against UCX 1.13 (Debian 12); uses nothing newer.
 
    DO THIS
@@ -27,6 +29,20 @@
                           "tls=cma+posix", "tls=rc_verbs+tcp". Loopback
                           needs no "self" (tcp and shared memory reach the
                           agent's own worker too).
+       data_path=auto|rma|am
+                          how data moves (default auto). rma: one-sided
+                          ucp_put/ucp_get, for transports whose NIC checks
+                          remote keys (rc, dc, ud, ib...). am: the checked
+                          active-message path. auto: rma only when every
+                          transport in tls= (else UCX_TLS) is of that kind,
+                          otherwise am (UCX's default "all" includes tcp and
+                          shared memory: am). A peer gets one-sided RMA only
+                          when both ends chose rma; the log says which path
+                          the agent uses. data_path=rma over software
+                          transports is logged as the hole it is.
+       rndv_thresh=BYTES  checked path: data up to this size travels eager
+                          (copied), larger by rendezvous, received straight
+                          into the checked target range (default 8192).
        ucx.KEY=VALUE      any UCX configuration variable, without (or with) its
                           UCX_ prefix: "ucx.KEEPALIVE_INTERVAL=1s",
                           "ucx.UCX_NET_DEVICES=lo". '+' in VALUE becomes ','.
@@ -37,16 +53,53 @@
    UCX 1.13 reads these only from there, and without them its shared-memory
    transports refuse the endpoints' peer error handling (no shm at all).
 
+   TRUST MODEL
+   -----------
+   Only memory the target registered with this backend (and has not
+   deregistered) can be reached, and the TARGET enforces it:
+   - On tcp, posix, sysv and cma, UCX 1.13 runs ucp_put/ucp_get in software
+     ("software emulation" in UCX_PROTO_INFO): the target's UCX copies to
+     whatever address the message names, checking no key. So there the
+     backend never enables UCP_FEATURE_RMA (UCX then installs no handler for
+     emulated put/get: a raw UCX peer's put is dropped), and every WRITE and
+     READ is an active message that names a target range; the target's
+     handler serves it only if one registered region holds the whole range,
+     else refuses it (NIXL_ERR_NOT_ALLOWED at the initiator, a log line on
+     both sides). Deregistration takes effect at once: the region leaves the
+     target's index before deregister_mem returns; accesses already in
+     flight into or out of it are waited for (2 s at most, then logged).
+   - On verbs-family transports (data_path=rma) the NIC checks rkeys:
+     unmapped memory has no valid key. Caveat: with UCP_FEATURE_RMA on, a
+     peer that speaks raw UCX can still force UCX's software emulation over
+     an AM lane, which checks nothing; use rma only among trusted peers.
+   - The initiator's own check of remote descriptors (nixl.h) gives early,
+     clear errors; it is not the protection.
+   - Answers (ACK, READ data) carry the request's slot, post generation and
+     a random 64-bit token; anything else is ignored.
+
+   THE CHECKED PATH (data_path=am)
+   -------------------------------
+   WRITE: one AM per descriptor carrying the bytes; eager up to rndv_thresh
+   (the target copies them in), rendezvous above (ucp_am_recv_data_nbx
+   straight into the checked range: process_vm_readv on cma, zero-copy).
+   The target ACKs each descriptor once its bytes are in place. READ: a
+   request AM per descriptor; the target answers with the bytes (eager or
+   rendezvous by size), received straight into the initiator's buffer. The
+   request's notification is sent only after every descriptor was ACKed or
+   received. The target must drive progress (nixl_progress, get_notifs, or
+   a progress thread) for transfers into or out of it to finish.
+
    UCX 1.13 AND THESE TRANSPORTS (measured, worth knowing)
    -------------------------------------------------------
-   On tcp, posix and sysv, UCX 1.13 has no true one-sided path for memory
-   the application allocated: ucp_put/ucp_get are emulated with active
-   messages ("rma_am" / "software emulation" in UCX_PROTO_INFO) and the
-   TARGET copies the bytes when it drives progress. So the target agent must
-   call nixl_progress (or nixl_get_notifs, or run a progress thread) for
-   transfers into or out of it to finish. cma (process_vm_writev) is used by
-   UCX 1.13 only for rendezvous, never for ucp_put/ucp_get: "tls=cma+posix"
-   moves RMA over posix. Verbs transports (rc_verbs...) are truly one-sided.
+   cma (process_vm_writev) is used by UCX 1.13 only for rendezvous, never
+   for ucp_put/ucp_get: the checked path's rendezvous uses it.
+   UCX 1.13 watches an endpoint (keepalive) only once its wire-up finished;
+   a peer that dies before that leaves sends waiting forever on shared
+   memory. Connection info therefore carries the process identity (pid,
+   start time, pid namespace, boot id): while checked requests wait on a
+   peer of the same host, progress reads /proc/PID/stat every 100 ms and
+   fails a vanished peer like an endpoint error. A new endpoint sends one
+   "hello" AM at once so the wire-up starts while the peer is alive.
    On Soft-RoCE (rdma_rxe in a QEMU VM) UCX 1.13 picks GID index 1 (the
    IPv4-mapped RoCE v2 GID); its UD traffic then never arrives, the UD
    wire-up times out (and trips an assertion inside UCX). With
@@ -60,31 +113,26 @@
 
    WHAT IT DOES
    ------------
-   - One UCP context (features RMA + AM) and num_workers workers
-     (UCS_THREAD_MODE_SERIALIZED: the agent lock serialises every call).
+   - One UCP context (features AM, plus RMA on the one-sided path) and
+     num_workers workers (UCS_THREAD_MODE_SERIALIZED: the agent lock
+     serialises every call).
    - Connection info = the workers' addresses. Endpoints are created from
      them (locally, without blocking) when the peer's first region is loaded,
      or on nixl_make_connection / gen_notif, with UCP_ERR_HANDLING_MODE_PEER.
-   - Registration: ucp_mem_map; the public data of a region is its packed
-     rkey (ucp_rkey_pack), unpacked per endpoint in load_remote_md.
-   - A request posts ucp_put_nbx (WRITE) or ucp_get_nbx (READ) per
-     descriptor, then ucp_ep_flush_nbx. When the flush completes every byte
-     has landed at the target; only then the request's notification is sent
-     as an active message (ucp_am_send_nbx, eager). The progress engine sends
-     it as soon as the flush completes, whichever nixl call drives progress.
+   - Registration: ucp_mem_map; on the one-sided path the public data of a
+     region is its packed rkey (ucp_rkey_pack), unpacked per endpoint in
+     load_remote_md; on the checked path it has no key (nothing unpacked).
+   - One-sided: a request posts ucp_put_nbx (WRITE) or ucp_get_nbx (READ)
+     per descriptor, then ucp_ep_flush_nbx; the flush completing means every
+     byte landed. Checked: see above. Only then the request's notification
+     is sent as an active message (ucp_am_send_nbx, eager), from progress.
    - Notifications carry the sender's agent name (worker addresses name no
      agent). Receiving runs the AM handler inside progress.
    - gen_notif sends on worker 0's endpoint: gen_notif messages to one peer
      arrive in the order they were sent.
    - Loopback (NIXL_CAP_LOCAL): an endpoint to the agent's own workers.
-   - Deregistration: UCX's software transports (tcp, posix, sysv, cma) do not
-     check rkeys, so unmapping alone would not stop a peer. deregister_mem
-     therefore also sends a REVOKE message to every peer whose connection
-     info this agent loaded; the peer marks its copy of the region and then
-     refuses to post to it (NIXL_ERR_NOT_FOUND). A peer that never gave this
-     agent its metadata cannot be told; a transfer already in flight, or one
-     posted before the REVOKE arrived, still lands (memory that was unmapped
-     by then makes it fail on the transport instead).
+   - Deregistration: the target refuses the region at once (checked path)
+     or the NIC does (unmapped: the key is dead); no message to peers.
 
    VRAM: registered only when UCX reports CUDA memory support
    (ucp_context_query memory_types). Debian's UCX 1.13 has no CUDA: then the
@@ -122,6 +170,10 @@
    when prep says it carries one) and grows on a post with a longer
    notification; a post never allocates otherwise.
    A peer's connection info: up to 64 worker addresses.
+   UCX 1.13 itself can still abort a process when a peer dies in the middle
+   of an endpoint's wire-up (assertion "wireup_ep->pending_count == 0" in
+   ucp_worker_discard_uct_ep, seen on tcp about once in 500 deaths timed to
+   land in the wire-up); a peer that dies after it is wired up is handled.
 
    LICENSE: MIT (see nixl.h).
 */
