@@ -1324,33 +1324,6 @@ static void adv_target(int s) {
     free(m.whole);
 }
 
-/* The blob with the entry of region `from` rewritten to [addr, addr+len). */
-static unsigned char *adv_forge(const unsigned char *blob, size_t n, uint64_t from, uint64_t addr, uint64_t len) {
-    unsigned char *f = (unsigned char *)malloc(n), key[8];
-    size_t i;
-    int k, hits = 0;
-    if (!f) abort();
-    memcpy(f, blob, n);
-    for (k = 0; k < 8; k++) key[k] = (unsigned char)(from >> (8 * k));
-    for (i = 0; i + 17 <= n - 4; i++) {
-        if (memcmp(f + i, key, 8) != 0 || f[i - 1] != NIXL_DRAM) continue;
-        for (k = 0; k < 8; k++) {
-            f[i + k] = (unsigned char)(addr >> (8 * k));
-            f[i + 8 + k] = (unsigned char)(len >> (8 * k));
-        }
-        hits++;
-    }
-    if (hits != 1) {
-        free(f);
-        return NULL;
-    }
-    {
-        uint32_t c = _nixl_crc32(f, n - 4);
-        for (k = 0; k < 4; k++) f[n - 4 + k] = (unsigned char)(c >> (8 * k));
-    }
-    return f;
-}
-
 static int all_bytes(const void *p, int v, size_t n) {
     const unsigned char *q = (const unsigned char *)p;
     size_t i;
@@ -1387,7 +1360,7 @@ static void test_adversarial_peer(void) {
     CHECK(send_md(s, a) == 0);
     CHECK_ST(nixl_load_remote_md(a, blob, blen, NULL, 0), NIXL_SUCCESS);
     {   /* a region at address 0 never even loads (the core refuses NULL) */
-        unsigned char *zero = adv_forge(blob, blen, region, 0, 4096);
+        unsigned char *zero = xu_forge_md(blob, blen, region, 0, 4096);
         CHECK(zero != NULL);
         if (zero) CHECK_ST(nixl_load_remote_md(a, zero, blen, NULL, 0), NIXL_ERR_INVALID_PARAM);
         free(zero);
@@ -1406,7 +1379,7 @@ static void test_adversarial_peer(void) {
         for (i = 0; i < sizeof cases / sizeof cases[0]; i++) {
             int op;
             unsigned char *forged = cases[i].addr == dead ? NULL
-                                    : adv_forge(blob, blen, region, cases[i].addr, cases[i].len);
+                                    : xu_forge_md(blob, blen, region, cases[i].addr, cases[i].len);
             void *l = cases[i].len > 2 * ADV_SZ ? (void *)big : (void *)buf;
             if (cases[i].addr != dead) {
                 CHECKF(forged != NULL, "forged a blob naming %s", cases[i].what);

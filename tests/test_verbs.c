@@ -1165,6 +1165,124 @@ static int wirecut_init(const char *dir) {
     return nt_finish();
 }
 
+
+// >>tests: an adversarial peer (the NIC checks rkeys)
+
+/* The same attack as tests/test_ucx.c: agent a rewrites b's metadata blob
+   to name memory b never registered (or deregistered) and posts ordinary
+   READs and WRITEs. The NIC (rxe too) checks the rkey against the MR's
+   bounds: the request fails with a remote access error, b's memory outside
+   its region is untouched and never returned, and b keeps serving an honest
+   agent c. Each refusal kills a's connection (RC QP in error): a reloads b's
+   metadata before the next case. */
+#define VADV_SZ (64u * 1024u)
+#define VADV_HUGE (16u * MiB)
+
+static int vadv_intact(const unsigned char *whole) {
+    size_t i;
+    for (i = 0; i < 7 * VADV_SZ; i++) {
+        if (i >= VADV_SZ && i < 2 * VADV_SZ) continue; /* the honest region */
+        if (whole[i] != (unsigned char)(0xA5 ^ (i * 7))) return 0;
+    }
+    return 1;
+}
+
+/* a forgets b (after a failure) and loads blob (and forged, if any) again */
+static int vadv_reload(nixl_agent_t *a, nixl_agent_t *b, const void *blob, size_t blen, const void *forged) {
+    uint64_t end = nixl_now_us() + 3000000;
+    nixl_invalidate_remote_md(a, "agent-b");
+    while (nixl_now_us() < end && nixl_check_remote_md(a, "agent-b", NULL) == NIXL_SUCCESS) {
+        nixl_progress(a);
+        nixl_progress(b);
+    }
+    return nixl_load_remote_md(a, blob, blen, NULL, 0) == NIXL_SUCCESS &&
+           (!forged || nixl_load_remote_md(a, forged, blen, NULL, 0) == NIXL_SUCCESS);
+}
+
+static void test_adversarial_peer(void) {
+    pair_t p;
+    nixl_agent_t *c = NULL;
+    unsigned char *whole = (unsigned char *)xalloc(7 * VADV_SZ), *lb = (unsigned char *)xalloc(VADV_HUGE);
+    unsigned char *region = whole + VADV_SZ, *dead = whole + 3 * VADV_SZ, *secret = whole + 5 * VADV_SZ;
+    void *blob = NULL;
+    size_t blen = 0, i;
+    nixl_xfer_req_t *r = NULL;
+    for (i = 0; i < 7 * VADV_SZ; i++) whole[i] = (unsigned char)(0xA5 ^ (i * 7));
+    CHECK(pair_make(&p, NULL, NULL));
+    c = mk_agent("agent-c", NULL, NULL);
+    if (!p.a || !p.b || !c) goto out;
+    CHECK_ST(xu_reg(p.a, lb, VADV_HUGE), NIXL_SUCCESS);
+    CHECK_ST(xu_reg(p.b, region, VADV_SZ), NIXL_SUCCESS);
+    CHECK_ST(xu_reg(p.b, dead, VADV_SZ), NIXL_SUCCESS);
+    CHECK_ST(nixl_get_local_md(p.b, &blob, &blen), NIXL_SUCCESS);
+    CHECK_ST(nixl_load_remote_md(p.a, blob, blen, NULL, 0), NIXL_SUCCESS);
+    CHECK_ST(xu_dereg(p.b, dead, VADV_SZ), NIXL_SUCCESS); /* a still holds its old rkey */
+    quiet_log_level = NIXL_LOG_ERROR - 1;                  /* the refusals log errors on purpose */
+    {
+        struct { const char *what; uint64_t addr, len; } cases[] = {
+            {"the secret (outside every region)", (uintptr_t)secret, VADV_SZ},
+            {"straddling the end of the region", (uintptr_t)region + VADV_SZ - 64, 128},
+            {"the deregistered region", (uintptr_t)dead, VADV_SZ},
+            {"a huge length from the region's start", (uintptr_t)region, VADV_HUGE},
+            {"the zero page (address 64)", 64, 4000},
+            {"near the top of the address space", UINT64_MAX - 3 * 4096 + 1, 4096},
+        };
+        for (i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+            int op;
+            for (op = 0; op < 2; op++) {
+                unsigned char *forged = cases[i].addr == (uintptr_t)dead
+                                            ? NULL
+                                            : xu_forge_md((const unsigned char *)blob, blen, (uintptr_t)region,
+                                                          cases[i].addr, cases[i].len);
+                size_t probe = cases[i].len < VADV_SZ ? (size_t)cases[i].len : VADV_SZ;
+                nixl_status_t st;
+                if (cases[i].addr != (uintptr_t)dead) CHECKF(forged != NULL, "forged a blob naming %s", cases[i].what);
+                CHECKF(vadv_reload(p.a, p.b, blob, blen, forged), "a loads b's metadata (forged: %s)", cases[i].what);
+                free(forged);
+                memset(lb, 0x11, probe);
+                r = NULL;
+                st = xu_req(p.a, "agent-b", op ? NIXL_WRITE : NIXL_READ, (uintptr_t)lb, (uintptr_t)cases[i].addr,
+                            (size_t)cases[i].len, NULL, &r);
+                if (st == NIXL_SUCCESS) st = post_wait(p.a, r, p.b, NULL);
+                if (r) nixl_release_xfer_req(p.a, r);
+                CHECKF(st == NIXL_ERR_REMOTE_DISCONNECT || st == NIXL_ERR_BACKEND,
+                       "%s of %s: %s (want a remote access error)", op ? "WRITE" : "READ", cases[i].what,
+                       nixl_status_str(st));
+                if (!op) CHECKF(lb[0] == 0x11 && lb[probe - 1] == 0x11, "READ of %s returned nothing", cases[i].what);
+                CHECKF(vadv_intact(whole), "after %s of %s: b's memory outside its region is untouched",
+                       op ? "WRITE" : "READ", cases[i].what);
+            }
+        }
+    }
+    quiet_log_level = NIXL_LOG_WARN;
+    /* b keeps serving: an honest agent, bytes checked both ways */
+    CHECK_ST(xu_reg(c, lb, VADV_SZ), NIXL_SUCCESS);
+    CHECK(share_md(p.b, c));
+    nt_fill(lb, VADV_SZ, 81);
+    r = NULL;
+    CHECK_ST(xu_req(c, "agent-b", NIXL_WRITE, (uintptr_t)lb, (uintptr_t)region, VADV_SZ, NULL, &r), NIXL_SUCCESS);
+    if (r) {
+        CHECK_ST(post_wait(c, r, p.b, NULL), NIXL_SUCCESS);
+        CHECKF(nt_verify(region, VADV_SZ, 81), "b still takes an honest WRITE (bytes checked)");
+        nixl_release_xfer_req(c, r);
+    }
+    memset(lb, 0, VADV_SZ);
+    r = NULL;
+    CHECK_ST(xu_req(c, "agent-b", NIXL_READ, (uintptr_t)lb, (uintptr_t)region, VADV_SZ, NULL, &r), NIXL_SUCCESS);
+    if (r) {
+        CHECK_ST(post_wait(c, r, p.b, NULL), NIXL_SUCCESS);
+        CHECKF(nt_verify(lb, VADV_SZ, 81), "b still serves an honest READ (bytes checked)");
+        nixl_release_xfer_req(c, r);
+    }
+    CHECK(vadv_intact(whole));
+out:
+    if (blob) nixl_free_md(p.b, blob);
+    nixl_agent_destroy(c);
+    pair_free(&p);
+    free(whole);
+    free(lb);
+}
+
 int main(int argc, char **argv) {
     self_exe = argv[0];
     if (argc == 3 && strcmp(argv[1], "--wirecut-target") == 0) return wirecut_target(argv[2]);
@@ -1195,6 +1313,7 @@ int main(int argc, char **argv) {
     NT_RUN(test_invalid_descs);
     NT_RUN(test_release_in_flight);
     NT_RUN(test_dereg_while_held);
+    NT_RUN(test_adversarial_peer);
     NT_RUN(test_two_processes);
     NT_RUN(test_peer_killed);
     return nt_finish();

@@ -119,6 +119,42 @@ XU_FN uintptr_t xu_swap_md(nixl_agent_t *a, int fd, uintptr_t mine) {
     return ok ? theirs : 0;
 }
 
+/* An attacker's edit of a metadata blob: the entry of the region at `from`
+   now names [addr, addr+len), any later copy of the address (a backend key
+   that carries the region's base, as verbs' does) names addr too, and the
+   CRC is recomputed so the parser takes it. Returns a malloc'ed copy, or
+   NULL if no region entry matched. */
+XU_FN unsigned char *xu_forge_md(const unsigned char *blob, size_t n, uint64_t from, uint64_t addr, uint64_t len) {
+    unsigned char *f = (unsigned char *)malloc(n), key[8];
+    size_t i;
+    int k, entries = 0;
+    uint32_t crc;
+    if (!f || n < 24) {
+        free(f);
+        return NULL;
+    }
+    memcpy(f, blob, n);
+    for (k = 0; k < 8; k++) key[k] = (unsigned char)(from >> (8 * k));
+    for (i = 1; i + 16 <= n - 4; i++) {
+        int entry;
+        if (memcmp(f + i, key, 8) != 0) continue;
+        entry = !entries && f[i - 1] == NIXL_DRAM; /* u8 mem, u64le addr, u64le len, ... */
+        for (k = 0; k < 8; k++) {
+            f[i + k] = (unsigned char)(addr >> (8 * k));
+            if (entry) f[i + 8 + k] = (unsigned char)(len >> (8 * k));
+        }
+        entries += entry;
+        i += 7;
+    }
+    crc = _nixl_crc32(f, n - 4);
+    for (k = 0; k < 4; k++) f[n - 4 + k] = (unsigned char)(crc >> (8 * k));
+    if (!entries) {
+        free(f);
+        return NULL;
+    }
+    return f;
+}
+
 /* a one-descriptor request between l (local) and r (at `remote`) */
 XU_FN nixl_status_t xu_req(nixl_agent_t *a, const char *remote, nixl_xfer_op_t op, uintptr_t l, uintptr_t r,
                            size_t len, const char *notif, nixl_xfer_req_t **out) {
