@@ -418,6 +418,8 @@ struct _nixl_ucx_engine {
     uint32_t nfree, slots_cap;
     uint64_t rng;          /* xorshift state for request tokens */
     _nixl_ucx_tio_t *tios; /* target accesses in flight */
+    _nixl_ucx_tio_t *tio_pool; /* finished ones, for reuse (an answer per message: no malloc each) */
+    unsigned tio_pooled;
     _nixl_ucx_ident_t ident; /* this process */
     uint64_t next_watch;   /* when stalled same-host peers are checked next */
     _nixl_ucx_req_t *reqs;
@@ -1420,8 +1422,17 @@ static _nixl_ucx_md_t *_nixl_ucx_region_of(const _nixl_ucx_engine_t *eng, uint64
 
 // >>checked: the target's accesses in flight
 
+#define _NIXL_UCX_TIO_POOL 1024u
+
 static _nixl_ucx_tio_t *_nixl_ucx_tio_new(_nixl_ucx_engine_t *eng, _nixl_ucx_md_t *md) {
-    _nixl_ucx_tio_t *t = (_nixl_ucx_tio_t *)_nixl_ucx_alloc(eng, sizeof *t);
+    _nixl_ucx_tio_t *t = eng->tio_pool;
+    if (t) {
+        eng->tio_pool = t->next;
+        eng->tio_pooled--;
+        memset(t, 0, sizeof *t);
+    } else {
+        t = (_nixl_ucx_tio_t *)_nixl_ucx_alloc(eng, sizeof *t);
+    }
     if (!t) {
         nixl_backend_log(eng->be, NIXL_LOG_ERROR, "data path: out of memory for an answer");
         return NULL;
@@ -1441,6 +1452,12 @@ static void _nixl_ucx_tio_free(_nixl_ucx_tio_t *t) {
     if (t->prev) t->prev->next = t->next;
     else eng->tios = t->next;
     if (t->next) t->next->prev = t->prev;
+    if (eng->tio_pooled < _NIXL_UCX_TIO_POOL && !eng->destroying) {
+        t->next = eng->tio_pool;
+        eng->tio_pool = t;
+        eng->tio_pooled++;
+        return;
+    }
     _nixl_ucx_free(eng, t);
 }
 
@@ -1725,29 +1742,6 @@ static void _nixl_ucx_slot_give(_nixl_ucx_engine_t *eng, _nixl_ucx_req_t *r) {
     eng->free_slots[eng->nfree++] = r->slot;
 }
 
-/* The post's endpoint flush: it proves nothing about the answers, but it is
-   how UCX 1.13 notices a dead peer on shared memory (a rendezvous waiting
-   for a dead receiver is never failed by keepalive there). */
-static void _nixl_ucx_dp_flush_cb(void *request, ucs_status_t status, void *user_data) {
-    _nixl_ucx_req_t *r = (_nixl_ucx_req_t *)user_data;
-    ucp_request_free(request);
-    r->io_inflight--;
-    if (status != UCS_OK && r->am_err == NIXL_SUCCESS) r->am_err = _nixl_ucx_req_error(r, "flush", status);
-    _nixl_ucx_dp_maybe_finish(r);
-}
-
-static void _nixl_ucx_dp_flush(_nixl_ucx_req_t *r, ucp_ep_h ep) {
-    ucp_request_param_t prm;
-    ucs_status_ptr_t sp;
-    memset(&prm, 0, sizeof prm);
-    prm.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA;
-    prm.cb.send = _nixl_ucx_dp_flush_cb;
-    prm.user_data = r;
-    sp = ucp_ep_flush_nbx(ep, &prm);
-    if (UCS_PTR_IS_ERR(sp) && r->am_err == NIXL_SUCCESS) r->am_err = _nixl_ucx_req_error(r, "ucp_ep_flush_nbx", UCS_PTR_STATUS(sp));
-    else if (sp && !UCS_PTR_IS_ERR(sp)) r->io_inflight++;
-}
-
 /* Posts every descriptor as a checked AM; no allocation, no lookup. */
 static nixl_status_t _nixl_ucx_dp_post(_nixl_ucx_req_t *r) {
     ucp_ep_h ep = r->conn->ep;
@@ -1776,7 +1770,6 @@ static nixl_status_t _nixl_ucx_dp_post(_nixl_ucx_req_t *r) {
             r->io_inflight++;
         }
     }
-    if (r->am_err == NIXL_SUCCESS) _nixl_ucx_dp_flush(r, ep);
     _nixl_ucx_dp_maybe_finish(r);
     return r->state == _NIXL_UCX_REQ_FLUSHING ? NIXL_IN_PROG : r->status;
 }
@@ -1951,6 +1944,11 @@ static void _nixl_ucx_destroy(void *engine) {
     }
     while (eng->reqs) _nixl_ucx_req_free(eng, eng->reqs);
     while (eng->tios) _nixl_ucx_tio_free(eng->tios);
+    while (eng->tio_pool) {
+        _nixl_ucx_tio_t *t = eng->tio_pool;
+        eng->tio_pool = t->next;
+        _nixl_ucx_free(eng, t);
+    }
     _nixl_ucx_free(eng, eng->by_addr);
     _nixl_ucx_free(eng, eng->slots);
     _nixl_ucx_free(eng, eng->free_slots);
