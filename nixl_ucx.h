@@ -214,6 +214,7 @@ NIXL_API const nixl_backend_ops_t *nixl_ucx_backend(void);
 #include <string.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <errno.h>
 #include <sys/random.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -230,7 +231,9 @@ NIXL_API const nixl_backend_ops_t *nixl_ucx_backend(void);
 #define _NIXL_UCX_DP_READ_DATA 3u        /* data (or a refusal status): the answer */
 #define _NIXL_UCX_DP_ACK 4u              /* no data: a WRITE landed (or was refused) */
 #define _NIXL_UCX_DP_HELLO 5u            /* no data: wires a new endpoint up (ignored) */
-/* header: u8 version, u8 kind, u16le refusal (a -nixl_status_t, 0 = fine),
+#define _NIXL_UCX_DP_F_RNDV 1u          /* request flag: answer by rendezvous (GPU memory) */
+/* header: u8 version, u8 kind, u16le refusal in answers (a -nixl_status_t,
+   0 = fine) or flags in requests,
    u32le descriptor index, u64le slot/generation, u64le token, u64le addr,
    u64le len */
 #define _NIXL_UCX_DP_HDR 40u
@@ -314,6 +317,7 @@ typedef struct _nixl_ucx_md {
     unsigned char *pub; /* magic header (+ packed rkey on the RMA path) */
     size_t pub_len;
     unsigned busy;      /* checked accesses in flight that read or write it */
+    int vram;           /* GPU memory: never a CPU memcpy, rendezvous only */
 } _nixl_ucx_md_t;
 
 typedef struct _nixl_ucx_req _nixl_ucx_req_t;
@@ -326,7 +330,8 @@ typedef struct _nixl_ucx_op {
     ucp_rkey_h rkey;
     unsigned char hdr[_NIXL_UCX_DP_HDR]; /* checked path: this descriptor's AM header */
     unsigned char done;                   /* checked path: landed (or refused) in this post */
-    unsigned char rndv;                   /* checked path: by rendezvous, no ACK */
+    unsigned char rndv;                   /* checked path: WRITE by rendezvous */
+    unsigned char vram;                   /* the local side is GPU memory: no CPU memcpy into it */
 } _nixl_ucx_op_t;
 
 enum {
@@ -416,7 +421,7 @@ struct _nixl_ucx_engine {
     uint32_t nslots;       /* slots in use or freed (the table's length) */
     uint32_t *free_slots;  /* freed slot numbers (a stack), nfree of them */
     uint32_t nfree, slots_cap;
-    uint64_t rng;          /* xorshift state for request tokens */
+    uint64_t rng;          /* only if getrandom fails: a counter mixed into clock tokens */
     _nixl_ucx_tio_t *tios; /* target accesses in flight */
     _nixl_ucx_tio_t *tio_pool; /* finished ones, for reuse (an answer per message: no malloc each) */
     unsigned tio_pooled;
@@ -500,7 +505,10 @@ static void _nixl_ucx_am_hdr_write(const _nixl_ucx_engine_t *eng, unsigned char 
 
 // >>liveness
 
-/* Start time of a process (field 22 of /proc/PID/stat), 0 if it is gone. */
+#define _NIXL_UCX_PROC_UNKNOWN UINT64_MAX
+
+/* Start time of a process (field 22 of /proc/PID/stat), 0 if it is gone,
+   _NIXL_UCX_PROC_UNKNOWN if this process may not look (hidepid, sandbox). */
 static uint64_t _nixl_ucx_proc_start(uint32_t pid) {
     char path[64], buf[1024];
     const char *p;
@@ -509,7 +517,7 @@ static uint64_t _nixl_ucx_proc_start(uint32_t pid) {
     int field;
     snprintf(path, sizeof path, "/proc/%u/stat", (unsigned)pid);
     f = fopen(path, "r");
-    if (!f) return 0;
+    if (!f) return errno == ENOENT || errno == ESRCH ? 0 : _NIXL_UCX_PROC_UNKNOWN;
     n = fread(buf, 1, sizeof buf - 1, f);
     fclose(f);
     buf[n] = '\0';
@@ -517,7 +525,7 @@ static uint64_t _nixl_ucx_proc_start(uint32_t pid) {
     if (!p) return 0;
     for (field = 2; *p && field < 22; p++)
         if (*p == ' ') field++;
-    return field == 22 ? strtoull(p, NULL, 10) : 0;
+    return field == 22 ? strtoull(p, NULL, 10) : _NIXL_UCX_PROC_UNKNOWN;
 }
 
 /* This process's identity (pid 0: unknown, peers then never watch us). */
@@ -530,6 +538,7 @@ static void _nixl_ucx_ident_self(_nixl_ucx_ident_t *id) {
         id->pid = (uint32_t)getpid();
         id->start = _nixl_ucx_proc_start(id->pid);
         id->pidns = (uint64_t)st.st_ino;
+        if (id->start == 0 || id->start == _NIXL_UCX_PROC_UNKNOWN) id->pid = 0; /* cannot be watched */
     }
     fclose(f);
 }
@@ -550,7 +559,10 @@ static int _nixl_ucx_watch_peers(_nixl_ucx_engine_t *eng) {
     for (r = eng->reqs; r; r = r->next) {
         _nixl_ucx_peer_t *p = r->peer;
         if (!r->am || r->state != _NIXL_UCX_REQ_FLUSHING || !p || !p->same_host || p->failed) continue;
-        if (_nixl_ucx_proc_start(p->ident.pid) == p->ident.start) continue;
+        {
+            uint64_t start = _nixl_ucx_proc_start(p->ident.pid);
+            if (start == p->ident.start || start == _NIXL_UCX_PROC_UNKNOWN) continue;
+        }
         nixl_backend_log(eng->be, NIXL_LOG_WARN, "peer %s: its process (pid %u) is gone", p->name,
                          (unsigned)p->ident.pid);
         p->failed = 1;
@@ -1500,7 +1512,8 @@ static void _nixl_ucx_dp_answer(_nixl_ucx_engine_t *eng, ucp_ep_h ep, const _nix
     if (!t) return;
     _nixl_ucx_dp_write_hdr(t->hdr, kind, refusal, q->idx, q->slotgen, q->token, q->addr, q->len);
     _nixl_ucx_am_param(&prm, _nixl_ucx_tio_done_cb, t);
-    if (len > eng->rndv_thresh) prm.flags = UCP_AM_SEND_FLAG_RNDV;
+    if (md && (len > eng->rndv_thresh || md->vram || (q->refusal & _NIXL_UCX_DP_F_RNDV)))
+        prm.flags = UCP_AM_SEND_FLAG_RNDV;
     sp = ucp_am_send_nbx(ep, _NIXL_UCX_AM_DATA_ID, t->hdr, _NIXL_UCX_DP_HDR, data, len, &prm);
     if (UCS_PTR_IS_ERR(sp))
         nixl_backend_log(eng->be, NIXL_LOG_WARN, "data path: answer to a %s of %llu bytes not sent: %s",
@@ -1534,6 +1547,11 @@ static ucs_status_t _nixl_ucx_dp_on_write(_nixl_ucx_worker_t *w, const _nixl_ucx
                          (unsigned long long)q->len, length);
         m = NULL;
     }
+    if (!rndv && m && m->vram) {
+        nixl_backend_log(eng->be, NIXL_LOG_WARN, "data path: refused an eager WRITE of %zu bytes into GPU memory "
+                         "(a GPU region takes rendezvous only)", length);
+        m = NULL;
+    }
     if (!rndv) {
         if (m) memcpy((void *)(uintptr_t)q->addr, data, length);
         if (can_reply)
@@ -1551,10 +1569,15 @@ static ucs_status_t _nixl_ucx_dp_on_write(_nixl_ucx_worker_t *w, const _nixl_ucx
     prm.cb.recv_am = _nixl_ucx_tio_recv_cb;
     prm.user_data = t;
     sp = ucp_am_recv_data_nbx(w->h, data, (void *)(uintptr_t)q->addr, length, &prm);
-    if (UCS_PTR_IS_ERR(sp))
+    if (sp == NULL) { /* completed inside the call: the bytes are in place */
+        if (t->reply_ep) _nixl_ucx_dp_answer(eng, t->reply_ep, q, _NIXL_UCX_DP_ACK, 0, NULL);
+        _nixl_ucx_tio_free(t);
+    } else if (UCS_PTR_IS_ERR(sp)) {
         nixl_backend_log(eng->be, NIXL_LOG_WARN, "data path: ucp_am_recv_data_nbx(%zu bytes) failed: %s", length,
                          ucs_status_string(UCS_PTR_STATUS(sp)));
-    if (sp == NULL || UCS_PTR_IS_ERR(sp)) _nixl_ucx_tio_free(t);
+        _nixl_ucx_tio_free(t);
+        return UCS_PTR_STATUS(sp); /* UCX owns the descriptor; the sender's request fails */
+    }
     return UCS_OK;
 }
 
@@ -1661,6 +1684,11 @@ static ucs_status_t _nixl_ucx_dp_on_read_data(_nixl_ucx_worker_t *w, const _nixl
         _nixl_ucx_dp_op_done(o, NIXL_ERR_BACKEND);
         return rndv ? UCS_ERR_CANCELED : UCS_OK;
     }
+    if (!rndv && o->vram) {
+        nixl_backend_log(w->eng->be, NIXL_LOG_ERROR, "xfer: an eager READ answer for GPU memory (asked rendezvous)");
+        _nixl_ucx_dp_op_done(o, NIXL_ERR_BACKEND);
+        return UCS_OK;
+    }
     if (!rndv) {
         memcpy(o->laddr, data, length);
         _nixl_ucx_dp_op_done(o, NIXL_SUCCESS);
@@ -1670,10 +1698,11 @@ static ucs_status_t _nixl_ucx_dp_on_read_data(_nixl_ucx_worker_t *w, const _nixl
     prm.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA;
     prm.cb.recv_am = _nixl_ucx_dp_recv_cb;
     prm.user_data = o;
+    r->io_inflight++; /* before the call: its callback may run inside it */
     sp = ucp_am_recv_data_nbx(w->h, data, o->laddr, length, &prm);
+    if (sp == NULL || UCS_PTR_IS_ERR(sp)) r->io_inflight--;
     if (sp == NULL) _nixl_ucx_dp_op_done(o, NIXL_SUCCESS);
     else if (UCS_PTR_IS_ERR(sp)) _nixl_ucx_dp_op_done(o, _nixl_ucx_req_error(r, "ucp_am_recv_data_nbx", UCS_PTR_STATUS(sp)));
-    else r->io_inflight++;
     return UCS_OK;
 }
 
@@ -1703,13 +1732,15 @@ static ucs_status_t _nixl_ucx_dp_cb(void *arg, const void *header, size_t header
 
 // >>checked: requests
 
+/* A request's token: from the kernel's CSPRNG (a peer sees the tokens of
+   requests to it; a PRNG's output would let it predict those to others). */
 static uint64_t _nixl_ucx_random(_nixl_ucx_engine_t *eng) {
-    uint64_t x = eng->rng;
-    x ^= x >> 12;
-    x ^= x << 25;
-    x ^= x >> 27;
-    eng->rng = x;
-    return x * 0x2545f4914f6cdd1dull;
+    uint64_t x = 0;
+    if (getrandom(&x, sizeof x, 0) != (ssize_t)sizeof x) {
+        nixl_backend_log(eng->be, NIXL_LOG_WARN, "prep_xfer: getrandom failed; request token from the clock");
+        x = nixl_now_us() * 0x9e3779b97f4a7c15ull ^ eng->rng++;
+    }
+    return x;
 }
 
 /* Gives r a slot in the answer table. */
@@ -1775,11 +1806,13 @@ static nixl_status_t _nixl_ucx_dp_post(_nixl_ucx_req_t *r) {
 }
 
 /* Fills a descriptor's header at prep (the post adds its generation). */
-static void _nixl_ucx_dp_prep_op(_nixl_ucx_engine_t *eng, _nixl_ucx_req_t *r, size_t i) {
+static void _nixl_ucx_dp_prep_op(_nixl_ucx_engine_t *eng, _nixl_ucx_req_t *r, size_t i, int gpu_remote) {
     _nixl_ucx_op_t *o = &r->ops[i];
-    o->rndv = r->op == NIXL_WRITE && o->len > eng->rndv_thresh;
-    _nixl_ucx_dp_write_hdr(o->hdr, r->op == NIXL_WRITE ? _NIXL_UCX_DP_WRITE : _NIXL_UCX_DP_READ_REQ, 0, (uint32_t)i,
-                           0, r->token, o->raddr, o->len);
+    /* GPU memory on either side: rendezvous (UCX moves it), never a CPU memcpy */
+    o->rndv = r->op == NIXL_WRITE && (o->len > eng->rndv_thresh || o->vram || gpu_remote);
+    _nixl_ucx_dp_write_hdr(o->hdr, r->op == NIXL_WRITE ? _NIXL_UCX_DP_WRITE : _NIXL_UCX_DP_READ_REQ,
+                           r->op == NIXL_READ && o->vram ? _NIXL_UCX_DP_F_RNDV : 0u, (uint32_t)i, 0, r->token,
+                           o->raddr, o->len);
 }
 
 /* A deregistered region: new accesses are refused already (it left the
@@ -1860,9 +1893,6 @@ static nixl_status_t _nixl_ucx_create(const nixl_backend_init_t *init, void **en
         st = NIXL_ERR_INVALID_PARAM;
         goto fail;
     }
-    if (getrandom(&eng->rng, sizeof eng->rng, 0) != (ssize_t)sizeof eng->rng)
-        eng->rng = nixl_now_us() ^ ((uint64_t)getpid() << 32);
-    eng->rng |= 1;
     _nixl_ucx_ident_self(&eng->ident);
     st = _nixl_ucx_choose_path(eng, init);
     if (st != NIXL_SUCCESS) goto fail;
@@ -2038,6 +2068,7 @@ static nixl_status_t _nixl_ucx_register_mem(void *engine, nixl_mem_t mem, const 
         memcpy(m->pub + _NIXL_UCX_PUB_HDR, rkey, rkey_len);
         ucp_rkey_buffer_release(rkey);
     }
+    m->vram = mem == NIXL_VRAM;
     m->next = eng->mds;
     if (eng->mds) eng->mds->prev = m;
     eng->mds = m;
@@ -2274,7 +2305,8 @@ static nixl_status_t _nixl_ucx_prep_xfer(void *engine, const nixl_xfer_args_t *a
         r->ops[i].len = d->len;
         r->ops[i].rkey = rm->rkeys ? rm->rkeys[r->widx] : NULL;
         r->ops[i].req = r;
-        if (r->am) _nixl_ucx_dp_prep_op(eng, r, i);
+        r->ops[i].vram = args->lmem == NIXL_VRAM;
+        if (r->am) _nixl_ucx_dp_prep_op(eng, r, i, args->rmem == NIXL_VRAM);
     }
     if (args->has_notif && _nixl_ucx_req_notif_reserve(r, _NIXL_UCX_NOTIF_PREALLOC) != NIXL_SUCCESS) {
         _nixl_ucx_slot_give(eng, r);
