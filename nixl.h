@@ -2375,42 +2375,116 @@ static void _nixl_remote_sync_backends(nixl_agent_t *a, _nixl_remote *rm) {
     }
 }
 
-static nixl_status_t _nixl_md_apply(nixl_agent_t *a, _nixl_remote *rm, const _nixl_md *md, const int *map) {
+/* What applying a blob needs allocated, gathered before anything changes:
+   copies of new connection info, new region records, copies of new keys
+   (indexed like md->keys). */
+typedef struct _nixl_md_stage {
+    unsigned char *conn[NIXL_MAX_BACKENDS];
+    _nixl_region **reg; /* per md region: a new record, or NULL (known region) */
+    unsigned char **key; /* per md key: a copy to install, or NULL */
+} _nixl_md_stage;
+
+static void _nixl_md_stage_free(nixl_agent_t *a, _nixl_md_stage *st, const _nixl_md *md) {
+    size_t k;
+    int i;
+    for (i = 0; i < NIXL_MAX_BACKENDS; i++) _nixl_free(a, st->conn[i]);
+    for (k = 0; st->reg && k < md->nreg; k++) _nixl_free(a, st->reg[k]);
+    for (k = 0; st->key && k < md->nkeys; k++) _nixl_free(a, st->key[k]);
+    _nixl_free(a, st->reg);
+    _nixl_free(a, st->key);
+}
+
+/* The region of rm a blob region names: known, or staged (new). */
+static _nixl_region *_nixl_md_stage_region(const _nixl_remote *rm, const _nixl_md_stage *st, size_t k,
+                                           const _nixl_md_reg *g) {
+    long at = _nixl_table_find_exact(&rm->regions, &g->s);
+    return at >= 0 ? rm->regions.v[at] : st->reg[k];
+}
+
+/* Allocates everything the blob adds; nothing of rm changes. */
+static nixl_status_t _nixl_md_stage_make(nixl_agent_t *a, const _nixl_remote *rm, const _nixl_md *md,
+                                         const int *map, _nixl_md_stage *st) {
     size_t j, k;
-    size_t added = 0;
-    if (!_nixl_table_reserve(a, &rm->regions, md->nreg)) return NIXL_ERR_BACKEND;
+    memset(st, 0, sizeof *st);
+    st->reg = (_nixl_region **)_nixl_alloc(a, (md->nreg ? md->nreg : 1) * sizeof *st->reg);
+    st->key = (unsigned char **)_nixl_alloc(a, (md->nkeys ? md->nkeys : 1) * sizeof *st->key);
+    if (!st->reg || !st->key) return NIXL_ERR_BACKEND;
     for (j = 0; j < md->nbe; j++) {
         int i = map[j];
-        if (i < 0 || md->be[j].conn_len == 0 || (rm->conn_mask & (1u << i))) continue;
-        rm->conn[i] = (unsigned char *)_nixl_memdup(a, md->be[j].conn, md->be[j].conn_len);
-        if (!rm->conn[i]) return NIXL_ERR_BACKEND;
-        rm->conn_len[i] = md->be[j].conn_len;
-        rm->conn_mask |= 1u << i;
+        if (i < 0 || md->be[j].conn_len == 0 || (rm->conn_mask & (1u << i)) || st->conn[i]) continue;
+        if (!(st->conn[i] = (unsigned char *)_nixl_memdup(a, md->be[j].conn, md->be[j].conn_len)))
+            return NIXL_ERR_BACKEND;
     }
     for (k = 0; k < md->nreg; k++) {
         const _nixl_md_reg *g = &md->reg[k];
-        long at = _nixl_table_find_exact(&rm->regions, &g->s);
-        _nixl_region *r;
-        if (at >= 0) {
-            r = rm->regions.v[at];
-        } else {
-            r = (_nixl_region *)_nixl_alloc(a, sizeof *r);
-            if (!r) return NIXL_ERR_BACKEND;
-            r->s = g->s;
-            r->refs = 1;
-            rm->regions.v[rm->regions.n + added++] = r;
+        const _nixl_region *r;
+        unsigned staged = 0;
+        if (_nixl_table_find_exact(&rm->regions, &g->s) < 0) {
+            if (!(st->reg[k] = (_nixl_region *)_nixl_alloc(a, sizeof *st->reg[k]))) return NIXL_ERR_BACKEND;
+            st->reg[k]->s = g->s;
+            st->reg[k]->refs = 1;
         }
+        r = _nixl_md_stage_region(rm, st, k, g);
         for (j = 0; j < g->nkeys; j++) {
             const _nixl_md_key *key = &md->keys[g->first_key + j];
             int i = map[key->be];
-            if (i < 0 || (r->key_mask & (1u << i))) continue;
-            r->key[i] = (unsigned char *)_nixl_memdup(a, key->p, key->len);
-            if (!r->key[i]) return NIXL_ERR_BACKEND;
+            if (i < 0 || (r->key_mask & (1u << i)) || (staged & (1u << i))) continue;
+            if (!(st->key[g->first_key + j] = (unsigned char *)_nixl_memdup(a, key->p, key->len)))
+                return NIXL_ERR_BACKEND;
+            staged |= 1u << i;
+        }
+    }
+    return NIXL_SUCCESS;
+}
+
+/* Installs what was staged: no allocation, cannot fail. */
+static void _nixl_md_stage_commit(const _nixl_md *md, const int *map, _nixl_md_stage *st, _nixl_remote *rm) {
+    size_t j, k, added = 0;
+    int i;
+    for (i = 0; i < NIXL_MAX_BACKENDS; i++) {
+        if (!st->conn[i]) continue;
+        for (j = 0; j < md->nbe; j++)
+            if (map[j] == i) rm->conn_len[i] = md->be[j].conn_len;
+        rm->conn[i] = st->conn[i];
+        rm->conn_mask |= 1u << i;
+        st->conn[i] = NULL;
+    }
+    for (k = 0; k < md->nreg; k++) {
+        const _nixl_md_reg *g = &md->reg[k];
+        _nixl_region *r = _nixl_md_stage_region(rm, st, k, g);
+        if (st->reg[k]) {
+            rm->regions.v[rm->regions.n + added++] = st->reg[k];
+            st->reg[k] = NULL;
+        }
+        for (j = 0; j < g->nkeys; j++) {
+            const _nixl_md_key *key = &md->keys[g->first_key + j];
+            unsigned char **copy = &st->key[g->first_key + j];
+            if (!*copy) continue;
+            i = map[key->be];
+            r->key[i] = *copy;
             r->key_len[i] = key->len;
             r->key_mask |= 1u << i;
+            *copy = NULL;
         }
     }
     rm->regions.n += added;
+}
+
+/* All or nothing: every allocation happens before rm changes; on failure
+   rm is as it was. Backends then load what they can (their refusals are
+   logged; the region is then not reachable through that backend). */
+static nixl_status_t _nixl_md_apply(nixl_agent_t *a, _nixl_remote *rm, const _nixl_md *md, const int *map) {
+    _nixl_md_stage st;
+    nixl_status_t s;
+    if (!_nixl_table_reserve(a, &rm->regions, md->nreg)) return NIXL_ERR_BACKEND;
+    s = _nixl_md_stage_make(a, rm, md, map, &st);
+    if (s != NIXL_SUCCESS) {
+        _nixl_log(a, NIXL_LOG_ERROR, "load_remote_md(%s): out of memory; nothing of the blob was loaded", md->name);
+        _nixl_md_stage_free(a, &st, md);
+        return s;
+    }
+    _nixl_md_stage_commit(md, map, &st, rm);
+    _nixl_md_stage_free(a, &st, md);
     _nixl_table_sort(&rm->regions);
     _nixl_remote_sync_backends(a, rm);
     return NIXL_SUCCESS;
@@ -2420,7 +2494,7 @@ static nixl_status_t _nixl_load_md_locked(nixl_agent_t *a, const void *blob, siz
                                           size_t cap) {
     _nixl_md *md = NULL;
     _nixl_remote *rm;
-    int map[NIXL_MD_MAX_BACKENDS];
+    int map[NIXL_MD_MAX_BACKENDS], created = 0;
     nixl_status_t st = _nixl_md_decode(a, blob, len, &md);
     if (st != NIXL_SUCCESS) return st;
     if (!strcmp(md->name, a->name)) {
@@ -2446,10 +2520,16 @@ static nixl_status_t _nixl_load_md_locked(nixl_agent_t *a, const void *blob, siz
             goto out;
         }
         rm->refs = 1;
-        rm->next = a->remotes;
-        a->remotes = rm;
+        created = 1;
     }
     st = _nixl_md_apply(a, rm, md, map);
+    if (created && st == NIXL_SUCCESS) {
+        rm->next = a->remotes;
+        a->remotes = rm;
+    } else if (created) { /* a new peer that failed to load is not loaded at all */
+        _nixl_table_free(a, &rm->regions);
+        _nixl_remote_unref(a, rm);
+    }
     if (st == NIXL_SUCCESS && out_name) memcpy(out_name, md->name, strlen(md->name) + 1);
 out:
     _nixl_md_release(a, md);

@@ -29,10 +29,18 @@ static int logged(const char *needle) {
 
 /* ---- counting allocator ------------------------------------------------- */
 static long n_alloc, n_free;
+static long n_try, fail_at; /* fail_at > 0: the fail_at-th attempt from now on returns NULL */
 static void *count_alloc(void *u, size_t n) {
     (void)u;
+    if (fail_at && __atomic_add_fetch(&n_try, 1, __ATOMIC_RELAXED) == fail_at) return NULL;
     __atomic_add_fetch(&n_alloc, 1, __ATOMIC_RELAXED);
     return malloc(n);
+}
+
+/* from now on, the nth allocation fails (0: none) */
+static void fail_nth_alloc(long nth) {
+    n_try = 0;
+    fail_at = nth;
 }
 static void count_free(void *u, void *p) {
     (void)u;
@@ -986,6 +994,59 @@ static void test_backend_callbacks_hardened(void) {
     nixl_agent_destroy(a);
 }
 
+/* nixl_load_remote_md is all or nothing: fail each allocation of a load in
+   turn (a new peer, then more regions of a known one); every failure leaves
+   the agent exactly as before, nothing leaks, and the load then succeeds. */
+static void test_load_md_all_or_nothing(void) {
+    nixl_agent_t *a = mk_agent("alpha"), *b = mk_agent("beta");
+    unsigned char buf[16384];
+    nixl_desc_t d[3] = {{(uintptr_t)buf, 1024, 0}, {(uintptr_t)buf + 4096, 2048, 0}, {(uintptr_t)buf + 8192, 512, 0}};
+    nixl_dlist_t first = {NIXL_DRAM, d, 2}, more = {NIXL_DRAM, d + 2, 1};
+    void *blob = NULL, *blob2 = NULL;
+    size_t len = 0, len2 = 0;
+    long nth, failed = 0, live;
+    int stage;
+    mk_backend(a, &OPS_A, NULL);
+    mk_backend(a, &OPS_B, NULL);
+    mk_backend(b, &OPS_A, NULL);
+    mk_backend(b, &OPS_B, NULL);
+    CHECK_ST(nixl_register_mem(a, &first, NULL), NIXL_SUCCESS);
+    CHECK_ST(nixl_get_local_md(a, &blob, &len), NIXL_SUCCESS);
+    CHECK_ST(nixl_register_mem(a, &more, NULL), NIXL_SUCCESS);
+    CHECK_ST(nixl_get_local_partial_md(a, &more, NULL, &blob2, &len2), NIXL_SUCCESS);
+    for (stage = 0; stage < 2; stage++) {
+        const void *bl = stage ? blob2 : blob;
+        size_t bn = stage ? len2 : len;
+        for (nth = 1;; nth++) {
+            nixl_status_t st;
+            live = n_alloc - n_free;
+            fail_nth_alloc(nth);
+            st = nixl_load_remote_md(b, bl, bn, NULL, 0);
+            fail_nth_alloc(0);
+            if (st == NIXL_SUCCESS) break; /* past the last allocation */
+            failed++;
+            CHECKF(st == NIXL_ERR_BACKEND, "allocation %ld failed: %s", nth, nixl_status_str(st));
+            CHECKF(n_alloc - n_free == live, "allocation %ld failed: %ld blocks leaked", nth, n_alloc - n_free - live);
+            if (stage == 0)
+                CHECKF(nixl_check_remote_md(b, "alpha", NULL) == NIXL_ERR_NOT_FOUND,
+                       "allocation %ld failed: the peer is not loaded at all", nth);
+            else
+                CHECKF(nixl_check_remote_md(b, "alpha", &first) == NIXL_SUCCESS &&
+                           nixl_check_remote_md(b, "alpha", &more) == NIXL_ERR_NOT_FOUND,
+                       "allocation %ld failed: the earlier regions stay, the new one is not there", nth);
+            if (nth > 200) break;
+        }
+        CHECKF(nth > 1 && nth <= 200, "stage %d: the load needs %ld allocations", stage, nth - 1);
+    }
+    CHECK(failed > 4);
+    CHECK_ST(nixl_check_remote_md(b, "alpha", &first), NIXL_SUCCESS);
+    CHECK_ST(nixl_check_remote_md(b, "alpha", &more), NIXL_SUCCESS);
+    nixl_free_md(a, blob);
+    nixl_free_md(a, blob2);
+    nixl_agent_destroy(b);
+    nixl_agent_destroy(a);
+}
+
 static void test_allocator_balance(void) {
     /* every test agent used the counting allocator: all freed again */
     CHECKF(n_alloc > 0 && n_alloc == n_free, "alloc %ld free %ld", n_alloc, n_free);
@@ -1021,6 +1082,7 @@ int main(int argc, char **argv) {
     NT_RUN(test_many_descriptors);
     NT_RUN(test_overlapping_lookup);
     NT_RUN(test_backend_callbacks_hardened);
+    NT_RUN(test_load_md_all_or_nothing);
     NT_RUN(test_allocator_balance);
     return nt_finish();
 }
