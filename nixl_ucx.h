@@ -770,6 +770,11 @@ static ucs_status_t _nixl_ucx_am_cb(void *arg, const void *header, size_t header
     sender[nlen] = '\0';
     p += 4 + nlen;
     length -= 4 + nlen;
+    if (length > NIXL_UCX_MAX_NOTIF) { /* the receiver enforces the limit, not only senders */
+        nixl_backend_log(eng->be, NIXL_LOG_WARN, "am: notification of %zu bytes from a peer naming itself %s "
+                         "exceeds NIXL_UCX_MAX_NOTIF (%u): dropped", length, sender, (unsigned)NIXL_UCX_MAX_NOTIF);
+        return UCS_OK;
+    }
     if (kind == _NIXL_UCX_AM_NOTIF)
         nixl_backend_notif(eng->be, sender, p, length);
     else

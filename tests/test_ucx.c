@@ -1573,7 +1573,23 @@ static void raw_victim(int s) {
     CHECK_ST(xu_reg(a, region, 4096), NIXL_SUCCESS);
     CHECK(send_md(s, a) == 0);
     send_u64(s, (uint64_t)(uintptr_t)raw_secret);
-    progress_until_readable(a, s, 60); /* serve until the attacker is done */
+    {   /* serve until the attacker is done, collecting notifications */
+        notes_t q;
+        uint64_t until = nixl_now_us() + (uint64_t)(60e6 * g_scale);
+        struct pollfd pf;
+        memset(&q, 0, sizeof q);
+        pf.fd = s;
+        pf.events = POLLIN;
+        while (nixl_now_us() < until) {
+            pf.revents = 0;
+            nixl_get_notifs(a, notes_cb, &q);
+            if (poll(&pf, 1, 0) > 0) break;
+        }
+        nixl_get_notifs(a, notes_cb, &q);
+        CHECKF(q.n == 1 && q.len[0] == 5, "victim: the oversized notification was dropped, the small one kept (%zu "
+               "arrived)", q.n);
+        notes_free(&q);
+    }
     for (i = 0; i < sizeof raw_secret; i++) intact &= raw_secret[i] == 0x5e;
     CHECKF(intact, "victim: the unregistered secret is untouched after raw ucp_put_nbx");
     nixl_agent_destroy(a);
@@ -1650,6 +1666,34 @@ static void test_raw_ucx_attacker(void) {
                "raw put/get were never served (flush still pending after 2 s)");
         (void)put;
         (void)get;
+        {   /* a notification over NIXL_UCX_MAX_NOTIF, then a small one: only the small one arrives */
+            size_t big = NIXL_UCX_MAX_NOTIF + 4096, i;
+            unsigned char *m = xmalloc(big);
+            static const char who[] = "mallory";
+            ucs_status_ptr_t a1, a2;
+            m[0] = (unsigned char)_NIXL_UCX_WIRE_VERSION;
+            m[1] = (unsigned char)_NIXL_UCX_AM_NOTIF;
+            m[2] = (unsigned char)(sizeof who - 1);
+            m[3] = 0;
+            memcpy(m + 4, who, sizeof who - 1);
+            ucp_request_param_t ep_eager;
+            memset(&ep_eager, 0, sizeof ep_eager);
+            ep_eager.op_attr_mask = UCP_OP_ATTR_FIELD_FLAGS;
+            ep_eager.flags = UCP_AM_SEND_FLAG_EAGER; /* as the backend's own notifications travel */
+            a1 = ucp_am_send_nbx(ep, _NIXL_UCX_AM_ID, NULL, 0, m, big, &ep_eager);
+            a2 = ucp_am_send_nbx(ep, _NIXL_UCX_AM_ID, NULL, 0, m, 4 + sizeof who - 1 + 5, &rp);
+            until = nixl_now_us() + (uint64_t)(2e6 * g_scale);
+            for (i = 0; nixl_now_us() < until; i++) {
+                int busy = 0;
+                if (a1 && !UCS_PTR_IS_ERR(a1) && ucp_request_check_status(a1) == UCS_INPROGRESS) busy = 1;
+                if (a2 && !UCS_PTR_IS_ERR(a2) && ucp_request_check_status(a2) == UCS_INPROGRESS) busy = 1;
+                if (!busy) break;
+                ucp_worker_progress(w);
+            }
+            if (a1 && !UCS_PTR_IS_ERR(a1)) ucp_request_free(a1);
+            if (a2 && !UCS_PTR_IS_ERR(a2)) ucp_request_free(a2);
+            free(m);
+        }
         /* the requests stay with UCX; closing the endpoint (FORCE) cancels them */
     }
 out:
