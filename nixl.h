@@ -193,6 +193,13 @@ typedef struct nixl_agent_config {
     /* etcd (needs NIXL_WITH_ETCD): "http://host:port" (NULL = $NIXL_ETCD_ENDPOINTS, unset = no etcd) */
     const char *etcd_endpoints;
     const char *etcd_namespace; /* key prefix (NULL = $NIXL_ETCD_NAMESPACE or "/nixl/agents/") */
+    /* received notifications waiting for nixl_get_notifs, in bytes (message +
+       sender name + bookkeeping): what one sender may have queued (0 = 64 MiB)
+       and all senders together (0 = 256 MiB). Beyond either, further
+       notifications are dropped, with a log line when it starts and a count
+       of what was dropped at the next nixl_get_notifs. */
+    size_t notif_queue_peer_bytes;
+    size_t notif_queue_bytes;
 } nixl_agent_config_t;
 
 /* Creates an agent. Errors: INVALID_PARAM (no/empty/too long name, only one
@@ -710,6 +717,14 @@ typedef struct _nixl_down {
     char *name;
 } _nixl_down;
 
+/* Queued notification bytes of one sender, while it has any (or drops). */
+typedef struct _nixl_nq_acct {
+    struct _nixl_nq_acct *next;
+    size_t bytes;
+    unsigned long dropped;
+    char name[1]; /* allocated to fit */
+} _nixl_nq_acct;
+
 struct nixl_agent {
     char *name;
     nixl_agent_config_t cfg;
@@ -723,6 +738,9 @@ struct nixl_agent {
     nixl_xfer_req_t *reqs;
     uint64_t epoch;                   /* bumped when regions or peers go away */
     _nixl_notif *nq_head, *nq_tail;
+    size_t nq_bytes;                  /* all queued notifications, as accounted */
+    _nixl_nq_acct *nq_accts;          /* per sender; cleared when the queue is drained */
+    unsigned long nq_dropped_other;   /* dropped with no account (the total limit hit) */
     _nixl_down *downs;
     int in_downs;
     pthread_t thread;
@@ -1266,6 +1284,8 @@ static void _nixl_table_free(nixl_agent_t *a, _nixl_table *t) {
     memset(t, 0, sizeof *t);
 }
 
+static void _nixl_nq_drained(nixl_agent_t *a);
+
 // >>agent
 
 /* before an agent exists: the config's logger, or stderr */
@@ -1432,6 +1452,7 @@ NIXL_API void nixl_agent_destroy(nixl_agent_t *a) {
         a->nq_head = n->next;
         _nixl_free(a, n);
     }
+    _nixl_nq_drained(a);
     while (a->downs) {
         _nixl_down *d = a->downs;
         a->downs = d->next;
@@ -1595,6 +1616,64 @@ NIXL_API void nixl_backend_log(nixl_backend_t *be, int level, const char *fmt, .
 NIXL_API void *nixl_backend_alloc(nixl_backend_t *be, size_t size) { return _nixl_alloc(be->agent, size); }
 NIXL_API void nixl_backend_free(nixl_backend_t *be, void *ptr) { _nixl_free(be->agent, ptr); }
 
+/* The sender's account (NULL if it has none yet). */
+static _nixl_nq_acct *_nixl_nq_account(nixl_agent_t *a, const char *sender) {
+    _nixl_nq_acct *c;
+    for (c = a->nq_accts; c; c = c->next)
+        if (!strcmp(c->name, sender)) return c;
+    return NULL;
+}
+
+/* Whether a notification of `cost` bytes from `sender` fits the queue's
+   limits; if so it is accounted. A refusal is counted (and logged when a
+   sender's drops begin); nothing is dropped silently. */
+static int _nixl_nq_admit(nixl_agent_t *a, const nixl_backend_t *be, const char *sender, size_t cost) {
+    size_t total = a->cfg.notif_queue_bytes ? a->cfg.notif_queue_bytes : (size_t)256 << 20;
+    size_t per = a->cfg.notif_queue_peer_bytes ? a->cfg.notif_queue_peer_bytes : (size_t)64 << 20;
+    _nixl_nq_acct *c = _nixl_nq_account(a, sender);
+    int fits = a->nq_bytes + cost <= total && (c ? c->bytes : 0) + cost <= per;
+    if (!c && fits) {
+        size_t n = strlen(sender);
+        c = (_nixl_nq_acct *)_nixl_alloc(a, sizeof *c + n);
+        if (c) {
+            memcpy(c->name, sender, n + 1);
+            c->next = a->nq_accts;
+            a->nq_accts = c;
+        }
+        fits = c != NULL;
+    }
+    if (fits) {
+        c->bytes += cost;
+        a->nq_bytes += cost;
+        return 1;
+    }
+    if (c && !c->dropped++)
+        _nixl_log(a, NIXL_LOG_WARN, "%s: notifications from %s dropped from now on: %zu bytes of theirs queued "
+                  "(limit %zu), %zu in all (limit %zu); call nixl_get_notifs", be->ops->name, sender, c->bytes, per,
+                  a->nq_bytes, total);
+    if (!c && !a->nq_dropped_other++)
+        _nixl_log(a, NIXL_LOG_WARN, "%s: notifications dropped from now on: %zu bytes queued in all (limit %zu); "
+                  "call nixl_get_notifs", be->ops->name, a->nq_bytes, total);
+    return 0;
+}
+
+/* The queue was handed to the application: accounts restart, drops reported. */
+static void _nixl_nq_drained(nixl_agent_t *a) {
+    while (a->nq_accts) {
+        _nixl_nq_acct *c = a->nq_accts;
+        a->nq_accts = c->next;
+        if (c->dropped)
+            _nixl_log(a, NIXL_LOG_WARN, "notifications: %lu from %s were dropped while the queue was full",
+                      c->dropped, c->name);
+        _nixl_free(a, c);
+    }
+    if (a->nq_dropped_other)
+        _nixl_log(a, NIXL_LOG_WARN, "notifications: %lu from other senders were dropped while the queue was full",
+                  a->nq_dropped_other);
+    a->nq_dropped_other = 0;
+    a->nq_bytes = 0;
+}
+
 NIXL_API void nixl_backend_notif(nixl_backend_t *be, const char *remote, const void *msg, size_t len) {
     nixl_agent_t *a = be->agent;
     size_t nlen = remote ? strlen(remote) : 0;
@@ -1603,9 +1682,14 @@ NIXL_API void nixl_backend_notif(nixl_backend_t *be, const char *remote, const v
         return;
     }
     /* one block: entry, sender name, message */
-    _nixl_notif *n = (_nixl_notif *)_nixl_alloc(a, sizeof *n + nlen + 1 + len);
+    size_t cost = sizeof(_nixl_notif) + nlen + 1 + len;
+    _nixl_notif *n;
+    if (!_nixl_nq_admit(a, be, remote, cost)) return;
+    n = (_nixl_notif *)_nixl_alloc(a, cost);
     if (!n) {
         _nixl_log(a, NIXL_LOG_ERROR, "notification from %s (%zu bytes) dropped: out of memory", remote, len);
+        _nixl_nq_account(a, remote)->bytes -= cost;
+        a->nq_bytes -= cost;
         return;
     }
     n->sender = (char *)(n + 1);
@@ -4097,6 +4181,7 @@ NIXL_API nixl_status_t nixl_get_notifs(nixl_agent_t *agent, nixl_notif_fn fn, vo
     _nixl_progress_locked(agent);
     q = agent->nq_head;
     agent->nq_head = agent->nq_tail = NULL;
+    _nixl_nq_drained(agent);
     _nixl_unlock(agent);
     while (q) {
         _nixl_notif *next = q->next;

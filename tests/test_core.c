@@ -1047,6 +1047,56 @@ static void test_load_md_all_or_nothing(void) {
     nixl_agent_destroy(a);
 }
 
+/* The receiver bounds its notification queue per sender and in total: a
+   flooding sender's surplus is dropped (logged when it starts, counted at
+   the next drain), another sender still gets through, and after the
+   application drains the queue the flooder is heard again. */
+static void test_notif_queue_bounded(void) {
+    nixl_agent_config_t cfg;
+    nixl_agent_t *t = NULL, *s1 = mk_agent("flood"), *s2 = mk_agent("calm");
+    notes ns;
+    char msg[100];
+    int i, from_flood = 0, from_calm = 0;
+    memset(&cfg, 0, sizeof cfg);
+    cfg.name = "sink";
+    cfg.log_fn = capture_log;
+    cfg.alloc_fn = count_alloc;
+    cfg.free_fn = count_free;
+    cfg.notif_queue_peer_bytes = 4096;
+    cfg.notif_queue_bytes = 6000;
+    CHECK_ST(nixl_agent_create(&cfg, &t), NIXL_SUCCESS);
+    if (!t || !s1 || !s2) goto out;
+    mk_backend(t, &OPS_A, NULL);
+    mk_backend(s1, &OPS_A, NULL);
+    mk_backend(s2, &OPS_A, NULL);
+    exchange(t, s1);
+    exchange(t, s2);
+    memset(msg, 'f', sizeof msg);
+    for (i = 0; i < 100; i++) nixl_gen_notif(s1, "sink", msg, sizeof msg, NULL);
+    for (i = 0; i < 5; i++) nixl_gen_notif(s2, "sink", "calm", 4, NULL);
+    memset(&ns, 0, sizeof ns);
+    nixl_get_notifs(t, note_cb, &ns);
+    CHECKF(strstr(last_log, "notifications from flood dropped from now on") != NULL,
+           "the drops were logged when they began");
+    CHECK(logged("from flood were dropped while the queue was full"));
+    for (i = 0; i < ns.n && i < 64; i++) {
+        from_flood += !strcmp(ns.sender[i], "flood");
+        from_calm += !strcmp(ns.sender[i], "calm");
+    }
+    CHECKF(from_flood > 10 && from_flood * (int)(sizeof msg + 6) <= 4096,
+           "the flooder got %d of 100 queued (4096 bytes each sender)", from_flood);
+    CHECKF(from_calm == 5, "the other sender's 5 arrived (%d)", from_calm);
+    /* drained: heard again */
+    CHECK_ST(nixl_gen_notif(s1, "sink", "again", 5, NULL), NIXL_SUCCESS);
+    memset(&ns, 0, sizeof ns);
+    nixl_get_notifs(t, note_cb, &ns);
+    CHECK(ns.n == 1 && !strcmp(ns.msg[0], "again"));
+out:
+    nixl_agent_destroy(t);
+    nixl_agent_destroy(s1);
+    nixl_agent_destroy(s2);
+}
+
 static void test_allocator_balance(void) {
     /* every test agent used the counting allocator: all freed again */
     CHECKF(n_alloc > 0 && n_alloc == n_free, "alloc %ld free %ld", n_alloc, n_free);
@@ -1083,6 +1133,7 @@ int main(int argc, char **argv) {
     NT_RUN(test_overlapping_lookup);
     NT_RUN(test_backend_callbacks_hardened);
     NT_RUN(test_load_md_all_or_nothing);
+    NT_RUN(test_notif_queue_bounded);
     NT_RUN(test_allocator_balance);
     return nt_finish();
 }
