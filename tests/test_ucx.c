@@ -1721,6 +1721,92 @@ out:
     free(got);
 }
 
+
+// >>tests: a notification flood (the receiver's queue is bounded)
+
+/* 1,500 notifications of 1 MiB to a receiver whose progress thread keeps
+   taking them in while the application does not drain: the receiver's
+   resident memory stays near its queue limit (64 MiB per sender by
+   default), the surplus is dropped with a log line, and the receiver is
+   fine afterwards. */
+#define FLOOD_N 1500
+#define FLOOD_SZ ((size_t)NIXL_UCX_MAX_NOTIF)
+
+static long rss_kib(void) {
+    char line[256];
+    long v = -1;
+    FILE *f = fopen("/proc/self/status", "r");
+    if (!f) return -1;
+    while (fgets(line, sizeof line, f))
+        if (!strncmp(line, "VmRSS:", 6)) v = atol(line + 6);
+    fclose(f);
+    return v;
+}
+
+static void flood_receiver(int s) {
+    nixl_agent_t *a = make_agent_cfg("sink", g_params, 1, NULL);
+    notes_t q;
+    long before, peak = 0;
+    char peer[256];
+    memset(&q, 0, sizeof q);
+    if (!a) return;
+    before = rss_kib();
+    CHECK(send_md(s, a) == 0);
+    CHECK_ST(recv_md(s, a, peer, sizeof peer), NIXL_SUCCESS);
+    /* the progress thread takes the flood in; the application drains nothing */
+    while (!progress_until_readable(a, s, 0.05)) {
+        long r = rss_kib();
+        if (r > peak) peak = r;
+    }
+    recv_u32(s);
+    {
+        long r = rss_kib();
+        if (r > peak) peak = r;
+    }
+    nixl_get_notifs(a, notes_cb, &q);
+    printf("FIGURE ucx_notif_flood tls=%s sent=%d size=%zu queued=%zu rss_before_mib=%.1f rss_peak_mib=%.1f\n", g_tls,
+           FLOOD_N, FLOOD_SZ, q.n, before / 1024.0, peak / 1024.0);
+    CHECKF(q.n >= 1 && q.n <= 64, "the queue held %zu of %d 1-MiB notifications (64 MiB per sender)", q.n, FLOOD_N);
+    CHECKF(peak - before < 400 * 1024, "resident memory grew by %.0f MiB under the flood (bounded)",
+           (peak - before) / 1024.0);
+    notes_free(&q);
+    /* still fine: one more, small, arrives */
+    send_u32(s, 1);
+    CHECK(wait_notes(a, NULL, &q, 1, 30) == 1 && strcmp(q.msg[0], "after") == 0);
+    notes_free(&q);
+    send_u32(s, 2);
+    nixl_agent_destroy(a);
+}
+
+static void test_notif_flood_bounded(void) {
+    int s, i, refused = 0;
+    pid_t pid = spawn_peer(flood_receiver, &s, 200);
+    nixl_agent_t *a = make_agent("flooder");
+    char peer[256];
+    unsigned char *m = xmalloc(FLOOD_SZ);
+    if (!a) goto out;
+    CHECK_ST(recv_md(s, a, peer, sizeof peer), NIXL_SUCCESS);
+    CHECK(send_md(s, a) == 0);
+    for (i = 0; i < FLOOD_N; i++) {
+        if (nixl_gen_notif(a, "sink", m, FLOOD_SZ, NULL) != NIXL_SUCCESS) refused++;
+        nixl_progress(a);
+    }
+    {   /* let it all go out */
+        uint64_t until = nixl_now_us() + (uint64_t)(5e6 * g_scale);
+        while (nixl_now_us() < until) nixl_progress(a);
+    }
+    CHECK(refused == 0);
+    send_u32(s, 1);
+    CHECK(progress_until_readable(a, s, 60) && recv_u32(s) == 1);
+    CHECK_ST(nixl_gen_notif(a, "sink", "after", 5, NULL), NIXL_SUCCESS);
+    CHECK(progress_until_readable(a, s, 60) && recv_u32(s) == 2);
+out:
+    nixl_agent_destroy(a);
+    free(m);
+    CHECK_CHILD(pid);
+    close(s);
+}
+
 static int run_all(void) {
     RUN(test_params, 60);
     RUN(test_loopback, 60);
@@ -1739,6 +1825,7 @@ static int run_all(void) {
     RUN(test_peer_killed, 60);
     RUN(test_adversarial_peer, 200);
     RUN(test_raw_ucx_attacker, 60);
+    RUN(test_notif_flood_bounded, 200);
     /* not in `make test`: UCX 1.13 itself fails it now and then (see the
        README's known limits); `make test-ucx-death` runs it */
     if (getenv("NIXL_TEST_DEATH_ROUNDS")) RUN(test_peer_death_100, 400);
