@@ -47,7 +47,23 @@
 
    Every remote descriptor is checked against the loaded metadata before
    anything is posted: a descriptor outside the peer's registered regions is
-   NIXL_ERR_NOT_FOUND and never reaches a NIC.
+   NIXL_ERR_NOT_FOUND at once. That check only gives early, clear errors.
+
+   TRUST MODEL
+   -----------
+   - The TARGET decides what a peer can touch: on RDMA the NIC checks rkeys
+     and MR bounds (verbs, UCX data_path=rma); on UCX's software transports
+     the target's own handler checks every access against its registrations
+     (see nixl_ucx.h). Metadata a peer sends, however forged, reaches only
+     what the target registered.
+   - nixl_load_remote_md is all or nothing: a failure leaves nothing of the
+     blob loaded.
+   - Received notifications wait in a queue bounded per sender and in total
+     (notif_queue_peer_bytes, notif_queue_bytes); the surplus is dropped and
+     logged, never silently.
+   - Not built yet: identity bound to the channel (today a notification's
+     sender name is the one it claims), authentication of the data
+     channels, and bounds on remote metadata and listener connections.
 
    Loopback: a request whose remote agent is the agent's own name transfers
    within the agent (no metadata to load), on backends that support it.
