@@ -3428,6 +3428,7 @@ typedef struct _nixl_sc_conn {
     unsigned cmd;
     size_t tok_len, pay_len;
     unsigned char *pay;
+    size_t pay_cap;      /* bytes allocated: grows as the payload arrives */
     unsigned char *out;
     size_t out_len, out_off;
 } _nixl_sc_conn;
@@ -3491,6 +3492,23 @@ static int _nixl_sc_dispatch(nixl_agent_t *a, _nixl_sc_conn *c) {
 }
 
 /* advances one connection as far as its socket allows */
+#define _NIXL_SC_PAYLOAD_CHUNK ((size_t)64 << 10)
+
+/* Room for the next part of the payload: 64 KiB first, then doubling, never
+   beyond what the header declared. */
+static int _nixl_sc_grow_payload(nixl_agent_t *a, _nixl_sc_conn *c) {
+    size_t cap = c->pay_cap ? 2 * c->pay_cap : _NIXL_SC_PAYLOAD_CHUNK;
+    unsigned char *n;
+    if (cap > c->pay_len) cap = c->pay_len;
+    n = (unsigned char *)_nixl_alloc(a, cap ? cap : 1);
+    if (!n) return -1;
+    if (c->got) memcpy(n, c->pay, c->got);
+    _nixl_free(a, c->pay);
+    c->pay = n;
+    c->pay_cap = cap;
+    return 0;
+}
+
 static void _nixl_sc_conn_step(nixl_agent_t *a, _nixl_sc_conn *c) {
     for (;;) {
         unsigned char *dst;
@@ -3507,10 +3525,15 @@ static void _nixl_sc_conn_step(nixl_agent_t *a, _nixl_sc_conn *c) {
             _nixl_sc_drop(a, c, "closed before reading the reply");
             return;
         }
+        if (c->stage == 2 && c->got == c->pay_cap && c->got < c->pay_len && _nixl_sc_grow_payload(a, c) != 0) {
+            _nixl_sc_drop(a, c, "out of memory");
+            return;
+        }
         dst = c->stage == 0 ? c->hdr : c->stage == 1 ? c->tok : c->pay;
         want = c->stage == 0 ? NIXL_SC_HDR : c->stage == 1 ? c->tok_len : c->pay_len;
         if (c->got < want) {
-            k = recv(c->fd, dst + c->got, want - c->got, 0);
+            size_t room = c->stage == 2 ? c->pay_cap - c->got : want - c->got;
+            k = recv(c->fd, dst + c->got, room, 0);
             if (k == 0) {
                 _nixl_sc_drop(a, c, c->stage == 0 && c->got == 0 ? "closed without a request" : "closed mid-frame");
                 return;
@@ -3537,9 +3560,10 @@ static void _nixl_sc_conn_step(nixl_agent_t *a, _nixl_sc_conn *c) {
                 _nixl_sc_drop(a, c, "wrong auth token");
                 return;
             }
-            /* allocate the payload only for an authenticated peer */
-            c->pay = (unsigned char *)_nixl_alloc(a, c->pay_len ? c->pay_len : 1);
-            if (!c->pay) {
+            /* the payload buffer grows as bytes arrive: a header that
+               declares 64 MiB costs nothing until 64 MiB came */
+            c->pay_cap = 0;
+            if (_nixl_sc_grow_payload(a, c) != 0) {
                 _nixl_sc_drop(a, c, "out of memory");
                 return;
             }
