@@ -95,6 +95,18 @@ NT_FN int nt_check(int ok, const char *file, int line, const char *expr, const c
     } while (0)
 
 /* In a forked child: exit with the number of failures (capped). */
+/* this process's resident memory in KiB (VmRSS), -1 if unknown */
+NT_FN long nt_rss_kib(void) {
+    char line[256];
+    long v = -1;
+    FILE *f = fopen("/proc/self/status", "r");
+    if (!f) return -1;
+    while (fgets(line, sizeof line, f))
+        if (!strncmp(line, "VmRSS:", 6)) v = atol(line + 6);
+    fclose(f);
+    return v;
+}
+
 NT_FN void nt_child_exit(void) {
     fflush(stdout);
     _exit(nt_failed > 100 ? 100 : nt_failed);

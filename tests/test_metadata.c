@@ -312,16 +312,6 @@ static void test_listener_config(void) {
     nixl_agent_destroy(a);
 }
 
-static long rss_kib(void) {
-    char line[256];
-    long v = -1;
-    FILE *f = fopen("/proc/self/status", "r");
-    if (!f) return -1;
-    while (fgets(line, sizeof line, f))
-        if (!strncmp(line, "VmRSS:", 6)) v = atol(line + 6);
-    fclose(f);
-    return v;
-}
 
 /* 40 connections whose 16-byte headers declare the largest payload and
    then send nothing: the listener must not allocate (or zero) what was
@@ -336,14 +326,14 @@ static void test_declared_payload_not_allocated(void) {
     CHECK(tgt && ini);
     if (!tgt || !ini) goto out;
     to_tgt = peer_of(tgt);
-    before = rss_kib();
+    before = nt_rss_kib();
     _nixl_sc_put_header(hdr, NIXL_SC_SEND_MD, 0, NIXL_SC_MAX_PAYLOAD);
     for (i = 0; i < N; i++) {
         fds[i] = raw_connect(to_tgt.port);
         if (fds[i] >= 0) send_raw(fds[i], hdr, sizeof hdr);
     }
     usleep(300000);
-    after = rss_kib();
+    after = nt_rss_kib();
     printf("FIGURE listener_declared_payload connections=%d declared_mib=%d rss_growth_mib=%.1f\n", N,
            (int)(NIXL_SC_MAX_PAYLOAD >> 20), (after - before) / 1024.0);
     CHECKF(after - before < 64 * 1024, "40 headers declaring %d MiB each grew memory by %.1f MiB",

@@ -1732,16 +1732,6 @@ out:
 #define FLOOD_N 1500
 #define FLOOD_SZ ((size_t)NIXL_UCX_MAX_NOTIF)
 
-static long rss_kib(void) {
-    char line[256];
-    long v = -1;
-    FILE *f = fopen("/proc/self/status", "r");
-    if (!f) return -1;
-    while (fgets(line, sizeof line, f))
-        if (!strncmp(line, "VmRSS:", 6)) v = atol(line + 6);
-    fclose(f);
-    return v;
-}
 
 static void flood_receiver(int s) {
     nixl_agent_t *a = make_agent_cfg("sink", g_params, 1, NULL);
@@ -1750,17 +1740,17 @@ static void flood_receiver(int s) {
     char peer[256];
     memset(&q, 0, sizeof q);
     if (!a) return;
-    before = rss_kib();
+    before = nt_rss_kib();
     CHECK(send_md(s, a) == 0);
     CHECK_ST(recv_md(s, a, peer, sizeof peer), NIXL_SUCCESS);
     /* the progress thread takes the flood in; the application drains nothing */
     while (!progress_until_readable(a, s, 0.05)) {
-        long r = rss_kib();
+        long r = nt_rss_kib();
         if (r > peak) peak = r;
     }
     recv_u32(s);
     {
-        long r = rss_kib();
+        long r = nt_rss_kib();
         if (r > peak) peak = r;
     }
     nixl_get_notifs(a, notes_cb, &q);
