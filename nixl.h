@@ -3420,6 +3420,7 @@ NIXL_API nixl_status_t nixl_fetch_remote_md(nixl_agent_t *agent, const char *rem
 typedef struct _nixl_sc_conn {
     int fd;
     uint64_t deadline;
+    uint64_t opened;     /* when accepted: the oldest unproven ones go first under pressure */
     char peer[48];
     unsigned char hdr[NIXL_SC_HDR];
     unsigned char tok[NIXL_SC_MAX_TOKEN];
@@ -3567,6 +3568,7 @@ static void _nixl_sc_conn_step(nixl_agent_t *a, _nixl_sc_conn *c) {
                 _nixl_sc_drop(a, c, "out of memory");
                 return;
             }
+            c->deadline = nixl_now_us() + (uint64_t)_nixl_sc_timeout_ms(a) * 1000u; /* proven: the full timeout */
             c->stage = 2;
         } else {
             if (_nixl_sc_dispatch(a, c) != 0) {
@@ -3578,6 +3580,26 @@ static void _nixl_sc_conn_step(nixl_agent_t *a, _nixl_sc_conn *c) {
     }
 }
 
+/* A connection must send its header and token within this (the shorter of
+   sc_timeout_ms and 1 s): idle connections cannot hold slots for long. */
+static uint64_t _nixl_sc_unproven_us(nixl_agent_t *a) {
+    uint64_t t = (uint64_t)_nixl_sc_timeout_ms(a) * 1000u;
+    return t < 1000000u ? t : 1000000u;
+}
+
+/* Every slot is taken: close the oldest connection that has not yet sent
+   its header and token (stages 0 and 1) and hand its slot over. */
+static int _nixl_sc_evict_unproven(nixl_agent_t *a, _nixl_sc_conn *conns) {
+    int i, oldest = NIXL_SC_MAX_CONNS;
+    for (i = 0; i < NIXL_SC_MAX_CONNS; i++)
+        if (conns[i].fd >= 0 && conns[i].stage < 2 && (oldest == NIXL_SC_MAX_CONNS || conns[i].opened < conns[oldest].opened))
+            oldest = i;
+    if (oldest < NIXL_SC_MAX_CONNS)
+        _nixl_sc_drop(a, &conns[oldest], "every slot is taken: the oldest connection that has not sent its request yet "
+                                          "makes room");
+    return oldest;
+}
+
 static void _nixl_sc_accept(nixl_agent_t *a, _nixl_sc_conn *conns) {
     struct sockaddr_in sa;
     socklen_t sl = sizeof sa;
@@ -3586,6 +3608,7 @@ static void _nixl_sc_accept(nixl_agent_t *a, _nixl_sc_conn *conns) {
     if (fd < 0) return;
     for (i = 0; i < NIXL_SC_MAX_CONNS && conns[i].fd >= 0; i++) {
     }
+    if (i == NIXL_SC_MAX_CONNS) i = _nixl_sc_evict_unproven(a, conns);
     if (i == NIXL_SC_MAX_CONNS || _nixl_sc_nonblock(fd) != 0) {
         close(fd);
         _nixl_lock(a);
@@ -3595,7 +3618,8 @@ static void _nixl_sc_accept(nixl_agent_t *a, _nixl_sc_conn *conns) {
     }
     memset(&conns[i], 0, sizeof conns[i]);
     conns[i].fd = fd;
-    conns[i].deadline = nixl_now_us() + (uint64_t)_nixl_sc_timeout_ms(a) * 1000u;
+    conns[i].opened = nixl_now_us();
+    conns[i].deadline = conns[i].opened + _nixl_sc_unproven_us(a);
     inet_ntop(AF_INET, &sa.sin_addr, ip, sizeof ip);
     snprintf(conns[i].peer, sizeof conns[i].peer, "%s:%u", ip, (unsigned)ntohs(sa.sin_port));
 }

@@ -1,6 +1,7 @@
 /* log_capture.h — a thread-safe nixl logger for tests: every line since the
    last logged() call is kept (oldest dropped when the buffer fills), and
-   logged(needle) says whether one of them contained needle, then clears.
+   logged(needle) says whether one of them contained needle, then clears;
+   seen(needle) asks the same and keeps them.
    NIXL_TEST_VERBOSE=1 also echoes each line. */
 #ifndef NIXL_LOG_CAPTURE_H
 #define NIXL_LOG_CAPTURE_H
@@ -31,6 +32,15 @@ static __attribute__((unused)) int logged(const char *needle) {
     hit = strstr(lc_buf, needle) != NULL;
     if (!hit) fprintf(stderr, "logged lines: %s", lc_buf);
     lc_buf[0] = 0;
+    pthread_mutex_unlock(&lc_mu);
+    return hit;
+}
+
+/* whether a line since the last logged() contains needle (nothing cleared) */
+static __attribute__((unused)) int seen(const char *needle) {
+    int hit;
+    pthread_mutex_lock(&lc_mu);
+    hit = strstr(lc_buf, needle) != NULL;
     pthread_mutex_unlock(&lc_mu);
     return hit;
 }

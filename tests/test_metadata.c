@@ -347,6 +347,39 @@ out:
     nixl_agent_destroy(ini);
 }
 
+/* 300 idle connections (more than the listener's slots) that never send a
+   byte: the oldest unproven ones make room, so a legitimate fetch gets
+   through at once instead of waiting for sc_timeout_ms. */
+static void test_idle_connections_evicted(void) {
+    enum { N = 300 };
+    nixl_agent_t *tgt = mk("target", 1, NULL, 20000), *ini = mk("initiator", 0, NULL, 20000);
+    nixl_opt_args_t to_tgt;
+    int fds[N], i, opened = 0;
+    uint64_t t0, took;
+    CHECK(tgt && ini);
+    if (!tgt || !ini) goto out;
+    to_tgt = peer_of(tgt);
+    logged(""); /* start from an empty log */
+    for (i = 0; i < N; i++) {
+        fds[i] = raw_connect(to_tgt.port);
+        opened += fds[i] >= 0;
+    }
+    /* past its slots the listener closes the oldest idle ones, and any idle
+       one after 1 s (not sc_timeout_ms): the fetch does not wait 20 s */
+    usleep(100000);
+    t0 = nixl_now_us();
+    CHECK_ST(nixl_fetch_remote_md(ini, "target", &to_tgt), NIXL_SUCCESS);
+    CHECK(wait_loaded(ini, "target", 1));
+    took = nixl_now_us() - t0;
+    printf("FIGURE listener_fetch_with_idle idle_connections=%d fetch_ms=%.1f evicted_logged=%d (sc_timeout_ms=20000)\n",
+           opened, took / 1000.0, seen("makes room"));
+    for (i = 0; i < N; i++)
+        if (fds[i] >= 0) close(fds[i]);
+out:
+    nixl_agent_destroy(tgt);
+    nixl_agent_destroy(ini);
+}
+
 int main(int argc, char **argv) {
     nt_init(argc, argv);
     OPS = tb_make_ops("LOOP", NIXL_MEM_BIT(NIXL_DRAM));
@@ -357,5 +390,6 @@ int main(int argc, char **argv) {
     NT_RUN(test_fifty_fetchers);
     NT_RUN(test_listener_config);
     NT_RUN(test_declared_payload_not_allocated);
+    NT_RUN(test_idle_connections_evicted);
     return nt_finish();
 }
