@@ -61,9 +61,13 @@
    - Received notifications wait in a queue bounded per sender and in total
      (notif_queue_peer_bytes, notif_queue_bytes); the surplus is dropped and
      logged, never silently.
+   - The metadata listener reads a payload as it arrives (never allocates
+     what a header only announces), gives a connection 1 s to send its
+     header and token, and when all slots are taken closes the oldest one
+     that has not.
    - Not built yet: identity bound to the channel (today a notification's
      sender name is the one it claims), authentication of the data
-     channels, and bounds on remote metadata and listener connections.
+     channels, bounds on remote metadata, listener limits per address.
 
    Loopback: a request whose remote agent is the agent's own name transfers
    within the agent (no metadata to load), on backends that support it.
