@@ -304,6 +304,7 @@ struct _nixl_ucx_peer {
     int rma;            /* one-sided put/get to it (both ends on the RMA path) */
     _nixl_ucx_ident_t ident;
     int same_host;      /* ident names a process on this host: watch it */
+    uint64_t watched;   /* the watch pass that last read its /proc entry */
     int failed;         /* an endpoint reported an error */
     int down_reported;  /* nixl_backend_peer_down was called */
     ucs_status_t fail_status;
@@ -559,6 +560,8 @@ static int _nixl_ucx_watch_peers(_nixl_ucx_engine_t *eng) {
     for (r = eng->reqs; r; r = r->next) {
         _nixl_ucx_peer_t *p = r->peer;
         if (!r->am || r->state != _NIXL_UCX_REQ_FLUSHING || !p || !p->same_host || p->failed) continue;
+        if (p->watched == now) continue; /* one read per peer per pass, however many requests wait on it */
+        p->watched = now;
         {
             uint64_t start = _nixl_ucx_proc_start(p->ident.pid);
             if (start == p->ident.start || start == _NIXL_UCX_PROC_UNKNOWN) continue;
@@ -806,11 +809,17 @@ static void _nixl_ucx_msg_sent_cb(void *request, ucs_status_t status, void *user
     _nixl_ucx_msg_free(eng, m);
 }
 
-static void _nixl_ucx_am_param(ucp_request_param_t *prm, ucp_send_nbx_callback_t cb, void *user) {
+/* Request params with a completion callback (the caller fills prm->cb). */
+static void _nixl_ucx_cb_param(ucp_request_param_t *prm, void *user) {
     memset(prm, 0, sizeof *prm);
-    prm->op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA | UCP_OP_ATTR_FIELD_FLAGS;
-    prm->cb.send = cb;
+    prm->op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA;
     prm->user_data = user;
+}
+
+static void _nixl_ucx_am_param(ucp_request_param_t *prm, ucp_send_nbx_callback_t cb, void *user) {
+    _nixl_ucx_cb_param(prm, user);
+    prm->op_attr_mask |= UCP_OP_ATTR_FIELD_FLAGS;
+    prm->cb.send = cb;
     /* eager only: the receiver gets the data in its handler, in order */
     prm->flags = UCP_AM_SEND_FLAG_EAGER;
 }
@@ -1569,10 +1578,8 @@ static ucs_status_t _nixl_ucx_dp_on_write(_nixl_ucx_worker_t *w, const _nixl_ucx
     if (!t) return UCS_ERR_NO_MEMORY;
     t->reply_ep = can_reply ? param->reply_ep : NULL;
     _nixl_ucx_dp_write_hdr(t->hdr, q->kind, 0, q->idx, q->slotgen, q->token, q->addr, q->len);
-    memset(&prm, 0, sizeof prm);
-    prm.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA;
+    _nixl_ucx_cb_param(&prm, t);
     prm.cb.recv_am = _nixl_ucx_tio_recv_cb;
-    prm.user_data = t;
     sp = ucp_am_recv_data_nbx(w->h, data, (void *)(uintptr_t)q->addr, length, &prm);
     if (sp == NULL) { /* completed inside the call: the bytes are in place */
         if (t->reply_ep) _nixl_ucx_dp_answer(eng, t->reply_ep, q, _NIXL_UCX_DP_ACK, 0, NULL);
@@ -1699,10 +1706,8 @@ static ucs_status_t _nixl_ucx_dp_on_read_data(_nixl_ucx_worker_t *w, const _nixl
         _nixl_ucx_dp_op_done(o, NIXL_SUCCESS);
         return UCS_OK;
     }
-    memset(&prm, 0, sizeof prm);
-    prm.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA;
+    _nixl_ucx_cb_param(&prm, o);
     prm.cb.recv_am = _nixl_ucx_dp_recv_cb;
-    prm.user_data = o;
     r->io_inflight++; /* before the call: its callback may run inside it */
     sp = ucp_am_recv_data_nbx(w->h, data, o->laddr, length, &prm);
     if (sp == NULL || UCS_PTR_IS_ERR(sp)) r->io_inflight--;
@@ -2380,10 +2385,8 @@ static nixl_status_t _nixl_ucx_post_xfer(void *engine, void *handle, const void 
         _nixl_ucx_req_finish(r, st);
         return st;
     }
-    memset(&prm, 0, sizeof prm);
-    prm.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA;
+    _nixl_ucx_cb_param(&prm, r);
     prm.cb.send = _nixl_ucx_flush_cb;
-    prm.user_data = r;
     sp = ucp_ep_flush_nbx(r->conn->ep, &prm);
     if (UCS_PTR_IS_ERR(sp)) {
         _nixl_ucx_req_finish(r, _nixl_ucx_req_error(r, "ucp_ep_flush_nbx", UCS_PTR_STATUS(sp)));

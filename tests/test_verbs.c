@@ -1199,6 +1199,16 @@ static int vadv_reload(nixl_agent_t *a, nixl_agent_t *b, const void *blob, size_
            (!forged || nixl_load_remote_md(a, forged, blen, NULL, 0) == NIXL_SUCCESS);
 }
 
+/* an honest agent's transfer of VADV_SZ between lb and b's region */
+static int vadv_honest(nixl_agent_t *c, nixl_agent_t *b, nixl_xfer_op_t op, unsigned char *lb, unsigned char *region) {
+    nixl_xfer_req_t *r = NULL;
+    nixl_status_t st = xu_req(c, "agent-b", op, (uintptr_t)lb, (uintptr_t)region, VADV_SZ, NULL, &r);
+    if (st == NIXL_SUCCESS) st = post_wait(c, r, b, NULL);
+    if (r) nixl_release_xfer_req(c, r);
+    CHECK_ST(st, NIXL_SUCCESS);
+    return st == NIXL_SUCCESS;
+}
+
 static void test_adversarial_peer(void) {
     pair_t p;
     nixl_agent_t *c = NULL;
@@ -1259,21 +1269,11 @@ static void test_adversarial_peer(void) {
     CHECK_ST(xu_reg(c, lb, VADV_SZ), NIXL_SUCCESS);
     CHECK(share_md(p.b, c));
     nt_fill(lb, VADV_SZ, 81);
-    r = NULL;
-    CHECK_ST(xu_req(c, "agent-b", NIXL_WRITE, (uintptr_t)lb, (uintptr_t)region, VADV_SZ, NULL, &r), NIXL_SUCCESS);
-    if (r) {
-        CHECK_ST(post_wait(c, r, p.b, NULL), NIXL_SUCCESS);
-        CHECKF(nt_verify(region, VADV_SZ, 81), "b still takes an honest WRITE (bytes checked)");
-        nixl_release_xfer_req(c, r);
-    }
+    CHECKF(vadv_honest(c, p.b, NIXL_WRITE, lb, region) && nt_verify(region, VADV_SZ, 81),
+           "b still takes an honest WRITE (bytes checked)");
     memset(lb, 0, VADV_SZ);
-    r = NULL;
-    CHECK_ST(xu_req(c, "agent-b", NIXL_READ, (uintptr_t)lb, (uintptr_t)region, VADV_SZ, NULL, &r), NIXL_SUCCESS);
-    if (r) {
-        CHECK_ST(post_wait(c, r, p.b, NULL), NIXL_SUCCESS);
-        CHECKF(nt_verify(lb, VADV_SZ, 81), "b still serves an honest READ (bytes checked)");
-        nixl_release_xfer_req(c, r);
-    }
+    CHECKF(vadv_honest(c, p.b, NIXL_READ, lb, region) && nt_verify(lb, VADV_SZ, 81),
+           "b still serves an honest READ (bytes checked)");
     CHECK(vadv_intact(whole));
 out:
     if (blob) nixl_free_md(p.b, blob);
