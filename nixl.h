@@ -206,8 +206,12 @@ typedef struct nixl_agent_config {
     void (*free_fn)(void *user, void *ptr);
     void *alloc_user;
     /* metadata side channel */
-    const char *listen_addr;  /* IPv4 address the listener binds (NULL = all) */
-    const char *auth_token;   /* shared secret: frames without it are refused (NULL = none) */
+    const char *listen_addr;  /* IPv4 address the listener binds (NULL = all interfaces
+                                 with a secret, 127.0.0.1 without one) */
+    const char *auth_token;   /* shared secret (NULL = $NIXL_AUTH_TOKEN, unset = none):
+                                 every side-channel exchange and backend connection
+                                 proves it with HMAC-SHA256; it never crosses the wire */
+    size_t listen_conns_per_addr; /* listener connections open from one address (0 = 64) */
     int sc_timeout_ms;        /* connect/read/write timeout of the side channel and etcd, and
                                  how long an etcd fetch waits for the key (0 = 5000) */
     /* etcd (needs NIXL_WITH_ETCD): "http://host:port" (NULL = $NIXL_ETCD_ENDPOINTS, unset = no etcd) */
@@ -220,6 +224,12 @@ typedef struct nixl_agent_config {
        of what was dropped at the next nixl_get_notifs. */
     size_t notif_queue_peer_bytes;
     size_t notif_queue_bytes;
+    /* remote metadata held (beyond either, load_remote_md is NOT_ALLOWED and
+       logs which limit): regions of one peer (0 = 262144), peers (0 = 4096),
+       bytes of all peers' metadata, as accounted (0 = 1 GiB) */
+    size_t remote_regions_max;
+    size_t remotes_max;
+    size_t remote_md_bytes;
 } nixl_agent_config_t;
 
 /* Creates an agent. Errors: INVALID_PARAM (no/empty/too long name, only one
@@ -570,6 +580,15 @@ NIXL_API nixl_status_t nixl_param_u64(const nixl_backend_init_t *init, const cha
                                       uint64_t min, uint64_t max, uint64_t *out);
 /* Monotonic clock in microseconds. */
 NIXL_API uint64_t nixl_now_us(void);
+/* Authentication for a backend's own handshakes; the agent's secret never
+   leaves the core. auth_on: 1 when the agent has a secret (auth_token or
+   NIXL_AUTH_TOKEN). auth_mac: mac = HMAC-SHA256(secret, msg), NOT_SUPPORTED
+   without one. auth_check: 1 when mac is HMAC-SHA256(secret, msg), compared
+   in equal time. random_bytes: fresh nonces from getrandom, 0 on success. */
+NIXL_API int nixl_backend_auth_on(const nixl_backend_t *be);
+NIXL_API nixl_status_t nixl_backend_auth_mac(nixl_backend_t *be, const void *msg, size_t len, unsigned char mac[32]);
+NIXL_API int nixl_backend_auth_check(nixl_backend_t *be, const void *msg, size_t len, const unsigned char mac[32]);
+NIXL_API int nixl_random_bytes(void *buf, size_t len);
 
 #ifdef __cplusplus
 }
@@ -599,6 +618,7 @@ NIXL_API uint64_t nixl_now_us(void);
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
@@ -675,6 +695,9 @@ typedef struct _nixl_remote {
     size_t conn_len[NIXL_MAX_BACKENDS];
     unsigned loaded_mask;             /* load_remote_conn_info done */
     _nixl_table regions;
+    size_t bytes;                     /* what its metadata costs us, as accounted */
+    char origin[16];                  /* IPv4 it came from over the side channel;
+                                         "" when the application loaded it */
     struct _nixl_remote *next;
 } _nixl_remote;
 
@@ -873,6 +896,14 @@ static int _nixl_level_from_env(void) {
     return NIXL_LOG_WARN;
 }
 
+static size_t _nixl_max_peer_regions(const nixl_agent_t *a) {
+    return a->cfg.remote_regions_max ? a->cfg.remote_regions_max : (size_t)262144;
+}
+static size_t _nixl_max_remotes(const nixl_agent_t *a) { return a->cfg.remotes_max ? a->cfg.remotes_max : 4096; }
+static size_t _nixl_max_md_bytes(const nixl_agent_t *a) {
+    return a->cfg.remote_md_bytes ? a->cfg.remote_md_bytes : (size_t)1 << 30;
+}
+
 /* valid: non-empty, addr + len does not wrap */
 static nixl_status_t _nixl_check_desc(nixl_agent_t *a, const char *what, const nixl_desc_t *d, size_t i) {
     if (d->len == 0) {
@@ -911,6 +942,109 @@ static void _nixl_unlock(nixl_agent_t *a) {
     if (a->downs && !a->in_downs) _nixl_process_downs(a);
     pthread_mutex_unlock(&a->lock);
 }
+
+// >>auth
+
+/* HMAC-SHA256 and SHA-256 come from OpenSSL's libcrypto, opened with dlopen
+   the first time an agent has a secret. Why dlopen and not -lcrypto: an
+   application that never sets a secret needs neither OpenSSL's headers nor
+   its library (the reason the CUDA driver is opened, not linked), and one
+   that sets a secret where libcrypto is missing gets a clear error from
+   nixl_agent_create instead of a failed link. Only two one-shot functions
+   are used, HMAC() and SHA256(), whose ABI is the same in OpenSSL 1.1 and 3. */
+#ifndef NIXL_CRYPTO_LIB
+#define NIXL_CRYPTO_LIB "libcrypto.so.3"
+#endif
+#define NIXL_MAC_LEN 32
+
+typedef struct {
+    const void *(*evp_sha256)(void);
+    unsigned char *(*hmac)(const void *md, const void *key, int key_len, const unsigned char *d, size_t n,
+                           unsigned char *out, unsigned *out_len);
+    unsigned char *(*sha256)(const unsigned char *d, size_t n, unsigned char *out);
+    int ok;
+    char why[256];
+} _nixl_crypto_t;
+
+static _nixl_crypto_t _nixl_crypto;
+static pthread_once_t _nixl_crypto_once = PTHREAD_ONCE_INIT;
+
+static void _nixl_crypto_load(void) {
+    const char *env = getenv("NIXL_CRYPTO_LIB");
+    const char *name = env && *env ? env : NIXL_CRYPTO_LIB;
+    void *lib = dlopen(name, RTLD_NOW | RTLD_LOCAL);
+    if (!lib && !(env && *env)) lib = dlopen("libcrypto.so", RTLD_NOW | RTLD_LOCAL);
+    if (!lib) {
+        snprintf(_nixl_crypto.why, sizeof _nixl_crypto.why, "dlopen(%s): %s", name, dlerror());
+        return;
+    }
+    *(void **)&_nixl_crypto.evp_sha256 = dlsym(lib, "EVP_sha256");
+    *(void **)&_nixl_crypto.hmac = dlsym(lib, "HMAC");
+    *(void **)&_nixl_crypto.sha256 = dlsym(lib, "SHA256");
+    if (!_nixl_crypto.evp_sha256 || !_nixl_crypto.hmac || !_nixl_crypto.sha256) {
+        snprintf(_nixl_crypto.why, sizeof _nixl_crypto.why, "%s lacks EVP_sha256, HMAC or SHA256", name);
+        return; /* the library stays open: harmless, and dlclose races other threads */
+    }
+    _nixl_crypto.ok = 1;
+}
+
+/* NULL when libcrypto is usable, else why not */
+static const char *_nixl_crypto_ready(void) {
+    pthread_once(&_nixl_crypto_once, _nixl_crypto_load);
+    return _nixl_crypto.ok ? NULL : _nixl_crypto.why;
+}
+
+/* out = HMAC-SHA256(the agent's secret, msg); -1 without a secret */
+static int _nixl_auth_mac(const nixl_agent_t *a, const void *msg, size_t len, unsigned char out[NIXL_MAC_LEN]) {
+    unsigned n = 0;
+    if (!a->token || _nixl_crypto_ready()) return -1;
+    return _nixl_crypto.hmac(_nixl_crypto.evp_sha256(), a->token, (int)strlen(a->token), (const unsigned char *)msg,
+                             len, out, &n) && n == NIXL_MAC_LEN ? 0 : -1;
+}
+
+/* equal time: how many bytes match does not show in how long it takes */
+static int _nixl_bytes_same(const unsigned char *x, const unsigned char *y, size_t n) {
+    unsigned diff = 0;
+    size_t i;
+    for (i = 0; i < n; i++) diff |= (unsigned)(x[i] ^ y[i]);
+    return diff == 0;
+}
+
+static int _nixl_auth_check(const nixl_agent_t *a, const void *msg, size_t len, const unsigned char mac[NIXL_MAC_LEN]) {
+    unsigned char want[NIXL_MAC_LEN];
+    return _nixl_auth_mac(a, msg, len, want) == 0 && _nixl_bytes_same(want, mac, NIXL_MAC_LEN);
+}
+
+static void _nixl_sha256(const void *p, size_t len, unsigned char out[32]) {
+    _nixl_crypto.sha256((const unsigned char *)(p ? p : ""), len, out);
+}
+
+/* Fresh nonces: getrandom, never the clock. 0 on success. */
+static int _nixl_random(void *p, size_t n) {
+    unsigned char *b = (unsigned char *)p;
+    while (n) {
+        ssize_t k = getrandom(b, n, 0);
+        if (k < 0 && errno == EINTR) continue;
+        if (k <= 0) return -1;
+        b += k;
+        n -= (size_t)k;
+    }
+    return 0;
+}
+
+NIXL_API int nixl_backend_auth_on(const nixl_backend_t *be) { return be->agent->token != NULL; }
+
+NIXL_API nixl_status_t nixl_backend_auth_mac(nixl_backend_t *be, const void *msg, size_t len,
+                                             unsigned char mac[NIXL_MAC_LEN]) {
+    return _nixl_auth_mac(be->agent, msg, len, mac) == 0 ? NIXL_SUCCESS : NIXL_ERR_NOT_SUPPORTED;
+}
+
+NIXL_API int nixl_backend_auth_check(nixl_backend_t *be, const void *msg, size_t len,
+                                     const unsigned char mac[NIXL_MAC_LEN]) {
+    return _nixl_auth_check(be->agent, msg, len, mac);
+}
+
+NIXL_API int nixl_random_bytes(void *buf, size_t len) { return _nixl_random(buf, len); }
 
 // >>cuda
 
@@ -1328,6 +1462,7 @@ static void _nixl_side_channel_stop(nixl_agent_t *a);
 
 NIXL_API nixl_status_t nixl_agent_create(const nixl_agent_config_t *cfg, nixl_agent_t **agent) {
     nixl_agent_t *a;
+    const char *token, *why;
     size_t nlen;
     if (!agent) return NIXL_ERR_INVALID_PARAM;
     *agent = NULL;
@@ -1344,9 +1479,16 @@ NIXL_API nixl_status_t nixl_agent_create(const nixl_agent_config_t *cfg, nixl_ag
         _nixl_cfg_log(cfg, "agent_create: alloc_fn and free_fn go together");
         return NIXL_ERR_INVALID_PARAM;
     }
-    if (cfg->auth_token && strlen(cfg->auth_token) > NIXL_SC_MAX_TOKEN) {
-        _nixl_cfg_log(cfg, "agent_create(%s): auth_token longer than %d bytes", cfg->name, NIXL_SC_MAX_TOKEN);
+    token = cfg->auth_token ? cfg->auth_token : getenv("NIXL_AUTH_TOKEN");
+    if (token && !cfg->auth_token && !*token) token = NULL; /* NIXL_AUTH_TOKEN= means none */
+    if (token && (!*token || strlen(token) > NIXL_SC_MAX_TOKEN)) {
+        _nixl_cfg_log(cfg, "agent_create(%s): the auth token must be 1..%d bytes", cfg->name, NIXL_SC_MAX_TOKEN);
         return NIXL_ERR_INVALID_PARAM;
+    }
+    if (token && (why = _nixl_crypto_ready()) != NULL) {
+        _nixl_cfg_log(cfg, "agent_create(%s): an auth token needs OpenSSL's libcrypto for HMAC-SHA256: %s", cfg->name,
+                      why);
+        return NIXL_ERR_NOT_SUPPORTED;
     }
     a = (nixl_agent_t *)(cfg->alloc_fn ? cfg->alloc_fn(cfg->alloc_user, sizeof *a) : malloc(sizeof *a));
     if (!a) return NIXL_ERR_BACKEND;
@@ -1361,7 +1503,7 @@ NIXL_API nixl_status_t nixl_agent_create(const nixl_agent_config_t *cfg, nixl_ag
         _nixl_free(a, a);
         return NIXL_ERR_BACKEND;
     }
-    if (cfg->auth_token && !(a->token = _nixl_strdup(a, cfg->auth_token))) {
+    if (token && !(a->token = _nixl_strdup(a, token))) {
         nixl_agent_destroy(a);
         return NIXL_ERR_BACKEND;
     }
@@ -2136,22 +2278,29 @@ static void _nixl_md_release(nixl_agent_t *a, _nixl_md *md) {
 }
 
 /* Both passes of the parser; *out owns arrays pointing into blob. */
-static nixl_status_t _nixl_md_decode(nixl_agent_t *a, const void *blob, size_t len, _nixl_md **out) {
+/* Runs without the agent lock (it touches only the agent's allocator and
+   its immutable config), so a large hostile blob does not stall the agent.
+   On failure *why says why (the caller logs it under the lock). */
+static nixl_status_t _nixl_md_decode(nixl_agent_t *a, const void *blob, size_t len, _nixl_md **out,
+                                     const char **why) {
     _nixl_md *md = (_nixl_md *)_nixl_alloc(a, sizeof *md);
-    const char *why = NULL;
     nixl_status_t st;
     *out = NULL;
+    *why = NULL;
     if (!md) return NIXL_ERR_BACKEND;
-    st = _nixl_md_parse((const unsigned char *)blob, len, md, &why);
+    st = _nixl_md_parse((const unsigned char *)blob, len, md, why);
+    if (st == NIXL_SUCCESS && md->nreg > _nixl_max_peer_regions(a)) {
+        *why = "more regions than remote_regions_max allows";
+        st = NIXL_ERR_NOT_ALLOWED;
+    }
     if (st == NIXL_SUCCESS) {
         md->reg = (_nixl_md_reg *)_nixl_alloc_array(a, md->nreg ? md->nreg : 1, sizeof *md->reg);
         md->keys = (_nixl_md_key *)_nixl_alloc_array(a, md->nkeys ? md->nkeys : 1, sizeof *md->keys);
         if (!md->reg || !md->keys) st = NIXL_ERR_BACKEND;
-        else st = _nixl_md_parse((const unsigned char *)blob, len, md, &why);
+        else st = _nixl_md_parse((const unsigned char *)blob, len, md, why);
     }
     if (st != NIXL_SUCCESS) {
-        _nixl_log(a, NIXL_LOG_ERROR, "load_remote_md: refusing a %zu-byte blob: %s", len,
-                  why ? why : "out of memory");
+        if (!*why) *why = "out of memory";
         _nixl_md_release(a, md);
         return st;
     }
@@ -2594,39 +2743,82 @@ static nixl_status_t _nixl_md_apply(nixl_agent_t *a, _nixl_remote *rm, const _ni
     return NIXL_SUCCESS;
 }
 
-static nixl_status_t _nixl_load_md_locked(nixl_agent_t *a, const void *blob, size_t len, char *out_name,
-                                          size_t cap) {
-    _nixl_md *md = NULL;
+/* What loading md into rm (NULL: a new peer) costs, against the limits:
+   remote_regions_max per peer, remotes_max peers, remote_md_bytes in all. */
+static size_t _nixl_md_cost(const _nixl_md *md, size_t blob_len) {
+    return blob_len + md->nreg * (sizeof(_nixl_region) + 2 * sizeof(void *));
+}
+
+static nixl_status_t _nixl_md_check_limits(nixl_agent_t *a, const _nixl_remote *rm, const _nixl_md *md,
+                                           size_t cost) {
+    const _nixl_remote *r;
+    size_t peers = 0, bytes = 0;
+    for (r = a->remotes; r; r = r->next) {
+        peers++;
+        bytes += r->bytes;
+    }
+    if (rm && rm->regions.n + md->nreg > _nixl_max_peer_regions(a)) {
+        _nixl_log(a, NIXL_LOG_ERROR, "load_remote_md(%s): %zu regions loaded + %zu would pass remote_regions_max (%zu)",
+                  md->name, rm->regions.n, md->nreg, _nixl_max_peer_regions(a));
+        return NIXL_ERR_NOT_ALLOWED;
+    }
+    if (!rm && peers >= _nixl_max_remotes(a)) {
+        _nixl_log(a, NIXL_LOG_ERROR, "load_remote_md(%s): %zu peers loaded, remotes_max is %zu", md->name, peers,
+                  _nixl_max_remotes(a));
+        return NIXL_ERR_NOT_ALLOWED;
+    }
+    if (bytes + cost > _nixl_max_md_bytes(a)) {
+        _nixl_log(a, NIXL_LOG_ERROR, "load_remote_md(%s): %zu bytes of remote metadata held + %zu would pass "
+                  "remote_md_bytes (%zu)", md->name, bytes, cost, _nixl_max_md_bytes(a));
+        return NIXL_ERR_NOT_ALLOWED;
+    }
+    return NIXL_SUCCESS;
+}
+
+/* Without a secret, a peer loaded over the side channel belongs to the
+   address it came from: another address may not add to it. */
+static nixl_status_t _nixl_md_check_origin(nixl_agent_t *a, const _nixl_remote *rm, const char *origin) {
+    if (a->token || !origin || !rm->origin[0] || !strcmp(rm->origin, origin)) return NIXL_SUCCESS;
+    _nixl_log(a, NIXL_LOG_ERROR, "load_remote_md: %s pushed metadata of %s, which came from %s: refused (without "
+              "an auth token a name belongs to the address that brought it)", origin, rm->name, rm->origin);
+    return NIXL_ERR_NOT_ALLOWED;
+}
+
+/* The locked half of a load: md was decoded outside the lock. origin: the
+   peer's address for side-channel loads, NULL for the application's. */
+static nixl_status_t _nixl_load_md_apply(nixl_agent_t *a, const _nixl_md *md, size_t blob_len, const char *origin,
+                                         char *out_name, size_t cap) {
     _nixl_remote *rm;
     int map[NIXL_MD_MAX_BACKENDS], created = 0;
-    nixl_status_t st = _nixl_md_decode(a, blob, len, &md);
-    if (st != NIXL_SUCCESS) return st;
+    size_t cost = _nixl_md_cost(md, blob_len);
+    nixl_status_t st;
     if (!strcmp(md->name, a->name)) {
         _nixl_log(a, NIXL_LOG_ERROR, "load_remote_md: the blob is this agent's own (%s); loopback needs no metadata",
                   md->name);
-        st = NIXL_ERR_INVALID_PARAM;
-        goto out;
+        return NIXL_ERR_INVALID_PARAM;
     }
     if (out_name && cap <= strlen(md->name)) {
         _nixl_log(a, NIXL_LOG_ERROR, "load_remote_md: remote_name_cap %zu cannot hold '%s'", cap, md->name);
-        st = NIXL_ERR_INVALID_PARAM;
-        goto out;
+        return NIXL_ERR_INVALID_PARAM;
     }
     _nixl_md_map_backends(a, md, map);
-    if ((st = _nixl_md_check_duplicates(a, md)) != NIXL_SUCCESS) goto out;
+    if ((st = _nixl_md_check_duplicates(a, md)) != NIXL_SUCCESS) return st;
     rm = _nixl_remote_find(a, md->name);
-    if (rm && (st = _nixl_md_check_conflicts(a, rm, md, map)) != NIXL_SUCCESS) goto out;
+    if (rm && (st = _nixl_md_check_origin(a, rm, origin)) != NIXL_SUCCESS) return st;
+    if (rm && (st = _nixl_md_check_conflicts(a, rm, md, map)) != NIXL_SUCCESS) return st;
+    if ((st = _nixl_md_check_limits(a, rm, md, cost)) != NIXL_SUCCESS) return st;
     if (!rm) {
         rm = (_nixl_remote *)_nixl_alloc(a, sizeof *rm);
         if (!rm || !(rm->name = _nixl_strdup(a, md->name))) {
             _nixl_free(a, rm);
-            st = NIXL_ERR_BACKEND;
-            goto out;
+            return NIXL_ERR_BACKEND;
         }
         rm->refs = 1;
+        if (origin) snprintf(rm->origin, sizeof rm->origin, "%s", origin);
         created = 1;
     }
     st = _nixl_md_apply(a, rm, md, map);
+    if (st == NIXL_SUCCESS) rm->bytes += cost;
     if (created && st == NIXL_SUCCESS) {
         rm->next = a->remotes;
         a->remotes = rm;
@@ -2635,18 +2827,62 @@ static nixl_status_t _nixl_load_md_locked(nixl_agent_t *a, const void *blob, siz
         _nixl_remote_unref(a, rm);
     }
     if (st == NIXL_SUCCESS && out_name) memcpy(out_name, md->name, strlen(md->name) + 1);
-out:
+    return st;
+}
+
+/* Decodes outside the agent lock, applies under it. want_name: refuse
+   metadata of any other agent (a fetch asked for that one). */
+static nixl_status_t _nixl_load_md(nixl_agent_t *a, const void *blob, size_t len, const char *origin,
+                                   const char *want_name, char *out_name, size_t cap) {
+    _nixl_md *md = NULL;
+    const char *why = NULL;
+    nixl_status_t st = _nixl_md_decode(a, blob, len, &md, &why);
+    _nixl_lock(a);
+    if (st != NIXL_SUCCESS) {
+        _nixl_log(a, NIXL_LOG_ERROR, "load_remote_md: refusing a %zu-byte blob%s%s: %s", len, origin ? " from " : "",
+                  origin ? origin : "", why);
+    } else if (want_name && strcmp(md->name, want_name) != 0) {
+        _nixl_log(a, NIXL_LOG_ERROR, "fetch_remote_md: %s answered as '%s', not '%s'", origin ? origin : "etcd",
+                  md->name, want_name);
+        st = NIXL_ERR_MISMATCH;
+    } else {
+        st = _nixl_load_md_apply(a, md, len, origin, out_name, cap);
+    }
+    _nixl_unlock(a);
     _nixl_md_release(a, md);
     return st;
 }
 
 NIXL_API nixl_status_t nixl_load_remote_md(nixl_agent_t *agent, const void *blob, size_t len, char *remote_name,
                                            size_t remote_name_cap) {
-    nixl_status_t st;
     if (!agent) return NIXL_ERR_INVALID_PARAM;
-    _nixl_lock(agent);
-    st = _nixl_load_md_locked(agent, blob, len, remote_name, remote_name_cap);
-    _nixl_unlock(agent);
+    return _nixl_load_md(agent, blob, len, NULL, NULL, remote_name, remote_name_cap);
+}
+
+static nixl_status_t _nixl_load_md_from(nixl_agent_t *a, const void *blob, size_t len, const char *origin) {
+    return _nixl_load_md(a, blob, len, origin, NULL, NULL, 0);
+}
+
+/* An INVALIDATE over the side channel. Without a secret only the address
+   the metadata came from may invalidate it; metadata the application loaded
+   is the application's to invalidate. */
+static nixl_status_t _nixl_invalidate_from(nixl_agent_t *a, const char *name, const char *origin) {
+    _nixl_remote *rm;
+    nixl_status_t st = NIXL_SUCCESS;
+    _nixl_lock(a);
+    rm = _nixl_remote_find(a, name);
+    if (!rm) {
+        _nixl_log(a, NIXL_LOG_ERROR, "listener: %s invalidates %s, which is not loaded", origin, name);
+        st = NIXL_ERR_NOT_FOUND;
+    } else if (!a->token && strcmp(rm->origin, origin) != 0) {
+        _nixl_log(a, NIXL_LOG_ERROR, "listener: %s may not invalidate %s: %s (set an auth token to let any "
+                  "authenticated peer do it)", origin, name, rm->origin[0] ? "it came from another address"
+                  : "the application loaded it");
+        st = NIXL_ERR_NOT_ALLOWED;
+    } else {
+        _nixl_remote_invalidate(a, rm, NIXL_ERR_NOT_FOUND);
+    }
+    _nixl_unlock(a);
     return st;
 }
 
@@ -2709,16 +2945,37 @@ NIXL_API nixl_status_t nixl_make_connection(nixl_agent_t *agent, const char *rem
 }
 
 // >>side-channel
-/* Frame: u32 magic "NXSC", u16 version, u8 command, u8 reserved,
-   u32 token length, u32 payload length (little-endian), then the token and
-   the payload. One request and one REPLY (payload: i32 status, then data)
-   per connection. */
+/* Frame: u32 magic "NXSC", u16 version, u8 command, u8 reserved, u32 MAC
+   length (0, or 32 with a secret), u32 payload length (little-endian); then
+   the header's MAC, the payload, and the MAC of header and payload digest.
+
+   A connection carries HELLO (the client's nonce), CHALLENGE (the
+   listener's nonce), one request, one REPLY (i32 status, then data). With a
+   secret, every frame after HELLO carries both MACs: HMAC-SHA256 keyed by
+   the secret over both nonces, the direction, the header (and the payload's
+   SHA-256). So the secret never crosses the wire, each side proves it knows
+   it, a frame replayed on another connection fails (fresh nonces), a frame
+   cannot be reflected back (direction), and the listener knows a header is
+   genuine before it takes in the payload. */
 #define NIXL_SC_MAGIC 0x4353584eu
-#define NIXL_SC_VERSION 1
+#define NIXL_SC_VERSION 2
 #define NIXL_SC_HDR 16
+#define NIXL_SC_NONCE 32
 #define NIXL_SC_MAX_PAYLOAD (64u << 20)
 #define NIXL_SC_MAX_CONNS 256
-enum { NIXL_SC_SEND_MD = 1, NIXL_SC_FETCH_MD = 2, NIXL_SC_INVALIDATE = 3, NIXL_SC_REPLY = 4 };
+enum {
+    NIXL_SC_SEND_MD = 1,
+    NIXL_SC_FETCH_MD = 2,
+    NIXL_SC_INVALIDATE = 3,
+    NIXL_SC_REPLY = 4,
+    NIXL_SC_HELLO = 5,
+    NIXL_SC_CHALLENGE = 6
+};
+enum { _NIXL_SC_C2S = 1, _NIXL_SC_S2C = 2 }; /* direction, inside every MAC */
+
+typedef struct {
+    unsigned char c[NIXL_SC_NONCE], s[NIXL_SC_NONCE]; /* client's, listener's */
+} _nixl_sc_nonces;
 
 static int _nixl_sc_timeout_ms(const nixl_agent_t *a) {
     return a->cfg.sc_timeout_ms > 0 ? a->cfg.sc_timeout_ms : 5000;
@@ -3112,7 +3369,7 @@ static nixl_status_t _nixl_etcd_start(nixl_agent_t *a, const char *endpoints, co
 
 // >>side-channel-io
 
-static void _nixl_sc_put_header(unsigned char *h, unsigned cmd, size_t tok, size_t pay) {
+static void _nixl_sc_put_header(unsigned char *h, unsigned cmd, size_t mac, size_t pay) {
     _nixl_wr w;
     w.p = h;
     w.pos = 0;
@@ -3120,12 +3377,12 @@ static void _nixl_sc_put_header(unsigned char *h, unsigned cmd, size_t tok, size
     _nixl_wle(&w, NIXL_SC_VERSION, 2);
     _nixl_w8(&w, cmd);
     _nixl_w8(&w, 0);
-    _nixl_wle(&w, tok, 4);
+    _nixl_wle(&w, mac, 4);
     _nixl_wle(&w, pay, 4);
 }
 
 /* Validates a frame header. NULL on success, else why it is refused. */
-static const char *_nixl_sc_parse_header(const unsigned char *h, unsigned *cmd, size_t *tok, size_t *pay) {
+static const char *_nixl_sc_parse_header(const unsigned char *h, unsigned *cmd, size_t *mac, size_t *pay) {
     _nixl_rd r;
     r.p = h;
     r.len = NIXL_SC_HDR;
@@ -3135,23 +3392,70 @@ static const char *_nixl_sc_parse_header(const unsigned char *h, unsigned *cmd, 
     if (_nixl_rle(&r, 2) != NIXL_SC_VERSION) return "unsupported version";
     *cmd = (unsigned)_nixl_rle(&r, 1);
     if (_nixl_rle(&r, 1) != 0) return "reserved byte set";
-    *tok = (size_t)_nixl_rle(&r, 4);
+    *mac = (size_t)_nixl_rle(&r, 4);
     *pay = (size_t)_nixl_rle(&r, 4);
-    if (*cmd < NIXL_SC_SEND_MD || *cmd > NIXL_SC_REPLY) return "unknown command";
-    if (*tok > NIXL_SC_MAX_TOKEN) return "token too long";
+    if (*cmd < NIXL_SC_SEND_MD || *cmd > NIXL_SC_CHALLENGE) return "unknown command";
+    if (*mac != 0 && *mac != NIXL_MAC_LEN) return "bad MAC length";
     if (*pay > NIXL_SC_MAX_PAYLOAD) return "payload over the 64 MiB limit";
     return NULL;
 }
 
-/* equal-time comparison: a wrong token takes as long as a right one */
-static int _nixl_sc_token_ok(const nixl_agent_t *a, const unsigned char *tok, size_t len) {
-    size_t n, i;
-    unsigned diff;
-    if (!a->token) return 1;
-    n = strlen(a->token);
-    diff = (unsigned)(len ^ n);
-    for (i = 0; i < len && i < n; i++) diff |= (unsigned)(tok[i] ^ (unsigned char)a->token[i]);
-    return diff == 0;
+/* The MAC of a header (digest NULL) or of a header and its payload's
+   SHA-256; -1 without a secret. */
+static int _nixl_sc_mac(const nixl_agent_t *a, int dir, const _nixl_sc_nonces *n, const unsigned char *hdr,
+                        const unsigned char *digest, unsigned char out[NIXL_MAC_LEN]) {
+    unsigned char m[8 + 2 * NIXL_SC_NONCE + NIXL_SC_HDR + 32];
+    size_t len = 8;
+    memcpy(m, "NXSC", 4);
+    m[4] = (unsigned char)NIXL_SC_VERSION;
+    m[5] = (unsigned char)dir;
+    m[6] = digest ? 2 : 1;
+    m[7] = 0;
+    memcpy(m + len, n->c, NIXL_SC_NONCE);
+    memcpy(m + len + NIXL_SC_NONCE, n->s, NIXL_SC_NONCE);
+    len += 2 * NIXL_SC_NONCE;
+    memcpy(m + len, hdr, NIXL_SC_HDR);
+    len += NIXL_SC_HDR;
+    if (digest) {
+        memcpy(m + len, digest, 32);
+        len += 32;
+    }
+    return _nixl_auth_mac(a, m, len, out);
+}
+
+static int _nixl_sc_mac_ok(const nixl_agent_t *a, int dir, const _nixl_sc_nonces *n, const unsigned char *hdr,
+                           const unsigned char *digest, const unsigned char *mac) {
+    unsigned char want[NIXL_MAC_LEN];
+    return _nixl_sc_mac(a, dir, n, hdr, digest, want) == 0 && _nixl_bytes_same(want, mac, NIXL_MAC_LEN);
+}
+
+/* the MAC over the header and the digest of its payload */
+static int _nixl_sc_body_mac_ok(const nixl_agent_t *a, int dir, const _nixl_sc_nonces *n, const unsigned char *hdr,
+                                const void *pay, size_t len, const unsigned char *mac) {
+    unsigned char d[32];
+    _nixl_sha256(pay, len, d);
+    return _nixl_sc_mac_ok(a, dir, n, hdr, d, mac);
+}
+
+/* A whole frame in one buffer (agent allocator): header, MACs when the
+   agent has a secret (never on HELLO: there is nothing to prove yet). */
+static unsigned char *_nixl_sc_frame(nixl_agent_t *a, int dir, const _nixl_sc_nonces *n, unsigned cmd,
+                                     const void *pay, size_t len, size_t *out_len) {
+    size_t mac = a->token && cmd != NIXL_SC_HELLO ? NIXL_MAC_LEN : 0;
+    unsigned char *f = (unsigned char *)_nixl_alloc(a, NIXL_SC_HDR + 2 * mac + len), d[32];
+    if (!f) return NULL;
+    _nixl_sc_put_header(f, cmd, mac, len);
+    if (len) memcpy(f + NIXL_SC_HDR + mac, pay, len);
+    if (mac) {
+        _nixl_sha256(pay, len, d);
+        if (_nixl_sc_mac(a, dir, n, f, NULL, f + NIXL_SC_HDR) != 0 ||
+            _nixl_sc_mac(a, dir, n, f, d, f + NIXL_SC_HDR + mac + len) != 0) {
+            _nixl_free(a, f);
+            return NULL;
+        }
+    }
+    *out_len = NIXL_SC_HDR + 2 * mac + len;
+    return f;
 }
 
 static int _nixl_sc_wait(int fd, short ev, uint64_t deadline_us) {
@@ -3217,53 +3521,86 @@ static int _nixl_sc_connect(nixl_agent_t *a, const char *ip, uint16_t port, uint
     return fd;
 }
 
-/* One request/reply exchange with a peer's listener. *reply (agent
-   allocator) holds the data after the status, if any. */
+static nixl_status_t _nixl_sc_send_frame(nixl_agent_t *a, int fd, const _nixl_sc_nonces *n, unsigned cmd,
+                                         const void *pay, size_t len, uint64_t deadline) {
+    size_t flen = 0;
+    unsigned char *f = _nixl_sc_frame(a, _NIXL_SC_C2S, n, cmd, pay, len, &flen);
+    int rc;
+    if (!f) return NIXL_ERR_BACKEND;
+    rc = _nixl_sc_io(fd, f, flen, 1, deadline);
+    _nixl_free(a, f);
+    return rc ? NIXL_ERR_REMOTE_DISCONNECT : NIXL_SUCCESS;
+}
+
+/* Reads the listener's frame of command `want` and checks its MACs (a
+   CHALLENGE brings the listener's nonce into n first). NULL, or why not. */
+static const char *_nixl_sc_recv_frame(nixl_agent_t *a, int fd, _nixl_sc_nonces *n, unsigned want,
+                                       unsigned char **pay, size_t *len, uint64_t deadline) {
+    unsigned char h[NIXL_SC_HDR], mac1[NIXL_MAC_LEN], mac2[NIXL_MAC_LEN];
+    size_t mac = 0;
+    unsigned cmd = 0;
+    const char *why;
+    *pay = NULL;
+    *len = 0;
+    if (_nixl_sc_io(fd, h, sizeof h, 0, deadline)) return "closed or timed out (a listener that does not know our "
+                                                          "auth token closes the connection)";
+    if ((why = _nixl_sc_parse_header(h, &cmd, &mac, len)) != NULL) return why;
+    if (cmd != want) return want == NIXL_SC_CHALLENGE ? "no challenge: not a listener of this version" : "not a reply";
+    if (a->token && !mac) return "the listener has no auth token: refusing to trust it";
+    if (!a->token && mac) return "the listener requires an auth token (auth_token / NIXL_AUTH_TOKEN)";
+    if (want == NIXL_SC_CHALLENGE && *len != NIXL_SC_NONCE) return "malformed challenge";
+    *pay = (unsigned char *)_nixl_alloc(a, *len);
+    if (!*pay || _nixl_sc_io(fd, mac1, mac, 0, deadline) || _nixl_sc_io(fd, *pay, *len, 0, deadline) ||
+        _nixl_sc_io(fd, mac2, mac, 0, deadline))
+        return *pay ? "truncated" : "out of memory";
+    if (want == NIXL_SC_CHALLENGE) memcpy(n->s, *pay, NIXL_SC_NONCE);
+    if (mac && (!_nixl_sc_mac_ok(a, _NIXL_SC_S2C, n, h, NULL, mac1) ||
+                !_nixl_sc_body_mac_ok(a, _NIXL_SC_S2C, n, h, *pay, *len, mac2)))
+        return "wrong MAC: the listener does not know our auth token";
+    return NULL;
+}
+
+/* One exchange with a peer's listener: HELLO, CHALLENGE, the request, the
+   REPLY. *reply (agent allocator) holds the data after the status, if any. */
 static nixl_status_t _nixl_sc_request(nixl_agent_t *a, const char *ip, uint16_t port, unsigned cmd,
                                       const void *payload, size_t len, unsigned char **reply, size_t *reply_len) {
-    unsigned char h[NIXL_SC_HDR], st4[4];
     uint64_t deadline = nixl_now_us() + (uint64_t)_nixl_sc_timeout_ms(a) * 1000u;
-    size_t tok = a->token ? strlen(a->token) : 0, rtok = 0, rpay = 0;
-    unsigned rcmd = 0;
-    const char *why;
+    _nixl_sc_nonces n;
+    unsigned char *chal = NULL, *rep = NULL;
+    size_t chal_len = 0, rep_len = 0;
+    const char *why = NULL;
     nixl_status_t st;
     int fd;
     if (reply) *reply = NULL;
     if (reply_len) *reply_len = 0;
+    memset(&n, 0, sizeof n);
+    if (_nixl_random(n.c, sizeof n.c) != 0) {
+        _nixl_log(a, NIXL_LOG_ERROR, "side channel: getrandom failed: no nonce, no exchange");
+        return NIXL_ERR_BACKEND;
+    }
     fd = _nixl_sc_connect(a, ip, port, deadline);
     if (fd < 0) return NIXL_ERR_REMOTE_DISCONNECT;
-    _nixl_sc_put_header(h, cmd, tok, len);
-    if (_nixl_sc_io(fd, h, sizeof h, 1, deadline) || _nixl_sc_io(fd, a->token, tok, 1, deadline) ||
-        _nixl_sc_io(fd, (void *)(uintptr_t)payload, len, 1, deadline) ||
-        _nixl_sc_io(fd, h, sizeof h, 0, deadline)) {
-        _nixl_log(a, NIXL_LOG_ERROR, "side channel: %s:%u dropped the exchange (timeout, closed, or refused our token)",
-                  ip, (unsigned)port);
-        close(fd);
-        return NIXL_ERR_REMOTE_DISCONNECT;
-    }
-    why = _nixl_sc_parse_header(h, &rcmd, &rtok, &rpay);
-    if (!why && (rcmd != NIXL_SC_REPLY || rtok != 0 || rpay < 4)) why = "not a reply";
-    if (why || _nixl_sc_io(fd, st4, 4, 0, deadline)) {
-        _nixl_log(a, NIXL_LOG_ERROR, "side channel: bad reply from %s:%u: %s", ip, (unsigned)port,
-                  why ? why : "truncated");
-        close(fd);
-        return NIXL_ERR_REMOTE_DISCONNECT;
-    }
-    st = (nixl_status_t)(int32_t)((uint32_t)st4[0] | (uint32_t)st4[1] << 8 | (uint32_t)st4[2] << 16 |
-                                  (uint32_t)st4[3] << 24);
-    rpay -= 4;
-    if (rpay && reply) {
-        *reply = (unsigned char *)_nixl_alloc(a, rpay);
-        if (!*reply || _nixl_sc_io(fd, *reply, rpay, 0, deadline)) {
-            _nixl_log(a, NIXL_LOG_ERROR, "side channel: reply from %s:%u truncated", ip, (unsigned)port);
-            _nixl_free(a, *reply);
-            *reply = NULL;
-            st = NIXL_ERR_REMOTE_DISCONNECT;
-        } else {
-            *reply_len = rpay;
-        }
-    }
+    st = _nixl_sc_send_frame(a, fd, &n, NIXL_SC_HELLO, n.c, sizeof n.c, deadline);
+    if (st == NIXL_SUCCESS && !(why = _nixl_sc_recv_frame(a, fd, &n, NIXL_SC_CHALLENGE, &chal, &chal_len, deadline)))
+        st = _nixl_sc_send_frame(a, fd, &n, cmd, payload, len, deadline);
+    if (st == NIXL_SUCCESS && !why) why = _nixl_sc_recv_frame(a, fd, &n, NIXL_SC_REPLY, &rep, &rep_len, deadline);
+    if (st == NIXL_SUCCESS && !why && rep_len < 4) why = "reply without a status";
     close(fd);
+    _nixl_free(a, chal);
+    if (st != NIXL_SUCCESS || why) {
+        _nixl_log(a, NIXL_LOG_ERROR, "side channel: exchange with %s:%u failed: %s", ip, (unsigned)port,
+                  why ? why : st == NIXL_ERR_BACKEND ? "out of memory" : "closed or timed out");
+        _nixl_free(a, rep);
+        return st == NIXL_SUCCESS ? NIXL_ERR_REMOTE_DISCONNECT : st;
+    }
+    st = (nixl_status_t)(int32_t)((uint32_t)rep[0] | (uint32_t)rep[1] << 8 | (uint32_t)rep[2] << 16 |
+                                  (uint32_t)rep[3] << 24);
+    if (rep_len > 4 && reply) {
+        *reply = (unsigned char *)_nixl_memdup(a, rep + 4, rep_len - 4);
+        if (!*reply) st = NIXL_ERR_BACKEND;
+        else *reply_len = rep_len - 4;
+    }
+    _nixl_free(a, rep);
     return st;
 }
 
@@ -3347,20 +3684,9 @@ static void *_nixl_fetch_main(void *arg) {
             if (!blob) st = NIXL_ERR_BACKEND;
         }
     }
-    if (st == NIXL_SUCCESS) {
-        _nixl_md *md = NULL;
-        /* only metadata of the agent we asked for */
-        _nixl_lock(a);
-        st = _nixl_md_decode(a, blob, len, &md);
-        if (st == NIXL_SUCCESS && strcmp(md->name, f->remote) != 0) {
-            _nixl_log(a, NIXL_LOG_ERROR, "fetch_remote_md: %s:%u answered as '%s', not '%s'",
-                      f->ip[0] ? f->ip : "etcd", (unsigned)f->port, md->name, f->remote);
-            st = NIXL_ERR_MISMATCH;
-        }
-        _nixl_md_release(a, md);
-        _nixl_unlock(a);
-        if (st == NIXL_SUCCESS) st = nixl_load_remote_md(a, blob, len, name, sizeof name);
-    }
+    /* only metadata of the agent we asked for; it belongs to the address we
+       fetched it from (etcd: to the application) */
+    if (st == NIXL_SUCCESS) st = _nixl_load_md(a, blob, len, f->ip[0] ? f->ip : NULL, f->remote, name, sizeof name);
     if (st != NIXL_SUCCESS) {
         _nixl_lock(a);
         _nixl_log(a, NIXL_LOG_ERROR, "fetch_remote_md(%s) from %s:%u failed: %s", f->remote,
@@ -3425,13 +3751,17 @@ typedef struct _nixl_sc_conn {
     int fd;
     uint64_t deadline;
     uint64_t opened;     /* when accepted: the oldest unproven ones go first under pressure */
-    char peer[48];
+    char peer[48];       /* ip:port, for log lines */
+    char ip[INET_ADDRSTRLEN];
+    int phase;           /* 0 awaiting HELLO, 1 awaiting the request, 2 writing a frame */
+    int part;            /* of the frame being read: 0 header, 1 its MAC, 2 payload, 3 payload MAC */
+    int proven;          /* the request header is genuine (its MAC, or no secret is set) */
+    _nixl_sc_nonces n;
     unsigned char hdr[NIXL_SC_HDR];
-    unsigned char tok[NIXL_SC_MAX_TOKEN];
-    size_t got;          /* bytes of the current stage read so far */
-    int stage;           /* 0 header, 1 token, 2 payload, 3 writing the reply */
+    unsigned char mac1[NIXL_MAC_LEN], mac2[NIXL_MAC_LEN];
+    size_t got;          /* bytes of the current part read so far */
     unsigned cmd;
-    size_t tok_len, pay_len;
+    size_t mac_len, pay_len;
     unsigned char *pay;
     size_t pay_cap;      /* bytes allocated: grows as the payload arrives */
     unsigned char *out;
@@ -3453,21 +3783,32 @@ static void _nixl_sc_drop(nixl_agent_t *a, _nixl_sc_conn *c, const char *why) {
     _nixl_sc_conn_close(a, c);
 }
 
-static int _nixl_sc_reply(nixl_agent_t *a, _nixl_sc_conn *c, nixl_status_t st, const void *data, size_t len) {
-    uint32_t v = (uint32_t)(int32_t)st;
-    c->out = (unsigned char *)_nixl_alloc(a, NIXL_SC_HDR + 4 + len);
+/* queues a frame for writing (phase 2) */
+static int _nixl_sc_queue(nixl_agent_t *a, _nixl_sc_conn *c, unsigned cmd, const void *pay, size_t len) {
+    c->out = _nixl_sc_frame(a, _NIXL_SC_S2C, &c->n, cmd, pay, len, &c->out_len);
     if (!c->out) return -1;
-    _nixl_sc_put_header(c->out, NIXL_SC_REPLY, 0, 4 + len);
-    c->out[16] = (unsigned char)v;
-    c->out[17] = (unsigned char)(v >> 8);
-    c->out[18] = (unsigned char)(v >> 16);
-    c->out[19] = (unsigned char)(v >> 24);
-    if (len) memcpy(c->out + 20, data, len);
-    c->out_len = NIXL_SC_HDR + 4 + len;
     c->out_off = 0;
-    c->stage = 3;
+    c->phase = 2;
     return 0;
 }
+
+static int _nixl_sc_reply(nixl_agent_t *a, _nixl_sc_conn *c, nixl_status_t st, const void *data, size_t len) {
+    uint32_t v = (uint32_t)(int32_t)st;
+    unsigned char *p = (unsigned char *)_nixl_alloc(a, 4 + len);
+    int rc;
+    if (!p) return -1;
+    p[0] = (unsigned char)v;
+    p[1] = (unsigned char)(v >> 8);
+    p[2] = (unsigned char)(v >> 16);
+    p[3] = (unsigned char)(v >> 24);
+    if (len) memcpy(p + 4, data, len);
+    rc = _nixl_sc_queue(a, c, NIXL_SC_REPLY, p, 4 + len);
+    _nixl_free(a, p);
+    return rc;
+}
+
+static nixl_status_t _nixl_load_md_from(nixl_agent_t *a, const void *blob, size_t len, const char *origin);
+static nixl_status_t _nixl_invalidate_from(nixl_agent_t *a, const char *name, const char *origin);
 
 /* a whole request arrived: act on it (no agent lock held here) */
 static int _nixl_sc_dispatch(nixl_agent_t *a, _nixl_sc_conn *c) {
@@ -3478,7 +3819,7 @@ static int _nixl_sc_dispatch(nixl_agent_t *a, _nixl_sc_conn *c) {
     int rc;
     switch (c->cmd) {
     case NIXL_SC_SEND_MD:
-        st = nixl_load_remote_md(a, c->pay, c->pay_len, name, sizeof name);
+        st = _nixl_load_md_from(a, c->pay, c->pay_len, c->ip);
         return _nixl_sc_reply(a, c, st, NULL, 0);
     case NIXL_SC_FETCH_MD:
         st = nixl_get_local_md(a, &blob, &len);
@@ -3489,14 +3830,13 @@ static int _nixl_sc_dispatch(nixl_agent_t *a, _nixl_sc_conn *c) {
         if (!_nixl_name_ok(c->pay, c->pay_len)) return -1;
         memcpy(name, c->pay, c->pay_len);
         name[c->pay_len] = '\0';
-        st = nixl_invalidate_remote_md(a, name);
+        st = _nixl_invalidate_from(a, name, c->ip);
         return _nixl_sc_reply(a, c, st, NULL, 0);
     default:
         return -1;
     }
 }
 
-/* advances one connection as far as its socket allows */
 #define _NIXL_SC_PAYLOAD_CHUNK ((size_t)64 << 10)
 
 /* Room for the next part of the payload: 64 KiB first, then doubling, never
@@ -3514,33 +3854,113 @@ static int _nixl_sc_grow_payload(nixl_agent_t *a, _nixl_sc_conn *c) {
     return 0;
 }
 
+/* the header of a frame arrived: NULL if it is the one this phase expects */
+static const char *_nixl_sc_check_header(nixl_agent_t *a, _nixl_sc_conn *c) {
+    const char *why = _nixl_sc_parse_header(c->hdr, &c->cmd, &c->mac_len, &c->pay_len);
+    if (why) return why;
+    if (c->phase == 0)
+        return c->cmd != NIXL_SC_HELLO || c->mac_len || c->pay_len != NIXL_SC_NONCE ? "no HELLO first" : NULL;
+    if (c->cmd < NIXL_SC_SEND_MD || c->cmd > NIXL_SC_INVALIDATE) return "not a request";
+    if (a->token && !c->mac_len) return "no authentication, and this listener requires an auth token";
+    if (!a->token && c->mac_len) return "authenticated with a token, and this listener has none";
+    return NULL;
+}
+
+static void _nixl_sc_proven(nixl_agent_t *a, _nixl_sc_conn *c) {
+    c->proven = 1;
+    c->deadline = nixl_now_us() + (uint64_t)_nixl_sc_timeout_ms(a) * 1000u; /* the full timeout */
+}
+
+/* The whole frame arrived and its MACs (if any) are still to check:
+   answer a HELLO with our nonce, act on a request. */
+static const char *_nixl_sc_frame_done(nixl_agent_t *a, _nixl_sc_conn *c) {
+    if (c->mac_len && !_nixl_sc_body_mac_ok(a, _NIXL_SC_C2S, &c->n, c->hdr, c->pay, c->pay_len, c->mac2))
+        return "the payload's MAC does not verify (altered in transit?)";
+    if (c->phase == 0) { /* HELLO: answer with our nonce */
+        memcpy(c->n.c, c->pay, NIXL_SC_NONCE);
+        if (_nixl_random(c->n.s, sizeof c->n.s) != 0) return "getrandom failed";
+        if (_nixl_sc_queue(a, c, NIXL_SC_CHALLENGE, c->n.s, sizeof c->n.s) != 0) return "out of memory";
+    } else if (_nixl_sc_dispatch(a, c) != 0) {
+        return "malformed request";
+    }
+    _nixl_free(a, c->pay);
+    c->pay = NULL;
+    c->pay_cap = 0;
+    c->part = 0;
+    return NULL;
+}
+
+/* A part of a frame is complete: NULL to go on, or why the connection goes. */
+static const char *_nixl_sc_part_done(nixl_agent_t *a, _nixl_sc_conn *c) {
+    const char *why;
+    switch (c->part) {
+    case 0:
+        if ((why = _nixl_sc_check_header(a, c)) != NULL) return why;
+        if (c->phase == 1 && !c->mac_len) _nixl_sc_proven(a, c);
+        c->part = c->mac_len ? 1 : 2;
+        break;
+    case 1:
+        if (!_nixl_sc_mac_ok(a, _NIXL_SC_C2S, &c->n, c->hdr, NULL, c->mac1))
+            return "wrong auth token (the request's header MAC does not verify)";
+        _nixl_sc_proven(a, c);
+        c->part = 2;
+        break;
+    case 2:
+        c->part = 3;
+        if (c->mac_len) break;
+        return _nixl_sc_frame_done(a, c); /* no MAC to read */
+    default:
+        return _nixl_sc_frame_done(a, c);
+    }
+    /* the payload buffer grows as bytes arrive: a header that declares
+       64 MiB costs nothing until 64 MiB came */
+    if (c->part == 2 && c->pay_len && _nixl_sc_grow_payload(a, c) != 0) return "out of memory";
+    return NULL;
+}
+
+/* writes what is queued; returns 1 while the connection lives on */
+static int _nixl_sc_conn_write(nixl_agent_t *a, _nixl_sc_conn *c) {
+    for (;;) {
+        ssize_t k = send(c->fd, c->out + c->out_off, c->out_len - c->out_off, MSG_NOSIGNAL);
+        if (k > 0 && (c->out_off += (size_t)k) == c->out_len) {
+            _nixl_free(a, c->out);
+            c->out = NULL;
+            if (c->cmd != NIXL_SC_HELLO) {
+                _nixl_sc_conn_close(a, c); /* the reply went: one request per connection */
+                return 0;
+            }
+            c->phase = 1; /* the challenge went: the request comes next */
+            return 1;
+        }
+        if (k > 0) continue;
+        if (k < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) return 1;
+        _nixl_sc_drop(a, c, "closed before reading our answer");
+        return 0;
+    }
+}
+
+/* advances one connection as far as its socket allows */
 static void _nixl_sc_conn_step(nixl_agent_t *a, _nixl_sc_conn *c) {
     for (;;) {
         unsigned char *dst;
         size_t want;
+        const char *why;
         ssize_t k;
-        if (c->stage == 3) {
-            k = send(c->fd, c->out + c->out_off, c->out_len - c->out_off, MSG_NOSIGNAL);
-            if (k > 0 && (c->out_off += (size_t)k) == c->out_len) {
-                _nixl_sc_conn_close(a, c); /* done: one request per connection */
-                return;
-            }
-            if (k > 0) continue;
-            if (k < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) return;
-            _nixl_sc_drop(a, c, "closed before reading the reply");
-            return;
+        if (c->phase == 2) {
+            if (!_nixl_sc_conn_write(a, c) || c->phase == 2) return;
+            continue;
         }
-        if (c->stage == 2 && c->got == c->pay_cap && c->got < c->pay_len && _nixl_sc_grow_payload(a, c) != 0) {
+        if (c->part == 2 && c->got == c->pay_cap && c->got < c->pay_len && _nixl_sc_grow_payload(a, c) != 0) {
             _nixl_sc_drop(a, c, "out of memory");
             return;
         }
-        dst = c->stage == 0 ? c->hdr : c->stage == 1 ? c->tok : c->pay;
-        want = c->stage == 0 ? NIXL_SC_HDR : c->stage == 1 ? c->tok_len : c->pay_len;
+        dst = c->part == 0 ? c->hdr : c->part == 1 ? c->mac1 : c->part == 2 ? c->pay : c->mac2;
+        want = c->part == 0 ? NIXL_SC_HDR : c->part == 2 ? c->pay_len : c->mac_len;
         if (c->got < want) {
-            size_t room = c->stage == 2 ? c->pay_cap - c->got : want - c->got;
+            size_t room = c->part == 2 ? c->pay_cap - c->got : want - c->got;
             k = recv(c->fd, dst + c->got, room, 0);
             if (k == 0) {
-                _nixl_sc_drop(a, c, c->stage == 0 && c->got == 0 ? "closed without a request" : "closed mid-frame");
+                _nixl_sc_drop(a, c, c->phase == 0 && c->got == 0 ? "closed without a request" : "closed mid-frame");
                 return;
             }
             if (k < 0) {
@@ -3552,56 +3972,57 @@ static void _nixl_sc_conn_step(nixl_agent_t *a, _nixl_sc_conn *c) {
             if (c->got < want) continue;
         }
         c->got = 0;
-        if (c->stage == 0) {
-            const char *why = _nixl_sc_parse_header(c->hdr, &c->cmd, &c->tok_len, &c->pay_len);
-            if (!why && c->cmd == NIXL_SC_REPLY) why = "a reply where a request belongs";
-            if (why) {
-                _nixl_sc_drop(a, c, why);
-                return;
-            }
-            c->stage = 1;
-        } else if (c->stage == 1) {
-            if (!_nixl_sc_token_ok(a, c->tok, c->tok_len)) {
-                _nixl_sc_drop(a, c, "wrong auth token");
-                return;
-            }
-            /* the payload buffer grows as bytes arrive: a header that
-               declares 64 MiB costs nothing until 64 MiB came */
-            c->pay_cap = 0;
-            if (_nixl_sc_grow_payload(a, c) != 0) {
-                _nixl_sc_drop(a, c, "out of memory");
-                return;
-            }
-            c->deadline = nixl_now_us() + (uint64_t)_nixl_sc_timeout_ms(a) * 1000u; /* proven: the full timeout */
-            c->stage = 2;
-        } else {
-            if (_nixl_sc_dispatch(a, c) != 0) {
-                _nixl_sc_drop(a, c, "malformed request");
-                return;
-            }
-            c->deadline = nixl_now_us() + (uint64_t)_nixl_sc_timeout_ms(a) * 1000u;
+        if ((why = _nixl_sc_part_done(a, c)) != NULL) {
+            _nixl_sc_drop(a, c, why);
+            return;
         }
     }
 }
 
-/* A connection must send its header and token within this (the shorter of
-   sc_timeout_ms and 1 s): idle connections cannot hold slots for long. */
+/* A connection must prove itself (HELLO, then a request header with the
+   right MAC) within this (the shorter of sc_timeout_ms and 1 s): idle
+   connections cannot hold slots for long. */
 static uint64_t _nixl_sc_unproven_us(nixl_agent_t *a) {
     uint64_t t = (uint64_t)_nixl_sc_timeout_ms(a) * 1000u;
     return t < 1000000u ? t : 1000000u;
 }
 
-/* Every slot is taken: close the oldest connection that has not yet sent
-   its header and token (stages 0 and 1) and hand its slot over. */
-static int _nixl_sc_evict_unproven(nixl_agent_t *a, _nixl_sc_conn *conns) {
+/* Closes the oldest unproven connection (of address ip, or of any when ip
+   is NULL) and returns its slot; NIXL_SC_MAX_CONNS when there is none. */
+static int _nixl_sc_evict_unproven(nixl_agent_t *a, _nixl_sc_conn *conns, const char *ip, const char *why) {
     int i, oldest = NIXL_SC_MAX_CONNS;
     for (i = 0; i < NIXL_SC_MAX_CONNS; i++)
-        if (conns[i].fd >= 0 && conns[i].stage < 2 && (oldest == NIXL_SC_MAX_CONNS || conns[i].opened < conns[oldest].opened))
+        if (conns[i].fd >= 0 && !conns[i].proven && (!ip || !strcmp(conns[i].ip, ip)) &&
+            (oldest == NIXL_SC_MAX_CONNS || conns[i].opened < conns[oldest].opened))
             oldest = i;
-    if (oldest < NIXL_SC_MAX_CONNS)
-        _nixl_sc_drop(a, &conns[oldest], "every slot is taken: the oldest connection that has not sent its request yet "
-                                          "makes room");
+    if (oldest < NIXL_SC_MAX_CONNS) _nixl_sc_drop(a, &conns[oldest], why);
     return oldest;
+}
+
+static size_t _nixl_sc_per_addr(const nixl_agent_t *a) {
+    size_t n = a->cfg.listen_conns_per_addr ? a->cfg.listen_conns_per_addr : 64;
+    return n < NIXL_SC_MAX_CONNS ? n : NIXL_SC_MAX_CONNS;
+}
+
+/* A free slot for a connection from ip: at most listen_conns_per_addr per
+   address and NIXL_SC_MAX_CONNS in all; beyond either, the oldest unproven
+   connection (of that address first) makes room. */
+static int _nixl_sc_slot_for(nixl_agent_t *a, _nixl_sc_conn *conns, const char *ip) {
+    size_t same = 0;
+    int i, free_slot = NIXL_SC_MAX_CONNS;
+    for (i = 0; i < NIXL_SC_MAX_CONNS; i++) {
+        if (conns[i].fd < 0) {
+            if (free_slot == NIXL_SC_MAX_CONNS) free_slot = i;
+        } else if (!strcmp(conns[i].ip, ip)) {
+            same++;
+        }
+    }
+    if (same >= _nixl_sc_per_addr(a))
+        return _nixl_sc_evict_unproven(a, conns, ip, "its address has listen_conns_per_addr connections open: the "
+                                                     "oldest that has not proven itself makes room");
+    if (free_slot < NIXL_SC_MAX_CONNS) return free_slot;
+    return _nixl_sc_evict_unproven(a, conns, NULL, "every slot is taken: the oldest connection that has not proven "
+                                                   "itself makes room");
 }
 
 static void _nixl_sc_accept(nixl_agent_t *a, _nixl_sc_conn *conns) {
@@ -3610,13 +4031,13 @@ static void _nixl_sc_accept(nixl_agent_t *a, _nixl_sc_conn *conns) {
     char ip[INET_ADDRSTRLEN];
     int i, fd = accept(a->sc_listen_fd, (struct sockaddr *)&sa, &sl);
     if (fd < 0) return;
-    for (i = 0; i < NIXL_SC_MAX_CONNS && conns[i].fd >= 0; i++) {
-    }
-    if (i == NIXL_SC_MAX_CONNS) i = _nixl_sc_evict_unproven(a, conns);
+    inet_ntop(AF_INET, &sa.sin_addr, ip, sizeof ip);
+    i = _nixl_sc_slot_for(a, conns, ip);
     if (i == NIXL_SC_MAX_CONNS || _nixl_sc_nonblock(fd) != 0) {
         close(fd);
         _nixl_lock(a);
-        _nixl_log(a, NIXL_LOG_WARN, "listener: refusing a connection: %d connections open", NIXL_SC_MAX_CONNS);
+        _nixl_log(a, NIXL_LOG_WARN, "listener: refusing a connection from %s: its address has %zu or all %d slots "
+                  "are taken by connections that proved themselves", ip, _nixl_sc_per_addr(a), NIXL_SC_MAX_CONNS);
         _nixl_unlock(a);
         return;
     }
@@ -3624,7 +4045,7 @@ static void _nixl_sc_accept(nixl_agent_t *a, _nixl_sc_conn *conns) {
     conns[i].fd = fd;
     conns[i].opened = nixl_now_us();
     conns[i].deadline = conns[i].opened + _nixl_sc_unproven_us(a);
-    inet_ntop(AF_INET, &sa.sin_addr, ip, sizeof ip);
+    memcpy(conns[i].ip, ip, sizeof ip);
     snprintf(conns[i].peer, sizeof conns[i].peer, "%s:%u", ip, (unsigned)ntohs(sa.sin_port));
 }
 
@@ -3650,7 +4071,7 @@ static void *_nixl_listener_main(void *arg) {
         for (i = 0; i < NIXL_SC_MAX_CONNS; i++) {
             if (conns[i].fd < 0) continue;
             pf[n].fd = conns[i].fd;
-            pf[n].events = conns[i].stage == 3 ? POLLOUT : POLLIN;
+            pf[n].events = conns[i].phase == 2 ? POLLOUT : POLLIN;
             map[n - 2] = i;
             n++;
         }
@@ -3671,6 +4092,21 @@ static void *_nixl_listener_main(void *arg) {
     return NULL;
 }
 
+/* Says once where the listener is and whether it authenticates: an
+   unauthenticated one reachable from other hosts is a warning. */
+static void _nixl_listener_announce(nixl_agent_t *a, const struct sockaddr_in *sa) {
+    char ip[INET_ADDRSTRLEN];
+    int local = (ntohl(sa->sin_addr.s_addr) >> 24) == 127;
+    inet_ntop(AF_INET, &sa->sin_addr, ip, sizeof ip);
+    if (a->token)
+        _nixl_log(a, NIXL_LOG_INFO, "listener: on %s:%u, authenticated (HMAC-SHA256 challenge-response)", ip,
+                  (unsigned)a->sc_port);
+    else
+        _nixl_log(a, local ? NIXL_LOG_INFO : NIXL_LOG_WARN,
+                  "listener: on %s:%u, UNAUTHENTICATED: whoever reaches it can push metadata under a name not yet "
+                  "loaded (set auth_token or NIXL_AUTH_TOKEN)", ip, (unsigned)a->sc_port);
+}
+
 static nixl_status_t _nixl_listener_start(nixl_agent_t *a, const char *addr) {
     struct sockaddr_in sa;
     socklen_t sl = sizeof sa;
@@ -3678,7 +4114,9 @@ static nixl_status_t _nixl_listener_start(nixl_agent_t *a, const char *addr) {
     memset(&sa, 0, sizeof sa);
     sa.sin_family = AF_INET;
     sa.sin_port = htons(a->cfg.listen_port);
-    sa.sin_addr.s_addr = htonl(INADDR_ANY);
+    /* without a secret anyone who reaches the port can push metadata under
+       any name: by default only this host can */
+    sa.sin_addr.s_addr = htonl(a->token ? INADDR_ANY : INADDR_LOOPBACK);
     if (addr && inet_pton(AF_INET, addr, &sa.sin_addr) != 1) {
         _nixl_log(a, NIXL_LOG_ERROR, "listener: listen_addr '%s' is not an IPv4 address", addr);
         return NIXL_ERR_INVALID_PARAM;
@@ -3688,11 +4126,12 @@ static nixl_status_t _nixl_listener_start(nixl_agent_t *a, const char *addr) {
         bind(a->sc_listen_fd, (struct sockaddr *)&sa, sizeof sa) != 0 || listen(a->sc_listen_fd, 128) != 0 ||
         _nixl_sc_nonblock(a->sc_listen_fd) != 0 ||
         getsockname(a->sc_listen_fd, (struct sockaddr *)&sa, &sl) != 0) {
-        _nixl_log(a, NIXL_LOG_ERROR, "listener: cannot listen on %s:%u: %s", addr ? addr : "0.0.0.0",
-                  (unsigned)a->cfg.listen_port, strerror(errno));
+        _nixl_log(a, NIXL_LOG_ERROR, "listener: cannot listen on %s:%u: %s",
+                  addr ? addr : a->token ? "0.0.0.0" : "127.0.0.1", (unsigned)a->cfg.listen_port, strerror(errno));
         return NIXL_ERR_BACKEND;
     }
     a->sc_port = ntohs(sa.sin_port);
+    _nixl_listener_announce(a, &sa);
     if (pipe(a->sc_wake) != 0) {
         a->sc_wake[0] = a->sc_wake[1] = -1;
         _nixl_log(a, NIXL_LOG_ERROR, "listener: pipe: %s", strerror(errno));

@@ -74,10 +74,24 @@ static int reg(nixl_agent_t *a, void *p, size_t n) {
     return nixl_register_mem(a, &l, NULL) == NIXL_SUCCESS;
 }
 
-/* raw TCP client for hostile frames */
-static int raw_connect(uint16_t port) {
+static void send_raw(int fd, const void *p, size_t n) {
+    if (n && send(fd, p, n, MSG_NOSIGNAL) < 0) perror("send");
+}
+
+/* raw TCP client for hostile frames, from source address src (any
+   127.x.y.z reaches the loopback listener; NULL = the kernel's choice) */
+static int raw_connect_from(const char *src, uint16_t port) {
     struct sockaddr_in sa;
     int fd = socket(AF_INET, SOCK_STREAM, 0);
+    if (src) {
+        memset(&sa, 0, sizeof sa);
+        sa.sin_family = AF_INET;
+        inet_pton(AF_INET, src, &sa.sin_addr);
+        if (bind(fd, (struct sockaddr *)&sa, sizeof sa) != 0) {
+            close(fd);
+            return -1;
+        }
+    }
     memset(&sa, 0, sizeof sa);
     sa.sin_family = AF_INET;
     sa.sin_port = htons(port);
@@ -87,6 +101,61 @@ static int raw_connect(uint16_t port) {
         return -1;
     }
     return fd;
+}
+
+static int raw_connect(uint16_t port) { return raw_connect_from(NULL, port); }
+
+static int recv_all(int fd, void *p, size_t n) {
+    unsigned char *b = (unsigned char *)p;
+    while (n) {
+        ssize_t k = recv(fd, b, n, 0);
+        if (k <= 0) return -1;
+        b += k;
+        n -= (size_t)k;
+    }
+    return 0;
+}
+
+/* A raw client's HELLO and the listener's CHALLENGE (not verified: an
+   attacker does not care): n gets both nonces. The fd, or -1. */
+static int raw_session(const char *src, uint16_t port, _nixl_sc_nonces *n) {
+    unsigned char h[NIXL_SC_HDR], buf[NIXL_SC_NONCE + 2 * NIXL_MAC_LEN];
+    unsigned cmd = 0;
+    size_t mac = 0, len = 0;
+    int fd = raw_connect_from(src, port);
+    if (fd < 0) return -1;
+    memset(n, 0, sizeof *n);
+    nt_fill(n->c, sizeof n->c, (unsigned)port);
+    _nixl_sc_put_header(h, NIXL_SC_HELLO, 0, NIXL_SC_NONCE);
+    send_raw(fd, h, sizeof h);
+    send_raw(fd, n->c, sizeof n->c);
+    if (recv_all(fd, h, sizeof h) != 0 || _nixl_sc_parse_header(h, &cmd, &mac, &len) || cmd != NIXL_SC_CHALLENGE ||
+        len != NIXL_SC_NONCE || recv_all(fd, buf, 2 * mac + len) != 0) {
+        close(fd);
+        return -1;
+    }
+    memcpy(n->s, buf + mac, NIXL_SC_NONCE);
+    return fd;
+}
+
+/* Sends one request framed as agent `as` would (its token, if any, keys the
+   MACs) and reads the reply: its status, or REMOTE_DISCONNECT when the
+   listener dropped the connection. */
+static nixl_status_t raw_request(nixl_agent_t *as, int fd, _nixl_sc_nonces *n, unsigned cmd, const void *p,
+                                 size_t len) {
+    size_t flen = 0;
+    unsigned char *f = _nixl_sc_frame(as, _NIXL_SC_C2S, n, cmd, p, len, &flen), *rep = NULL;
+    nixl_status_t st = NIXL_ERR_REMOTE_DISCONNECT;
+    size_t rlen = 0;
+    if (!f) return NIXL_ERR_BACKEND;
+    send_raw(fd, f, flen);
+    free(f);
+    if (!_nixl_sc_recv_frame(as, fd, n, NIXL_SC_REPLY, &rep, &rlen, nixl_now_us() + 3000000u) && rlen >= 4)
+        st = (nixl_status_t)(int32_t)((uint32_t)rep[0] | (uint32_t)rep[1] << 8 | (uint32_t)rep[2] << 16 |
+                                      (uint32_t)rep[3] << 24);
+    free(rep);
+    close(fd);
+    return st;
 }
 
 static void test_send_fetch_invalidate(void) {
@@ -137,10 +206,6 @@ static void test_send_fetch_invalidate(void) {
         CHECK_ST(nixl_send_local_md(ini, &dead), NIXL_ERR_REMOTE_DISCONNECT);
     }
     nixl_agent_destroy(ini);
-}
-
-static void send_raw(int fd, const void *p, size_t n) {
-    if (n && send(fd, p, n, MSG_NOSIGNAL) < 0) perror("send");
 }
 
 static void test_hostile_frames(void) {
@@ -197,9 +262,16 @@ static void test_hostile_frames_logged(void) {
     nixl_agent_t *tgt = mk("target", 1, NULL, 300);
     uint16_t port = nixl_agent_listen_port(tgt);
     unsigned char hdr[16];
+    _nixl_sc_nonces n;
     int fd;
     _nixl_sc_put_header(hdr, NIXL_SC_SEND_MD, 0, 1000);
     fd = raw_connect(port);
+    send_raw(fd, hdr, sizeof hdr);
+    usleep(150000);
+    close(fd);
+    CHECK(logged("no HELLO first"));
+    fd = raw_session(NULL, port, &n);
+    CHECK(fd >= 0);
     send_raw(fd, hdr, sizeof hdr);
     close(fd);
     usleep(150000);
@@ -225,7 +297,7 @@ static void test_auth_token(void) {
     nixl_agent_t *none = mk("anonymous", 0, NULL, 0);
     nixl_opt_args_t to_tgt = peer_of(tgt);
     CHECK_ST(nixl_send_local_md(bad, &to_tgt), NIXL_ERR_REMOTE_DISCONNECT);
-    CHECK(logged("wrong auth token"));
+    CHECK(logged("does not know our auth token"));
     CHECK_ST(nixl_send_local_md(none, &to_tgt), NIXL_ERR_REMOTE_DISCONNECT);
     CHECK_ST(nixl_check_remote_md(tgt, "stranger", NULL), NIXL_ERR_NOT_FOUND);
     CHECK_ST(nixl_check_remote_md(tgt, "anonymous", NULL), NIXL_ERR_NOT_FOUND);
@@ -329,7 +401,8 @@ static void test_declared_payload_not_allocated(void) {
     before = nt_rss_kib();
     _nixl_sc_put_header(hdr, NIXL_SC_SEND_MD, 0, NIXL_SC_MAX_PAYLOAD);
     for (i = 0; i < N; i++) {
-        fds[i] = raw_connect(to_tgt.port);
+        _nixl_sc_nonces n;
+        fds[i] = raw_session(NULL, to_tgt.port, &n);
         if (fds[i] >= 0) send_raw(fds[i], hdr, sizeof hdr);
     }
     usleep(300000);
@@ -380,6 +453,165 @@ out:
     nixl_agent_destroy(ini);
 }
 
+/* The token never crosses the wire, and a request recorded on one
+   connection is refused on the next (the listener's nonce differs). */
+static void test_token_not_sent_and_no_replay(void) {
+    static const char tok[] = "s3cret-never-on-the-wire";
+    nixl_agent_t *tgt = mk("target", 1, tok, 2000), *good = mk("friend", 0, tok, 0);
+    void *blob = NULL;
+    size_t len = 0, flen = 0;
+    unsigned char *frame = NULL;
+    _nixl_sc_nonces n1, n2;
+    int fd;
+    CHECK(tgt && good);
+    if (!tgt || !good) goto out;
+    CHECK_ST(nixl_get_local_md(good, &blob, &len), NIXL_SUCCESS);
+    fd = raw_session(NULL, nixl_agent_listen_port(tgt), &n1);
+    CHECK(fd >= 0);
+    frame = _nixl_sc_frame(good, _NIXL_SC_C2S, &n1, NIXL_SC_SEND_MD, blob, len, &flen);
+    CHECK(frame && !memmem(frame, flen, tok, strlen(tok)));
+    CHECK(!memmem(n1.c, sizeof n1.c, tok, strlen(tok)));
+    send_raw(fd, frame, flen); /* the genuine request, once: accepted */
+    {
+        unsigned char h[NIXL_SC_HDR];
+        CHECK(recv_all(fd, h, sizeof h) == 0 && h[6] == NIXL_SC_REPLY);
+    }
+    close(fd);
+    CHECK(wait_loaded(tgt, "friend", 1));
+    CHECK_ST(nixl_invalidate_remote_md(tgt, "friend"), NIXL_SUCCESS);
+    logged("");
+    /* the same bytes on a new connection: refused before the payload */
+    fd = raw_session(NULL, nixl_agent_listen_port(tgt), &n2);
+    CHECK(fd >= 0 && memcmp(n1.s, n2.s, sizeof n1.s) != 0);
+    send_raw(fd, frame, flen);
+    usleep(200000);
+    close(fd);
+    CHECK(logged("wrong auth token"));
+    CHECK_ST(nixl_check_remote_md(tgt, "friend", NULL), NIXL_ERR_NOT_FOUND);
+    /* the honest peer still gets through */
+    {
+        nixl_opt_args_t to = peer_of(tgt);
+        CHECK_ST(nixl_send_local_md(good, &to), NIXL_SUCCESS);
+        CHECK_ST(nixl_check_remote_md(tgt, "friend", NULL), NIXL_SUCCESS);
+    }
+out:
+    free(frame);
+    if (good) nixl_free_md(good, blob);
+    nixl_agent_destroy(tgt);
+    nixl_agent_destroy(good);
+}
+
+/* The attack: another agent of the same name pushes its metadata and
+   invalidates the real one's. */
+static void hijack_attempt(nixl_agent_t *tgt, nixl_agent_t *impostor, const char *src) {
+    void *blob = NULL;
+    size_t len = 0;
+    _nixl_sc_nonces n;
+    uint16_t port = nixl_agent_listen_port(tgt);
+    int fd;
+    CHECK_ST(nixl_get_local_md(impostor, &blob, &len), NIXL_SUCCESS);
+    fd = raw_session(src, port, &n);
+    CHECK(fd >= 0);
+    CHECKF(raw_request(impostor, fd, &n, NIXL_SC_SEND_MD, blob, len) != NIXL_SUCCESS, "push from %s accepted", src);
+    fd = raw_session(src, port, &n);
+    CHECK(fd >= 0);
+    CHECKF(raw_request(impostor, fd, &n, NIXL_SC_INVALIDATE, "prefill-0", 9) != NIXL_SUCCESS,
+           "invalidation from %s accepted", src);
+    nixl_free_md(impostor, blob);
+}
+
+/* Name hijack over the side channel, without and with a secret: the
+   impostor's push and invalidation fail, the real prefill-0 keeps working
+   (bytes checked) and can invalidate itself. */
+static void test_name_hijack(void) {
+    int with_token;
+    for (with_token = 0; with_token < 2; with_token++) {
+        const char *tok = with_token ? "k3y" : NULL;
+        nixl_agent_t *tgt = mk("decode", 1, tok, 2000), *real = mk("prefill-0", 0, tok, 0);
+        nixl_agent_t *fake = mk("prefill-0", 0, NULL, 0), *wrong = mk("prefill-0", 0, "guess", 0);
+        unsigned char src[512], dst[512], other[64];
+        nixl_opt_args_t to;
+        CHECK(tgt && real && fake && wrong);
+        if (!tgt || !real || !fake || !wrong) break;
+        to = peer_of(tgt);
+        nt_fill(src, sizeof src, 7);
+        CHECK(reg(tgt, src, sizeof src) && reg(real, dst, sizeof dst) && reg(fake, other, sizeof other) &&
+              reg(wrong, other, sizeof other));
+        if (with_token) { /* without the secret, not even first */
+            hijack_attempt(tgt, fake, "127.0.0.3");
+            hijack_attempt(tgt, wrong, "127.0.0.3");
+            CHECK(logged("wrong auth token") || seen("requires an auth token") || seen("no authentication"));
+            CHECK_ST(nixl_check_remote_md(tgt, "prefill-0", NULL), NIXL_ERR_NOT_FOUND);
+        }
+        CHECK_ST(nixl_send_local_md(real, &to), NIXL_SUCCESS);
+        hijack_attempt(tgt, fake, "127.0.0.3");
+        if (!with_token) CHECK(logged("a name belongs to the address that brought it"));
+        CHECK(transfer_ok(tgt, real, "prefill-0", src, dst, sizeof src));
+        CHECK_ST(nixl_invalidate_local_md(real, &to), NIXL_SUCCESS);
+        CHECK_ST(nixl_check_remote_md(tgt, "prefill-0", NULL), NIXL_ERR_NOT_FOUND);
+        nixl_agent_destroy(tgt);
+        nixl_agent_destroy(real);
+        nixl_agent_destroy(fake);
+        nixl_agent_destroy(wrong);
+    }
+}
+
+/* Without a secret the listener binds loopback unless told otherwise; with
+   one, every interface. */
+static void test_default_bind(void) {
+    int with_token;
+    for (with_token = 0; with_token < 2; with_token++) {
+        nixl_agent_config_t cfg;
+        nixl_agent_t *a = NULL;
+        struct sockaddr_in sa;
+        socklen_t sl = sizeof sa;
+        memset(&cfg, 0, sizeof cfg);
+        cfg.name = "binder";
+        cfg.listen_thread = 1;
+        cfg.auth_token = with_token ? "t" : NULL;
+        cfg.log_fn = capture_log;
+        CHECK_ST(nixl_agent_create(&cfg, &a), NIXL_SUCCESS);
+        if (!a) continue;
+        CHECK(getsockname(a->sc_listen_fd, (struct sockaddr *)&sa, &sl) == 0);
+        CHECKF(ntohl(sa.sin_addr.s_addr) == (with_token ? INADDR_ANY : INADDR_LOOPBACK), "bound 0x%x with%s token",
+               ntohl(sa.sin_addr.s_addr), with_token ? "" : "out");
+        nixl_agent_destroy(a);
+    }
+}
+
+/* Idle connections from one address take at most listen_conns_per_addr
+   slots: the oldest unproven of that address make room, and a peer from
+   another address is never locked out. */
+static void test_per_address_limit(void) {
+    enum { N = 12 };
+    nixl_agent_config_t cfg;
+    nixl_agent_t *tgt = NULL, *ini = mk("initiator", 0, NULL, 0);
+    nixl_backend_t *b;
+    nixl_opt_args_t to;
+    int fds[N], i;
+    memset(&cfg, 0, sizeof cfg);
+    cfg.name = "target";
+    cfg.listen_thread = 1;
+    cfg.listen_conns_per_addr = 4;
+    cfg.sc_timeout_ms = 20000;
+    cfg.log_fn = capture_log;
+    CHECK_ST(nixl_agent_create(&cfg, &tgt), NIXL_SUCCESS);
+    if (!tgt || !ini) goto out;
+    CHECK_ST(nixl_create_backend(tgt, &OPS, NULL, &b), NIXL_SUCCESS);
+    logged("");
+    for (i = 0; i < N; i++) fds[i] = raw_connect_from("127.0.0.4", nixl_agent_listen_port(tgt));
+    usleep(200000);
+    CHECK(seen("listen_conns_per_addr"));
+    to = peer_of(tgt);
+    CHECK_ST(nixl_fetch_remote_md(ini, "target", &to), NIXL_SUCCESS);
+    CHECK(wait_loaded(ini, "target", 1));
+    for (i = 0; i < N; i++)
+        if (fds[i] >= 0) close(fds[i]);
+out:
+    nixl_agent_destroy(tgt);
+    nixl_agent_destroy(ini);
+}
+
 int main(int argc, char **argv) {
     nt_init(argc, argv);
     OPS = tb_make_ops("LOOP", NIXL_MEM_BIT(NIXL_DRAM));
@@ -391,5 +623,9 @@ int main(int argc, char **argv) {
     NT_RUN(test_listener_config);
     NT_RUN(test_declared_payload_not_allocated);
     NT_RUN(test_idle_connections_evicted);
+    NT_RUN(test_token_not_sent_and_no_replay);
+    NT_RUN(test_name_hijack);
+    NT_RUN(test_default_bind);
+    NT_RUN(test_per_address_limit);
     return nt_finish();
 }
