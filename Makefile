@@ -128,8 +128,14 @@ tsan-core: $(B)/test_core_tsan
 tsan-metadata: $(B)/test_metadata_tsan
 	TSAN_OPTIONS=halt_on_error=1 $(B)/test_metadata_tsan
 
-test-ucx: $(B)/test_ucx $(EXAMPLES)
-	@tests/run-suite "ucx=tests/ucx_run.sh test" "ucx-examples=tests/run-examples UCX"
+test-ucx: $(B)/test_ucx $(B)/fuzz_ucx_wire $(EXAMPLES)
+	@tests/run-suite "ucx=tests/ucx_run.sh test" "ucx-examples=tests/run-examples UCX" \
+		"ucx-wire-fuzz=env NIXL_FUZZ_CASES=2000 $(B)/fuzz_ucx_wire"
+
+# mutations of real UCX worker addresses and packed keys, each in a child
+# process: the structure checks of nixl_ucx.h must leave zero aborts
+$(B)/fuzz_ucx_wire: tests/fuzz_ucx_wire.c nixl.h nixl_ucx.h | $(B)
+	$(CC) $(WARN) $(CFLAGS) -D_GNU_SOURCE -I. $< -o $@ -luct $(UCX_LIBS) $(LIBS)
 
 # the UCX suite under memcheck (tcp, posix; ~5 min)
 valgrind-ucx: $(B)/test_ucx

@@ -223,8 +223,19 @@ NIXL_API const nixl_backend_ops_t *nixl_ucx_backend(void);
 
 #define _NIXL_UCX_AM_ID 0x4e58u          /* "NX": notifications */
 #define _NIXL_UCX_AM_DATA_ID 0x4e59u     /* "NY": the checked data path */
-#define _NIXL_UCX_WIRE_VERSION 2u
-#define _NIXL_UCX_AM_NOTIF 1u            /* payload: notification bytes */
+#define _NIXL_UCX_WIRE_VERSION 3u
+/* notification-channel kinds (payload of _NIXL_UCX_AM_ID): u8 version, u8
+   kind, u16le name length (HELLO) or 0, then by kind */
+#define _NIXL_UCX_AM_NOTIF 1u            /* u64le session, then the notification bytes */
+#define _NIXL_UCX_AM_HELLO 2u            /* 16-byte nonce, then the sender's name: opens a session */
+#define _NIXL_UCX_AM_WELCOME 3u          /* nonce, u64le session (0 = refused), MAC with a secret */
+#define _NIXL_UCX_AM_PROOF 4u            /* u64le session, MAC: the sender knows the secret */
+#define _NIXL_UCX_NONCE 16u
+#define _NIXL_UCX_MAC 32u
+#define _NIXL_UCX_NOTIF_HDR 12u
+#define _NIXL_UCX_SESSION_WAIT_US 10000000u /* a sender's notifications wait this long for a session */
+#define _NIXL_UCX_HELLO_WAIT_US 30000000u   /* a HELLO waits this long for the sender's metadata */
+#define _NIXL_UCX_MAX_SESSIONS 4096u
 /* data-path message kinds (user header of _NIXL_UCX_AM_DATA_ID) */
 #define _NIXL_UCX_DP_WRITE 1u            /* data: bytes for [addr, addr+len) at the target */
 #define _NIXL_UCX_DP_READ_REQ 2u         /* no data: send me [addr, addr+len) */
@@ -273,7 +284,38 @@ typedef struct _nixl_ucx_conn {
     int close_wanted;       /* disconnected: close once nothing is pending */
     int closing;            /* ucp_ep_close_nbx was called */
     void *close_req;        /* its request, until complete */
+    /* our session at the peer: its notifications carry sess */
+    unsigned char nonce[_NIXL_UCX_NONCE];
+    uint64_t sess;
+    int sess_state;         /* _NIXL_UCX_SESS_* */
+    uint64_t hello_at;
+    struct _nixl_ucx_held *held, *held_tail; /* gen_notif messages waiting for the session */
 } _nixl_ucx_conn_t;
+
+enum { _NIXL_UCX_SESS_WAIT = 0, _NIXL_UCX_SESS_OPEN = 1, _NIXL_UCX_SESS_PROVE = 2, _NIXL_UCX_SESS_REFUSED = -1 };
+
+typedef struct _nixl_ucx_held {
+    struct _nixl_ucx_held *next;
+    unsigned char *buf;
+    size_t len;
+} _nixl_ucx_held_t;
+
+/* A peer's session at this agent (the receiver's side): a notification is
+   attributed to `name` only through an open session. */
+typedef struct _nixl_ucx_sess {
+    struct _nixl_ucx_sess *next;
+    uint64_t id;
+    int state;              /* _NIXL_UCX_RS_* */
+    int claimed;            /* open on the peer's word (notif_unverified=accept) */
+    uint64_t born;
+    unsigned char nonce[_NIXL_UCX_NONCE];
+    char name[256];
+} _nixl_ucx_sess_t;
+
+/* WAIT_MD: no secret, the sender's metadata not loaded yet; SEND: welcome
+   it through our own endpoint to the address in its metadata; PROOF: the
+   secret's proof is due */
+enum { _NIXL_UCX_RS_WAIT_MD, _NIXL_UCX_RS_SEND, _NIXL_UCX_RS_PROOF, _NIXL_UCX_RS_OPEN };
 
 /* Which process an agent runs in: on the same host (boot id and pid
    namespace equal), whether it is still alive can be read from /proc. */
@@ -433,6 +475,14 @@ struct _nixl_ucx_engine {
     _nixl_ucx_msg_t *msgs;
     int peer_failed;       /* some peer failed and is not reported yet */
     int destroying;
+    /* sessions: who sends our notifications */
+    _nixl_ucx_sess_t *sessions;
+    unsigned nsessions;
+    int sess_work;         /* a session or held message needs progress() */
+    uint64_t next_sess_check;
+    int notif_unverified;  /* accept a session on the peer's word (no secret, metadata not loaded) */
+    unsigned long dropped_notifs; /* without an open session */
+    uint64_t rkey_md_map;  /* memory domains a peer's packed key may name (ours for host memory) */
 };
 
 // >>helpers
@@ -492,16 +542,19 @@ static int _nixl_ucx_is_disconnect(ucs_status_t st) {
            st == UCS_ERR_IO_ERROR || st == UCS_ERR_TIMED_OUT;
 }
 
-/* The AM payload header: version, kind, u16le name length, name. */
+/* A notification's header: version, kind, 0, u64le session (set at send:
+   the session belongs to the endpoint it goes on). No name: the receiver
+   knows the sender by its session, never by what a message says. */
 static size_t _nixl_ucx_am_hdr_len(const _nixl_ucx_engine_t *eng) {
-    return 4 + eng->name_len;
+    (void)eng;
+    return _NIXL_UCX_NOTIF_HDR;
 }
 
 static void _nixl_ucx_am_hdr_write(const _nixl_ucx_engine_t *eng, unsigned char *p, unsigned kind) {
+    (void)eng;
+    memset(p, 0, _NIXL_UCX_NOTIF_HDR);
     p[0] = (unsigned char)_NIXL_UCX_WIRE_VERSION;
     p[1] = (unsigned char)kind;
-    _nixl_ucx_put_u16(p + 2, (unsigned)eng->name_len);
-    memcpy(p + 4, eng->name, eng->name_len);
 }
 
 // >>liveness
@@ -719,6 +772,13 @@ static nixl_status_t _nixl_ucx_choose_path(_nixl_ucx_engine_t *eng, const nixl_b
     nixl_status_t st = nixl_param_u64(init, "rndv_thresh", _NIXL_UCX_RNDV_THRESH, 0, 1u << 30, &th);
     if (st != NIXL_SUCCESS) return st;
     eng->rndv_thresh = (size_t)th;
+    v = nixl_param_get(init, "notif_unverified");
+    if (v && strcmp(v, "accept") != 0 && strcmp(v, "drop") != 0) {
+        nixl_backend_log(eng->be, NIXL_LOG_ERROR, "create: notif_unverified=%s: want accept or drop", v);
+        return NIXL_ERR_INVALID_PARAM;
+    }
+    eng->notif_unverified = v && strcmp(v, "accept") == 0;
+    v = nixl_param_get(init, "data_path");
     if (!v || strcmp(v, "auto") == 0) eng->rma = _nixl_ucx_auto_rma(init);
     else if (strcmp(v, "rma") == 0) eng->rma = 1;
     else if (strcmp(v, "am") == 0) eng->rma = 0;
@@ -741,14 +801,247 @@ static nixl_status_t _nixl_ucx_choose_path(_nixl_ucx_engine_t *eng, const nixl_b
 
 // >>am
 
-/* The notification handler, bounds-checked. */
+static void _nixl_ucx_am_param(ucp_request_param_t *prm, ucp_send_nbx_callback_t cb, void *user);
+static _nixl_ucx_peer_t *_nixl_ucx_peer_find(_nixl_ucx_engine_t *eng, const char *name);
+static void _nixl_ucx_conn_hello(_nixl_ucx_engine_t *eng, _nixl_ucx_conn_t *c);
+
+/* A small control message (HELLO, WELCOME, PROOF) in flight: UCX may send
+   it later (an endpoint still wiring up), so it owns a copy. */
+typedef struct {
+    _nixl_ucx_engine_t *eng;
+    unsigned char bytes[4 + _NIXL_UCX_NONCE + 8 + 256 + _NIXL_UCX_MAC];
+} _nixl_ucx_ctl_t;
+
+static void _nixl_ucx_ctl_sent_cb(void *request, ucs_status_t status, void *user_data) {
+    _nixl_ucx_ctl_t *m = (_nixl_ucx_ctl_t *)user_data;
+    (void)status;
+    ucp_request_free(request);
+    _nixl_ucx_free(m->eng, m);
+}
+
+static ucs_status_t _nixl_ucx_send_ctl(_nixl_ucx_engine_t *eng, ucp_ep_h ep, const unsigned char *msg, size_t len,
+                                       int want_reply) {
+    ucp_request_param_t prm;
+    ucs_status_ptr_t sp;
+    _nixl_ucx_ctl_t *m = (_nixl_ucx_ctl_t *)_nixl_ucx_alloc(eng, sizeof *m);
+    if (!m || len > sizeof m->bytes) {
+        _nixl_ucx_free(eng, m);
+        return UCS_ERR_NO_MEMORY;
+    }
+    m->eng = eng;
+    memcpy(m->bytes, msg, len);
+    _nixl_ucx_am_param(&prm, _nixl_ucx_ctl_sent_cb, m);
+    if (want_reply) prm.flags |= UCP_AM_SEND_FLAG_REPLY;
+    sp = ucp_am_send_nbx(ep, _NIXL_UCX_AM_ID, NULL, 0, m->bytes, len, &prm);
+    if (sp == NULL || UCS_PTR_IS_ERR(sp)) _nixl_ucx_free(eng, m);
+    return UCS_PTR_IS_ERR(sp) ? UCS_PTR_STATUS(sp) : UCS_OK;
+}
+
+/* The MAC of a WELCOME (the receiver proves itself to the sender) or a
+   PROOF (the sender proves itself): over the sender's nonce, the session,
+   both names, and which of the two it is. */
+static int _nixl_ucx_sess_mac(_nixl_ucx_engine_t *eng, unsigned kind, const unsigned char *nonce, uint64_t sess,
+                              const char *from, const char *to, unsigned char mac[_NIXL_UCX_MAC]) {
+    unsigned char m[8 + _NIXL_UCX_NONCE + 8 + 2 * 256];
+    size_t fl = strlen(from), tl = strlen(to), len = 0;
+    if (fl > 255 || tl > 255) return -1;
+    memcpy(m, "NXUCX", 5);
+    m[5] = (unsigned char)_NIXL_UCX_WIRE_VERSION;
+    m[6] = (unsigned char)kind;
+    m[7] = 0;
+    len = 8;
+    memcpy(m + len, nonce, _NIXL_UCX_NONCE);
+    len += _NIXL_UCX_NONCE;
+    _nixl_ucx_put_u64(m + len, sess);
+    len += 8;
+    memcpy(m + len, from, fl + 1);
+    len += fl + 1;
+    memcpy(m + len, to, tl + 1);
+    len += tl + 1;
+    return nixl_backend_auth_mac(eng->be, m, len, mac) == NIXL_SUCCESS ? 0 : -1;
+}
+
+static int _nixl_ucx_sess_mac_ok(_nixl_ucx_engine_t *eng, unsigned kind, const unsigned char *nonce, uint64_t sess,
+                                 const char *from, const char *to, const unsigned char *mac) {
+    unsigned char want[_NIXL_UCX_MAC];
+    unsigned diff = 0, i;
+    if (_nixl_ucx_sess_mac(eng, kind, nonce, sess, from, to, want) != 0) return 0;
+    for (i = 0; i < _NIXL_UCX_MAC; i++) diff |= (unsigned)(want[i] ^ mac[i]);
+    return diff == 0;
+}
+
+static uint64_t _nixl_ucx_random(_nixl_ucx_engine_t *eng);
+
+/* WELCOME: nonce, session (0: refused), and the MAC with a secret. */
+static ucs_status_t _nixl_ucx_send_welcome(_nixl_ucx_engine_t *eng, ucp_ep_h ep, const _nixl_ucx_sess_t *s,
+                                           uint64_t id) {
+    unsigned char m[4 + _NIXL_UCX_NONCE + 8 + _NIXL_UCX_MAC];
+    size_t len = 4 + _NIXL_UCX_NONCE + 8;
+    memset(m, 0, sizeof m);
+    m[0] = (unsigned char)_NIXL_UCX_WIRE_VERSION;
+    m[1] = (unsigned char)_NIXL_UCX_AM_WELCOME;
+    memcpy(m + 4, s->nonce, _NIXL_UCX_NONCE);
+    _nixl_ucx_put_u64(m + 4 + _NIXL_UCX_NONCE, id);
+    if (nixl_backend_auth_on(eng->be)) {
+        if (_nixl_ucx_sess_mac(eng, _NIXL_UCX_AM_WELCOME, s->nonce, id, eng->name, s->name, m + len) != 0)
+            return UCS_ERR_NO_MEMORY;
+        len += _NIXL_UCX_MAC;
+    }
+    return _nixl_ucx_send_ctl(eng, ep, m, len, 0);
+}
+
+static void _nixl_ucx_sess_drop(_nixl_ucx_engine_t *eng, _nixl_ucx_sess_t *s) {
+    _nixl_ucx_sess_t **pp = &eng->sessions;
+    while (*pp && *pp != s) pp = &(*pp)->next;
+    if (!*pp) return;
+    *pp = s->next;
+    eng->nsessions--;
+    _nixl_ucx_free(eng, s);
+}
+
+/* Room for one more session: past the limit the oldest that is not open
+   goes (a flood of HELLOs cannot push out proven peers), else the oldest. */
+static int _nixl_ucx_sess_room(_nixl_ucx_engine_t *eng) {
+    _nixl_ucx_sess_t *s, *victim = NULL;
+    if (eng->nsessions < _NIXL_UCX_MAX_SESSIONS) return 1;
+    for (s = eng->sessions; s; s = s->next)
+        if (s->state != _NIXL_UCX_RS_OPEN && (!victim || s->born < victim->born)) victim = s;
+    if (!victim)
+        for (s = eng->sessions; s; s = s->next)
+            if (!victim || s->born < victim->born) victim = s;
+    if (!victim) return 0;
+    nixl_backend_log(eng->be, NIXL_LOG_WARN, "session: %u sessions: the oldest (%s, %s) makes room",
+                     eng->nsessions, victim->name, victim->state == _NIXL_UCX_RS_OPEN ? "open" : "unproven");
+    _nixl_ucx_sess_drop(eng, victim);
+    return 1;
+}
+
+/* A HELLO: someone calling itself `name` opens a session. With a secret we
+   welcome it on its reply endpoint and wait for its proof. Without one,
+   only the process at the address in name's loaded metadata may hold the
+   session: the WELCOME goes there, through our own endpoint (from
+   progress()), and an impostor never learns the session id. */
+static void _nixl_ucx_on_hello(_nixl_ucx_engine_t *eng, const unsigned char *p, size_t len,
+                               const ucp_am_recv_param_t *param) {
+    _nixl_ucx_sess_t *s;
+    size_t nl = _nixl_ucx_get_u16(p + 2);
+    ucp_ep_h reply = (param->recv_attr & UCP_AM_RECV_ATTR_FIELD_REPLY_EP) ? param->reply_ep : NULL;
+    if (len != 4 + _NIXL_UCX_NONCE + nl || nl == 0 || nl > 255 || memchr(p + 4 + _NIXL_UCX_NONCE, 0, nl)) {
+        nixl_backend_log(eng->be, NIXL_LOG_WARN, "session: malformed HELLO (%zu bytes), dropped", len);
+        return;
+    }
+    if (!_nixl_ucx_sess_room(eng) || !(s = (_nixl_ucx_sess_t *)_nixl_ucx_alloc(eng, sizeof *s))) return;
+    memcpy(s->nonce, p + 4, _NIXL_UCX_NONCE);
+    memcpy(s->name, p + 4 + _NIXL_UCX_NONCE, nl);
+    s->name[nl] = '\0';
+    s->born = nixl_now_us();
+    s->id = _nixl_ucx_random(eng) | 1u; /* never 0: 0 means refused */
+    s->next = eng->sessions;
+    eng->sessions = s;
+    eng->nsessions++;
+    if (nixl_backend_auth_on(eng->be)) {
+        s->state = _NIXL_UCX_RS_PROOF;
+        if (!reply || _nixl_ucx_send_welcome(eng, reply, s, s->id) != UCS_OK) _nixl_ucx_sess_drop(eng, s);
+        return;
+    }
+    if (eng->notif_unverified && !_nixl_ucx_peer_find(eng, s->name) && reply &&
+        _nixl_ucx_send_welcome(eng, reply, s, s->id) == UCS_OK) {
+        s->state = _NIXL_UCX_RS_OPEN;
+        s->claimed = 1;
+        nixl_backend_log(eng->be, NIXL_LOG_WARN, "session: notifications from a peer calling itself '%s' are "
+                         "attributed on its word (notif_unverified=accept, its metadata is not loaded, no auth "
+                         "token)", s->name);
+        return;
+    }
+    s->state = _NIXL_UCX_RS_WAIT_MD; /* progress() sends the WELCOME once its metadata is here */
+    eng->sess_work = 1;
+}
+
+static _nixl_ucx_conn_t *_nixl_ucx_conn_by_nonce(_nixl_ucx_engine_t *eng, const unsigned char *nonce) {
+    _nixl_ucx_conn_t *c;
+    for (c = eng->conns; c; c = c->next)
+        if (c->peer && c->sess_state == _NIXL_UCX_SESS_WAIT && !memcmp(c->nonce, nonce, _NIXL_UCX_NONCE)) return c;
+    return NULL;
+}
+
+/* A WELCOME for one of our HELLOs (the sender's side). */
+static void _nixl_ucx_on_welcome(_nixl_ucx_engine_t *eng, const unsigned char *p, size_t len) {
+    int auth = nixl_backend_auth_on(eng->be);
+    size_t want = 4 + _NIXL_UCX_NONCE + 8 + (auth ? _NIXL_UCX_MAC : 0);
+    _nixl_ucx_conn_t *c;
+    uint64_t id;
+    if (len != want && len != 4 + _NIXL_UCX_NONCE + 8) {
+        nixl_backend_log(eng->be, NIXL_LOG_WARN, "session: malformed WELCOME (%zu bytes), dropped", len);
+        return;
+    }
+    c = _nixl_ucx_conn_by_nonce(eng, p + 4);
+    if (!c) return; /* not ours, or already answered: a replay */
+    id = _nixl_ucx_get_u64(p + 4 + _NIXL_UCX_NONCE);
+    if (auth && (len != want || !_nixl_ucx_sess_mac_ok(eng, _NIXL_UCX_AM_WELCOME, c->nonce, id, c->peer->name,
+                                                         eng->name, p + 4 + _NIXL_UCX_NONCE + 8))) {
+        nixl_backend_log(eng->be, NIXL_LOG_WARN, "session: a WELCOME in the name of %s does not carry the right "
+                         "MAC (an impostor, or a different auth token): ignored", c->peer->name);
+        return;
+    }
+    if (id == 0) {
+        c->sess_state = _NIXL_UCX_SESS_REFUSED;
+        nixl_backend_log(eng->be, NIXL_LOG_ERROR, "session: %s refused our notifications", c->peer->name);
+    } else {
+        c->sess = id;
+        c->sess_state = auth ? _NIXL_UCX_SESS_PROVE : _NIXL_UCX_SESS_OPEN;
+    }
+    eng->sess_work = 1; /* progress() sends the proof and what was held */
+}
+
+static _nixl_ucx_sess_t *_nixl_ucx_sess_find(_nixl_ucx_engine_t *eng, uint64_t id) {
+    _nixl_ucx_sess_t *s;
+    for (s = eng->sessions; s; s = s->next)
+        if (s->id == id) return s;
+    return NULL;
+}
+
+/* A PROOF: the sender of session id knows the secret. */
+static void _nixl_ucx_on_proof(_nixl_ucx_engine_t *eng, const unsigned char *p, size_t len) {
+    _nixl_ucx_sess_t *s;
+    if (len != 4 + 8 + _NIXL_UCX_MAC) {
+        nixl_backend_log(eng->be, NIXL_LOG_WARN, "session: malformed PROOF (%zu bytes), dropped", len);
+        return;
+    }
+    s = _nixl_ucx_sess_find(eng, _nixl_ucx_get_u64(p + 4));
+    if (!s || s->state != _NIXL_UCX_RS_PROOF) return;
+    if (!_nixl_ucx_sess_mac_ok(eng, _NIXL_UCX_AM_PROOF, s->nonce, s->id, s->name, eng->name, p + 12)) {
+        nixl_backend_log(eng->be, NIXL_LOG_WARN, "session: a peer calling itself '%s' failed to prove it knows the "
+                         "auth token: session closed", s->name);
+        _nixl_ucx_sess_drop(eng, s);
+        return;
+    }
+    s->state = _NIXL_UCX_RS_OPEN;
+}
+
+/* A notification: delivered under the name its session proved. */
+static void _nixl_ucx_on_notif(_nixl_ucx_engine_t *eng, const unsigned char *p, size_t len) {
+    _nixl_ucx_sess_t *s = len >= _NIXL_UCX_NOTIF_HDR ? _nixl_ucx_sess_find(eng, _nixl_ucx_get_u64(p + 4)) : NULL;
+    len -= len >= _NIXL_UCX_NOTIF_HDR ? _NIXL_UCX_NOTIF_HDR : len;
+    if (!s || s->state != _NIXL_UCX_RS_OPEN) {
+        unsigned long n = ++eng->dropped_notifs;
+        if ((n & (n - 1)) == 0) /* the 1st, 2nd, 4th, ...: a flood does not flood the log */
+            nixl_backend_log(eng->be, NIXL_LOG_WARN, "am: a notification of %zu bytes with no open session (forged, "
+                             "or from a peer that never proved who it is): dropped (%lu so far)", len, n);
+        return;
+    }
+    if (len > NIXL_UCX_MAX_NOTIF) { /* the receiver enforces the limit, not only senders */
+        nixl_backend_log(eng->be, NIXL_LOG_WARN, "am: notification of %zu bytes from %s exceeds NIXL_UCX_MAX_NOTIF "
+                         "(%u): dropped", len, s->name, (unsigned)NIXL_UCX_MAX_NOTIF);
+        return;
+    }
+    nixl_backend_notif(eng->be, s->name, p + _NIXL_UCX_NOTIF_HDR, len);
+}
+
+/* The notification channel's handler: every message checked. */
 static ucs_status_t _nixl_ucx_am_cb(void *arg, const void *header, size_t header_length, void *data,
                                     size_t length, const ucp_am_recv_param_t *param) {
     _nixl_ucx_engine_t *eng = (_nixl_ucx_engine_t *)arg;
     const unsigned char *p = (const unsigned char *)data;
-    char sender[256];
-    size_t nlen;
-    unsigned kind;
     (void)header;
     (void)header_length;
     if (eng->destroying) return UCS_OK;
@@ -762,26 +1055,13 @@ static ucs_status_t _nixl_ucx_am_cb(void *arg, const void *header, size_t header
                          length ? (unsigned)p[0] : 0u);
         return UCS_OK;
     }
-    kind = p[1];
-    nlen = _nixl_ucx_get_u16(p + 2);
-    if (nlen == 0 || nlen >= sizeof sender || 4 + nlen > length) {
-        nixl_backend_log(eng->be, NIXL_LOG_WARN, "am: bad sender name length %zu in %zu bytes, dropped", nlen,
-                         length);
-        return UCS_OK;
+    switch (p[1]) {
+    case _NIXL_UCX_AM_NOTIF: _nixl_ucx_on_notif(eng, p, length); break;
+    case _NIXL_UCX_AM_HELLO: _nixl_ucx_on_hello(eng, p, length, param); break;
+    case _NIXL_UCX_AM_WELCOME: _nixl_ucx_on_welcome(eng, p, length); break;
+    case _NIXL_UCX_AM_PROOF: _nixl_ucx_on_proof(eng, p, length); break;
+    default: nixl_backend_log(eng->be, NIXL_LOG_WARN, "am: unknown kind %u, dropped", (unsigned)p[1]);
     }
-    memcpy(sender, p + 4, nlen);
-    sender[nlen] = '\0';
-    p += 4 + nlen;
-    length -= 4 + nlen;
-    if (length > NIXL_UCX_MAX_NOTIF) { /* the receiver enforces the limit, not only senders */
-        nixl_backend_log(eng->be, NIXL_LOG_WARN, "am: notification of %zu bytes from a peer naming itself %s "
-                         "exceeds NIXL_UCX_MAX_NOTIF (%u): dropped", length, sender, (unsigned)NIXL_UCX_MAX_NOTIF);
-        return UCS_OK;
-    }
-    if (kind == _NIXL_UCX_AM_NOTIF)
-        nixl_backend_notif(eng->be, sender, p, length);
-    else
-        nixl_backend_log(eng->be, NIXL_LOG_WARN, "am: unknown kind %u from %s, dropped", kind, sender);
     return UCS_OK;
 }
 
@@ -865,14 +1145,621 @@ static nixl_status_t _nixl_ucx_send_msg(_nixl_ucx_engine_t *eng, _nixl_ucx_conn_
     return _nixl_ucx_send_msg_on(eng, c, _NIXL_UCX_AM_ID, NULL, 0, buf, len, what);
 }
 
-/* A first message on a new endpoint, so that UCX wires it up now, while the
-   peer is known alive: UCX 1.13 watches an endpoint (keepalive) only once it
-   is wired up, and one whose first message goes to a dead peer would wait
-   forever on shared memory. The peer's handler ignores it. */
+/* Sends a gen_notif message now that c's session is open (takes buf). */
+static nixl_status_t _nixl_ucx_send_notif_msg(_nixl_ucx_engine_t *eng, _nixl_ucx_conn_t *c, unsigned char *buf,
+                                              size_t len) {
+    _nixl_ucx_put_u64(buf + 4, c->sess);
+    return _nixl_ucx_send_msg(eng, c, buf, len, "gen_notif");
+}
+
+static void _nixl_ucx_flush_held(_nixl_ucx_engine_t *eng, _nixl_ucx_conn_t *c) {
+    while (c->held) {
+        _nixl_ucx_held_t *h = c->held;
+        c->held = h->next;
+        if (!c->held) c->held_tail = NULL;
+        _nixl_ucx_send_notif_msg(eng, c, h->buf, h->len);
+        _nixl_ucx_free(eng, h);
+    }
+}
+
+static void _nixl_ucx_drop_held(_nixl_ucx_engine_t *eng, _nixl_ucx_conn_t *c, const char *why) {
+    unsigned n = 0;
+    while (c->held) {
+        _nixl_ucx_held_t *h = c->held;
+        c->held = h->next;
+        _nixl_ucx_free(eng, h->buf);
+        _nixl_ucx_free(eng, h);
+        n++;
+    }
+    c->held_tail = NULL;
+    if (n)
+        nixl_backend_log(eng->be, NIXL_LOG_ERROR, "gen_notif: %u notification(s) to %s dropped: %s", n,
+                         c->peer ? c->peer->name : "?", why);
+}
+
+/* Whether c can carry a notification now: 1 open, 0 wait (a new HELLO goes
+   out when the last one went unanswered too long), -1 never. */
+static int _nixl_ucx_sess_ready(_nixl_ucx_engine_t *eng, _nixl_ucx_conn_t *c, int rehello) {
+    if (c->sess_state == _NIXL_UCX_SESS_OPEN) return 1;
+    if (c->sess_state == _NIXL_UCX_SESS_REFUSED) return -1;
+    if (rehello && c->sess_state == _NIXL_UCX_SESS_WAIT && nixl_now_us() - c->hello_at > _NIXL_UCX_SESSION_WAIT_US)
+        _nixl_ucx_conn_hello(eng, c);
+    eng->sess_work = 1;
+    return 0;
+}
+
+/* A first message on a new endpoint: it opens our session at the peer, and
+   UCX wires the endpoint up now, while the peer is known alive (UCX 1.13
+   watches an endpoint, keepalive, only once it is wired up, and one whose
+   first message goes to a dead peer would wait forever on shared memory). */
 static void _nixl_ucx_conn_hello(_nixl_ucx_engine_t *eng, _nixl_ucx_conn_t *c) {
-    static const unsigned char hello[_NIXL_UCX_DP_HDR] = {(unsigned char)_NIXL_UCX_WIRE_VERSION,
-                                                          (unsigned char)_NIXL_UCX_DP_HELLO};
-    _nixl_ucx_send_msg_on(eng, c, _NIXL_UCX_AM_DATA_ID, hello, sizeof hello, NULL, 0, "connect: hello");
+    unsigned char m[4 + _NIXL_UCX_NONCE + 256];
+    c->hello_at = nixl_now_us();
+    if (nixl_random_bytes(c->nonce, sizeof c->nonce) != 0) {
+        c->sess_state = _NIXL_UCX_SESS_REFUSED;
+        nixl_backend_log(eng->be, NIXL_LOG_ERROR, "connect: getrandom failed: no session, no notifications");
+        return;
+    }
+    m[0] = (unsigned char)_NIXL_UCX_WIRE_VERSION;
+    m[1] = (unsigned char)_NIXL_UCX_AM_HELLO;
+    _nixl_ucx_put_u16(m + 2, (unsigned)eng->name_len);
+    memcpy(m + 4, c->nonce, _NIXL_UCX_NONCE);
+    memcpy(m + 4 + _NIXL_UCX_NONCE, eng->name, eng->name_len);
+    if (_nixl_ucx_send_ctl(eng, c->ep, m, 4 + _NIXL_UCX_NONCE + eng->name_len, 1) != UCS_OK)
+        nixl_backend_log(eng->be, NIXL_LOG_WARN, "connect: HELLO to %s not sent", c->peer ? c->peer->name : "?");
+}
+
+/* What a session needs from progress(), both sides (at most every 100 ms
+   unless a handler flagged work). */
+static void _nixl_ucx_flush_held(_nixl_ucx_engine_t *eng, _nixl_ucx_conn_t *c);
+static void _nixl_ucx_drop_held(_nixl_ucx_engine_t *eng, _nixl_ucx_conn_t *c, const char *why);
+static nixl_status_t _nixl_ucx_peer_connect(_nixl_ucx_engine_t *eng, _nixl_ucx_peer_t *peer, const char *what);
+
+static void _nixl_ucx_sessions_receiver(_nixl_ucx_engine_t *eng, uint64_t now) {
+    _nixl_ucx_sess_t *s, *next;
+    for (s = eng->sessions; s; s = next) {
+        _nixl_ucx_peer_t *p;
+        next = s->next;
+        if (s->state == _NIXL_UCX_RS_OPEN) continue;
+        if (now - s->born > _NIXL_UCX_HELLO_WAIT_US) {
+            nixl_backend_log(eng->be, NIXL_LOG_WARN, "session: a peer calling itself '%s' %s within %u s: dropped",
+                             s->name, s->state == _NIXL_UCX_RS_PROOF ? "did not prove it knows the auth token"
+                             : "could not be verified (no auth token, and its metadata was not loaded)",
+                             _NIXL_UCX_HELLO_WAIT_US / 1000000u);
+            _nixl_ucx_sess_drop(eng, s);
+            continue;
+        }
+        if (s->state != _NIXL_UCX_RS_WAIT_MD) continue;
+        p = _nixl_ucx_peer_find(eng, s->name);
+        if (!p || p->failed) continue;
+        /* through our endpoint to its address: only the real one hears it */
+        if (_nixl_ucx_peer_connect(eng, p, "session") != NIXL_SUCCESS ||
+            _nixl_ucx_send_welcome(eng, p->conns[0]->ep, s, s->id) != UCS_OK) {
+            _nixl_ucx_sess_drop(eng, s);
+            continue;
+        }
+        s->state = _NIXL_UCX_RS_OPEN;
+    }
+}
+
+static void _nixl_ucx_sessions_sender(_nixl_ucx_engine_t *eng, uint64_t now) {
+    _nixl_ucx_conn_t *c;
+    for (c = eng->conns; c; c = c->next) {
+        if (!c->peer || c->close_wanted) continue;
+        if (c->sess_state == _NIXL_UCX_SESS_PROVE) {
+            unsigned char m[4 + 8 + _NIXL_UCX_MAC];
+            memset(m, 0, sizeof m);
+            m[0] = (unsigned char)_NIXL_UCX_WIRE_VERSION;
+            m[1] = (unsigned char)_NIXL_UCX_AM_PROOF;
+            _nixl_ucx_put_u64(m + 4, c->sess);
+            if (_nixl_ucx_sess_mac(eng, _NIXL_UCX_AM_PROOF, c->nonce, c->sess, eng->name, c->peer->name, m + 12) != 0 ||
+                _nixl_ucx_send_ctl(eng, c->ep, m, sizeof m, 0) != UCS_OK) {
+                c->sess_state = _NIXL_UCX_SESS_REFUSED;
+                nixl_backend_log(eng->be, NIXL_LOG_ERROR, "session: PROOF to %s not sent", c->peer->name);
+            } else {
+                c->sess_state = _NIXL_UCX_SESS_OPEN; /* the proof goes first on this endpoint: UCX keeps order */
+            }
+        }
+        if (c->sess_state == _NIXL_UCX_SESS_WAIT && c->held && now - c->hello_at > _NIXL_UCX_SESSION_WAIT_US) {
+            c->sess_state = _NIXL_UCX_SESS_REFUSED;
+            nixl_backend_log(eng->be, NIXL_LOG_ERROR, "session: %s did not accept us within %u s (without an auth "
+                             "token it must have loaded our metadata)", c->peer->name,
+                             _NIXL_UCX_SESSION_WAIT_US / 1000000u);
+        }
+        if (c->sess_state == _NIXL_UCX_SESS_OPEN) _nixl_ucx_flush_held(eng, c);
+        else if (c->sess_state == _NIXL_UCX_SESS_REFUSED) _nixl_ucx_drop_held(eng, c, "no session at the peer");
+    }
+}
+
+static int _nixl_ucx_sessions_progress(_nixl_ucx_engine_t *eng) {
+    uint64_t now = nixl_now_us();
+    if (!eng->sess_work && now < eng->next_sess_check) return 0;
+    eng->sess_work = 0;
+    eng->next_sess_check = now + _NIXL_UCX_WATCH_US;
+    _nixl_ucx_sessions_receiver(eng, now);
+    _nixl_ucx_sessions_sender(eng, now);
+    return 1;
+}
+
+// >>wire checks (a peer's UCX address and packed keys, before UCX sees them)
+
+/* ucp_ep_create and ucp_ep_rkey_unpack take no length: they walk a peer's
+   bytes by the lengths and flags stored inside, and some fields are checked
+   only by assertions (abort). These checks walk the same layouts (UCX 1.13,
+   as its packers write them; verified against 1.13.1) with an explicit end
+   and refuse anything that would make UCX read past the received bytes,
+   trip an assertion, or take a path its packer never produces.
+   tests/fuzz_ucx_wire.c mutates real addresses and keys and runs each case
+   in a child process: zero aborts with these checks, about half of the
+   cases abort without them. */
+/* Helpers may be unused by a given includer; keep -Wunused-function quiet. */
+#if defined(__GNUC__)
+#define _NIXL_UCX_MAYBE_UNUSED __attribute__((unused))
+#else
+#define _NIXL_UCX_MAYBE_UNUSED
+#endif
+
+/* ---- worker address ---------------------------------------------------- */
+
+/* Low nibble of the first byte.  1.13 writes 0 (default, UCX_ADDRESS_VERSION
+ * =v1) or 1 (UCX_ADDRESS_VERSION=v2); it aborts (ucs_assertv_always) on any
+ * other value, so anything else must never reach ucp_ep_create. */
+#define _NIXL_UCXA_VER_V1            0u
+#define _NIXL_UCXA_VER_V2            1u
+
+/* Header flags (v1: high nibble of byte 0, v2: whole byte 1). */
+#define _NIXL_UCXA_HDR_DEBUG_INFO    0x01u /* worker name string follows */
+#define _NIXL_UCXA_HDR_UUID          0x02u /* 64-bit worker uuid follows */
+#define _NIXL_UCXA_HDR_CLIENT_ID     0x04u /* 64-bit client id follows */
+#define _NIXL_UCXA_HDR_AM_ONLY       0x08u /* wireup-only, never from get_address */
+
+/* Per-device / per-iface flag bits. */
+#define _NIXL_UCXA_LAST              0x80u /* last device / last iface */
+#define _NIXL_UCXA_MD_EMPTY_DEV      0x80u /* device with no ifaces */
+#define _NIXL_UCXA_DEV_NUM_PATHS     0x40u /* extra byte: number of paths */
+#define _NIXL_UCXA_DEV_SYS_DEVICE    0x20u /* extra byte: system device id */
+#define _NIXL_UCXA_IF_HAS_EP_ADDR    0x40u /* ep addresses follow iface addr */
+
+#define _NIXL_UCXA_MD_MASK_V1        0x1fu /* 0x40/0x20 are alloc/reg flags */
+#define _NIXL_UCXA_MD_MASK_V2        0x7fu /* 0x7f = "real value in next byte" */
+#define _NIXL_UCXA_DEV_LEN_MASK      0x1fu
+#define _NIXL_UCXA_IF_LEN_MASK       0x3fu
+
+#define _NIXL_UCXA_NULL_RESOURCE     0xffu /* address with no devices at all */
+
+/* UCX keeps 64-bit md maps; an md index >= 64 becomes an out-of-range shift
+ * and an out-of-bounds index into per-md tables on the receiving side. */
+#define _NIXL_UCXA_MAX_MD            64u
+/* UCX 1.13 stops unpacking at UCP_MAX_RESOURCES (128) ifaces; never accept
+ * more devices/ifaces than that. */
+#define _NIXL_UCXA_MAX_IFACES        128u
+
+/* Size of the packed iface attributes that follow the tl name checksum
+ * (non-unified mode, no TL_RSC_IDX byte: that is what ucp_ep_create unpacks
+ * with). v1: float overhead, float bandwidth, float lat_ovh, u32 prio|flags.
+ * v2: fp8 overhead, fp8 bandwidth, fp8 latency, u8 prio, u16 seg, u16 flags. */
+#define _NIXL_UCXA_ATTR_V1_SIZE      16u
+#define _NIXL_UCXA_ATTR_V2_SIZE      8u
+
+/* crc16 of the transport names (ucs_crc16_string), as stored in each iface
+ * entry.  Used to check that the device/iface address lengths match what
+ * the transport's is_reachable/connect code will read: those functions take
+ * no length either, so a short final address would be read past its end. */
+#define _NIXL_UCXA_TL_SELF           0x7563u
+#define _NIXL_UCXA_TL_TCP            0x19cfu
+#define _NIXL_UCXA_TL_POSIX          0xd3a7u
+#define _NIXL_UCXA_TL_SYSV           0x538du
+#define _NIXL_UCXA_TL_CMA            0x8b47u
+
+static uint32_t _nixl_ucx_rd32le(const uint8_t *p)
+{
+    return (uint32_t)p[0] | ((uint32_t)p[1] << 8) | ((uint32_t)p[2] << 16) |
+           ((uint32_t)p[3] << 24);
+}
+
+/* IEEE-754 single: exponent all-ones means inf/NaN.  NaN or inf in the
+ * performance attributes poisons UCX's lane scoring, so reject them. */
+static int _nixl_ucx_f32_finite(uint32_t bits)
+{
+    return ((bits >> 23) & 0xffu) != 0xffu;
+}
+
+static int _nixl_ucx_f32_negative(uint32_t bits)
+{
+    return (bits & 0x80000000u) && (bits & 0x7fffffffu);
+}
+
+/* UCT "local address with namespace" (shared-memory device addresses and
+ * the tcp loopback address): a 64-bit id whose top bit says a 64-bit
+ * namespace id follows.  The reachability check reads the extra 8 bytes
+ * whenever that bit is set, so the length must agree with the bit. */
+static size_t _nixl_ucx_local_addr_len(const uint8_t *id)
+{
+    return (id[7] & 0x80u) ? 16u : 8u;
+}
+
+/* Device/iface address length rules for the transports UCX 1.13 ships in
+ * this build.  dev points at dev_len bytes and ifa at if_len bytes (both
+ * inside the buffer).  Returns NULL if acceptable.  Transports not listed
+ * are only structure-checked (a receiver lacking that transport never
+ * passes them to UCT). */
+static const char *_nixl_ucx_addr_tl_check(uint16_t csum, const uint8_t *dev,
+                                           size_t dev_len, const uint8_t *ifa,
+                                           size_t if_len)
+{
+    switch (csum) {
+    case _NIXL_UCXA_TL_SELF:
+        /* no device address; iface address is the 64-bit self id */
+        if (dev_len != 0 || if_len != 8) return "self: bad address length";
+        return NULL;
+    case _NIXL_UCXA_TL_POSIX:
+    case _NIXL_UCXA_TL_SYSV:
+    case _NIXL_UCXA_TL_CMA:
+        /* device address: machine id [+ IPC namespace id] */
+        if (dev_len < 8 || dev_len != _nixl_ucx_local_addr_len(dev))
+            return "shm: bad device address length";
+        if (csum == _NIXL_UCXA_TL_CMA) {
+            /* 32-bit pid; bit 31 set = 64-bit pid namespace id follows */
+            if (if_len < 4 || if_len != ((ifa[3] & 0x80u) ? 12u : 4u))
+                return "cma: bad iface address length";
+        } else if (if_len != 8) {
+            /* 64-bit shared memory fifo segment id */
+            return "shm: bad iface address length";
+        }
+        return NULL;
+    case _NIXL_UCXA_TL_TCP:
+        /* iface address is the 16-bit listening port.  Device address is
+         * [flags u8][sa_family u8] then either a local address with
+         * namespace (loopback flag 0x01) or the raw in_addr/in6_addr; UCT
+         * sizes its read from these bytes, so the length must agree. */
+        if (if_len != 2) return "tcp: bad iface address length";
+        if (dev_len < 2) return "tcp: device address too short";
+        if (dev[0] & ~0x01u) return "tcp: unknown device address flags";
+        if (dev[1] != 2 && dev[1] != 10) return "tcp: bad address family";
+        if (dev[0] & 0x01u) {
+            if (dev_len < 10 || dev_len != 2 + _nixl_ucx_local_addr_len(dev + 2))
+                return "tcp: bad loopback device address length";
+        } else if (dev_len != (dev[1] == 2 ? 6u : 18u)) {
+            return "tcp: device address length does not match family";
+        }
+        return NULL;
+    default:
+        return NULL;
+    }
+}
+
+/* Read a "maybe extended" length/index byte.  v2 stores values that do not
+ * fit the masked field as mask-value followed by a full byte. */
+static const uint8_t *_nixl_ucx_addr_ext(const uint8_t *p, const uint8_t *end,
+                                         unsigned mask, int v2, unsigned *val)
+{
+    if (p >= end) return NULL;
+    *val = *p & mask;
+    ++p;
+    if (v2 && *val == mask) {
+        if (p >= end) return NULL;
+        *val = *p++;
+    }
+    return p;
+}
+
+/*
+ * Worker address layout (1.13, non-unified mode, as unpacked by
+ * ucp_ep_create with the default worker unpack flags):
+ *
+ *   hdr:   v1: [ver:4 | flags:4]        v2: [ver u8][flags u8]
+ *   [uuid u64]      v1: always present (the v1 unpacker reads it whenever
+ *                   it asks for the uuid, flag or not); v2: iff flag
+ *   [client_id u64] iff CLIENT_ID
+ *   [name_len u8][name]  iff DEBUG_INFO
+ *   0xff (no devices)  OR  devices until one has LAST in its length byte:
+ *     md byte  [EMPTY:1 | (v1: ALLOC:1 REG:1 idx:5) (v2: idx:7)] (+ext v2)
+ *     len byte [LAST:1 | NUM_PATHS:1 | SYS_DEV:1 | dev_addr_len:5] (+ext v2)
+ *     [num_paths u8] [sys_dev u8] dev_addr[dev_addr_len]
+ *     ifaces (none if EMPTY) until one has LAST:
+ *       tl_name_csum u16, attrs (16 v1 / 8 v2),
+ *       len byte [LAST:1 | HAS_EP:1 | iface_addr_len:6] (+ext v2), iface_addr
+ *       (ep addresses if HAS_EP: never written by ucp_worker_get_address)
+ */
+_NIXL_UCX_MAYBE_UNUSED
+static const char *_nixl_ucx_addr_check(const void *addr, size_t len)
+{
+    const uint8_t *p   = (const uint8_t*)addr;
+    const uint8_t *end;
+    unsigned ver, flags, md_mask, v2, val;
+    unsigned ndev = 0, nif = 0;
+    int last_dev;
+
+    if (addr == NULL) return "address is NULL";
+    if (len == 0) return "address is empty";
+    end = p + len;
+
+    ver = p[0] & 0x0fu;
+    if (ver == _NIXL_UCXA_VER_V1) {
+        v2      = 0;
+        flags   = p[0] >> 4;
+        md_mask = _NIXL_UCXA_MD_MASK_V1;
+        p      += 1;
+    } else if (ver == _NIXL_UCXA_VER_V2) {
+        /* v2 keeps the high nibble of the version byte zero */
+        if (p[0] & 0xf0u) return "address header reserved bits set";
+        if (len < 2) return "address truncated in header";
+        v2      = 1;
+        flags   = p[1];
+        md_mask = _NIXL_UCXA_MD_MASK_V2;
+        p      += 2;
+    } else {
+        /* UCX aborts (assert_always) on any other version */
+        return "unknown address version";
+    }
+
+    if (flags & ~(unsigned)(_NIXL_UCXA_HDR_DEBUG_INFO | _NIXL_UCXA_HDR_UUID |
+                            _NIXL_UCXA_HDR_CLIENT_ID | _NIXL_UCXA_HDR_AM_ONLY))
+        return "unknown address header flags";
+    /* AM_ONLY addresses are internal wireup messages, not worker addresses */
+    if (flags & _NIXL_UCXA_HDR_AM_ONLY) return "am-only address not allowed";
+    /* get_address always packs the uuid; in v1 the unpacker reads 8 bytes
+     * regardless of the flag, so a v1 address without it is inconsistent */
+    if (!(flags & _NIXL_UCXA_HDR_UUID)) return "address without worker uuid";
+
+    if ((size_t)(end - p) < 8) return "address truncated in uuid";
+    p += 8;
+    if (flags & _NIXL_UCXA_HDR_CLIENT_ID) {
+        if ((size_t)(end - p) < 8) return "address truncated in client id";
+        p += 8;
+    }
+    if (flags & _NIXL_UCXA_HDR_DEBUG_INFO) {
+        /* length-prefixed string; UCX copies at most 31 chars but skips
+         * the full declared length */
+        if (p >= end) return "address truncated in worker name";
+        val = *p++;
+        if ((size_t)(end - p) < val) return "address truncated in worker name";
+        p += val;
+    }
+
+    if (p >= end) return "address truncated before device list";
+    if (*p == _NIXL_UCXA_NULL_RESOURCE) {
+        /* valid encoding of "no transports"; ucp_ep_create then fails
+         * with an unreachable error */
+        ++p;
+        return (p == end) ? NULL : "trailing bytes after empty address";
+    }
+
+    do {
+        unsigned md_index, dev_len, dev_flags, empty;
+        const uint8_t *dev;
+        int last_if;
+
+        if (++ndev > _NIXL_UCXA_MAX_IFACES) return "too many devices";
+
+        /* md index (+EMPTY flag) */
+        if (p >= end) return "address truncated in device md index";
+        empty = *p & _NIXL_UCXA_MD_EMPTY_DEV;
+        p     = _nixl_ucx_addr_ext(p, end, md_mask, (int)v2, &md_index);
+        if (p == NULL) return "address truncated in device md index";
+        if (md_index >= _NIXL_UCXA_MAX_MD) return "device md index out of range";
+
+        /* device address length + flags */
+        if (p >= end) return "address truncated in device length";
+        dev_flags = *p & (unsigned)~_NIXL_UCXA_DEV_LEN_MASK;
+        last_dev  = !!(dev_flags & _NIXL_UCXA_LAST);
+        p = _nixl_ucx_addr_ext(p, end, _NIXL_UCXA_DEV_LEN_MASK, (int)v2,
+                               &dev_len);
+        if (p == NULL) return "address truncated in device length";
+
+        if (dev_flags & _NIXL_UCXA_DEV_NUM_PATHS) {
+            if (p >= end) return "address truncated in device num_paths";
+            /* the packer only writes this byte for 2+ paths; 0 would be a
+             * divisor in bandwidth estimates */
+            if (*p < 2) return "bad device num_paths";
+            ++p;
+        }
+        if (dev_flags & _NIXL_UCXA_DEV_SYS_DEVICE) {
+            if (p >= end) return "address truncated in device sys_dev";
+            /* 0xff is "unknown", which the packer expresses by omission */
+            if (*p == 0xffu) return "bad device sys_dev";
+            ++p;
+        }
+
+        if ((size_t)(end - p) < dev_len) return "address truncated in device address";
+        dev = p;
+        p  += dev_len;
+
+        last_if = !!empty;
+        while (!last_if) {
+            uint16_t csum;
+            unsigned if_len, if_flags;
+            const char *why;
+
+            if (++nif > _NIXL_UCXA_MAX_IFACES) return "too many ifaces";
+
+            if ((size_t)(end - p) < 2) return "address truncated in iface tl name";
+            csum = (uint16_t)(p[0] | (p[1] << 8));
+            p   += 2;
+
+            if (!v2) {
+                uint32_t ovh, bw, lat;
+                if ((size_t)(end - p) < _NIXL_UCXA_ATTR_V1_SIZE)
+                    return "address truncated in iface attributes";
+                ovh = _nixl_ucx_rd32le(p);
+                bw  = _nixl_ucx_rd32le(p + 4);
+                lat = _nixl_ucx_rd32le(p + 8);
+                /* UCX divides by bandwidth and sums overheads/latencies when
+                 * scoring lanes; keep them finite, bandwidth > 0 (UCX itself
+                 * rejects <= 0 only after copying) */
+                if (!_nixl_ucx_f32_finite(ovh) || !_nixl_ucx_f32_finite(bw) ||
+                    !_nixl_ucx_f32_finite(lat))
+                    return "non-finite iface attribute";
+                if (_nixl_ucx_f32_negative(ovh) || _nixl_ucx_f32_negative(lat) ||
+                    (bw & 0x80000000u) || !(bw & 0x7fffffffu))
+                    return "bad iface performance attribute";
+                p += _NIXL_UCXA_ATTR_V1_SIZE;
+            } else {
+                if ((size_t)(end - p) < _NIXL_UCXA_ATTR_V2_SIZE)
+                    return "address truncated in iface attributes";
+                uint16_t seg = (uint16_t)(p[4] | (p[5] << 8));
+                uint16_t ifl = (uint16_t)(p[6] | (p[7] << 8));
+                /* fp8 = [mantissa:4 | exponent:4]; exponent 0xf decodes to
+                 * NaN/inf, which trips UCX's "score >= 0" lane assertion.
+                 * The packer never emits it (values are capped). */
+                if ((p[0] & 0x0fu) == 0x0fu || (p[1] & 0x0fu) == 0x0fu ||
+                    (p[2] & 0x0fu) == 0x0fu)
+                    return "non-finite iface attribute";
+                if (p[1] == 0) return "bad iface performance attribute";
+                /* address iface flags use bits 0..9 (connect, am sync, cb
+                 * async, put, get, tag eager/rndv, event recv, amo32/64) */
+                if (ifl & 0xfc00u) return "unknown iface flags";
+                /* seg_size (x64 bytes) becomes the AM bcopy limit of the ep;
+                 * UCX asserts that a packed rkey fits into it, so an
+                 * AM-capable iface needs a real segment size.  Real AM
+                 * transports advertise kilobytes; 256 bytes is a floor. */
+                if ((ifl & 0x06u) && seg < 4u) return "iface segment size too small";
+                p += _NIXL_UCXA_ATTR_V2_SIZE;
+            }
+
+            if (p >= end) return "address truncated in iface length";
+            if_flags = *p & (unsigned)~_NIXL_UCXA_IF_LEN_MASK;
+            last_if  = !!(if_flags & _NIXL_UCXA_LAST);
+            p = _nixl_ucx_addr_ext(p, end, _NIXL_UCXA_IF_LEN_MASK, (int)v2,
+                                   &if_len);
+            if (p == NULL) return "address truncated in iface length";
+            /* ep addresses are only exchanged inside UCX's own wireup
+             * messages; a worker address never carries them */
+            if (if_flags & _NIXL_UCXA_IF_HAS_EP_ADDR)
+                return "ep address in worker address";
+            if ((size_t)(end - p) < if_len) return "address truncated in iface address";
+            why = _nixl_ucx_addr_tl_check(csum, dev, dev_len, p, if_len);
+            p  += if_len;
+            if (why != NULL) return why;
+        }
+    } while (!last_dev);
+
+    /* the sender transmits exactly what get_address returned: any slack
+     * means the length fields disagree with the transmitted size */
+    if (p != end) return "trailing bytes after last device";
+    return NULL;
+}
+
+/* md indices named by a well-formed worker address (bit i = md index i);
+ * 0 if the address does not pass _nixl_ucx_addr_check. */
+_NIXL_UCX_MAYBE_UNUSED
+static uint64_t _nixl_ucx_addr_md_map(const void *addr, size_t len)
+{
+    const uint8_t *p, *end;
+    unsigned flags, v2, md_mask, val;
+    uint64_t map = 0;
+    int last_dev;
+
+    if (_nixl_ucx_addr_check(addr, len) != NULL) return 0;
+    p   = (const uint8_t*)addr;
+    end = p + len;
+    v2  = (p[0] & 0x0fu) == _NIXL_UCXA_VER_V2;
+    flags   = v2 ? p[1] : (unsigned)(p[0] >> 4);
+    md_mask = v2 ? _NIXL_UCXA_MD_MASK_V2 : _NIXL_UCXA_MD_MASK_V1;
+    p += v2 ? 2 : 1;
+    p += 8;
+    if (flags & _NIXL_UCXA_HDR_CLIENT_ID) p += 8;
+    if (flags & _NIXL_UCXA_HDR_DEBUG_INFO) p += 1 + *p;
+    if (*p == _NIXL_UCXA_NULL_RESOURCE) return 0;
+    /* the structure was verified above; re-walk without bound checks
+     * beyond what the check already proved */
+    do {
+        unsigned md_index, dev_len, dev_flags, empty;
+        int last_if;
+        empty = *p & _NIXL_UCXA_MD_EMPTY_DEV;
+        p = _nixl_ucx_addr_ext(p, end, md_mask, (int)v2, &md_index);
+        map |= (uint64_t)1 << md_index;
+        dev_flags = *p & (unsigned)~_NIXL_UCXA_DEV_LEN_MASK;
+        last_dev  = !!(dev_flags & _NIXL_UCXA_LAST);
+        p = _nixl_ucx_addr_ext(p, end, _NIXL_UCXA_DEV_LEN_MASK, (int)v2, &dev_len);
+        if (dev_flags & _NIXL_UCXA_DEV_NUM_PATHS) ++p;
+        if (dev_flags & _NIXL_UCXA_DEV_SYS_DEVICE) ++p;
+        p += dev_len;
+        last_if = !!empty;
+        while (!last_if) {
+            unsigned if_len;
+            p += 2 + (v2 ? _NIXL_UCXA_ATTR_V2_SIZE : _NIXL_UCXA_ATTR_V1_SIZE);
+            last_if = !!(*p & _NIXL_UCXA_LAST);
+            p = _nixl_ucx_addr_ext(p, end, _NIXL_UCXA_IF_LEN_MASK, (int)v2, &if_len);
+            p += if_len;
+        }
+    } while (!last_dev);
+    (void)val;
+    return map;
+}
+
+/* ---- packed remote key --------------------------------------------------- */
+
+/*
+ * Packed rkey layout (ucp_rkey_pack in 1.13):
+ *   md_map   u64 little endian: bit i = remote md index i carries a key
+ *   mem_type u8  (ucs_memory_type_t)
+ *   for each set bit of md_map, ascending: size u8, then size bytes
+ *   (ucp_rkey_pack never appends the optional sys_dev/distance trailer;
+ *    with the default UCX_PROTO_ENABLE=n it would be ignored anyway)
+ *
+ * ucp_ep_rkey_unpack walks one size byte per md_map bit with no end, so an
+ * all-ones md_map walks up to 64 * 256 bytes; for every md the local ep can
+ * reach it hands the md's bytes to the transport's rkey unpacker, which
+ * reads as much as its own key format needs regardless of the size byte.
+ * Hence: md_map must be a subset of what the caller expects the peer to send
+ * (md_map_allowed, see below), every size byte must fit, the buffer must end
+ * exactly after the last key, and mem_type must index UCX's type tables.
+ *
+ * md_map_allowed: pack an rkey for a host buffer registered with our own
+ * context (same UCX build and UCX_TLS/NET_DEVICES config as the peer) and
+ * take _nixl_ucx_rkey_md_map() of it; md indices are assigned the same way
+ * on both sides for the same config.  The looser heuristic, when configs may
+ * differ, is _nixl_ucx_addr_md_map(peer worker address) | own rkey md_map:
+ * an md the peer's address does not name is never reachable, so its key
+ * bytes are only skipped, never interpreted.
+ */
+_NIXL_UCX_MAYBE_UNUSED
+static const char *_nixl_ucx_rkey_check(const void *rkey, size_t len,
+                                        uint64_t md_map_allowed)
+{
+    const uint8_t *p = (const uint8_t*)rkey;
+    const uint8_t *end;
+    uint64_t md_map = 0;
+    unsigned i, mem_type;
+
+    if (rkey == NULL) return "rkey is NULL";
+    if (len < 9) return "rkey truncated in header";
+    end = p + len;
+
+    for (i = 0; i < 8; ++i) md_map |= (uint64_t)p[i] << (8 * i);
+    p += 8;
+    if (md_map & ~md_map_allowed) return "rkey md_map has unexpected memory domains";
+
+    mem_type = *p++;
+    /* used as an array index (type names, per-type md maps) by UCX */
+    if (mem_type >= (unsigned)UCS_MEMORY_TYPE_LAST) return "rkey memory type invalid";
+
+    for (i = 0; i < 64; ++i) {
+        unsigned sz;
+        if (!(md_map & ((uint64_t)1 << i))) continue;
+        if (p >= end) return "rkey truncated in md key size";
+        sz = *p++;
+        if ((size_t)(end - p) < sz) return "rkey truncated in md key";
+        p += sz;
+    }
+    if (p != end) return "trailing bytes after rkey";
+    return NULL;
+}
+
+/* md_map of a packed rkey that is structurally sound (any md allowed);
+ * 0 if malformed.  Use on an rkey you packed yourself to derive
+ * md_map_allowed. */
+_NIXL_UCX_MAYBE_UNUSED
+static uint64_t _nixl_ucx_rkey_md_map(const void *rkey, size_t len)
+{
+    const uint8_t *p = (const uint8_t*)rkey;
+    uint64_t md_map = 0;
+    unsigned i;
+
+    if (_nixl_ucx_rkey_check(rkey, len, ~(uint64_t)0) != NULL) return 0;
+    for (i = 0; i < 8; ++i) md_map |= (uint64_t)p[i] << (8 * i);
+    return md_map;
 }
 
 // >>workers
@@ -958,6 +1845,7 @@ static nixl_status_t _nixl_ucx_build_info(_nixl_ucx_engine_t *eng) {
 /* Splits a peer's conn info into its worker addresses (pointers into info). */
 static nixl_status_t _nixl_ucx_parse_info(_nixl_ucx_engine_t *eng, const char *remote, _nixl_ucx_peer_t *peer) {
     const unsigned char *p = peer->info, *end = peer->info + peer->info_len;
+    const char *why;
     unsigned i, n;
     if (peer->info_len < _NIXL_UCX_INFO_HDR || p[0] != _NIXL_UCX_INFO_MAGIC) {
         nixl_backend_log(eng->be, NIXL_LOG_ERROR, "load_remote_conn_info(%s): not UCX connection info (%zu bytes)",
@@ -990,6 +1878,11 @@ static nixl_status_t _nixl_ucx_parse_info(_nixl_ucx_engine_t *eng, const char *r
         len = _nixl_ucx_get_u32(p);
         p += 4;
         if (len == 0 || (size_t)(end - p) < len) break;
+        if ((why = _nixl_ucx_addr_check(p, len)) != NULL) {
+            nixl_backend_log(eng->be, NIXL_LOG_ERROR, "load_remote_conn_info(%s): worker address %u refused: %s",
+                             remote, i, why);
+            return NIXL_ERR_INVALID_PARAM;
+        }
         peer->addrs[i] = p;
         peer->addr_lens[i] = len;
         p += len;
@@ -1161,6 +2054,7 @@ static int _nixl_ucx_reap_conns(_nixl_ucx_engine_t *eng) {
         }
         if (c->closing && !c->close_req && !c->pending) {
             *pp = c->next;
+            _nixl_ucx_drop_held(eng, c, "the peer was disconnected");
             _nixl_ucx_free(eng, c);
             did = 1;
             continue;
@@ -1215,6 +2109,7 @@ static nixl_status_t _nixl_ucx_req_send_notif(_nixl_ucx_req_t *r) {
         _nixl_ucx_req_finish(r, NIXL_ERR_REMOTE_DISCONNECT);
         return r->status;
     }
+    _nixl_ucx_put_u64(r->notif + 4, r->conn->sess);
     _nixl_ucx_am_param(&prm, _nixl_ucx_notif_sent_cb, r);
     sp = ucp_am_send_nbx(r->conn->ep, _NIXL_UCX_AM_ID, NULL, 0, r->notif, r->notif_len, &prm);
     if (sp == NULL) {
@@ -1253,15 +2148,36 @@ static void _nixl_ucx_flush_cb(void *request, ucs_status_t status, void *user_da
         _nixl_ucx_req_landed(r);
 }
 
+/* Sends the notifications whose data landed; one whose endpoint has no
+   open session at the peer yet waits (in order), up to
+   _NIXL_UCX_SESSION_WAIT_US, then fails NOT_ALLOWED. */
 static int _nixl_ucx_send_ready_notifs(_nixl_ucx_engine_t *eng) {
+    _nixl_ucx_req_t *r = eng->ready_head, *wait_head = NULL, *wait_tail = NULL;
     int did = 0;
-    while (eng->ready_head) {
-        _nixl_ucx_req_t *r = eng->ready_head;
-        eng->ready_head = r->ready_next;
-        if (!eng->ready_head) eng->ready_tail = NULL;
+    eng->ready_head = eng->ready_tail = NULL;
+    while (r) {
+        _nixl_ucx_req_t *next = r->ready_next;
+        int ready = r->state == _NIXL_UCX_REQ_NOTIF_READY && r->conn ? _nixl_ucx_sess_ready(eng, r->conn, 0) : 1;
         r->ready_next = NULL;
-        if (r->state == _NIXL_UCX_REQ_NOTIF_READY) _nixl_ucx_req_send_notif(r);
-        did = 1;
+        if (ready == 0 && nixl_now_us() - r->conn->hello_at <= _NIXL_UCX_SESSION_WAIT_US) {
+            if (wait_tail) wait_tail->ready_next = r;
+            else wait_head = r;
+            wait_tail = r;
+        } else if (ready != 1) {
+            nixl_backend_log(eng->be, NIXL_LOG_ERROR, "notification to %s: the peer did not accept our session (without "
+                             "an auth token it must have loaded our metadata)", r->conn->peer ? r->conn->peer->name : "?");
+            _nixl_ucx_req_finish(r, NIXL_ERR_NOT_ALLOWED);
+            did = 1;
+        } else {
+            if (r->state == _NIXL_UCX_REQ_NOTIF_READY) _nixl_ucx_req_send_notif(r);
+            did = 1;
+        }
+        r = next;
+    }
+    if (wait_head) { /* ahead of any that became ready meanwhile */
+        wait_tail->ready_next = eng->ready_head;
+        if (!eng->ready_head) eng->ready_tail = wait_tail;
+        eng->ready_head = wait_head;
     }
     return did;
 }
@@ -1884,6 +2800,26 @@ static nixl_status_t _nixl_ucx_create_context(_nixl_ucx_engine_t *eng, const nix
 
 static void _nixl_ucx_destroy(void *engine);
 
+/* The memory domains our own key for host memory names: a peer's packed
+   key may name those (and the domains its worker address names). */
+static void _nixl_ucx_probe_rkey_map(_nixl_ucx_engine_t *eng) {
+    static unsigned char probe[64];
+    ucp_mem_map_params_t mp;
+    ucp_mem_h memh;
+    void *rkey = NULL;
+    size_t len = 0;
+    memset(&mp, 0, sizeof mp);
+    mp.field_mask = UCP_MEM_MAP_PARAM_FIELD_ADDRESS | UCP_MEM_MAP_PARAM_FIELD_LENGTH;
+    mp.address = probe;
+    mp.length = sizeof probe;
+    if (ucp_mem_map(eng->ctx, &mp, &memh) != UCS_OK) return;
+    if (ucp_rkey_pack(eng->ctx, memh, &rkey, &len) == UCS_OK) {
+        eng->rkey_md_map = _nixl_ucx_rkey_md_map(rkey, len);
+        ucp_rkey_buffer_release(rkey);
+    }
+    ucp_mem_unmap(eng->ctx, memh);
+}
+
 static nixl_status_t _nixl_ucx_create(const nixl_backend_init_t *init, void **engine) {
     _nixl_ucx_engine_t *eng;
     uint64_t nw = 1;
@@ -1908,6 +2844,7 @@ static nixl_status_t _nixl_ucx_create(const nixl_backend_init_t *init, void **en
     if (st != NIXL_SUCCESS) goto fail;
     st = _nixl_ucx_create_context(eng, init);
     if (st != NIXL_SUCCESS) goto fail;
+    if (eng->rma) _nixl_ucx_probe_rkey_map(eng);
     eng->workers = (_nixl_ucx_worker_t *)_nixl_ucx_alloc(eng, eng->num_workers * sizeof *eng->workers);
     if (!eng->workers) { st = NIXL_ERR_BACKEND; goto fail; }
     for (i = 0; i < eng->num_workers; i++) {
@@ -1949,6 +2886,22 @@ static void _nixl_ucx_drain_closes(_nixl_ucx_engine_t *eng) {
 static void _nixl_ucx_unload_md(void *engine, void *rmd);
 static void _nixl_ucx_deregister_mem(void *engine, void *md);
 
+/* UCX 1.13 asserts (aborts) when an endpoint is closed while its wire-up
+   reply is still queued. A HELLO still unanswered means wire-up may be in
+   flight: give it a moment (bounded) before closing. */
+static void _nixl_ucx_settle_wireup(_nixl_ucx_engine_t *eng) {
+    uint64_t until = nixl_now_us() + 200000u;
+    while (eng->workers && nixl_now_us() < until) {
+        _nixl_ucx_conn_t *c;
+        unsigned i;
+        int waiting = 0;
+        for (c = eng->conns; c; c = c->next)
+            waiting |= c->peer && !c->peer->failed && !c->closing && c->sess_state == _NIXL_UCX_SESS_WAIT;
+        if (!waiting) return;
+        for (i = 0; i < eng->num_workers; i++) ucp_worker_progress(eng->workers[i].h);
+    }
+}
+
 static void _nixl_ucx_destroy(void *engine) {
     _nixl_ucx_engine_t *eng = (_nixl_ucx_engine_t *)engine;
     _nixl_ucx_conn_t *c;
@@ -1961,6 +2914,7 @@ static void _nixl_ucx_destroy(void *engine) {
         while (p->rmds) _nixl_ucx_unload_md(eng, p->rmds);
     if (eng->self_peer)
         while (eng->self_peer->rmds) _nixl_ucx_unload_md(eng, eng->self_peer->rmds);
+    _nixl_ucx_settle_wireup(eng);
     for (c = eng->conns; c; c = c->next)
         if (!c->closing) _nixl_ucx_conn_close_now(eng, c);
     if (eng->workers && eng->conns) _nixl_ucx_drain_closes(eng);
@@ -1975,8 +2929,10 @@ static void _nixl_ucx_destroy(void *engine) {
     while (eng->conns) {
         c = eng->conns;
         eng->conns = c->next;
+        _nixl_ucx_drop_held(eng, c, "the agent is being destroyed");
         _nixl_ucx_free(eng, c);
     }
+    while (eng->sessions) _nixl_ucx_sess_drop(eng, eng->sessions);
     while (eng->msgs) {
         _nixl_ucx_msg_t *m = eng->msgs;
         _nixl_ucx_msg_unlink(eng, m);
@@ -2061,6 +3017,7 @@ static nixl_status_t _nixl_ucx_register_mem(void *engine, nixl_mem_t mem, const 
         _nixl_ucx_free(eng, m);
         return NIXL_ERR_BACKEND;
     }
+    eng->rkey_md_map |= rkey ? _nixl_ucx_rkey_md_map(rkey, rkey_len) : 0;
     m->pub_len = _NIXL_UCX_PUB_HDR + rkey_len;
     m->pub = (unsigned char *)_nixl_ucx_alloc(eng, m->pub_len);
     m->addr = region->addr;
@@ -2147,6 +3104,7 @@ static nixl_status_t _nixl_ucx_load_remote_conn_info(void *engine, const char *r
     }
     p->next = eng->peers;
     eng->peers = p;
+    eng->sess_work = 1; /* a HELLO of this peer may be waiting for its metadata */
     return NIXL_SUCCESS;
 }
 
@@ -2184,6 +3142,7 @@ static nixl_status_t _nixl_ucx_make_rmd(_nixl_ucx_engine_t *eng, _nixl_ucx_peer_
                                         const void *pub, size_t len, void **rmd) {
     const unsigned char *b = (const unsigned char *)pub;
     _nixl_ucx_rmd_t *r;
+    const char *why;
     unsigned i;
     nixl_status_t st;
     if (!b || len < _NIXL_UCX_PUB_HDR || b[0] != _NIXL_UCX_PUB_MAGIC || b[1] != _NIXL_UCX_WIRE_VERSION) {
@@ -2210,6 +3169,15 @@ static nixl_status_t _nixl_ucx_make_rmd(_nixl_ucx_engine_t *eng, _nixl_ucx_peer_
     if (!r->rkeys) {
         _nixl_ucx_free(eng, r);
         return NIXL_ERR_BACKEND;
+    }
+    why = _nixl_ucx_rkey_check(b + _NIXL_UCX_PUB_HDR, len - _NIXL_UCX_PUB_HDR,
+                               eng->rkey_md_map | _nixl_ucx_addr_md_map(p->addrs[0], p->addr_lens[0]));
+    if (why) {
+        nixl_backend_log(eng->be, NIXL_LOG_ERROR, "load_remote_md(%s, %p+%zu): remote key refused: %s", p->name,
+                         (void *)region->addr, region->len, why);
+        _nixl_ucx_free(eng, r->rkeys);
+        _nixl_ucx_free(eng, r);
+        return NIXL_ERR_INVALID_PARAM;
     }
     for (i = 0; i < eng->num_workers; i++) {
         ucs_status_t us = ucp_ep_rkey_unpack(p->conns[i]->ep, b + _NIXL_UCX_PUB_HDR, &r->rkeys[i]);
@@ -2375,6 +3343,7 @@ static nixl_status_t _nixl_ucx_post_xfer(void *engine, void *handle, const void 
         if (_nixl_ucx_req_notif_reserve(r, notif_len) != NIXL_SUCCESS) return NIXL_ERR_BACKEND;
         if (notif_len) memcpy(r->notif + r->notif_hdr, notif, notif_len);
         r->notif_len = r->notif_hdr + notif_len;
+        _nixl_ucx_sess_ready(eng, r->conn, 1); /* a new HELLO if the last one went unanswered */
     }
     r->status = NIXL_IN_PROG;
     r->state = _NIXL_UCX_REQ_FLUSHING;
@@ -2399,6 +3368,10 @@ static nixl_status_t _nixl_ucx_post_xfer(void *engine, void *handle, const void 
     if (!r->send_notif) {
         _nixl_ucx_req_finish(r, NIXL_SUCCESS);
         return NIXL_SUCCESS;
+    }
+    if (_nixl_ucx_sess_ready(eng, r->conn, 0) != 1) { /* waits for the session in progress() */
+        _nixl_ucx_req_landed(r);
+        return NIXL_IN_PROG;
     }
     return _nixl_ucx_req_send_notif(r);
 }
@@ -2429,6 +3402,7 @@ static nixl_status_t _nixl_ucx_gen_notif(void *engine, const char *remote, const
     _nixl_ucx_peer_t *p = _nixl_ucx_peer_find(eng, remote);
     size_t hl = _nixl_ucx_am_hdr_len(eng);
     unsigned char *buf;
+    _nixl_ucx_conn_t *c;
     nixl_status_t st;
     if (!p) {
         nixl_backend_log(eng->be, NIXL_LOG_ERROR, "gen_notif(%s): no connection info loaded", remote);
@@ -2445,8 +3419,29 @@ static nixl_status_t _nixl_ucx_gen_notif(void *engine, const char *remote, const
     if (!buf) return NIXL_ERR_BACKEND;
     _nixl_ucx_am_hdr_write(eng, buf, _NIXL_UCX_AM_NOTIF);
     if (len) memcpy(buf + hl, msg, len);
-    st = _nixl_ucx_send_msg(eng, p->conns[0], buf, hl + len, "gen_notif");
-    return st == NIXL_IN_PROG ? NIXL_SUCCESS : st;
+    c = p->conns[0];
+    switch (c->held ? 0 : _nixl_ucx_sess_ready(eng, c, 1)) {
+    case 1:
+        st = _nixl_ucx_send_notif_msg(eng, c, buf, hl + len);
+        return st == NIXL_IN_PROG ? NIXL_SUCCESS : st;
+    case 0: { /* held until the peer accepts our session (in order) */
+        _nixl_ucx_held_t *h = (_nixl_ucx_held_t *)_nixl_ucx_alloc(eng, sizeof *h);
+        if (!h) break;
+        h->buf = buf;
+        h->len = hl + len;
+        if (c->held_tail) c->held_tail->next = h;
+        else c->held = h;
+        c->held_tail = h;
+        eng->sess_work = 1;
+        return NIXL_SUCCESS;
+    }
+    default:
+        nixl_backend_log(eng->be, NIXL_LOG_ERROR, "gen_notif(%s): the peer has not accepted our session", remote);
+        _nixl_ucx_free(eng, buf);
+        return NIXL_ERR_NOT_ALLOWED;
+    }
+    _nixl_ucx_free(eng, buf);
+    return NIXL_ERR_BACKEND;
 }
 
 /* Reports failed peers to the core (it then unloads and disconnects them). */
@@ -2471,6 +3466,7 @@ static nixl_status_t _nixl_ucx_progress(void *engine) {
     for (i = 0; i < eng->num_workers; i++)
         for (n = 0; n < _NIXL_UCX_PROGRESS_BUDGET && ucp_worker_progress(eng->workers[i].h); n++) did = 1;
     did |= _nixl_ucx_send_ready_notifs(eng);
+    did |= _nixl_ucx_sessions_progress(eng);
     did |= _nixl_ucx_watch_peers(eng);
     did |= _nixl_ucx_reap_conns(eng);
     did |= _nixl_ucx_report_failed(eng);
@@ -2479,7 +3475,8 @@ static nixl_status_t _nixl_ucx_progress(void *engine) {
 
 // >>public
 
-static const char *const _nixl_ucx_param_keys[] = {"num_workers", "tls", "data_path", "rndv_thresh", "ucx.", NULL};
+static const char *const _nixl_ucx_param_keys[] = {"num_workers", "tls", "data_path", "rndv_thresh",
+                                                     "notif_unverified", "ucx.", NULL};
 
 static nixl_backend_ops_t _nixl_ucx_ops;
 static pthread_once_t _nixl_ucx_once = PTHREAD_ONCE_INIT;

@@ -530,5 +530,6 @@ int main(int argc, char **argv)
     if (setup) printf("fuzz_ucx_wire: %ld cases could not set up UCX\n", setup);
     printf("FIGURE ucx_wire_fuzz cases=%ld accepted=%ld rejected=%ld aborts=%ld "
            "timeouts=%ld\n", cases, accepted, rejected, aborts, timeouts);
+    printf("%ld passed, %ld failed\n", cases - aborts - timeouts, aborts + timeouts);
     return (aborts + timeouts) > 0 ? 1 : 0;
 }
