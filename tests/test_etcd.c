@@ -237,6 +237,10 @@ static void test_two_processes_ucx(void) {
         CHECK(t && reg(t, dst, LEN));
         CHECK_ST(nixl_send_local_md(t, NULL), NIXL_SUCCESS);
         if (write(go[1], &addr, sizeof addr) != sizeof addr) _exit(1);
+        /* without an auth token a receiver verifies a sender through its
+           loaded metadata: the target loads the initiator's (the fetch
+           waits for its key) */
+        CHECK_ST(nixl_fetch_remote_md(t, "proc-init", NULL), NIXL_SUCCESS);
         for (i = 0; i < 2000 && !got; i++) { /* up to ~20 s */
             nixl_get_notifs(t, count_notif, &got);
             if (!got) usleep(10000);
@@ -258,6 +262,7 @@ static void test_two_processes_ucx(void) {
         nixl_status_t st = NIXL_ERR_UNKNOWN;
         nt_fill(src, LEN, 9);
         CHECK(a && reg(a, src, LEN));
+        CHECK_ST(nixl_send_local_md(a, NULL), NIXL_SUCCESS);
         CHECK_ST(nixl_fetch_remote_md(a, "proc-target", NULL), NIXL_SUCCESS);
         CHECK(wait_md(a, "proc-target", 1, 5000));
         memset(&opt, 0, sizeof opt);

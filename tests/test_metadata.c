@@ -612,6 +612,123 @@ out:
     nixl_agent_destroy(ini);
 }
 
+/* A blob naming nreg 4 KiB regions of agent `name` (one LOOP key each, no
+   public data), as a hostile peer would craft it. malloc'ed. */
+static unsigned char *hostile_blob(const char *name, size_t nreg, size_t *len) {
+    size_t nl = strlen(name), total = 4 + 2 + 2 + 4 + 1 + nl + 1 + (1 + 4 + 4) + 4 + nreg * 29 + 4, k;
+    unsigned char *b = (unsigned char *)malloc(total);
+    _nixl_wr w;
+    if (!b) return NULL;
+    w.p = b;
+    w.pos = 0;
+    _nixl_wle(&w, NIXL_MD_MAGIC, 4);
+    _nixl_wle(&w, NIXL_MD_VERSION, 2);
+    _nixl_wle(&w, 0, 2);
+    _nixl_wle(&w, total, 4);
+    _nixl_w8(&w, nl);
+    _nixl_wbytes(&w, name, nl);
+    _nixl_w8(&w, 1);
+    _nixl_w8(&w, 4);
+    _nixl_wbytes(&w, "LOOP", 4);
+    _nixl_wle(&w, 0, 4);
+    _nixl_wle(&w, nreg, 4);
+    for (k = 0; k < nreg; k++) {
+        _nixl_w8(&w, NIXL_DRAM);
+        _nixl_wle(&w, 0x100000u + (uint64_t)k * 4096u, 8);
+        _nixl_wle(&w, 4096, 8);
+        _nixl_wle(&w, 0, 8);
+        _nixl_w8(&w, 1);
+        _nixl_w8(&w, 0);
+        _nixl_wle(&w, 0, 2);
+    }
+    _nixl_wle(&w, _nixl_crc32(b, total - 4), 4);
+    *len = total;
+    return b;
+}
+
+typedef struct prog_probe {
+    nixl_agent_t *a;
+    int stop;
+    uint64_t longest_us;
+} prog_probe;
+
+static void *progress_probe(void *p) {
+    prog_probe *pp = (prog_probe *)p;
+    while (!__atomic_load_n(&pp->stop, __ATOMIC_ACQUIRE)) {
+        uint64_t t0 = nixl_now_us(), d;
+        nixl_progress(pp->a);
+        d = nixl_now_us() - t0;
+        if (d > pp->longest_us) pp->longest_us = d;
+        usleep(100);
+    }
+    return NULL;
+}
+
+/* One 64 MiB SEND_MD naming 2.4 M regions: refused by remote_regions_max
+   before anything is allocated for them, decoded outside the agent lock
+   (progress keeps running), and fresh names stop at remote_md_bytes. */
+static void test_hostile_md_push(void) {
+    nixl_agent_config_t cfg;
+    nixl_agent_t *tgt = NULL, *att = mk("attacker", 0, NULL, 0);
+    nixl_backend_t *b;
+    prog_probe pp;
+    pthread_t th;
+    size_t len = 0, i;
+    unsigned char *blob = hostile_blob("mallory", (NIXL_SC_MAX_PAYLOAD - 4096) / 29, &len);
+    _nixl_sc_nonces n;
+    long before, after;
+    int fd, loaded = 0;
+    memset(&cfg, 0, sizeof cfg);
+    cfg.name = "target";
+    cfg.listen_thread = 1;
+    cfg.sc_timeout_ms = 20000;
+    cfg.log_fn = capture_log;
+    cfg.remote_md_bytes = 16u << 20;
+    CHECK_ST(nixl_agent_create(&cfg, &tgt), NIXL_SUCCESS);
+    if (!tgt || !att || !blob) goto out;
+    CHECK_ST(nixl_create_backend(tgt, &OPS, NULL, &b), NIXL_SUCCESS);
+    memset(&pp, 0, sizeof pp);
+    pp.a = tgt;
+    pthread_create(&th, NULL, progress_probe, &pp);
+    before = nt_rss_kib();
+    fd = raw_session(NULL, nixl_agent_listen_port(tgt), &n);
+    CHECK(fd >= 0);
+    CHECK_ST(raw_request(att, fd, &n, NIXL_SC_SEND_MD, blob, len), NIXL_ERR_NOT_ALLOWED);
+    after = nt_rss_kib();
+    __atomic_store_n(&pp.stop, 1, __ATOMIC_RELEASE);
+    pthread_join(th, NULL);
+    printf("FIGURE hostile_md_push blob_mib=%.1f regions=%zu rss_after_mib=%.1f rss_growth_mib=%.1f "
+           "longest_progress_ms=%.2f\n", len / 1048576.0, (len - 4096) / 29, after / 1024.0, (after - before) / 1024.0,
+           pp.longest_us / 1000.0);
+    CHECK(logged("remote_regions_max"));
+    CHECK_ST(nixl_check_remote_md(tgt, "mallory", NULL), NIXL_ERR_NOT_FOUND);
+    CHECKF(after - before < 200 * 1024, "memory grew %.1f MiB", (after - before) / 1024.0);
+    /* fresh names: 20k regions each, until remote_md_bytes (16 MiB here) */
+    for (i = 0; i < 8; i++) {
+        char name[32];
+        unsigned char *bl;
+        size_t bl_len = 0;
+        snprintf(name, sizeof name, "fresh-%zu", i);
+        bl = hostile_blob(name, 20000, &bl_len);
+        if (bl && nixl_load_remote_md(tgt, bl, bl_len, NULL, 0) == NIXL_SUCCESS) loaded++;
+        free(bl);
+    }
+    CHECKF(loaded >= 1 && loaded < 8, "%d of 8 fresh names loaded under remote_md_bytes", loaded);
+    CHECK(logged("remote_md_bytes"));
+    {   /* an honest peer still loads once a name goes */
+        unsigned char mem[256];
+        nixl_opt_args_t to = peer_of(tgt);
+        CHECK_ST(nixl_invalidate_remote_md(tgt, "fresh-0"), NIXL_SUCCESS);
+        CHECK(reg(att, mem, sizeof mem));
+        CHECK_ST(nixl_send_local_md(att, &to), NIXL_SUCCESS);
+        CHECK_ST(nixl_check_remote_md(tgt, "attacker", NULL), NIXL_SUCCESS);
+    }
+out:
+    free(blob);
+    nixl_agent_destroy(tgt);
+    nixl_agent_destroy(att);
+}
+
 int main(int argc, char **argv) {
     nt_init(argc, argv);
     OPS = tb_make_ops("LOOP", NIXL_MEM_BIT(NIXL_DRAM));
@@ -627,5 +744,6 @@ int main(int argc, char **argv) {
     NT_RUN(test_name_hijack);
     NT_RUN(test_default_bind);
     NT_RUN(test_per_address_limit);
+    NT_RUN(test_hostile_md_push);
     return nt_finish();
 }

@@ -18,12 +18,20 @@ static void write_file(const char *dir, const char *name, const void *p, size_t 
     fclose(f);
 }
 
-static void frame(const char *dir, const char *name, unsigned cmd, const char *tok, const void *pay, size_t len) {
-    unsigned char *buf = (unsigned char *)malloc(NIXL_SC_HDR + strlen(tok) + len);
-    _nixl_sc_put_header(buf, cmd, strlen(tok), len);
-    memcpy(buf + NIXL_SC_HDR, tok, strlen(tok));
-    if (len) memcpy(buf + NIXL_SC_HDR + strlen(tok), pay, len);
-    write_file(dir, name, buf, NIXL_SC_HDR + strlen(tok) + len);
+/* what a client sends on one connection: HELLO (its nonce), then the
+   request; mac: 0 (no token) or 32 (two MACs of junk: the listener must
+   refuse them) */
+static void frame(const char *dir, const char *name, unsigned cmd, size_t mac, const void *pay, size_t len) {
+    size_t n = 2 * NIXL_SC_HDR + NIXL_SC_NONCE + 2 * mac + len;
+    unsigned char *buf = (unsigned char *)calloc(1, n), *p = buf;
+    _nixl_sc_put_header(p, NIXL_SC_HELLO, 0, NIXL_SC_NONCE);
+    memset(p + NIXL_SC_HDR, 0x4e, NIXL_SC_NONCE);
+    p += NIXL_SC_HDR + NIXL_SC_NONCE;
+    _nixl_sc_put_header(p, cmd, mac, len);
+    memset(p + NIXL_SC_HDR, 0xa5, mac);
+    if (len) memcpy(p + NIXL_SC_HDR + mac, pay, len);
+    memset(p + NIXL_SC_HDR + mac + len, 0x5a, mac);
+    write_file(dir, name, buf, n);
     free(buf);
 }
 
@@ -58,16 +66,16 @@ int main(int argc, char **argv) {
     nixl_register_mem(a, &l, NULL);
     nixl_get_local_md(a, &blob, &len);
     write_file(argv[1], "four-regions", blob, len);
-    frame(argv[2], "send-md", NIXL_SC_SEND_MD, "tok", blob, len);
+    frame(argv[2], "send-md", NIXL_SC_SEND_MD, 0, blob, len);
     nixl_free_md(a, blob);
     memset(&opt, 0, sizeof opt);
     l.count = 1;
     nixl_get_local_partial_md(a, &l, &opt, &blob, &len);
     write_file(argv[1], "partial", blob, len);
     nixl_free_md(a, blob);
-    frame(argv[2], "fetch", NIXL_SC_FETCH_MD, "tok", NULL, 0);
-    frame(argv[2], "invalidate", NIXL_SC_INVALIDATE, "tok", "seed-agent", 10);
-    frame(argv[2], "wrong-token", NIXL_SC_FETCH_MD, "nope", NULL, 0);
+    frame(argv[2], "fetch", NIXL_SC_FETCH_MD, 0, NULL, 0);
+    frame(argv[2], "invalidate", NIXL_SC_INVALIDATE, 0, "seed-agent", 10);
+    frame(argv[2], "with-macs", NIXL_SC_FETCH_MD, NIXL_MAC_LEN, NULL, 0);
     {
         /* verbs AM frames: {id, flags, credits u16, len u32} + payload */
         static const unsigned char hello[] = {1, 0, 2, 0, 5, 0, 0, 0, 'p', 'e', 'e', 'r', '0'};
