@@ -241,9 +241,13 @@ NIXL_API nixl_status_t nixl_verbs_set_copy_ops(nixl_backend_t *be, const nixl_ve
 #define _NIXL_VERBS_POLL_BATCH 32
 #define _NIXL_VERBS_INFO_MAX 64
 #define _NIXL_VERBS_AM_HDR 8
-#define _NIXL_VERBS_PDATA_LEN 24
+#define _NIXL_VERBS_PDATA_LEN 40      /* a REQ's (56 at most through rdma_cm) */
+#define _NIXL_VERBS_PDATA_ACC_LEN 72  /* a REP's: plus the acceptor's MAC */
 #define _NIXL_VERBS_PDATA_MAGIC 0x4e56u /* "NV" */
-#define _NIXL_VERBS_PDATA_VERSION 1
+#define _NIXL_VERBS_PDATA_VERSION 2
+#define _NIXL_VERBS_NONCE 16
+#define _NIXL_VERBS_MAC 32
+#define _NIXL_VERBS_MAX_UNKNOWN 64    /* default: passive connections from peers not (yet) loaded */
 #define _NIXL_VERBS_REJ_TIEBREAK 1 /* reject reason: "I connect to you" */
 #define _NIXL_VERBS_REJ_REFUSED 2  /* reject reason: refused */
 #define _NIXL_VERBS_PUB_VERSION 1
@@ -348,6 +352,12 @@ typedef struct _nixl_verbs_conn {
     int passive;
     int state;
     uint32_t nonce;
+    /* who is at the other end: nonces of the connector (a) and acceptor (p);
+       proven once the peer showed it is who it claims (the token's MAC, or
+       without a token: its source address is the one in its metadata) */
+    unsigned char nonce_a[_NIXL_VERBS_NONCE], nonce_p[_NIXL_VERBS_NONCE];
+    int proven;
+    struct in_addr from; /* passive: the connector's source address */
     int nqp, nqp_est;
     _nixl_verbs_qp_t qps[_NIXL_VERBS_MAX_QPS];
     _nixl_verbs_dev_t *dev;
@@ -474,6 +484,10 @@ typedef struct _nixl_verbs_engine {
     nixl_verbs_copy_ops_t copy;
     int copy_custom; /* copy ops installed by the user */
     uint32_t nstaged; /* staged regions registered now */
+    /* identity */
+    uint32_t max_unknown;  /* passive connections from peers whose metadata is not loaded */
+    int notif_unverified;  /* deliver notifications of unproven connections (no token) */
+    unsigned long dropped_notifs;
 } _nixl_verbs_engine_t;
 
 // >>helpers
@@ -890,28 +904,104 @@ static int _nixl_verbs_post_recv(_nixl_verbs_engine_t *e, _nixl_verbs_conn_t *c,
 typedef void (*_nixl_verbs_am_handler_t)(_nixl_verbs_engine_t *e, _nixl_verbs_conn_t *c,
                                          const unsigned char *data, uint32_t len);
 
+/* The acceptor's MAC (in its REP) or the connector's (in its HELLO): over
+   both nonces, who speaks, and the two agents. -1 without a token. */
+static int _nixl_verbs_mac(_nixl_verbs_engine_t *e, const _nixl_verbs_conn_t *c, int acceptor, const char *name,
+                           uint64_t other_hash, unsigned char mac[_NIXL_VERBS_MAC]) {
+    unsigned char m[8 + 2 * _NIXL_VERBS_NONCE + 8 + 256];
+    size_t nl = strlen(name), len = 0;
+    if (nl > 255) return -1;
+    memcpy(m, "NXVERBS", 7);
+    m[7] = (unsigned char)(acceptor ? 'P' : 'A');
+    len = 8;
+    memcpy(m + len, c->nonce_a, _NIXL_VERBS_NONCE);
+    memcpy(m + len + _NIXL_VERBS_NONCE, c->nonce_p, _NIXL_VERBS_NONCE);
+    len += 2 * _NIXL_VERBS_NONCE;
+    _nixl_verbs_put64(m + len, other_hash);
+    len += 8;
+    memcpy(m + len, name, nl);
+    len += nl;
+    return nixl_backend_auth_mac(e->be, m, len, mac) == NIXL_SUCCESS ? 0 : -1;
+}
+
+static int _nixl_verbs_mac_ok(_nixl_verbs_engine_t *e, const _nixl_verbs_conn_t *c, int acceptor, const char *name,
+                              uint64_t other_hash, const unsigned char *mac) {
+    unsigned char want[_NIXL_VERBS_MAC];
+    unsigned diff = 0, i;
+    if (_nixl_verbs_mac(e, c, acceptor, name, other_hash, want) != 0) return 0;
+    for (i = 0; i < _NIXL_VERBS_MAC; i++) diff |= (unsigned)(want[i] ^ mac[i]);
+    return diff == 0;
+}
+
+static void _nixl_verbs_pump_backlog(_nixl_verbs_engine_t *e, _nixl_verbs_conn_t *c);
+static void _nixl_verbs_flush_am(_nixl_verbs_engine_t *e, _nixl_verbs_conn_t *c);
+
+/* Without a token, a passive connection is proven when its peer is loaded
+   and the connection comes from the address in that peer's metadata. */
+static int _nixl_verbs_from_its_address(const _nixl_verbs_conn_t *c) {
+    const _nixl_verbs_peer_t *p = c->peer;
+    if (p->self_passive) /* loopback: from our own address */
+        return c->eng->listen_addr.sin_addr.s_addr == c->from.s_addr ||
+               c->eng->listen_addr.sin_addr.s_addr == htonl(INADDR_ANY);
+    return p->loaded && p->has_addr && p->addr.sin_addr.s_addr == c->from.s_addr;
+}
+
+/* The connector's HELLO: its name (after its MAC, with a token). The
+   connection speaks for that agent only once proven. */
 static void _nixl_verbs_am_on_hello(_nixl_verbs_engine_t *e, _nixl_verbs_conn_t *c, const unsigned char *data,
                                     uint32_t len) {
     _nixl_verbs_peer_t *p = c->peer;
-    if (len == 0 || len > 255 || memchr(data, 0, len)) {
+    int auth = nixl_backend_auth_on(e->be);
+    const unsigned char *mac = auth ? data : NULL;
+    if (auth && len > _NIXL_VERBS_MAC) {
+        data += _NIXL_VERBS_MAC;
+        len -= _NIXL_VERBS_MAC;
+    } else if (auth) {
+        len = 0;
+    }
+    if (!c->passive || len == 0 || len > 255 || memchr(data, 0, len)) {
         nixl_backend_log(e->be, NIXL_LOG_WARN, "verbs: malformed HELLO (%u bytes) ignored", (unsigned)len);
         return;
     }
     if (p->name) {
-        if (strlen(p->name) != len || memcmp(p->name, data, len) != 0)
+        if (strlen(p->name) != len || memcmp(p->name, data, len) != 0) {
             _nixl_verbs_conn_fail(e, c, NIXL_ERR_BACKEND, "HELLO names another agent than expected");
+            return;
+        }
+    } else {
+        p->name = _nixl_verbs_strdup(e, (const char *)data, len);
+        if (!p->name) {
+            _nixl_verbs_conn_fail(e, c, NIXL_ERR_BACKEND, "out of memory");
+            return;
+        }
+        if (_nixl_verbs_hash(p->name) != p->hash) {
+            _nixl_verbs_conn_fail(e, c, NIXL_ERR_BACKEND, "HELLO name does not match the connection's hash");
+            return;
+        }
+    }
+    if (auth && !_nixl_verbs_mac_ok(e, c, 0, p->name, e->hash, mac)) {
+        _nixl_verbs_conn_fail(e, c, NIXL_ERR_NOT_ALLOWED, "a peer calling itself by this name did not prove it knows "
+                              "the auth token");
         return;
     }
-    p->name = _nixl_verbs_strdup(e, (const char *)data, len);
-    if (!p->name) _nixl_verbs_conn_fail(e, c, NIXL_ERR_BACKEND, "out of memory");
-    else if (_nixl_verbs_hash(p->name) != p->hash)
-        _nixl_verbs_conn_fail(e, c, NIXL_ERR_BACKEND, "HELLO name does not match the connection's hash");
+    c->proven = auth || _nixl_verbs_from_its_address(c);
+    if (!c->proven) return; /* proven later, if its metadata is loaded and matches */
+    _nixl_verbs_pump_backlog(e, c);
+    if (c->state == _NIXL_VERBS_CONN_UP) _nixl_verbs_flush_am(e, c);
 }
 
 static void _nixl_verbs_am_on_notif(_nixl_verbs_engine_t *e, _nixl_verbs_conn_t *c, const unsigned char *data,
                                     uint32_t len) {
     if (!c->peer->name) {
         nixl_backend_log(e->be, NIXL_LOG_WARN, "verbs: notification before HELLO dropped");
+        return;
+    }
+    if (!c->proven && !e->notif_unverified) {
+        unsigned long n = ++e->dropped_notifs;
+        if ((n & (n - 1)) == 0) /* the 1st, 2nd, 4th, ...: a flood does not flood the log */
+            nixl_backend_log(e->be, NIXL_LOG_WARN, "verbs: a notification from a connection calling itself %s that "
+                             "never proved it (no auth token, and its metadata is not loaded): dropped (%lu so far)",
+                             c->peer->name, n);
         return;
     }
     nixl_backend_notif(e->be, c->peer->name, data, len);
@@ -1473,11 +1563,12 @@ static int _nixl_verbs_qp_create(_nixl_verbs_engine_t *e, _nixl_verbs_conn_t *c,
     return 0;
 }
 
-/* CM private data (24 bytes of the 56 a REQ carries), little-endian:
-   magic u16, version u8, qp index u8, nqp u8, pad u8, rx_count u16,
-   buf_size u32, nonce u32, name hash u64 */
+/* CM private data, little-endian: magic u16, version u8, qp index u8, nqp
+   u8, pad u8, rx_count u16, buf_size u32, nonce u32, name hash u64, then
+   the sender's 16-byte nonce (40 bytes of the 56 a REQ carries); a REP adds
+   the acceptor's MAC (32 bytes; zero without a token). */
 static void _nixl_verbs_pdata_build(_nixl_verbs_engine_t *e, _nixl_verbs_conn_t *c, int qidx, unsigned char *pd) {
-    memset(pd, 0, _NIXL_VERBS_PDATA_LEN);
+    memset(pd, 0, _NIXL_VERBS_PDATA_ACC_LEN);
     _nixl_verbs_put16(pd, _NIXL_VERBS_PDATA_MAGIC);
     pd[2] = _NIXL_VERBS_PDATA_VERSION;
     pd[3] = (unsigned char)qidx;
@@ -1486,12 +1577,15 @@ static void _nixl_verbs_pdata_build(_nixl_verbs_engine_t *e, _nixl_verbs_conn_t 
     _nixl_verbs_put32(pd + 8, c->buf_size);
     _nixl_verbs_put32(pd + 12, c->nonce);
     _nixl_verbs_put64(pd + 16, e->hash);
+    memcpy(pd + 24, c->passive ? c->nonce_p : c->nonce_a, _NIXL_VERBS_NONCE);
+    if (c->passive && nixl_backend_auth_on(e->be)) _nixl_verbs_mac(e, c, 1, e->name, c->peer->hash, pd + 40);
 }
 
 typedef struct _nixl_verbs_pdata {
     int qidx, nqp;
     uint32_t rx_count, buf_size, nonce;
     uint64_t hash;
+    const unsigned char *nonce16, *mac; /* mac: NULL in a REQ */
 } _nixl_verbs_pdata_t;
 
 static int _nixl_verbs_pdata_parse(const unsigned char *pd, size_t len, _nixl_verbs_pdata_t *o) {
@@ -1504,6 +1598,8 @@ static int _nixl_verbs_pdata_parse(const unsigned char *pd, size_t len, _nixl_ve
     o->buf_size = _nixl_verbs_get32(pd + 8);
     o->nonce = _nixl_verbs_get32(pd + 12);
     o->hash = _nixl_verbs_get64(pd + 16);
+    o->nonce16 = pd + 24;
+    o->mac = len >= _NIXL_VERBS_PDATA_ACC_LEN ? pd + 40 : NULL;
     if (o->nqp < 1 || o->nqp > _NIXL_VERBS_MAX_QPS || o->qidx >= o->nqp || o->rx_count < 2 ||
         o->buf_size < 64)
         return -1;
@@ -1514,7 +1610,7 @@ static void _nixl_verbs_conn_param(_nixl_verbs_conn_t *c, const unsigned char *p
     memset(cp, 0, sizeof *cp);
     cp->retry_count = (uint8_t)c->eng->retry_cnt;
     cp->private_data = pd;
-    cp->private_data_len = _NIXL_VERBS_PDATA_LEN;
+    cp->private_data_len = c->passive ? _NIXL_VERBS_PDATA_ACC_LEN : _NIXL_VERBS_PDATA_LEN;
     cp->responder_resources = c->resp_res;
     cp->initiator_depth = c->init_depth;
     cp->rnr_retry_count = 7;
@@ -1537,6 +1633,11 @@ static int _nixl_verbs_conn_start(_nixl_verbs_engine_t *e, _nixl_verbs_peer_t *p
     c = _nixl_verbs_conn_new(e, p, 0, (int)e->nqp,
                              ((e->nonce_ctr++ ^ (uint32_t)nixl_now_us()) * 2654435761u) ^ (uint32_t)getpid());
     if (!c) return -1;
+    if (nixl_random_bytes(c->nonce_a, sizeof c->nonce_a) != 0) {
+        nixl_backend_log(e->be, NIXL_LOG_ERROR, "verbs: getrandom failed: no nonce, no connection");
+        _nixl_verbs_conn_doom(e, c);
+        return -1;
+    }
     c->resp_res = _nixl_verbs_u8cap(e->devs[0].attr.max_qp_rd_atom);
     c->init_depth = _nixl_verbs_u8cap(e->devs[0].attr.max_qp_init_rd_atom);
     p->conn = c;
@@ -1602,6 +1703,39 @@ static void _nixl_verbs_reject(_nixl_verbs_engine_t *e, struct rdma_cm_id *id, u
     rdma_destroy_id(id);
 }
 
+/* Who may connect (before a QP is spent on it). A connector claims an
+   agent by its name hash. Without a token, a claim of an agent whose
+   metadata we loaded must come from the address in that metadata (an
+   impostor elsewhere is refused here); with a token the claim is proven by
+   MACs after the accept. Connections from peers we have not loaded are
+   capped (max_unknown_peers): each costs a QP and its buffers. */
+static int _nixl_verbs_check_claim(_nixl_verbs_engine_t *e, struct rdma_cm_id *id, const _nixl_verbs_pdata_t *in) {
+    const struct sockaddr_in *from = (const struct sockaddr_in *)rdma_get_peer_addr(id);
+    _nixl_verbs_peer_t *p;
+    uint32_t unknown = 0;
+    char ip[INET_ADDRSTRLEN], want[INET_ADDRSTRLEN];
+    inet_ntop(AF_INET, &from->sin_addr, ip, sizeof ip);
+    for (p = e->peers; p; p = p->next) {
+        if (p->self_passive || p->is_self) continue;
+        if (!p->loaded && p->conn) unknown++;
+        if (p->hash != in->hash || !p->loaded || !p->has_addr || nixl_backend_auth_on(e->be)) continue;
+        if (p->addr.sin_addr.s_addr == from->sin_addr.s_addr) return 0;
+        inet_ntop(AF_INET, &p->addr.sin_addr, want, sizeof want);
+        nixl_backend_log(e->be, NIXL_LOG_WARN, "verbs: a connection from %s claims to be %s, whose metadata says %s: "
+                         "refused", ip, p->name ? p->name : "a loaded peer", want);
+        return -1;
+    }
+    if (in->hash == e->hash) return 0; /* loopback */
+    for (p = e->peers; p; p = p->next)
+        if (p->hash == in->hash && !p->self_passive && !p->is_self) return 0; /* known: its own rules apply */
+    if (unknown >= e->max_unknown) {
+        nixl_backend_log(e->be, NIXL_LOG_WARN, "verbs: a connection from %s refused: %u connections from peers whose "
+                         "metadata is not loaded (max_unknown_peers)", ip, unknown);
+        return -1;
+    }
+    return 0;
+}
+
 /* A peer connects to us (passive side): find or make its peer and
    connection, settle a simultaneous connect by name, create the QP, accept. */
 static void _nixl_verbs_on_connect_request(_nixl_verbs_engine_t *e, struct rdma_cm_id *id, const unsigned char *pdb,
@@ -1611,9 +1745,13 @@ static void _nixl_verbs_on_connect_request(_nixl_verbs_engine_t *e, struct rdma_
     _nixl_verbs_conn_t *c;
     _nixl_verbs_qp_t *qp;
     struct rdma_conn_param cp;
-    unsigned char pd[_NIXL_VERBS_PDATA_LEN];
+    unsigned char pd[_NIXL_VERBS_PDATA_ACC_LEN];
     if (_nixl_verbs_pdata_parse(pdb, pdlen, &in)) {
         nixl_backend_log(e->be, NIXL_LOG_WARN, "verbs: connection request with bad private data refused");
+        _nixl_verbs_reject(e, id, _NIXL_VERBS_REJ_REFUSED);
+        return;
+    }
+    if (_nixl_verbs_check_claim(e, id, &in) != 0) {
         _nixl_verbs_reject(e, id, _NIXL_VERBS_REJ_REFUSED);
         return;
     }
@@ -1662,6 +1800,9 @@ static void _nixl_verbs_on_connect_request(_nixl_verbs_engine_t *e, struct rdma_
         if (c->init_depth > their_resp) c->init_depth = their_resp;
         p->conn = c;
         p->wait_passive = 0;
+        memcpy(c->nonce_a, in.nonce16, _NIXL_VERBS_NONCE);
+        c->from = ((struct sockaddr_in *)rdma_get_peer_addr(id))->sin_addr;
+        if (nixl_random_bytes(c->nonce_p, sizeof c->nonce_p) != 0) goto fail_conn;
     }
     qp = &c->qps[in.qidx];
     if (qp->id || in.nqp != c->nqp) {
@@ -1689,7 +1830,7 @@ refuse:
 
 static void _nixl_verbs_on_route_resolved(_nixl_verbs_engine_t *e, _nixl_verbs_conn_t *c, _nixl_verbs_qp_t *qp) {
     struct rdma_conn_param cp;
-    unsigned char pd[_NIXL_VERBS_PDATA_LEN];
+    unsigned char pd[_NIXL_VERBS_PDATA_ACC_LEN];
     if (_nixl_verbs_qp_create(e, c, qp)) {
         _nixl_verbs_conn_fail(e, c, NIXL_ERR_BACKEND, "cannot create a QP");
         return;
@@ -1714,17 +1855,31 @@ static void _nixl_verbs_on_established(_nixl_verbs_engine_t *e, _nixl_verbs_conn
         c->peer_rx_count = in.rx_count;
         c->peer_buf_size = in.buf_size;
         c->tx_credits = in.rx_count;
+        memcpy(c->nonce_p, in.nonce16, _NIXL_VERBS_NONCE);
+        if (nixl_backend_auth_on(e->be) &&
+            (!in.mac || !c->peer->name || !_nixl_verbs_mac_ok(e, c, 1, c->peer->name, e->hash, in.mac))) {
+            _nixl_verbs_conn_fail(e, c, NIXL_ERR_NOT_ALLOWED, "the peer did not prove it knows the auth token");
+            return;
+        }
+        c->proven = 1; /* we dialed the address in its metadata (and it proved the token) */
     }
     qp->established = 1;
     if (++c->nqp_est < c->nqp) return;
     c->state = _NIXL_VERBS_CONN_UP;
-    if (!c->passive) { /* HELLO goes first: the passive side learns our name */
-        if (_nixl_verbs_am_send(e, c, _NIXL_VERBS_AM_HELLO, (const unsigned char *)e->name,
-                                (uint32_t)strlen(e->name), NULL) != 1) {
+    if (!c->passive) { /* HELLO goes first: the passive side learns our name (and our proof) */
+        unsigned char hello[_NIXL_VERBS_MAC + 256];
+        size_t nl = strlen(e->name), off = 0;
+        if (nixl_backend_auth_on(e->be)) {
+            _nixl_verbs_mac(e, c, 0, e->name, c->peer->hash, hello);
+            off = _NIXL_VERBS_MAC;
+        }
+        memcpy(hello + off, e->name, nl);
+        if (_nixl_verbs_am_send(e, c, _NIXL_VERBS_AM_HELLO, hello, (uint32_t)(off + nl), NULL) != 1) {
             _nixl_verbs_conn_fail(e, c, NIXL_ERR_BACKEND, "cannot send HELLO");
             return;
         }
     }
+    if (!c->proven) return; /* the passive side waits for the connector's HELLO */
     _nixl_verbs_pump_backlog(e, c);
     if (c->state == _NIXL_VERBS_CONN_UP) _nixl_verbs_flush_am(e, c);
 }
@@ -1752,7 +1907,7 @@ static int _nixl_verbs_cm_progress(_nixl_verbs_engine_t *e) {
         enum rdma_cm_event_type type = ev->event;
         struct rdma_cm_id *id = ev->id;
         int status = ev->status;
-        unsigned char pd[64];
+        unsigned char pd[_NIXL_VERBS_PDATA_ACC_LEN];
         size_t pdlen = 0;
         uint8_t init = ev->param.conn.initiator_depth, resp = ev->param.conn.responder_resources;
         _nixl_verbs_qp_t *qp;
@@ -2041,7 +2196,8 @@ static int _nixl_verbs_cuda_load(_nixl_verbs_engine_t *e) {
 
 static const char *const _nixl_verbs_param_keys[] = {
     "devices", "listen_addr", "listen_port", "qps_per_peer", "sq_depth", "slice_size",
-    "timeout", "notif_bufs", "notif_buf_size", "retry_cnt", "vram_path", "stage_bufs", "stage_size", NULL};
+    "timeout", "notif_bufs", "notif_buf_size", "retry_cnt", "vram_path", "stage_bufs", "stage_size",
+    "max_unknown_peers", "notif_unverified", NULL};
 
 static nixl_status_t _nixl_verbs_param_vram_path(_nixl_verbs_engine_t *e, const char *v) {
     static const struct { const char *name; int path; } paths[] = {
@@ -2073,9 +2229,18 @@ static nixl_status_t _nixl_verbs_params(_nixl_verbs_engine_t *e, const nixl_back
     _NIXL_VERBS_PARAM("retry_cnt", 7, 0, 7, e->retry_cnt)
     _NIXL_VERBS_PARAM("stage_bufs", 8, 2, 1024, e->stage_bufs)
     _NIXL_VERBS_PARAM("stage_size", 1u << 20, 4096, 1u << 28, e->stage_size)
+    _NIXL_VERBS_PARAM("max_unknown_peers", _NIXL_VERBS_MAX_UNKNOWN, 0, 65536, e->max_unknown)
     _NIXL_VERBS_PARAM("listen_port", 0, 0, 65535, v)
 #undef _NIXL_VERBS_PARAM
     e->listen_port = (uint16_t)v;
+    {
+        const char *nu = nixl_param_get(init, "notif_unverified");
+        if (nu && strcmp(nu, "accept") != 0 && strcmp(nu, "drop") != 0) {
+            nixl_backend_log(e->be, NIXL_LOG_ERROR, "verbs: notif_unverified=%s: want accept or drop", nu);
+            return NIXL_ERR_INVALID_PARAM;
+        }
+        e->notif_unverified = nu && strcmp(nu, "accept") == 0;
+    }
     return _nixl_verbs_param_vram_path(e, nixl_param_get(init, "vram_path"));
 }
 
@@ -2478,11 +2643,18 @@ static nixl_status_t _nixl_verbs_load_remote_conn_info(void *engine, const char 
     p->addr = a;
     p->has_addr = 1;
     p->loaded = 1;
+    if (p->conn && p->conn->passive && !p->conn->proven && !nixl_backend_auth_on(e->be) &&
+        p->conn->state == _NIXL_VERBS_CONN_UP) {
+        /* it connected before we knew it: now its address can be checked */
+        if (_nixl_verbs_from_its_address(p->conn)) p->conn->proven = 1;
+        else _nixl_verbs_conn_fail(e, p->conn, NIXL_ERR_NOT_ALLOWED, "the connection does not come from the address "
+                                   "in its metadata (an impostor)");
+    }
     return NIXL_SUCCESS;
 }
 
 static int _nixl_verbs_peer_ready(const _nixl_verbs_peer_t *p) {
-    return p->conn && p->conn->state == _NIXL_VERBS_CONN_UP;
+    return p->conn && p->conn->state == _NIXL_VERBS_CONN_UP && p->conn->proven;
 }
 
 static nixl_status_t _nixl_verbs_connect(void *engine, const char *remote) {

@@ -46,8 +46,8 @@ static void *xalloc(size_t n) {
     return p;
 }
 
-/* b loads a's metadata; the loaded name must be a's */
-static int share_md(nixl_agent_t *from, nixl_agent_t *to) {
+/* `to` loads `from`'s metadata; the loaded name must be from's */
+static int load_md_of(nixl_agent_t *from, nixl_agent_t *to) {
     void *blob = NULL;
     size_t len = 0;
     char name[256];
@@ -57,6 +57,10 @@ static int share_md(nixl_agent_t *from, nixl_agent_t *to) {
     nixl_free_md(from, blob);
     return ok;
 }
+
+/* Both load each other's: without an auth token a receiver takes
+   notifications only over connections it can tie to loaded metadata. */
+static int share_md(nixl_agent_t *from, nixl_agent_t *to) { return load_md_of(from, to) && load_md_of(to, from); }
 
 /* Waits for a request, driving the other agent (the target) as well. */
 static nixl_status_t wait_req(nixl_agent_t *a, nixl_xfer_req_t *r, nixl_agent_t *other) {
@@ -1283,6 +1287,134 @@ out:
     free(lb);
 }
 
+// >>tests: impersonation
+
+static nixl_agent_t *mk_agent_tok(const char *name, const char *params, const char *token) {
+    return xu_agent_tok(name, nixl_verbs_backend(), params, test_log, token, NULL);
+}
+
+typedef struct claims {
+    int honest, forged;
+} claims_t;
+
+static void on_claim(void *user, const char *remote, const void *msg, size_t len) {
+    claims_t *c = (claims_t *)user;
+    if (!strcmp(remote, "prefill") && len == 4 && !memcmp(msg, "done", 4)) c->honest++;
+    else c->forged++;
+}
+
+/* An impostor calls itself "prefill", a peer "decode" loaded, and notifies
+   decode ("req-17 done"). Without a token it connects from another address
+   than the one in prefill's metadata (192.0.2.2 on the VM's interface):
+   refused at the connection request. With one, it does not know it: its
+   HELLO's MAC fails. Either way decode hears only the real prefill, whose
+   transfer lands (bytes checked). */
+static void test_impersonation(void) {
+    const char *dev = getenv("NIXL_VM_NETDEV");
+    int with_token, second_ip = 0;
+    if (dev) {
+        char cmd[160];
+        snprintf(cmd, sizeof cmd, "ip addr replace 192.0.2.2/24 dev %s 2>/dev/null", dev);
+        second_ip = system(cmd) == 0;
+        usleep(300000); /* rxe adds the address's GID */
+    }
+    for (with_token = 0; with_token < 2; with_token++) {
+        const char *tok = with_token ? "verbs-secret" : NULL;
+        nixl_agent_t *t, *p, *m;
+        unsigned char *l = (unsigned char *)xalloc(4096), *r = (unsigned char *)xalloc(4096);
+        nixl_xfer_req_t *req = NULL;
+        claims_t got = {0, 0};
+        uint64_t until;
+        if (!with_token && !second_ip) {
+            SKIP("impersonation from another address: no second address on the VM's interface (not in the VM?)");
+            free(l);
+            free(r);
+            continue;
+        }
+        t = mk_agent_tok("decode", NULL, tok);
+        p = mk_agent_tok("prefill", NULL, tok);
+        m = mk_agent_tok("prefill", with_token ? NULL : "listen_addr=192.0.2.2", with_token ? "a-guess" : NULL);
+        CHECK(t && p && m);
+        if (!t || !p || !m) goto next;
+        CHECK_ST(xu_reg(t, r, 4096), NIXL_SUCCESS);
+        CHECK_ST(xu_reg(p, l, 4096), NIXL_SUCCESS);
+        CHECK(share_md(t, p));
+        CHECK(load_md_of(t, m));
+        quiet_log_level = NIXL_LOG_ERROR - 1; /* the refusals are expected */
+        CHECK_ST(nixl_gen_notif(m, "decode", "req-17 done", 11, NULL), NIXL_SUCCESS);
+        until = nixl_now_us() + 1500000u;
+        while (nixl_now_us() < until) {
+            nixl_get_notifs(t, on_claim, &got);
+            nixl_progress(m);
+        }
+        quiet_log_level = NIXL_LOG_WARN;
+        nt_fill(l, 4096, 41);
+        CHECK_ST(one_xfer(p, t, NIXL_WRITE, l, r, 4096, "done", &req), NIXL_SUCCESS);
+        if (req) {
+            CHECK_ST(post_wait(p, req, t, NULL), NIXL_SUCCESS);
+            CHECK(nt_verify(r, 4096, 41));
+            nixl_release_xfer_req(p, req);
+        }
+        until = nixl_now_us() + WAIT_US;
+        while (got.honest < 1 && nixl_now_us() < until) {
+            nixl_get_notifs(t, on_claim, &got);
+            nixl_progress(p);
+            nixl_progress(m);
+        }
+        CHECKF(got.honest == 1 && got.forged == 0, "%s token: %d honest, %d forged notifications at decode",
+               with_token ? "with a" : "without a", got.honest, got.forged);
+    next:
+        nixl_agent_destroy(m);
+        nixl_agent_destroy(p);
+        nixl_agent_destroy(t);
+        free(l);
+        free(r);
+    }
+}
+
+/* Connections from peers the target never loaded are capped
+   (max_unknown_peers=1 here): the second stranger is refused before it
+   costs a QP, and a loaded peer still gets through. */
+static void test_unknown_peers_capped(void) {
+    nixl_agent_t *t = mk_agent("hub", "max_unknown_peers=1", NULL), *s1 = mk_agent("stranger-1", NULL, NULL);
+    nixl_agent_t *s2 = mk_agent("stranger-2", NULL, NULL), *f = mk_agent("friend", NULL, NULL);
+    uint64_t until;
+    int i;
+    notes_t n;
+    CHECK(t && s1 && s2 && f);
+    if (!t || !s1 || !s2 || !f) goto out;
+    CHECK(load_md_of(t, s1) && load_md_of(t, s2) && share_md(t, f));
+    quiet_log_level = NIXL_LOG_ERROR - 1;
+    CHECK_ST(nixl_gen_notif(s1, "hub", "x", 1, NULL), NIXL_SUCCESS);
+    until = nixl_now_us() + 1000000u;
+    while (nixl_now_us() < until) {
+        nixl_progress(t);
+        nixl_progress(s1);
+    }
+    CHECK_ST(nixl_gen_notif(s2, "hub", "y", 1, NULL), NIXL_SUCCESS);
+    until = nixl_now_us() + 1000000u;
+    while (nixl_now_us() < until) {
+        nixl_progress(t);
+        nixl_progress(s2);
+    }
+    quiet_log_level = NIXL_LOG_WARN;
+    {
+        _nixl_verbs_engine_t *e = (_nixl_verbs_engine_t *)s2->be[0]->engine;
+        _nixl_verbs_peer_t *hp = _nixl_verbs_peer_find(e, "hub");
+        CHECKF(!hp || !hp->conn || hp->conn->state == _NIXL_VERBS_CONN_FAILED || nixl_check_remote_md(s2, "hub", NULL)
+               != NIXL_SUCCESS, "the second stranger's connection was refused");
+    }
+    notes_init(&n);
+    for (i = 0; i < 1; i++) CHECK_ST(nixl_gen_notif(f, "hub", "seq 0", 5, NULL), NIXL_SUCCESS);
+    CHECK(wait_notes(t, &n, 1, f) && strcmp(n.sender, "friend") == 0);
+out:
+    nixl_agent_destroy(f);
+    nixl_agent_destroy(s2);
+    nixl_agent_destroy(s1);
+    nixl_agent_destroy(t);
+}
+
+
 int main(int argc, char **argv) {
     self_exe = argv[0];
     if (argc == 3 && strcmp(argv[1], "--wirecut-target") == 0) return wirecut_target(argv[2]);
@@ -1314,6 +1446,8 @@ int main(int argc, char **argv) {
     NT_RUN(test_release_in_flight);
     NT_RUN(test_dereg_while_held);
     NT_RUN(test_adversarial_peer);
+    NT_RUN(test_impersonation);
+    NT_RUN(test_unknown_peers_capped);
     NT_RUN(test_two_processes);
     NT_RUN(test_peer_killed);
     return nt_finish();

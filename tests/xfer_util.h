@@ -23,14 +23,17 @@ XU_FN void xu_log(void *user, int level, const char *msg) {
 
 /* an agent logging to log_fn with one backend of `ops` and `params`;
    *be_out (may be NULL) gets the backend */
-XU_FN nixl_agent_t *xu_agent_log(const char *name, const nixl_backend_ops_t *ops, const char *params,
-                                 void (*log_fn)(void *, int, const char *), nixl_backend_t **be_out) {
+/* An agent with one backend; token: its auth_token (NULL: none). */
+XU_FN nixl_agent_t *xu_agent_tok(const char *name, const nixl_backend_ops_t *ops, const char *params,
+                                 void (*log_fn)(void *, int, const char *), const char *token,
+                                 nixl_backend_t **be_out) {
     nixl_agent_config_t cfg;
     nixl_agent_t *a = NULL;
     nixl_backend_t *be = NULL;
     memset(&cfg, 0, sizeof cfg);
     cfg.name = name;
     cfg.log_fn = log_fn;
+    cfg.auth_token = token;
     if (nixl_agent_create(&cfg, &a) != NIXL_SUCCESS) return NULL;
     if (nixl_create_backend(a, ops, params, &be) != NIXL_SUCCESS) {
         nixl_agent_destroy(a);
@@ -38,6 +41,11 @@ XU_FN nixl_agent_t *xu_agent_log(const char *name, const nixl_backend_ops_t *ops
     }
     if (be_out) *be_out = be;
     return a;
+}
+
+XU_FN nixl_agent_t *xu_agent_log(const char *name, const nixl_backend_ops_t *ops, const char *params,
+                                 void (*log_fn)(void *, int, const char *), nixl_backend_t **be_out) {
+    return xu_agent_tok(name, ops, params, log_fn, NULL, be_out);
 }
 
 XU_FN nixl_agent_t *xu_agent(const char *name, const nixl_backend_ops_t *ops, const char *params) {
@@ -69,7 +77,7 @@ XU_FN nixl_status_t xu_dereg(nixl_agent_t *a, void *p, size_t n) {
 }
 
 /* `to` loads `from`'s metadata (same process) */
-XU_FN int xu_share_md(nixl_agent_t *from, nixl_agent_t *to) {
+XU_FN int xu_load_md_of(nixl_agent_t *from, nixl_agent_t *to) {
     void *blob = NULL;
     size_t len = 0;
     int ok = nixl_get_local_md(from, &blob, &len) == NIXL_SUCCESS &&
@@ -77,6 +85,10 @@ XU_FN int xu_share_md(nixl_agent_t *from, nixl_agent_t *to) {
     nixl_free_md(from, blob);
     return ok;
 }
+
+/* Both load each other's metadata: without an auth token a receiver takes
+   notifications only from peers it can tie to their loaded metadata. */
+XU_FN int xu_share_md(nixl_agent_t *from, nixl_agent_t *to) { return xu_load_md_of(from, to) && xu_load_md_of(to, from); }
 
 XU_FN int xu_send_all(int fd, const void *p, size_t n) {
     const char *c = (const char *)p;
