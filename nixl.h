@@ -51,23 +51,62 @@
 
    TRUST MODEL
    -----------
+   Memory:
    - The TARGET decides what a peer can touch: on RDMA the NIC checks rkeys
      and MR bounds (verbs, UCX data_path=rma); on UCX's software transports
      the target's own handler checks every access against its registrations
      (see nixl_ucx.h). Metadata a peer sends, however forged, reaches only
      what the target registered.
-   - nixl_load_remote_md is all or nothing: a failure leaves nothing of the
-     blob loaded.
-   - Received notifications wait in a queue bounded per sender and in total
-     (notif_queue_peer_bytes, notif_queue_bytes); the surplus is dropped and
-     logged, never silently.
-   - The metadata listener reads a payload as it arrives (never allocates
-     what a header only announces), gives a connection 1 s to send its
-     header and token, and when all slots are taken closes the oldest one
-     that has not.
-   - Not built yet: identity bound to the channel (today a notification's
-     sender name is the one it claims), authentication of the data
-     channels, bounds on remote metadata, listener limits per address.
+   Identity (who a message is from) is bound to the channel it came over,
+   never read from the message:
+   - With a shared secret (auth_token, or NIXL_AUTH_TOKEN in the
+     environment) every channel authenticates both ways by challenge-
+     response over fresh nonces, HMAC-SHA256 keyed by the secret: the
+     metadata side channel (every exchange), UCX endpoints (a session per
+     endpoint: HELLO, WELCOME with the receiver's MAC, PROOF with the
+     sender's) and verbs connections (nonces in the CM private data, the
+     acceptor's MAC in its REP, the connector's in its first message). The
+     secret never crosses the wire; a replayed exchange fails (new nonces).
+     HMAC and SHA-256 come from OpenSSL's libcrypto, opened with dlopen
+     (NIXL_CRYPTO_LIB, default "libcrypto.so.3"): nothing to link for an
+     application without a secret; with a secret and no libcrypto,
+     nixl_agent_create fails (NOT_SUPPORTED) and says why. A shared secret
+     makes every holder equally trusted: any of them may speak under any
+     name.
+   - Without a secret, a receiver takes notifications from agent X only
+     over a channel it can tie to X's LOADED metadata: UCX welcomes X's
+     session through its own endpoint to the worker address in X's
+     metadata (an impostor never learns the session); verbs accepts a
+     connection claiming X only from the address in X's metadata. So a
+     receiver must load its senders' metadata (or share a secret);
+     otherwise their notifications are dropped with a log line (the
+     backends' notif_unverified=accept takes them on the sender's word).
+   - The metadata listener: with a secret, only authenticated exchanges;
+     without one it binds 127.0.0.1 unless listen_addr says otherwise (an
+     unauthenticated listener reachable from other hosts is logged as a
+     warning at start), and a name loaded over it belongs to the address it
+     came from: another address may neither add to it nor invalidate it.
+     Without a secret, whoever pushes a name first owns it: set a secret
+     wherever other hosts can reach the listener.
+   - UCX worker addresses and packed keys from peers are checked against
+     UCX 1.13's layouts before ucp_ep_create / ucp_ep_rkey_unpack see them.
+   Bounded (each limit a config field; the defaults are far above what a
+   KV-cache deployment uses):
+   - remote metadata: regions per peer (remote_regions_max, 262144), peers
+     (remotes_max, 4096), bytes of all of it (remote_md_bytes, 1 GiB); a
+     blob is decoded outside the agent lock and applied all or nothing.
+   - received notifications: per sender and in total (notif_queue_peer_
+     bytes 64 MiB, notif_queue_bytes 256 MiB); the surplus is dropped and
+     logged, never silently. Receivers enforce the size limits themselves.
+   - the listener: 256 connections, listen_conns_per_addr (64) from one
+     address; a payload is read as it arrives (never allocated on a
+     header's word); a connection has 1 s to prove itself (HELLO and a
+     request header with the right MAC) and, under pressure, the oldest
+     unproven connections (of the same address first) make room.
+   - verbs: passive connections from peers not loaded (max_unknown_peers).
+   Not built yet: flow control of notifications (a sender is not slowed; a
+   receiver over its queue limits drops and logs), per-agent keys (a shared
+   secret is one trust domain).
 
    Loopback: a request whose remote agent is the agent's own name transfers
    within the agent (no metadata to load), on backends that support it.
@@ -233,7 +272,8 @@ typedef struct nixl_agent_config {
 } nixl_agent_config_t;
 
 /* Creates an agent. Errors: INVALID_PARAM (no/empty/too long name, only one
-   of alloc_fn/free_fn, bad listen_addr, auth_token over 255 bytes),
+   of alloc_fn/free_fn, bad listen_addr, an auth token empty or over 255
+   bytes), NOT_SUPPORTED (an auth token, and libcrypto cannot be opened),
    BACKEND (thread creation failed, listener could not bind: the log says
    why). Thread safety: any thread. */
 NIXL_API nixl_status_t nixl_agent_create(const nixl_agent_config_t *cfg, nixl_agent_t **agent);

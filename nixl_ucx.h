@@ -40,6 +40,12 @@
                           when both ends chose rma; the log says which path
                           the agent uses. data_path=rma over software
                           transports is logged as the hole it is.
+       notif_unverified=accept|drop
+                          without an auth token, notifications from a peer
+                          whose metadata this agent has not loaded cannot
+                          be verified: drop them (default, logged) or
+                          accept them on the sender's word (logged once per
+                          session).
        rndv_thresh=BYTES  checked path: data up to this size travels eager
                           (copied), larger by rendezvous, received straight
                           into the checked target range (default 8192).
@@ -76,6 +82,25 @@
      clear errors; it is not the protection.
    - Answers (ACK, READ data) carry the request's slot, post generation and
      a random 64-bit token; anything else is ignored.
+   - Who sends a notification is known by its SESSION, never by a name in
+     the message. A new endpoint's first message is a HELLO (the sender's
+     name and a 16-byte nonce); the receiver answers with a WELCOME that
+     carries a random 64-bit session id, and every notification carries
+     its endpoint's session id. With an auth token the WELCOME goes back on
+     UCX's reply endpoint with the receiver's HMAC and the sender answers
+     with a PROOF (its HMAC): both ends proved the token, over fresh
+     nonces. Without one the receiver sends the WELCOME through its own
+     endpoint to the worker address in the claimed name's LOADED metadata,
+     so only that process learns the session id (a HELLO waits up to 30 s
+     for that metadata to arrive). Notifications wait at the sender (in
+     order) until their endpoint's session is open, up to 10 s, then fail
+     NOT_ALLOWED (logged). Notifications without an open session are
+     dropped at the receiver (logged: the 1st, 2nd, 4th, ...). Sessions are
+     bounded (4096; unproven ones make room first).
+   - A peer's worker addresses and packed rkeys are checked against UCX
+     1.13's layouts before ucp_ep_create / ucp_ep_rkey_unpack see them
+     (section "wire checks"; tests/fuzz_ucx_wire.c mutates real ones and
+     runs each in a child process: zero aborts).
 
    THE CHECKED PATH (data_path=am)
    -------------------------------
@@ -98,8 +123,8 @@
    memory. Connection info therefore carries the process identity (pid,
    start time, pid namespace, boot id): while checked requests wait on a
    peer of the same host, progress reads /proc/PID/stat every 100 ms and
-   fails a vanished peer like an endpoint error. A new endpoint sends one
-   "hello" AM at once so the wire-up starts while the peer is alive.
+   fails a vanished peer like an endpoint error. A new endpoint sends its
+   session HELLO at once, so the wire-up starts while the peer is alive.
    On Soft-RoCE (rdma_rxe in a QEMU VM) UCX 1.13 picks GID index 1 (the
    IPv4-mapped RoCE v2 GID); its UD traffic then never arrives, the UD
    wire-up times out (and trips an assertion inside UCX). With

@@ -49,6 +49,13 @@
                             (default 8), made on the first staged request.
        stage_size=N         staging: bytes per bounce buffer, 4096..256 MiB
                             (default 1 MiB); staged requests slice at it.
+       max_unknown_peers=N  passive connections from peers whose metadata is
+                            not loaded, 0..65536 (default 64; each costs QPs
+                            and registered buffers); more are refused.
+       notif_unverified=accept|drop
+                            without an auth token, notifications over a
+                            connection not tied to loaded metadata: drop
+                            (default, logged) or accept on the peer's word.
    Fixed: rnr_retry 7 (never needed: credits), max_rd_atomic and
    max_dest_rd_atomic at the device maximum, a signaled WR every sq_depth/4
    WRs per QP (and the last of every request on each QP), ibv_poll_cq in
@@ -71,7 +78,18 @@
    first transfer / notification to the peer does, asynchronously: the
    rdma_cm event channel is non-blocking and driven from progress, and posts
    made meanwhile are queued. The connecting side sends its agent name (a
-   hash of it in the CM private data, the full name in the first message);
+   hash of it in the CM private data, the full name in the first message).
+   IDENTITY: a connection speaks for that name only once PROVEN. Each side
+   puts a fresh 16-byte nonce in its CM private data; with an auth token
+   the acceptor's REP carries its HMAC over both nonces and both agents
+   (checked by the connector before it sends anything) and the connector's
+   first message carries its own (checked by the acceptor). Without a
+   token, a connection claiming an agent whose metadata is loaded must come
+   from the address in that metadata (refused at the connection request
+   otherwise); one from an agent not loaded yet is proven when its metadata
+   arrives and the address matches, and failed when it does not. Until
+   proven, the accepting side sends nothing over it (posts and
+   notifications to that peer wait) and drops its notifications;
    when two agents connect to each other at the same time, the connection
    started by the agent with the smaller name (strcmp) wins and the other
    side waits for it. An agent can transfer to itself (loopback): it
