@@ -127,7 +127,7 @@ static int world_up(world *w) {
     w->buf = (unsigned char *)calloc(1, BUF);
     w->bbuf = (unsigned char *)calloc(1, BUF);
     return w->surv && w->bystander && w->buf && w->bbuf && xu_reg(w->surv, w->buf, BUF) == NIXL_SUCCESS &&
-           xu_reg(w->bystander, w->bbuf, BUF) == NIXL_SUCCESS && xu_share_md(w->bystander, w->surv);
+           xu_reg(w->bystander, w->bbuf, BUF) == NIXL_SUCCESS && xu_load_md_of(w->bystander, w->surv);
 }
 
 static void world_down(world *w) {
