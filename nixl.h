@@ -2783,10 +2783,20 @@ static nixl_status_t _nixl_md_apply(nixl_agent_t *a, _nixl_remote *rm, const _ni
     return NIXL_SUCCESS;
 }
 
-/* What loading md into rm (NULL: a new peer) costs, against the limits:
-   remote_regions_max per peer, remotes_max peers, remote_md_bytes in all. */
-static size_t _nixl_md_cost(const _nixl_md *md, size_t blob_len) {
-    return blob_len + md->nreg * (sizeof(_nixl_region) + 2 * sizeof(void *));
+/* Regions of md that rm (NULL: a new peer) does not hold yet. */
+static size_t _nixl_md_new_regions(const _nixl_remote *rm, const _nixl_md *md) {
+    size_t k, n = 0;
+    if (!rm) return md->nreg;
+    for (k = 0; k < md->nreg; k++) n += _nixl_table_find_exact(&rm->regions, &md->reg[k].s) < 0;
+    return n;
+}
+
+/* What loading md into rm costs, against the limits (remote_regions_max
+   per peer, remotes_max peers, remote_md_bytes in all): the regions it
+   adds, and the blob once for a new peer (a re-send of what is loaded
+   costs nothing). */
+static size_t _nixl_md_cost(const _nixl_remote *rm, const _nixl_md *md, size_t blob_len) {
+    return (rm ? 0 : blob_len) + _nixl_md_new_regions(rm, md) * (sizeof(_nixl_region) + 2 * sizeof(void *) + 64);
 }
 
 static nixl_status_t _nixl_md_check_limits(nixl_agent_t *a, const _nixl_remote *rm, const _nixl_md *md,
@@ -2797,9 +2807,9 @@ static nixl_status_t _nixl_md_check_limits(nixl_agent_t *a, const _nixl_remote *
         peers++;
         bytes += r->bytes;
     }
-    if (rm && rm->regions.n + md->nreg > _nixl_max_peer_regions(a)) {
-        _nixl_log(a, NIXL_LOG_ERROR, "load_remote_md(%s): %zu regions loaded + %zu would pass remote_regions_max (%zu)",
-                  md->name, rm->regions.n, md->nreg, _nixl_max_peer_regions(a));
+    if (rm && rm->regions.n + _nixl_md_new_regions(rm, md) > _nixl_max_peer_regions(a)) {
+        _nixl_log(a, NIXL_LOG_ERROR, "load_remote_md(%s): %zu regions loaded + %zu new would pass remote_regions_max "
+                  "(%zu)", md->name, rm->regions.n, _nixl_md_new_regions(rm, md), _nixl_max_peer_regions(a));
         return NIXL_ERR_NOT_ALLOWED;
     }
     if (!rm && peers >= _nixl_max_remotes(a)) {
@@ -2818,9 +2828,10 @@ static nixl_status_t _nixl_md_check_limits(nixl_agent_t *a, const _nixl_remote *
 /* Without a secret, a peer loaded over the side channel belongs to the
    address it came from: another address may not add to it. */
 static nixl_status_t _nixl_md_check_origin(nixl_agent_t *a, const _nixl_remote *rm, const char *origin) {
-    if (a->token || !origin || !rm->origin[0] || !strcmp(rm->origin, origin)) return NIXL_SUCCESS;
-    _nixl_log(a, NIXL_LOG_ERROR, "load_remote_md: %s pushed metadata of %s, which came from %s: refused (without "
-              "an auth token a name belongs to the address that brought it)", origin, rm->name, rm->origin);
+    if (a->token || !origin || !strcmp(rm->origin, origin)) return NIXL_SUCCESS;
+    _nixl_log(a, NIXL_LOG_ERROR, "load_remote_md: %s pushed metadata of %s, which %s: refused (without an auth "
+              "token a name belongs to whoever brought it)", origin, rm->name,
+              rm->origin[0] ? "came from another address" : "the application loaded");
     return NIXL_ERR_NOT_ALLOWED;
 }
 
@@ -2830,7 +2841,7 @@ static nixl_status_t _nixl_load_md_apply(nixl_agent_t *a, const _nixl_md *md, si
                                          char *out_name, size_t cap) {
     _nixl_remote *rm;
     int map[NIXL_MD_MAX_BACKENDS], created = 0;
-    size_t cost = _nixl_md_cost(md, blob_len);
+    size_t cost;
     nixl_status_t st;
     if (!strcmp(md->name, a->name)) {
         _nixl_log(a, NIXL_LOG_ERROR, "load_remote_md: the blob is this agent's own (%s); loopback needs no metadata",
@@ -2844,6 +2855,7 @@ static nixl_status_t _nixl_load_md_apply(nixl_agent_t *a, const _nixl_md *md, si
     _nixl_md_map_backends(a, md, map);
     if ((st = _nixl_md_check_duplicates(a, md)) != NIXL_SUCCESS) return st;
     rm = _nixl_remote_find(a, md->name);
+    cost = _nixl_md_cost(rm, md, blob_len);
     if (rm && (st = _nixl_md_check_origin(a, rm, origin)) != NIXL_SUCCESS) return st;
     if (rm && (st = _nixl_md_check_conflicts(a, rm, md, map)) != NIXL_SUCCESS) return st;
     if ((st = _nixl_md_check_limits(a, rm, md, cost)) != NIXL_SUCCESS) return st;
@@ -3793,6 +3805,7 @@ typedef struct _nixl_sc_conn {
     uint64_t opened;     /* when accepted: the oldest unproven ones go first under pressure */
     char peer[48];       /* ip:port, for log lines */
     char ip[INET_ADDRSTRLEN];
+    char lim[INET_ADDRSTRLEN]; /* the address its limits count under */
     int phase;           /* 0 awaiting HELLO, 1 awaiting the request, 2 writing a frame */
     int part;            /* of the frame being read: 0 header, 1 its MAC, 2 payload, 3 payload MAC */
     int proven;          /* the request header is genuine (its MAC, or no secret is set) */
@@ -4032,7 +4045,7 @@ static uint64_t _nixl_sc_unproven_us(nixl_agent_t *a) {
 static int _nixl_sc_evict_unproven(nixl_agent_t *a, _nixl_sc_conn *conns, const char *ip, const char *why) {
     int i, oldest = NIXL_SC_MAX_CONNS;
     for (i = 0; i < NIXL_SC_MAX_CONNS; i++)
-        if (conns[i].fd >= 0 && !conns[i].proven && (!ip || !strcmp(conns[i].ip, ip)) &&
+        if (conns[i].fd >= 0 && !conns[i].proven && (!ip || !strcmp(conns[i].lim, ip)) &&
             (oldest == NIXL_SC_MAX_CONNS || conns[i].opened < conns[oldest].opened))
             oldest = i;
     if (oldest < NIXL_SC_MAX_CONNS) _nixl_sc_drop(a, &conns[oldest], why);
@@ -4053,7 +4066,7 @@ static int _nixl_sc_slot_for(nixl_agent_t *a, _nixl_sc_conn *conns, const char *
     for (i = 0; i < NIXL_SC_MAX_CONNS; i++) {
         if (conns[i].fd < 0) {
             if (free_slot == NIXL_SC_MAX_CONNS) free_slot = i;
-        } else if (!strcmp(conns[i].ip, ip)) {
+        } else if (!strcmp(conns[i].lim, ip)) {
             same++;
         }
     }
@@ -4068,11 +4081,13 @@ static int _nixl_sc_slot_for(nixl_agent_t *a, _nixl_sc_conn *conns, const char *
 static void _nixl_sc_accept(nixl_agent_t *a, _nixl_sc_conn *conns) {
     struct sockaddr_in sa;
     socklen_t sl = sizeof sa;
-    char ip[INET_ADDRSTRLEN];
+    char ip[INET_ADDRSTRLEN], lim[INET_ADDRSTRLEN];
     int i, fd = accept(a->sc_listen_fd, (struct sockaddr *)&sa, &sl);
     if (fd < 0) return;
     inet_ntop(AF_INET, &sa.sin_addr, ip, sizeof ip);
-    i = _nixl_sc_slot_for(a, conns, ip);
+    /* any 127.x.y.z is this host: one address for the limits */
+    snprintf(lim, sizeof lim, "%s", (ntohl(sa.sin_addr.s_addr) >> 24) == 127 ? "127.0.0.1" : ip);
+    i = _nixl_sc_slot_for(a, conns, lim);
     if (i == NIXL_SC_MAX_CONNS || _nixl_sc_nonblock(fd) != 0) {
         close(fd);
         _nixl_lock(a);
@@ -4086,6 +4101,7 @@ static void _nixl_sc_accept(nixl_agent_t *a, _nixl_sc_conn *conns) {
     conns[i].opened = nixl_now_us();
     conns[i].deadline = conns[i].opened + _nixl_sc_unproven_us(a);
     memcpy(conns[i].ip, ip, sizeof ip);
+    memcpy(conns[i].lim, lim, sizeof lim);
     snprintf(conns[i].peer, sizeof conns[i].peer, "%s:%u", ip, (unsigned)ntohs(sa.sin_port));
 }
 

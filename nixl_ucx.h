@@ -253,7 +253,8 @@ NIXL_API const nixl_backend_ops_t *nixl_ucx_backend(void);
    kind, u16le name length (HELLO) or 0, then by kind */
 #define _NIXL_UCX_AM_NOTIF 1u            /* u64le session, then the notification bytes */
 #define _NIXL_UCX_AM_HELLO 2u            /* 16-byte nonce, then the sender's name: opens a session */
-#define _NIXL_UCX_AM_WELCOME 3u          /* nonce, u64le session (0 = refused), MAC with a secret */
+#define _NIXL_UCX_AM_WELCOME 3u          /* nonce, u64le session (0 = refused), MAC with a secret, the
+                                            receiver's name */
 #define _NIXL_UCX_AM_PROOF 4u            /* u64le session, MAC: the sender knows the secret */
 #define _NIXL_UCX_NONCE 16u
 #define _NIXL_UCX_MAC 32u
@@ -261,6 +262,7 @@ NIXL_API const nixl_backend_ops_t *nixl_ucx_backend(void);
 #define _NIXL_UCX_SESSION_WAIT_US 10000000u /* a sender's notifications wait this long for a session */
 #define _NIXL_UCX_HELLO_WAIT_US 30000000u   /* a HELLO waits this long for the sender's metadata */
 #define _NIXL_UCX_MAX_SESSIONS 4096u
+#define _NIXL_UCX_SESSIONS_PER_NAME 256u
 /* data-path message kinds (user header of _NIXL_UCX_AM_DATA_ID) */
 #define _NIXL_UCX_DP_WRITE 1u            /* data: bytes for [addr, addr+len) at the target */
 #define _NIXL_UCX_DP_READ_REQ 2u         /* no data: send me [addr, addr+len) */
@@ -507,6 +509,7 @@ struct _nixl_ucx_engine {
     uint64_t next_sess_check;
     int notif_unverified;  /* accept a session on the peer's word (no secret, metadata not loaded) */
     unsigned long dropped_notifs; /* without an open session */
+    unsigned long noisy;   /* warnings peers caused (rate-limited) */
     uint64_t rkey_md_map;  /* memory domains a peer's packed key may name (ours for host memory) */
 };
 
@@ -834,7 +837,7 @@ static void _nixl_ucx_conn_hello(_nixl_ucx_engine_t *eng, _nixl_ucx_conn_t *c);
    it later (an endpoint still wiring up), so it owns a copy. */
 typedef struct {
     _nixl_ucx_engine_t *eng;
-    unsigned char bytes[4 + _NIXL_UCX_NONCE + 8 + 256 + _NIXL_UCX_MAC];
+    unsigned char bytes[4 + _NIXL_UCX_NONCE + 8 + 256 + _NIXL_UCX_MAC + 256];
 } _nixl_ucx_ctl_t;
 
 static void _nixl_ucx_ctl_sent_cb(void *request, ucs_status_t status, void *user_data) {
@@ -900,11 +903,12 @@ static uint64_t _nixl_ucx_random(_nixl_ucx_engine_t *eng);
 /* WELCOME: nonce, session (0: refused), and the MAC with a secret. */
 static ucs_status_t _nixl_ucx_send_welcome(_nixl_ucx_engine_t *eng, ucp_ep_h ep, const _nixl_ucx_sess_t *s,
                                            uint64_t id) {
-    unsigned char m[4 + _NIXL_UCX_NONCE + 8 + _NIXL_UCX_MAC];
+    unsigned char m[4 + _NIXL_UCX_NONCE + 8 + _NIXL_UCX_MAC + 256];
     size_t len = 4 + _NIXL_UCX_NONCE + 8;
     memset(m, 0, sizeof m);
     m[0] = (unsigned char)_NIXL_UCX_WIRE_VERSION;
     m[1] = (unsigned char)_NIXL_UCX_AM_WELCOME;
+    _nixl_ucx_put_u16(m + 2, (unsigned)eng->name_len);
     memcpy(m + 4, s->nonce, _NIXL_UCX_NONCE);
     _nixl_ucx_put_u64(m + 4 + _NIXL_UCX_NONCE, id);
     if (nixl_backend_auth_on(eng->be)) {
@@ -912,7 +916,18 @@ static ucs_status_t _nixl_ucx_send_welcome(_nixl_ucx_engine_t *eng, ucp_ep_h ep,
             return UCS_ERR_NO_MEMORY;
         len += _NIXL_UCX_MAC;
     }
+    /* who welcomes: the sender takes it only from the peer it said HELLO to
+       (a third party that echoes someone's nonce gets nothing) */
+    memcpy(m + len, eng->name, eng->name_len);
+    len += eng->name_len;
     return _nixl_ucx_send_ctl(eng, ep, m, len, 0);
+}
+
+/* Rate limit for what unauthenticated peers can make us log: the 1st,
+   2nd, 4th, 8th... */
+static int _nixl_ucx_noisy(_nixl_ucx_engine_t *eng) {
+    unsigned long n = ++eng->noisy;
+    return (n & (n - 1)) == 0;
 }
 
 static void _nixl_ucx_sess_drop(_nixl_ucx_engine_t *eng, _nixl_ucx_sess_t *s) {
@@ -941,6 +956,33 @@ static int _nixl_ucx_sess_room(_nixl_ucx_engine_t *eng) {
     return 1;
 }
 
+/* A nonce opens one session only (an echo of someone's nonce gets
+   nothing), and one name holds at most _NIXL_UCX_SESSIONS_PER_NAME (its
+   oldest goes first): a flood of HELLOs in one name cannot fill the table. */
+static int _nixl_ucx_sess_admit(_nixl_ucx_engine_t *eng, const unsigned char *nonce, const char *name, size_t nl) {
+    _nixl_ucx_sess_t *s, *oldest = NULL;
+    unsigned same = 0;
+    for (s = eng->sessions; s; s = s->next) {
+        if (!memcmp(s->nonce, nonce, _NIXL_UCX_NONCE)) return -1;
+        if (strlen(s->name) != nl || memcmp(s->name, name, nl) != 0) continue;
+        same++;
+        if (!oldest || s->born < oldest->born) oldest = s;
+    }
+    if (same >= _NIXL_UCX_SESSIONS_PER_NAME) _nixl_ucx_sess_drop(eng, oldest);
+    return 0;
+}
+
+/* A peer's metadata arrived or went: sessions opened on its word alone
+   (notif_unverified=accept) end, and without a token so do the ones it
+   opened before (they were tied to metadata that is gone). */
+static void _nixl_ucx_sess_forget(_nixl_ucx_engine_t *eng, const char *name, int unloaded) {
+    _nixl_ucx_sess_t *s, *next;
+    for (s = eng->sessions; s; s = next) {
+        next = s->next;
+        if (strcmp(s->name, name) == 0 && (s->claimed || unloaded)) _nixl_ucx_sess_drop(eng, s);
+    }
+}
+
 /* A HELLO: someone calling itself `name` opens a session. With a secret we
    welcome it on its reply endpoint and wait for its proof. Without one,
    only the process at the address in name's loaded metadata may hold the
@@ -952,9 +994,11 @@ static void _nixl_ucx_on_hello(_nixl_ucx_engine_t *eng, const unsigned char *p, 
     size_t nl = _nixl_ucx_get_u16(p + 2);
     ucp_ep_h reply = (param->recv_attr & UCP_AM_RECV_ATTR_FIELD_REPLY_EP) ? param->reply_ep : NULL;
     if (len != 4 + _NIXL_UCX_NONCE + nl || nl == 0 || nl > 255 || memchr(p + 4 + _NIXL_UCX_NONCE, 0, nl)) {
-        nixl_backend_log(eng->be, NIXL_LOG_WARN, "session: malformed HELLO (%zu bytes), dropped", len);
+        if (_nixl_ucx_noisy(eng))
+            nixl_backend_log(eng->be, NIXL_LOG_WARN, "session: malformed HELLO (%zu bytes), dropped", len);
         return;
     }
+    if (_nixl_ucx_sess_admit(eng, p + 4, (const char *)p + 4 + _NIXL_UCX_NONCE, nl) != 0) return;
     if (!_nixl_ucx_sess_room(eng) || !(s = (_nixl_ucx_sess_t *)_nixl_ucx_alloc(eng, sizeof *s))) return;
     memcpy(s->nonce, p + 4, _NIXL_UCX_NONCE);
     memcpy(s->name, p + 4 + _NIXL_UCX_NONCE, nl);
@@ -992,18 +1036,25 @@ static _nixl_ucx_conn_t *_nixl_ucx_conn_by_nonce(_nixl_ucx_engine_t *eng, const 
 /* A WELCOME for one of our HELLOs (the sender's side). */
 static void _nixl_ucx_on_welcome(_nixl_ucx_engine_t *eng, const unsigned char *p, size_t len) {
     int auth = nixl_backend_auth_on(eng->be);
-    size_t want = 4 + _NIXL_UCX_NONCE + 8 + (auth ? _NIXL_UCX_MAC : 0);
+    size_t nl = _nixl_ucx_get_u16(p + 2), fixed = 4 + _NIXL_UCX_NONCE + 8 + (auth ? _NIXL_UCX_MAC : 0);
     _nixl_ucx_conn_t *c;
     uint64_t id;
-    if (len != want && len != 4 + _NIXL_UCX_NONCE + 8) {
-        nixl_backend_log(eng->be, NIXL_LOG_WARN, "session: malformed WELCOME (%zu bytes), dropped", len);
+    if (len != fixed + nl || nl == 0) {
+        if (_nixl_ucx_noisy(eng))
+            nixl_backend_log(eng->be, NIXL_LOG_WARN, "session: malformed WELCOME (%zu bytes), dropped", len);
         return;
     }
     c = _nixl_ucx_conn_by_nonce(eng, p + 4);
     if (!c) return; /* not ours, or already answered: a replay */
+    if (strlen(c->peer->name) != nl || memcmp(c->peer->name, p + fixed, nl) != 0) {
+        if (_nixl_ucx_noisy(eng))
+            nixl_backend_log(eng->be, NIXL_LOG_WARN, "session: a WELCOME for our HELLO to %s came from a peer calling "
+                             "itself '%.*s': ignored", c->peer->name, (int)(nl > 255 ? 255 : nl), p + fixed);
+        return;
+    }
     id = _nixl_ucx_get_u64(p + 4 + _NIXL_UCX_NONCE);
-    if (auth && (len != want || !_nixl_ucx_sess_mac_ok(eng, _NIXL_UCX_AM_WELCOME, c->nonce, id, c->peer->name,
-                                                         eng->name, p + 4 + _NIXL_UCX_NONCE + 8))) {
+    if (auth && !_nixl_ucx_sess_mac_ok(eng, _NIXL_UCX_AM_WELCOME, c->nonce, id, c->peer->name, eng->name,
+                                       p + 4 + _NIXL_UCX_NONCE + 8)) {
         nixl_backend_log(eng->be, NIXL_LOG_WARN, "session: a WELCOME in the name of %s does not carry the right "
                          "MAC (an impostor, or a different auth token): ignored", c->peer->name);
         return;
@@ -1029,7 +1080,8 @@ static _nixl_ucx_sess_t *_nixl_ucx_sess_find(_nixl_ucx_engine_t *eng, uint64_t i
 static void _nixl_ucx_on_proof(_nixl_ucx_engine_t *eng, const unsigned char *p, size_t len) {
     _nixl_ucx_sess_t *s;
     if (len != 4 + 8 + _NIXL_UCX_MAC) {
-        nixl_backend_log(eng->be, NIXL_LOG_WARN, "session: malformed PROOF (%zu bytes), dropped", len);
+        if (_nixl_ucx_noisy(eng))
+            nixl_backend_log(eng->be, NIXL_LOG_WARN, "session: malformed PROOF (%zu bytes), dropped", len);
         return;
     }
     s = _nixl_ucx_sess_find(eng, _nixl_ucx_get_u64(p + 4));
@@ -1072,12 +1124,14 @@ static ucs_status_t _nixl_ucx_am_cb(void *arg, const void *header, size_t header
     if (eng->destroying) return UCS_OK;
     if (param->recv_attr & UCP_AM_RECV_ATTR_FLAG_RNDV) {
         /* we send eager only; a rendezvous AM is not ours */
-        nixl_backend_log(eng->be, NIXL_LOG_WARN, "am: rendezvous message of %zu bytes dropped", length);
+        if (_nixl_ucx_noisy(eng))
+            nixl_backend_log(eng->be, NIXL_LOG_WARN, "am: rendezvous message of %zu bytes dropped", length);
         return UCS_OK;
     }
     if (length < 4 || p[0] != _NIXL_UCX_WIRE_VERSION) {
-        nixl_backend_log(eng->be, NIXL_LOG_WARN, "am: malformed message (%zu bytes, version %u) dropped", length,
-                         length ? (unsigned)p[0] : 0u);
+        if (_nixl_ucx_noisy(eng))
+            nixl_backend_log(eng->be, NIXL_LOG_WARN, "am: malformed message (%zu bytes, version %u) dropped",
+                             length, length ? (unsigned)p[0] : 0u);
         return UCS_OK;
     }
     switch (p[1]) {
@@ -1085,7 +1139,8 @@ static ucs_status_t _nixl_ucx_am_cb(void *arg, const void *header, size_t header
     case _NIXL_UCX_AM_HELLO: _nixl_ucx_on_hello(eng, p, length, param); break;
     case _NIXL_UCX_AM_WELCOME: _nixl_ucx_on_welcome(eng, p, length); break;
     case _NIXL_UCX_AM_PROOF: _nixl_ucx_on_proof(eng, p, length); break;
-    default: nixl_backend_log(eng->be, NIXL_LOG_WARN, "am: unknown kind %u, dropped", (unsigned)p[1]);
+    default:
+        if (_nixl_ucx_noisy(eng)) nixl_backend_log(eng->be, NIXL_LOG_WARN, "am: unknown kind %u, dropped", (unsigned)p[1]);
     }
     return UCS_OK;
 }
@@ -1221,8 +1276,7 @@ static void _nixl_ucx_conn_hello(_nixl_ucx_engine_t *eng, _nixl_ucx_conn_t *c) {
     unsigned char m[4 + _NIXL_UCX_NONCE + 256];
     c->hello_at = nixl_now_us();
     if (nixl_random_bytes(c->nonce, sizeof c->nonce) != 0) {
-        c->sess_state = _NIXL_UCX_SESS_REFUSED;
-        nixl_backend_log(eng->be, NIXL_LOG_ERROR, "connect: getrandom failed: no session, no notifications");
+        nixl_backend_log(eng->be, NIXL_LOG_ERROR, "connect: getrandom failed: no session yet (tried again later)");
         return;
     }
     m[0] = (unsigned char)_NIXL_UCX_WIRE_VERSION;
@@ -1279,17 +1333,19 @@ static void _nixl_ucx_sessions_sender(_nixl_ucx_engine_t *eng, uint64_t now) {
             _nixl_ucx_put_u64(m + 4, c->sess);
             if (_nixl_ucx_sess_mac(eng, _NIXL_UCX_AM_PROOF, c->nonce, c->sess, eng->name, c->peer->name, m + 12) != 0 ||
                 _nixl_ucx_send_ctl(eng, c->ep, m, sizeof m, 0) != UCS_OK) {
-                c->sess_state = _NIXL_UCX_SESS_REFUSED;
+                c->sess_state = _NIXL_UCX_SESS_WAIT; /* the next notification says HELLO again */
                 nixl_backend_log(eng->be, NIXL_LOG_ERROR, "session: PROOF to %s not sent", c->peer->name);
             } else {
                 c->sess_state = _NIXL_UCX_SESS_OPEN; /* the proof goes first on this endpoint: UCX keeps order */
             }
         }
         if (c->sess_state == _NIXL_UCX_SESS_WAIT && c->held && now - c->hello_at > _NIXL_UCX_SESSION_WAIT_US) {
-            c->sess_state = _NIXL_UCX_SESS_REFUSED;
+            /* what waits fails; the connection stays usable: the next
+               notification says HELLO again */
             nixl_backend_log(eng->be, NIXL_LOG_ERROR, "session: %s did not accept us within %u s (without an auth "
                              "token it must have loaded our metadata)", c->peer->name,
                              _NIXL_UCX_SESSION_WAIT_US / 1000000u);
+            _nixl_ucx_drop_held(eng, c, "no session at the peer");
         }
         if (c->sess_state == _NIXL_UCX_SESS_OPEN) _nixl_ucx_flush_held(eng, c);
         else if (c->sess_state == _NIXL_UCX_SESS_REFUSED) _nixl_ucx_drop_held(eng, c, "no session at the peer");
@@ -3129,6 +3185,7 @@ static nixl_status_t _nixl_ucx_load_remote_conn_info(void *engine, const char *r
     }
     p->next = eng->peers;
     eng->peers = p;
+    _nixl_ucx_sess_forget(eng, remote, 0);
     eng->sess_work = 1; /* a HELLO of this peer may be waiting for its metadata */
     return NIXL_SUCCESS;
 }

@@ -266,6 +266,7 @@ NIXL_API nixl_status_t nixl_verbs_set_copy_ops(nixl_backend_t *be, const nixl_ve
 #define _NIXL_VERBS_NONCE 16
 #define _NIXL_VERBS_MAC 32
 #define _NIXL_VERBS_MAX_UNKNOWN 64    /* default: passive connections from peers not (yet) loaded */
+#define _NIXL_VERBS_PROVE_US 5000000u /* with a token: a connector's HELLO proof arrives within this */
 #define _NIXL_VERBS_REJ_TIEBREAK 1 /* reject reason: "I connect to you" */
 #define _NIXL_VERBS_REJ_REFUSED 2  /* reject reason: refused */
 #define _NIXL_VERBS_PUB_VERSION 1
@@ -375,6 +376,7 @@ typedef struct _nixl_verbs_conn {
        without a token: its source address is the one in its metadata) */
     unsigned char nonce_a[_NIXL_VERBS_NONCE], nonce_p[_NIXL_VERBS_NONCE];
     int proven;
+    uint64_t up_at;
     struct in_addr from; /* passive: the connector's source address */
     int nqp, nqp_est;
     _nixl_verbs_qp_t qps[_NIXL_VERBS_MAX_QPS];
@@ -954,6 +956,19 @@ static int _nixl_verbs_mac_ok(_nixl_verbs_engine_t *e, const _nixl_verbs_conn_t 
 static void _nixl_verbs_pump_backlog(_nixl_verbs_engine_t *e, _nixl_verbs_conn_t *c);
 static void _nixl_verbs_flush_am(_nixl_verbs_engine_t *e, _nixl_verbs_conn_t *c);
 
+/* An accepted connection turned out not to be who it claimed: it goes, and
+   the peer it claimed stays as it was (its metadata is not invalidated; its
+   queued work waits for a connection of its own). */
+static void _nixl_verbs_drop_impostor(_nixl_verbs_engine_t *e, _nixl_verbs_conn_t *c, const char *why) {
+    _nixl_verbs_peer_t *p = c->peer;
+    nixl_backend_log(e->be, NIXL_LOG_WARN, "verbs: connection claiming to be %s dropped: %s",
+                     p->name ? p->name : "(unnamed peer)", why);
+    c->state = _NIXL_VERBS_CONN_FAILED;
+    if (p->conn == c) p->conn = NULL;
+    _nixl_verbs_conn_doom(e, c);
+    if (!p->loaded) _nixl_verbs_peer_free(e, p);
+}
+
 /* Without a token, a passive connection is proven when its peer is loaded
    and the connection comes from the address in that peer's metadata. */
 static int _nixl_verbs_from_its_address(const _nixl_verbs_conn_t *c) {
@@ -998,8 +1013,7 @@ static void _nixl_verbs_am_on_hello(_nixl_verbs_engine_t *e, _nixl_verbs_conn_t 
         }
     }
     if (auth && !_nixl_verbs_mac_ok(e, c, 0, p->name, e->hash, mac)) {
-        _nixl_verbs_conn_fail(e, c, NIXL_ERR_NOT_ALLOWED, "a peer calling itself by this name did not prove it knows "
-                              "the auth token");
+        _nixl_verbs_drop_impostor(e, c, "it did not prove it knows the auth token");
         return;
     }
     c->proven = auth || _nixl_verbs_from_its_address(c);
@@ -1722,10 +1736,11 @@ static void _nixl_verbs_reject(_nixl_verbs_engine_t *e, struct rdma_cm_id *id, u
 }
 
 /* Who may connect (before a QP is spent on it). A connector claims an
-   agent by its name hash. Without a token, a claim of an agent whose
-   metadata we loaded must come from the address in that metadata (an
-   impostor elsewhere is refused here); with a token the claim is proven by
-   MACs after the accept. Connections from peers we have not loaded are
+   agent by its name hash. A claim of an agent whose metadata we loaded
+   must come from the address in that metadata (an impostor elsewhere is
+   refused here; a connector binds its listen address, which is what its
+   metadata says); with a token the claim is also proven by MACs after the
+   accept. Connections from peers we have not loaded are
    capped (max_unknown_peers): each costs a QP and its buffers. */
 static int _nixl_verbs_check_claim(_nixl_verbs_engine_t *e, struct rdma_cm_id *id, const _nixl_verbs_pdata_t *in) {
     const struct sockaddr_in *from = (const struct sockaddr_in *)rdma_get_peer_addr(id);
@@ -1736,14 +1751,20 @@ static int _nixl_verbs_check_claim(_nixl_verbs_engine_t *e, struct rdma_cm_id *i
     for (p = e->peers; p; p = p->next) {
         if (p->self_passive || p->is_self) continue;
         if (!p->loaded && p->conn) unknown++;
-        if (p->hash != in->hash || !p->loaded || !p->has_addr || nixl_backend_auth_on(e->be)) continue;
+        if (p->hash != in->hash || !p->loaded || !p->has_addr) continue;
         if (p->addr.sin_addr.s_addr == from->sin_addr.s_addr) return 0;
         inet_ntop(AF_INET, &p->addr.sin_addr, want, sizeof want);
         nixl_backend_log(e->be, NIXL_LOG_WARN, "verbs: a connection from %s claims to be %s, whose metadata says %s: "
                          "refused", ip, p->name ? p->name : "a loaded peer", want);
         return -1;
     }
-    if (in->hash == e->hash) return 0; /* loopback */
+    if (in->hash == e->hash) { /* loopback: from our own address only */
+        if (e->listen_addr.sin_addr.s_addr == htonl(INADDR_ANY) ||
+            e->listen_addr.sin_addr.s_addr == from->sin_addr.s_addr)
+            return 0;
+        nixl_backend_log(e->be, NIXL_LOG_WARN, "verbs: a connection from %s claims to be this agent: refused", ip);
+        return -1;
+    }
     for (p = e->peers; p; p = p->next)
         if (p->hash == in->hash && !p->self_passive && !p->is_self) return 0; /* known: its own rules apply */
     if (unknown >= e->max_unknown) {
@@ -1790,6 +1811,15 @@ static void _nixl_verbs_on_connect_request(_nixl_verbs_engine_t *e, struct rdma_
         }
     }
     c = p->conn;
+    if (c && c->passive && c->nonce == in.nonce &&
+        (memcmp(c->nonce_a, in.nonce16, _NIXL_VERBS_NONCE) != 0 ||
+         c->from.s_addr != ((struct sockaddr_in *)rdma_get_peer_addr(id))->sin_addr.s_addr)) {
+        /* a later QP of an attempt must carry its nonce, from its address */
+        nixl_backend_log(e->be, NIXL_LOG_WARN, "verbs: a QP joining a connection from %s with another nonce or "
+                         "address: refused", p->name ? p->name : "(unnamed peer)");
+        _nixl_verbs_reject(e, id, _NIXL_VERBS_REJ_REFUSED);
+        return;
+    }
     if (c && !(c->passive && c->nonce == in.nonce)) {
         if (c->state == _NIXL_VERBS_CONN_CONNECTING && !c->passive && p->name &&
             strcmp(e->name, p->name) > 0) {
@@ -1884,6 +1914,7 @@ static void _nixl_verbs_on_established(_nixl_verbs_engine_t *e, _nixl_verbs_conn
     qp->established = 1;
     if (++c->nqp_est < c->nqp) return;
     c->state = _NIXL_VERBS_CONN_UP;
+    c->up_at = nixl_now_us();
     if (!c->passive) { /* HELLO goes first: the passive side learns our name (and our proof) */
         unsigned char hello[_NIXL_VERBS_MAC + 256];
         size_t nl = strlen(e->name), off = 0;
@@ -2665,8 +2696,7 @@ static nixl_status_t _nixl_verbs_load_remote_conn_info(void *engine, const char 
         p->conn->state == _NIXL_VERBS_CONN_UP) {
         /* it connected before we knew it: now its address can be checked */
         if (_nixl_verbs_from_its_address(p->conn)) p->conn->proven = 1;
-        else _nixl_verbs_conn_fail(e, p->conn, NIXL_ERR_NOT_ALLOWED, "the connection does not come from the address "
-                                   "in its metadata (an impostor)");
+        else _nixl_verbs_drop_impostor(e, p->conn, "it does not come from the address in its metadata");
     }
     return NIXL_SUCCESS;
 }
@@ -2903,6 +2933,12 @@ static nixl_status_t _nixl_verbs_gen_notif(void *engine, const char *remote, con
 
 static int _nixl_verbs_peer_progress(_nixl_verbs_engine_t *e, _nixl_verbs_peer_t *p) {
     int did = 0, batches;
+    if (p->conn && p->conn->passive && !p->conn->proven && p->conn->state == _NIXL_VERBS_CONN_UP &&
+        nixl_backend_auth_on(e->be) && nixl_now_us() - p->conn->up_at > _NIXL_VERBS_PROVE_US) {
+        /* with a token a connector proves itself in its first message */
+        _nixl_verbs_drop_impostor(e, p->conn, "no proof of the auth token within 5 s");
+        return 1;
+    }
     if (!p->conn && p->wait_passive && nixl_now_us() - p->wait_since > _NIXL_VERBS_WAIT_PASSIVE_US) {
         p->wait_passive = 0; /* the winner never came: try ourselves */
         p->want_connect = 1;
