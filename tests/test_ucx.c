@@ -1647,6 +1647,41 @@ static void test_forged_notifications(void) {
     }
 }
 
+/* A WELCOME answers one HELLO, from the peer it went to: a third party that
+   echoes our nonce (it saw our HELLO to it) is ignored, the peer's own
+   answer opens the session. Driven by hand: no progress runs meanwhile. */
+static void test_welcome_from_its_peer_only(void) {
+    nixl_agent_t *a = make_agent("ini"), *b = make_agent("tgt");
+    unsigned char *r = xmalloc(4096), m[4 + _NIXL_UCX_NONCE + 8 + 16];
+    _nixl_ucx_engine_t *eng;
+    _nixl_ucx_conn_t *c;
+    if (!a || !b) goto out;
+    CHECK_ST(xu_reg(b, r, 4096), NIXL_SUCCESS);
+    CHECK_ST(load_md_of(b, a), NIXL_SUCCESS); /* a connects to b: its HELLO is out */
+    eng = (_nixl_ucx_engine_t *)a->be[0]->engine;
+    c = eng->conns;
+    CHECK(c && c->peer && c->sess_state == _NIXL_UCX_SESS_WAIT);
+    if (!c) goto out;
+    memset(m, 0, sizeof m);
+    m[0] = _NIXL_UCX_WIRE_VERSION;
+    m[1] = _NIXL_UCX_AM_WELCOME;
+    m[2] = 7;
+    memcpy(m + 4, c->nonce, _NIXL_UCX_NONCE);
+    _nixl_ucx_put_u64(m + 4 + _NIXL_UCX_NONCE, 0x1234567);
+    memcpy(m + 4 + _NIXL_UCX_NONCE + 8, "mallory", 7);
+    _nixl_ucx_on_welcome(eng, m, 4 + _NIXL_UCX_NONCE + 8 + 7);
+    CHECKF(c->sess_state == _NIXL_UCX_SESS_WAIT, "a WELCOME from 'mallory' for our HELLO to tgt was ignored");
+    m[2] = 3;
+    memcpy(m + 4 + _NIXL_UCX_NONCE + 8, "tgt", 3);
+    _nixl_ucx_on_welcome(eng, m, 4 + _NIXL_UCX_NONCE + 8 + 3);
+    CHECKF(c->sess_state == _NIXL_UCX_SESS_OPEN && c->sess == 0x1234567, "tgt's WELCOME opened the session");
+    settle(a, b);
+out:
+    nixl_agent_destroy(a);
+    nixl_agent_destroy(b);
+    free(r);
+}
+
 // >>tests: a raw UCX attacker
 
 /* A plain UCX program (no nixl) holding the target's worker address: it
@@ -1910,6 +1945,7 @@ static int run_all(void) {
     RUN(test_adversarial_peer, 200);
     RUN(test_raw_ucx_attacker, 60);
     RUN(test_forged_notifications, 60);
+    RUN(test_welcome_from_its_peer_only, 30);
     RUN(test_notif_flood_bounded, 200);
     /* not in `make test`: UCX 1.13 itself fails it now and then (see the
        README's known limits); `make test-ucx-death` runs it */
