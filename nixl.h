@@ -104,9 +104,13 @@
      request header with the right MAC) and, under pressure, the oldest
      unproven connections (of the same address first) make room.
    - verbs: passive connections from peers not loaded (max_unknown_peers).
-   Not built yet: flow control of notifications (a sender is not slowed; a
-   receiver over its queue limits drops and logs), per-agent keys (a shared
-   secret is one trust domain).
+   - flow control: on verbs a receiver whose queue has no room for a
+     sender's notification holds it in its receive buffer and returns no
+     credit for it, so the sender slows down (its requests stay IN_PROG)
+     instead of being dropped (backends: nixl_backend_notif_room).
+   Not built yet: flow control on UCX (there a receiver over its queue
+   limits drops and logs), cutting off a flooding peer, per-agent keys (a
+   shared secret is one trust domain).
 
    Loopback: a request whose remote agent is the agent's own name transfers
    within the agent (no metadata to load), on backends that support it.
@@ -605,6 +609,11 @@ struct nixl_backend_ops {
 NIXL_API void nixl_backend_log(nixl_backend_t *be, int level, const char *fmt, ...) NIXL_PRINTF(3, 4);
 /* Queue a received notification from `remote` (copied). */
 NIXL_API void nixl_backend_notif(nixl_backend_t *be, const char *remote, const void *msg, size_t len);
+/* Whether a notification of len bytes from `remote` fits the receive queue
+   now (notif_queue_peer_bytes, notif_queue_bytes). A backend with flow
+   control of its own holds the message, and the sender's credit for it,
+   while it does not: the sender slows down instead of being dropped. */
+NIXL_API int nixl_backend_notif_room(nixl_backend_t *be, const char *remote, size_t len);
 /* Report that `remote` died or disconnected: after the current vtable call
    returns, the core invalidates its metadata (unload_md, disconnect) with
    NIXL_ERR_REMOTE_DISCONNECT as the reason. */
@@ -1829,11 +1838,21 @@ static _nixl_nq_acct *_nixl_nq_account(nixl_agent_t *a, const char *sender) {
 /* Whether a notification of `cost` bytes from `sender` fits the queue's
    limits; if so it is accounted. A refusal is counted (and logged when a
    sender's drops begin); nothing is dropped silently. */
+static size_t _nixl_nq_total(const nixl_agent_t *a) {
+    return a->cfg.notif_queue_bytes ? a->cfg.notif_queue_bytes : (size_t)256 << 20;
+}
+static size_t _nixl_nq_per(const nixl_agent_t *a) {
+    return a->cfg.notif_queue_peer_bytes ? a->cfg.notif_queue_peer_bytes : (size_t)64 << 20;
+}
+static int _nixl_nq_fits(const nixl_agent_t *a, const _nixl_nq_acct *c, size_t cost) {
+    return a->nq_bytes + cost <= _nixl_nq_total(a) && (c ? c->bytes : 0) + cost <= _nixl_nq_per(a);
+}
+static size_t _nixl_nq_cost(const char *sender, size_t len) { return sizeof(_nixl_notif) + strlen(sender) + 1 + len; }
+
 static int _nixl_nq_admit(nixl_agent_t *a, const nixl_backend_t *be, const char *sender, size_t cost) {
-    size_t total = a->cfg.notif_queue_bytes ? a->cfg.notif_queue_bytes : (size_t)256 << 20;
-    size_t per = a->cfg.notif_queue_peer_bytes ? a->cfg.notif_queue_peer_bytes : (size_t)64 << 20;
+    size_t total = _nixl_nq_total(a), per = _nixl_nq_per(a);
     _nixl_nq_acct *c = _nixl_nq_account(a, sender);
-    int fits = a->nq_bytes + cost <= total && (c ? c->bytes : 0) + cost <= per;
+    int fits = _nixl_nq_fits(a, c, cost);
     if (!c && fits) {
         size_t n = strlen(sender);
         c = (_nixl_nq_acct *)_nixl_alloc(a, sizeof *c + n);
@@ -1884,7 +1903,7 @@ NIXL_API void nixl_backend_notif(nixl_backend_t *be, const char *remote, const v
         return;
     }
     /* one block: entry, sender name, message */
-    size_t cost = sizeof(_nixl_notif) + nlen + 1 + len;
+    size_t cost = _nixl_nq_cost(remote, len);
     _nixl_notif *n;
     if (!_nixl_nq_admit(a, be, remote, cost)) return;
     n = (_nixl_notif *)_nixl_alloc(a, cost);
@@ -1902,6 +1921,11 @@ NIXL_API void nixl_backend_notif(nixl_backend_t *be, const char *remote, const v
     if (a->nq_tail) a->nq_tail->next = n;
     else a->nq_head = n;
     a->nq_tail = n;
+}
+
+NIXL_API int nixl_backend_notif_room(nixl_backend_t *be, const char *remote, size_t len) {
+    nixl_agent_t *a = be->agent;
+    return remote && _nixl_nq_fits(a, _nixl_nq_account(a, remote), _nixl_nq_cost(remote, len));
 }
 
 NIXL_API void nixl_backend_peer_down(nixl_backend_t *be, const char *remote) {

@@ -56,6 +56,13 @@
                             without an auth token, notifications over a
                             connection not tied to loaded metadata: drop
                             (default, logged) or accept on the peer's word.
+   FLOW CONTROL: a notification is sent only with a credit (a receive
+   buffer the peer posted). While the core's queue has no room for a
+   sender's notifications (notif_queue_peer_bytes, notif_queue_bytes), the
+   receiver keeps them in their buffers, in order, and returns no credit:
+   the sender runs out and waits (requests with notifications stay
+   IN_PROG) until the application drains with nixl_get_notifs. Nothing is
+   dropped.
    Fixed: rnr_retry 7 (never needed: credits), max_rd_atomic and
    max_dest_rd_atomic at the device maximum, a signaled WR every sq_depth/4
    WRs per QP (and the last of every request on each QP), ibv_poll_cq in
@@ -377,6 +384,12 @@ typedef struct _nixl_verbs_conn {
     unsigned char nonce_a[_NIXL_VERBS_NONCE], nonce_p[_NIXL_VERBS_NONCE];
     int proven;
     uint64_t up_at;
+    /* flow control: received frames held (not re-posted, their credit not
+       returned) while the core's queue has no room for the sender's
+       notifications; in arrival order */
+    uint32_t *held;        /* rx_count slots, a ring: slot << 0, byte_len in held_len */
+    uint32_t *held_len;
+    uint32_t held_head, held_n;
     struct in_addr from; /* passive: the connector's source address */
     int nqp, nqp_est;
     _nixl_verbs_qp_t qps[_NIXL_VERBS_MAX_QPS];
@@ -718,6 +731,7 @@ static void _nixl_verbs_conn_destroy(_nixl_verbs_engine_t *e, _nixl_verbs_conn_t
     if (c->cq) ibv_destroy_cq(c->cq);
     if (c->buf_mr) ibv_dereg_mr(c->buf_mr);
     if (c->buf) nixl_backend_free(e->be, c->buf);
+    nixl_backend_free(e->be, c->held);
     if (c->tx_free) nixl_backend_free(e->be, c->tx_free);
     nixl_backend_free(e->be, c);
 }
@@ -1456,6 +1470,57 @@ static void _nixl_verbs_on_send_wc(_nixl_verbs_engine_t *e, _nixl_verbs_conn_t *
     _nixl_verbs_req_advance(e, rec.req);
 }
 
+/* Flow control. A notification the core has no room for stays in its
+   receive buffer: the buffer is not re-posted and its credit not returned,
+   so the sender runs out of credits and waits (its requests stay
+   NIXL_IN_PROG, its notifications queue) instead of being dropped. What
+   arrives behind a held frame is held too (order). The frame's own credits
+   for us are taken at once (holding them could stall both sides). */
+static int _nixl_verbs_hold(_nixl_verbs_engine_t *e, _nixl_verbs_conn_t *c, uint32_t slot, uint32_t byte_len) {
+    unsigned char *p = c->buf + (size_t)slot * c->buf_size;
+    uint32_t len;
+    if (byte_len < _NIXL_VERBS_AM_HDR || byte_len > c->buf_size) return 0;
+    len = _nixl_verbs_get32(p + 4);
+    if (!c->held_n && (p[0] != _NIXL_VERBS_AM_NOTIF || !c->peer || !c->peer->name || !c->proven ||
+                       len > byte_len - _NIXL_VERBS_AM_HDR || nixl_backend_notif_room(e->be, c->peer->name, len)))
+        return 0;
+    if (!c->held) {
+        c->held = (uint32_t *)nixl_backend_alloc(e->be, 2 * c->rx_count * sizeof *c->held);
+        if (!c->held) return 0; /* no memory to hold: the core drops it, as without flow control */
+        c->held_len = c->held + c->rx_count;
+    }
+    c->tx_credits += _nixl_verbs_get16(p + 2);
+    if (c->tx_credits > c->peer_rx_count) c->tx_credits = c->peer_rx_count;
+    p[2] = p[3] = 0;
+    c->held[(c->held_head + c->held_n) % c->rx_count] = slot;
+    c->held_len[(c->held_head + c->held_n) % c->rx_count] = byte_len;
+    c->held_n++;
+    return 1;
+}
+
+/* Delivers held frames, in order, while the core has room. */
+static int _nixl_verbs_release_held(_nixl_verbs_engine_t *e, _nixl_verbs_conn_t *c) {
+    int did = 0;
+    while (c->held_n && c->state == _NIXL_VERBS_CONN_UP) {
+        uint32_t slot = c->held[c->held_head], byte_len = c->held_len[c->held_head];
+        const unsigned char *p = c->buf + (size_t)slot * c->buf_size;
+        if (p[0] == _NIXL_VERBS_AM_NOTIF &&
+            !nixl_backend_notif_room(e->be, c->peer->name, _nixl_verbs_get32(p + 4)))
+            break;
+        c->held_head = (c->held_head + 1) % c->rx_count;
+        c->held_n--;
+        _nixl_verbs_am_recv(e, c, slot, byte_len);
+        if (c->state != _NIXL_VERBS_CONN_UP) break;
+        if (_nixl_verbs_post_recv(e, c, slot)) {
+            _nixl_verbs_conn_fail(e, c, NIXL_ERR_BACKEND, "cannot re-post a receive buffer");
+            break;
+        }
+        c->rx_pending++;
+        did = 1;
+    }
+    return did;
+}
+
 /* One batch of completions; returns how many, or -1 when the connection failed. */
 static int _nixl_verbs_poll_conn(_nixl_verbs_engine_t *e, _nixl_verbs_conn_t *c) {
     struct ibv_wc wc[_NIXL_VERBS_POLL_BATCH];
@@ -1480,6 +1545,7 @@ static int _nixl_verbs_poll_conn(_nixl_verbs_engine_t *e, _nixl_verbs_conn_t *c)
         }
         if ((id & 3u) == _NIXL_VERBS_WRID_RECV) {
             if (idx >= c->rx_count) continue;
+            if (_nixl_verbs_hold(e, c, idx, wc[i].byte_len)) continue; /* flow control */
             _nixl_verbs_am_recv(e, c, idx, wc[i].byte_len);
             if (c->state == _NIXL_VERBS_CONN_FAILED) return -1;
             if (_nixl_verbs_post_recv(e, c, idx)) {
@@ -2958,6 +3024,7 @@ static int _nixl_verbs_peer_progress(_nixl_verbs_engine_t *e, _nixl_verbs_peer_t
         if (n < _NIXL_VERBS_POLL_BATCH) break;
     }
     if (p->stage) did |= _nixl_verbs_stage_poll(e, p);
+    if (p->conn && p->conn->held_n) did |= _nixl_verbs_release_held(e, p->conn);
     if (p->conn && p->conn->state == _NIXL_VERBS_CONN_UP) {
         _nixl_verbs_pump_backlog(e, p->conn);
         if (p->conn && p->conn->state == _NIXL_VERBS_CONN_UP) _nixl_verbs_flush_am(e, p->conn);
