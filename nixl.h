@@ -3476,11 +3476,12 @@ static const char *_nixl_sc_parse_header(const unsigned char *h, unsigned *cmd, 
     return NULL;
 }
 
-/* The MAC of a header (digest NULL) or of a header and its payload's
-   SHA-256; -1 without a secret. */
-static int _nixl_sc_mac(const nixl_agent_t *a, int dir, const _nixl_sc_nonces *n, const unsigned char *hdr,
-                        const unsigned char *digest, unsigned char out[NIXL_MAC_LEN]) {
-    unsigned char m[8 + 2 * NIXL_SC_NONCE + NIXL_SC_HDR + 32];
+#define _NIXL_SC_MAC_MSG (8 + 2 * NIXL_SC_NONCE + NIXL_SC_HDR + 32)
+
+/* What the MAC of a header (digest NULL), or of a header and its payload's
+   SHA-256, covers: in m, its length returned. */
+static size_t _nixl_sc_mac_msg(int dir, const _nixl_sc_nonces *n, const unsigned char *hdr,
+                               const unsigned char *digest, unsigned char m[_NIXL_SC_MAC_MSG]) {
     size_t len = 8;
     memcpy(m, "NXSC", 4);
     m[4] = (unsigned char)NIXL_SC_VERSION;
@@ -3496,13 +3497,20 @@ static int _nixl_sc_mac(const nixl_agent_t *a, int dir, const _nixl_sc_nonces *n
         memcpy(m + len, digest, 32);
         len += 32;
     }
-    return _nixl_auth_mac(a, m, len, out);
+    return len;
+}
+
+/* -1 without a secret */
+static int _nixl_sc_mac(const nixl_agent_t *a, int dir, const _nixl_sc_nonces *n, const unsigned char *hdr,
+                        const unsigned char *digest, unsigned char out[NIXL_MAC_LEN]) {
+    unsigned char m[_NIXL_SC_MAC_MSG];
+    return _nixl_auth_mac(a, m, _nixl_sc_mac_msg(dir, n, hdr, digest, m), out);
 }
 
 static int _nixl_sc_mac_ok(const nixl_agent_t *a, int dir, const _nixl_sc_nonces *n, const unsigned char *hdr,
                            const unsigned char *digest, const unsigned char *mac) {
-    unsigned char want[NIXL_MAC_LEN];
-    return _nixl_sc_mac(a, dir, n, hdr, digest, want) == 0 && _nixl_bytes_same(want, mac, NIXL_MAC_LEN);
+    unsigned char m[_NIXL_SC_MAC_MSG];
+    return _nixl_auth_check(a, m, _nixl_sc_mac_msg(dir, n, hdr, digest, m), mac);
 }
 
 /* the MAC over the header and the digest of its payload */

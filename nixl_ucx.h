@@ -240,7 +240,6 @@ NIXL_API const nixl_backend_ops_t *nixl_ucx_backend(void);
 #include <stdio.h>
 #include <stdlib.h>
 #include <errno.h>
-#include <sys/random.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -868,11 +867,13 @@ static ucs_status_t _nixl_ucx_send_ctl(_nixl_ucx_engine_t *eng, ucp_ep_h ep, con
 /* The MAC of a WELCOME (the receiver proves itself to the sender) or a
    PROOF (the sender proves itself): over the sender's nonce, the session,
    both names, and which of the two it is. */
-static int _nixl_ucx_sess_mac(_nixl_ucx_engine_t *eng, unsigned kind, const unsigned char *nonce, uint64_t sess,
-                              const char *from, const char *to, unsigned char mac[_NIXL_UCX_MAC]) {
-    unsigned char m[8 + _NIXL_UCX_NONCE + 8 + 2 * 256];
+#define _NIXL_UCX_SESS_MSG (8 + _NIXL_UCX_NONCE + 8 + 2 * 256)
+
+/* What those MACs cover, in m; its length, 0 if a name is too long. */
+static size_t _nixl_ucx_sess_msg(unsigned kind, const unsigned char *nonce, uint64_t sess, const char *from,
+                                 const char *to, unsigned char m[_NIXL_UCX_SESS_MSG]) {
     size_t fl = strlen(from), tl = strlen(to), len = 0;
-    if (fl > 255 || tl > 255) return -1;
+    if (fl > 255 || tl > 255) return 0;
     memcpy(m, "NXUCX", 5);
     m[5] = (unsigned char)_NIXL_UCX_WIRE_VERSION;
     m[6] = (unsigned char)kind;
@@ -885,17 +886,21 @@ static int _nixl_ucx_sess_mac(_nixl_ucx_engine_t *eng, unsigned kind, const unsi
     memcpy(m + len, from, fl + 1);
     len += fl + 1;
     memcpy(m + len, to, tl + 1);
-    len += tl + 1;
-    return nixl_backend_auth_mac(eng->be, m, len, mac) == NIXL_SUCCESS ? 0 : -1;
+    return len + tl + 1;
+}
+
+static int _nixl_ucx_sess_mac(_nixl_ucx_engine_t *eng, unsigned kind, const unsigned char *nonce, uint64_t sess,
+                              const char *from, const char *to, unsigned char mac[_NIXL_UCX_MAC]) {
+    unsigned char m[_NIXL_UCX_SESS_MSG];
+    size_t len = _nixl_ucx_sess_msg(kind, nonce, sess, from, to, m);
+    return len && nixl_backend_auth_mac(eng->be, m, len, mac) == NIXL_SUCCESS ? 0 : -1;
 }
 
 static int _nixl_ucx_sess_mac_ok(_nixl_ucx_engine_t *eng, unsigned kind, const unsigned char *nonce, uint64_t sess,
                                  const char *from, const char *to, const unsigned char *mac) {
-    unsigned char want[_NIXL_UCX_MAC];
-    unsigned diff = 0, i;
-    if (_nixl_ucx_sess_mac(eng, kind, nonce, sess, from, to, want) != 0) return 0;
-    for (i = 0; i < _NIXL_UCX_MAC; i++) diff |= (unsigned)(want[i] ^ mac[i]);
-    return diff == 0;
+    unsigned char m[_NIXL_UCX_SESS_MSG];
+    size_t len = _nixl_ucx_sess_msg(kind, nonce, sess, from, to, m);
+    return len && nixl_backend_auth_check(eng->be, m, len, mac);
 }
 
 static uint64_t _nixl_ucx_random(_nixl_ucx_engine_t *eng);
@@ -2743,7 +2748,7 @@ static ucs_status_t _nixl_ucx_dp_cb(void *arg, const void *header, size_t header
    requests to it; a PRNG's output would let it predict those to others). */
 static uint64_t _nixl_ucx_random(_nixl_ucx_engine_t *eng) {
     uint64_t x = 0;
-    if (getrandom(&x, sizeof x, 0) != (ssize_t)sizeof x) {
+    if (nixl_random_bytes(&x, sizeof x) != 0) {
         nixl_backend_log(eng->be, NIXL_LOG_WARN, "prep_xfer: getrandom failed; request token from the clock");
         x = nixl_now_us() * 0x9e3779b97f4a7c15ull ^ eng->rng++;
     }

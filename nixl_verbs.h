@@ -940,11 +940,13 @@ typedef void (*_nixl_verbs_am_handler_t)(_nixl_verbs_engine_t *e, _nixl_verbs_co
 
 /* The acceptor's MAC (in its REP) or the connector's (in its HELLO): over
    both nonces, who speaks, and the two agents. -1 without a token. */
-static int _nixl_verbs_mac(_nixl_verbs_engine_t *e, const _nixl_verbs_conn_t *c, int acceptor, const char *name,
-                           uint64_t other_hash, unsigned char mac[_NIXL_VERBS_MAC]) {
-    unsigned char m[8 + 2 * _NIXL_VERBS_NONCE + 8 + 256];
+#define _NIXL_VERBS_MAC_MSG (8 + 2 * _NIXL_VERBS_NONCE + 8 + 256)
+
+/* What those MACs cover, in m; its length, 0 if the name is too long. */
+static size_t _nixl_verbs_mac_msg(const _nixl_verbs_conn_t *c, int acceptor, const char *name, uint64_t other_hash,
+                                  unsigned char m[_NIXL_VERBS_MAC_MSG]) {
     size_t nl = strlen(name), len = 0;
-    if (nl > 255) return -1;
+    if (nl > 255) return 0;
     memcpy(m, "NXVERBS", 7);
     m[7] = (unsigned char)(acceptor ? 'P' : 'A');
     len = 8;
@@ -954,17 +956,21 @@ static int _nixl_verbs_mac(_nixl_verbs_engine_t *e, const _nixl_verbs_conn_t *c,
     _nixl_verbs_put64(m + len, other_hash);
     len += 8;
     memcpy(m + len, name, nl);
-    len += nl;
-    return nixl_backend_auth_mac(e->be, m, len, mac) == NIXL_SUCCESS ? 0 : -1;
+    return len + nl;
+}
+
+static int _nixl_verbs_mac(_nixl_verbs_engine_t *e, const _nixl_verbs_conn_t *c, int acceptor, const char *name,
+                           uint64_t other_hash, unsigned char mac[_NIXL_VERBS_MAC]) {
+    unsigned char m[_NIXL_VERBS_MAC_MSG];
+    size_t len = _nixl_verbs_mac_msg(c, acceptor, name, other_hash, m);
+    return len && nixl_backend_auth_mac(e->be, m, len, mac) == NIXL_SUCCESS ? 0 : -1;
 }
 
 static int _nixl_verbs_mac_ok(_nixl_verbs_engine_t *e, const _nixl_verbs_conn_t *c, int acceptor, const char *name,
                               uint64_t other_hash, const unsigned char *mac) {
-    unsigned char want[_NIXL_VERBS_MAC];
-    unsigned diff = 0, i;
-    if (_nixl_verbs_mac(e, c, acceptor, name, other_hash, want) != 0) return 0;
-    for (i = 0; i < _NIXL_VERBS_MAC; i++) diff |= (unsigned)(want[i] ^ mac[i]);
-    return diff == 0;
+    unsigned char m[_NIXL_VERBS_MAC_MSG];
+    size_t len = _nixl_verbs_mac_msg(c, acceptor, name, other_hash, m);
+    return len && nixl_backend_auth_check(e->be, m, len, mac);
 }
 
 static void _nixl_verbs_pump_backlog(_nixl_verbs_engine_t *e, _nixl_verbs_conn_t *c);
