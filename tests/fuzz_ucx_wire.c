@@ -81,24 +81,12 @@ static long long fz_now_ns(void)
     return (long long)ts.tv_sec * 1000000000ll + ts.tv_nsec;
 }
 
-static int fz_read_full(int fd, void *buf, size_t len)
+/* all of len bytes through a pipe, reading or writing; 0 on success */
+static int fz_io_full(int fd, void *buf, size_t len, int writing)
 {
     uint8_t *p = buf;
     while (len > 0) {
-        ssize_t n = read(fd, p, len);
-        if (n < 0 && errno == EINTR) continue;
-        if (n <= 0) return -1;
-        p += n;
-        len -= (size_t)n;
-    }
-    return 0;
-}
-
-static int fz_write_full(int fd, const void *buf, size_t len)
-{
-    const uint8_t *p = buf;
-    while (len > 0) {
-        ssize_t n = write(fd, p, len);
+        ssize_t n = writing ? write(fd, p, len) : read(fd, p, len);
         if (n < 0 && errno == EINTR) continue;
         if (n <= 0) return -1;
         p += n;
@@ -179,9 +167,9 @@ static pid_t fz_start_peer(fz_seed_t *seed, uint64_t *own_rkey_map)
         if (addr_len > FZ_MAX_LEN || rkey_len > FZ_MAX_LEN) _exit(1);
         hdr[0] = addr_len;
         hdr[1] = rkey_len;
-        if (fz_write_full(to_parent[1], hdr, sizeof(hdr)) ||
-            fz_write_full(to_parent[1], addr, addr_len) ||
-            fz_write_full(to_parent[1], rkey, rkey_len))
+        if (fz_io_full(to_parent[1], hdr, sizeof(hdr), 1) ||
+            fz_io_full(to_parent[1], addr, addr_len, 1) ||
+            fz_io_full(to_parent[1], rkey, rkey_len, 1))
             _exit(1);
         close(to_parent[1]);
         fcntl(keepalive[0], F_SETFL, O_NONBLOCK);
@@ -200,10 +188,10 @@ static pid_t fz_start_peer(fz_seed_t *seed, uint64_t *own_rkey_map)
         close(keepalive[0]);
         /* keepalive[1] stays open in the parent (and, harmlessly, in the
          * case children) until the parent exits */
-        if (fz_read_full(to_parent[0], hdr, sizeof(hdr)) || hdr[0] > FZ_MAX_LEN ||
+        if (fz_io_full(to_parent[0], hdr, sizeof(hdr), 0) || hdr[0] > FZ_MAX_LEN ||
             hdr[1] > FZ_MAX_LEN ||
-            fz_read_full(to_parent[0], seed->addr, hdr[0]) ||
-            fz_read_full(to_parent[0], seed->rkey, hdr[1])) {
+            fz_io_full(to_parent[0], seed->addr, hdr[0], 0) ||
+            fz_io_full(to_parent[0], seed->rkey, hdr[1], 0)) {
             kill(pid, SIGKILL);
             waitpid(pid, NULL, 0);
             return -1;

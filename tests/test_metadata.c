@@ -16,10 +16,9 @@
 static nixl_backend_ops_t OPS;
 
 
-static nixl_agent_t *mk(const char *name, int listen, const char *token, int timeout_ms) {
+/* The tests' agent config (a test may change a field before mk_from). */
+static nixl_agent_config_t mk_cfg(const char *name, int listen, const char *token, int timeout_ms) {
     nixl_agent_config_t cfg;
-    nixl_agent_t *a = NULL;
-    nixl_backend_t *b;
     memset(&cfg, 0, sizeof cfg);
     cfg.name = name;
     cfg.listen_thread = listen;
@@ -27,9 +26,21 @@ static nixl_agent_t *mk(const char *name, int listen, const char *token, int tim
     cfg.auth_token = token;
     cfg.sc_timeout_ms = timeout_ms;
     cfg.log_fn = capture_log;
-    if (nixl_agent_create(&cfg, &a) != NIXL_SUCCESS) return NULL;
+    return cfg;
+}
+
+/* An agent with the in-process test backend. */
+static nixl_agent_t *mk_from(const nixl_agent_config_t *cfg) {
+    nixl_agent_t *a = NULL;
+    nixl_backend_t *b;
+    if (nixl_agent_create(cfg, &a) != NIXL_SUCCESS) return NULL;
     if (nixl_create_backend(a, &OPS, NULL, &b) != NIXL_SUCCESS) return NULL;
     return a;
+}
+
+static nixl_agent_t *mk(const char *name, int listen, const char *token, int timeout_ms) {
+    nixl_agent_config_t cfg = mk_cfg(name, listen, token, timeout_ms);
+    return mk_from(&cfg);
 }
 
 static nixl_opt_args_t peer_of(nixl_agent_t *listener) {
@@ -584,20 +595,14 @@ static void test_default_bind(void) {
    another address is never locked out. */
 static void test_per_address_limit(void) {
     enum { N = 12 };
-    nixl_agent_config_t cfg;
-    nixl_agent_t *tgt = NULL, *ini = mk("initiator", 0, NULL, 0);
-    nixl_backend_t *b;
+    nixl_agent_config_t cfg = mk_cfg("target", 1, NULL, 20000);
+    nixl_agent_t *tgt, *ini = mk("initiator", 0, NULL, 0);
     nixl_opt_args_t to;
     int fds[N], i;
-    memset(&cfg, 0, sizeof cfg);
-    cfg.name = "target";
-    cfg.listen_thread = 1;
     cfg.listen_conns_per_addr = 4;
-    cfg.sc_timeout_ms = 20000;
-    cfg.log_fn = capture_log;
-    CHECK_ST(nixl_agent_create(&cfg, &tgt), NIXL_SUCCESS);
+    tgt = mk_from(&cfg);
+    CHECK(tgt && ini);
     if (!tgt || !ini) goto out;
-    CHECK_ST(nixl_create_backend(tgt, &OPS, NULL, &b), NIXL_SUCCESS);
     logged("");
     for (i = 0; i < N; i++) fds[i] = raw_connect_from("127.0.0.4", nixl_agent_listen_port(tgt));
     usleep(200000);
@@ -668,9 +673,8 @@ static void *progress_probe(void *p) {
    before anything is allocated for them, decoded outside the agent lock
    (progress keeps running), and fresh names stop at remote_md_bytes. */
 static void test_hostile_md_push(void) {
-    nixl_agent_config_t cfg;
+    nixl_agent_config_t cfg = mk_cfg("target", 1, NULL, 20000);
     nixl_agent_t *tgt = NULL, *att = mk("attacker", 0, NULL, 0);
-    nixl_backend_t *b;
     prog_probe pp;
     pthread_t th;
     size_t len = 0, i;
@@ -678,15 +682,10 @@ static void test_hostile_md_push(void) {
     _nixl_sc_nonces n;
     long before, after;
     int fd, loaded = 0;
-    memset(&cfg, 0, sizeof cfg);
-    cfg.name = "target";
-    cfg.listen_thread = 1;
-    cfg.sc_timeout_ms = 20000;
-    cfg.log_fn = capture_log;
     cfg.remote_md_bytes = 16u << 20;
-    CHECK_ST(nixl_agent_create(&cfg, &tgt), NIXL_SUCCESS);
+    tgt = mk_from(&cfg);
+    CHECK(tgt != NULL);
     if (!tgt || !att || !blob) goto out;
-    CHECK_ST(nixl_create_backend(tgt, &OPS, NULL, &b), NIXL_SUCCESS);
     memset(&pp, 0, sizeof pp);
     pp.a = tgt;
     pthread_create(&th, NULL, progress_probe, &pp);
