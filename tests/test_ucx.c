@@ -1692,6 +1692,53 @@ out:
     free(r);
 }
 
+/* Item 4 of the attack list through the backend's real entry point: a
+   peer's connection info whose worker address is truncated, or all 0xff,
+   is refused before ucp_ep_create sees it (it used to abort or read past
+   the bytes); an honest peer then loads and writes, bytes checked. */
+static void test_malformed_worker_address(void) {
+    nixl_agent_t *a = make_agent("ini"), *b = make_agent("tgt");
+    unsigned char *l = xmalloc(4096), *r = xmalloc(4096), *bad = NULL;
+    const void *info = NULL;
+    size_t len = 0, alen;
+    nixl_xfer_req_t *req = NULL;
+    _nixl_ucx_engine_t *ea, *eb;
+    if (!a || !b) goto out;
+    ea = (_nixl_ucx_engine_t *)a->be[0]->engine;
+    eb = (_nixl_ucx_engine_t *)b->be[0]->engine;
+    CHECK_ST(_nixl_ucx_get_conn_info(eb, &info, &len), NIXL_SUCCESS);
+    CHECK(len > _NIXL_UCX_INFO_HDR + 4 && eb->num_workers == 1);
+    if (len <= _NIXL_UCX_INFO_HDR + 4 + 16) goto out;
+    alen = len - _NIXL_UCX_INFO_HDR - 4;
+    bad = xmalloc(len);
+    /* truncated by 10 bytes (its length field says so: only the address lies) */
+    memcpy(bad, info, len - 10);
+    _nixl_ucx_put_u32(bad + _NIXL_UCX_INFO_HDR, (uint32_t)(alen - 10));
+    CHECK_ST(_nixl_ucx_load_remote_conn_info(ea, "evil-1", bad, len - 10), NIXL_ERR_INVALID_PARAM);
+    /* every address byte 0xff */
+    memcpy(bad, info, len);
+    memset(bad + _NIXL_UCX_INFO_HDR + 4, 0xff, alen);
+    CHECK_ST(_nixl_ucx_load_remote_conn_info(ea, "evil-2", bad, len), NIXL_ERR_INVALID_PARAM);
+    /* the honest peer */
+    CHECK_ST(xu_reg(a, l, 4096), NIXL_SUCCESS);
+    CHECK_ST(xu_reg(b, r, 4096), NIXL_SUCCESS);
+    CHECK_ST(share_md(b, a), NIXL_SUCCESS);
+    nt_fill(l, 4096, 61);
+    CHECK_ST(make_req1(a, NIXL_WRITE, l, (uintptr_t)r, 4096, "tgt", NULL, &req), NIXL_SUCCESS);
+    if (req) {
+        CHECK_ST(post_wait(a, req, b, 30), NIXL_SUCCESS);
+        CHECK(nt_verify(r, 4096, 61));
+        nixl_release_xfer_req(a, req);
+    }
+    settle(a, b);
+out:
+    nixl_agent_destroy(a);
+    nixl_agent_destroy(b);
+    free(bad);
+    free(l);
+    free(r);
+}
+
 // >>tests: a raw UCX attacker
 
 /* A plain UCX program (no nixl) holding the target's worker address: it
@@ -1956,6 +2003,7 @@ static int run_all(void) {
     RUN(test_raw_ucx_attacker, 60);
     RUN(test_forged_notifications, 60);
     RUN(test_welcome_from_its_peer_only, 30);
+    RUN(test_malformed_worker_address, 30);
     RUN(test_notif_flood_bounded, 200);
     /* not in `make test`: UCX 1.13 itself fails it now and then (see the
        README's known limits); `make test-ucx-death` runs it */
