@@ -161,7 +161,7 @@ static nixl_status_t raw_request(nixl_agent_t *as, int fd, _nixl_sc_nonces *n, u
     if (!f) return NIXL_ERR_BACKEND;
     send_raw(fd, f, flen);
     free(f);
-    if (!_nixl_sc_recv_frame(as, fd, n, NIXL_SC_REPLY, &rep, &rlen, nixl_now_us() + 3000000u) && rlen >= 4)
+    if (!_nixl_sc_recv_frame(as, fd, n, NIXL_SC_REPLY, &rep, &rlen, nixl_now_us() + 20000000u) && rlen >= 4)
         st = (nixl_status_t)(int32_t)((uint32_t)rep[0] | (uint32_t)rep[1] << 8 | (uint32_t)rep[2] << 16 |
                                       (uint32_t)rep[3] << 24);
     free(rep);
