@@ -3605,15 +3605,22 @@ static int _nixl_sc_connect(nixl_agent_t *a, const char *ip, uint16_t port, uint
     return fd;
 }
 
+/* Streams a request frame from the caller's buffer, no copy: the header and
+   its MAC go first (that is what the listener takes as proof, within its
+   1 s), then the payload, then the MAC over header and payload digest,
+   which may take a while to compute for a large payload. */
 static nixl_status_t _nixl_sc_send_frame(nixl_agent_t *a, int fd, const _nixl_sc_nonces *n, unsigned cmd,
                                          const void *pay, size_t len, uint64_t deadline) {
-    size_t flen = 0;
-    unsigned char *f = _nixl_sc_frame(a, _NIXL_SC_C2S, n, cmd, pay, len, &flen);
-    int rc;
-    if (!f) return NIXL_ERR_BACKEND;
-    rc = _nixl_sc_io(fd, f, flen, 1, deadline);
-    _nixl_free(a, f);
-    return rc ? NIXL_ERR_REMOTE_DISCONNECT : NIXL_SUCCESS;
+    size_t mac = a->token && cmd != NIXL_SC_HELLO ? NIXL_MAC_LEN : 0;
+    unsigned char head[NIXL_SC_HDR + NIXL_MAC_LEN], tail[NIXL_MAC_LEN], d[32];
+    _nixl_sc_put_header(head, cmd, mac, len);
+    if (mac && _nixl_sc_mac(a, _NIXL_SC_C2S, n, head, NULL, head + NIXL_SC_HDR) != 0) return NIXL_ERR_BACKEND;
+    if (_nixl_sc_io(fd, head, NIXL_SC_HDR + mac, 1, deadline) || (len && _nixl_sc_io(fd, (void *)(uintptr_t)pay, len, 1, deadline)))
+        return NIXL_ERR_REMOTE_DISCONNECT;
+    if (!mac) return NIXL_SUCCESS;
+    _nixl_sha256(pay, len, d);
+    if (_nixl_sc_mac(a, _NIXL_SC_C2S, n, head, d, tail) != 0) return NIXL_ERR_BACKEND;
+    return _nixl_sc_io(fd, tail, mac, 1, deadline) ? NIXL_ERR_REMOTE_DISCONNECT : NIXL_SUCCESS;
 }
 
 /* Reads the listener's frame of command `want` and checks its MACs (a

@@ -154,14 +154,11 @@ static int raw_session(const char *src, uint16_t port, _nixl_sc_nonces *n) {
    listener dropped the connection. */
 static nixl_status_t raw_request(nixl_agent_t *as, int fd, _nixl_sc_nonces *n, unsigned cmd, const void *p,
                                  size_t len) {
-    size_t flen = 0;
-    unsigned char *f = _nixl_sc_frame(as, _NIXL_SC_C2S, n, cmd, p, len, &flen), *rep = NULL;
+    unsigned char *rep = NULL;
     nixl_status_t st = NIXL_ERR_REMOTE_DISCONNECT;
     size_t rlen = 0;
-    if (!f) return NIXL_ERR_BACKEND;
-    send_raw(fd, f, flen);
-    free(f);
-    if (!_nixl_sc_recv_frame(as, fd, n, NIXL_SC_REPLY, &rep, &rlen, nixl_now_us() + 20000000u) && rlen >= 4)
+    if (_nixl_sc_send_frame(as, fd, n, cmd, p, len, nixl_now_us() + 20000000u) == NIXL_SUCCESS &&
+        !_nixl_sc_recv_frame(as, fd, n, NIXL_SC_REPLY, &rep, &rlen, nixl_now_us() + 20000000u) && rlen >= 4)
         st = (nixl_status_t)(int32_t)((uint32_t)rep[0] | (uint32_t)rep[1] << 8 | (uint32_t)rep[2] << 16 |
                                       (uint32_t)rep[3] << 24);
     free(rep);
