@@ -15,6 +15,8 @@
 #   make test-link    two VMs on a virtual wire: RDMA across it, 1%/10% loss, wire cut
 #   make fuzz         libFuzzer targets (metadata decoder, side-channel frames), FUZZ_SECONDS each (60)
 #   make bench        benchmarks (core ns/descriptor, ...)
+#   make python       the Python package's extension, in place (PYTHONPATH=python python3 -c "import nixl")
+#   make test-python  pytest suite and Python examples: UCX here, verbs in the VM
 
 CC      ?= cc
 CFLAGS  ?= -O2 -g
@@ -31,7 +33,7 @@ HEADERS  = nixl.h $(wildcard nixl_verbs.h nixl_ucx.h)
 # test-link (two VMs on a wire) is not in the default run: its two-VM
 # start-up hung once (both VMs booted, no output for 5+ minutes) and CI must
 # not hang on it; run it with `make test-link` or NIXL_TEST_LINK=1.
-TEST_PARTS = test-unit test-metadata check-headers gpu-host asan tsan fuzz test-ucx faults-ucx test-verbs
+TEST_PARTS = test-unit test-metadata check-headers gpu-host asan tsan fuzz test-ucx faults-ucx test-verbs test-python
 ifeq ($(NIXL_TEST_LINK),1)
 TEST_PARTS += test-link
 endif
@@ -44,7 +46,7 @@ EXAMPLES = $(B)/two_peers $(B)/kv_cache $(B)/nixl_bench
 PROGS = $(B)/test_core $(B)/test_metadata $(B)/test_etcd $(B)/core_bench $(EXAMPLES) \
         $(B)/test_ucx $(B)/test_verbs $(B)/test_faults $(B)/test_gpu
 
-.PHONY: test-ucx-death all demo test test-gpu gpu-host test-unit test-metadata metadata-listener metadata-etcd check-headers asan asan-core asan-metadata tsan tsan-core tsan-metadata fuzz test-verbs test-faults faults-ucx faults-verbs test-link valgrind-ucx test-ucx-softroce test-ucx test-softroce bench deps clean
+.PHONY: python test-python bench-python test-ucx-death all demo test test-gpu gpu-host test-unit test-metadata metadata-listener metadata-etcd check-headers asan asan-core asan-metadata tsan tsan-core tsan-metadata fuzz test-verbs test-faults faults-ucx faults-verbs test-link valgrind-ucx test-ucx-softroce test-ucx test-softroce bench deps clean
 all: $(PROGS)
 
 $(B):
@@ -91,6 +93,27 @@ demo: deps $(B)/kv_cache
 
 deps:
 	@tests/install-deps
+
+# The Python package (python/nixl): its native layer nixl._bindings is one C
+# file over the headers, built in place for Debian's python3.
+PY      = /usr/bin/python3
+PY_INC := $(shell $(PY) -c "import sysconfig; print(sysconfig.get_paths()['include'])" 2>/dev/null)
+PY_EXT := $(shell $(PY) -c "import sysconfig; print(sysconfig.get_config_var('EXT_SUFFIX'))" 2>/dev/null)
+PY_MOD  = python/nixl/_bindings$(PY_EXT)
+
+python: $(PY_MOD)
+
+$(PY_MOD): python/nixl/_bindings.c $(HEADERS)
+	$(CC) $(WARN) $(CFLAGS) -fPIC -shared -fvisibility=hidden -I. -I$(PY_INC) $< -o $@ \
+		$(VERBS_LIBS) $(UCX_LIBS) $(LIBS)
+
+# pytest over UCX here, over verbs in the VM; the examples; pip install offline
+test-python: python
+	@tests/run-suite "python-ucx=tests/python/run UCX" "python-verbs=$(VM_RUN) tests/python/run VERBS" \
+		"python-examples=tests/python/run-examples" "python-pip=tests/python/pip-install"
+
+bench-python: python
+	$(PY) tests/bench/py_bench.py
 
 test: deps
 	@tests/run-suite $(TEST_PARTS)

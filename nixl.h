@@ -3697,8 +3697,15 @@ static nixl_status_t _nixl_sc_request(nixl_agent_t *a, const char *ip, uint16_t 
 
 /* SUCCESS: use the peer's listener (opt->ip/port); IN_PROG: use etcd */
 static nixl_status_t _nixl_sc_route(nixl_agent_t *a, const char *what, const nixl_opt_args_t *opt) {
+    struct in_addr probe;
     if (!a) return NIXL_ERR_INVALID_PARAM;
     if (opt && opt->ip && *opt->ip) {
+        if (inet_pton(AF_INET, opt->ip, &probe) != 1) {
+            _nixl_lock(a);
+            _nixl_log(a, NIXL_LOG_ERROR, "%s: '%s' is not an IPv4 address", what, opt->ip);
+            _nixl_unlock(a);
+            return NIXL_ERR_INVALID_PARAM;
+        }
         if (opt->port) return NIXL_SUCCESS;
     } else if (a->etcd_on) {
         return NIXL_IN_PROG;
