@@ -260,6 +260,7 @@ NIXL_API const nixl_backend_ops_t *nixl_ucx_backend(void);
 #define _NIXL_UCX_NOTIF_HDR 12u
 #define _NIXL_UCX_SESSION_WAIT_US 10000000u /* a sender's notifications wait this long for a session */
 #define _NIXL_UCX_HELLO_WAIT_US 30000000u   /* a HELLO waits this long for the sender's metadata */
+#define _NIXL_UCX_SUPERSEDED_US 5000000u    /* a claimed session outlives its verified successor's WELCOME */
 #define _NIXL_UCX_MAX_SESSIONS 4096u
 #define _NIXL_UCX_SESSIONS_PER_NAME 256u
 /* data-path message kinds (user header of _NIXL_UCX_AM_DATA_ID) */
@@ -333,6 +334,9 @@ typedef struct _nixl_ucx_sess {
     uint64_t id;
     int state;              /* _NIXL_UCX_RS_* */
     int claimed;            /* open on the peer's word (notif_unverified=accept) */
+    int superseded;         /* claimed, then the name's metadata arrived: a verified
+                               session replaces it; it lives on briefly (born =
+                               then) so notifications already sent on it count */
     uint64_t born;
     unsigned char nonce[_NIXL_UCX_NONCE];
     char name[256];
@@ -977,14 +981,41 @@ static int _nixl_ucx_sess_admit(_nixl_ucx_engine_t *eng, const unsigned char *no
     return 0;
 }
 
+/* A claimed session's name got its metadata: a new session with a fresh
+   id goes through verification (its WELCOME travels through our endpoint to
+   the loaded address, which an impostor does not hear; the sender takes the
+   new id). The claimed one keeps attributing for _NIXL_UCX_SUPERSEDED_US,
+   so what the honest sender sent on it meanwhile is not lost. */
+static void _nixl_ucx_sess_reverify(_nixl_ucx_engine_t *eng, _nixl_ucx_sess_t *old) {
+    _nixl_ucx_sess_t *s = (_nixl_ucx_sess_t *)_nixl_ucx_alloc(eng, sizeof *s);
+    if (!s) {
+        _nixl_ucx_sess_drop(eng, old);
+        return;
+    }
+    memcpy(s->nonce, old->nonce, sizeof s->nonce);
+    memcpy(s->name, old->name, sizeof s->name);
+    s->born = nixl_now_us();
+    s->id = _nixl_ucx_random(eng) | 1u;
+    s->state = _NIXL_UCX_RS_WAIT_MD;
+    s->next = eng->sessions;
+    eng->sessions = s;
+    eng->nsessions++;
+    old->superseded = 1;
+    old->born = s->born;
+    eng->sess_work = 1;
+}
+
 /* A peer's metadata arrived or went: sessions opened on its word alone
-   (notif_unverified=accept) end, and without a token so do the ones it
-   opened before (they were tied to metadata that is gone). */
+   (notif_unverified=accept) are verified anew, and when it went, without
+   a token, every session of the name ends (they were tied to metadata that
+   is gone). */
 static void _nixl_ucx_sess_forget(_nixl_ucx_engine_t *eng, const char *name, int unloaded) {
     _nixl_ucx_sess_t *s, *next;
     for (s = eng->sessions; s; s = next) {
         next = s->next;
-        if (strcmp(s->name, name) == 0 && (s->claimed || unloaded)) _nixl_ucx_sess_drop(eng, s);
+        if (strcmp(s->name, name) != 0) continue;
+        if (unloaded) _nixl_ucx_sess_drop(eng, s);
+        else if (s->claimed && !s->superseded) _nixl_ucx_sess_reverify(eng, s);
     }
 }
 
@@ -1031,10 +1062,14 @@ static void _nixl_ucx_on_hello(_nixl_ucx_engine_t *eng, const unsigned char *p, 
     eng->sess_work = 1;
 }
 
-static _nixl_ucx_conn_t *_nixl_ucx_conn_by_nonce(_nixl_ucx_engine_t *eng, const unsigned char *nonce) {
+/* The connection a WELCOME answers: one waiting for it, or (without a
+   token) an open one the receiver verifies anew (_nixl_ucx_sess_reverify). */
+static _nixl_ucx_conn_t *_nixl_ucx_conn_by_nonce(_nixl_ucx_engine_t *eng, const unsigned char *nonce, int auth) {
     _nixl_ucx_conn_t *c;
     for (c = eng->conns; c; c = c->next)
-        if (c->peer && c->sess_state == _NIXL_UCX_SESS_WAIT && !memcmp(c->nonce, nonce, _NIXL_UCX_NONCE)) return c;
+        if (c->peer && (c->sess_state == _NIXL_UCX_SESS_WAIT || (!auth && c->sess_state == _NIXL_UCX_SESS_OPEN)) &&
+            !memcmp(c->nonce, nonce, _NIXL_UCX_NONCE))
+            return c;
     return NULL;
 }
 
@@ -1049,7 +1084,7 @@ static void _nixl_ucx_on_welcome(_nixl_ucx_engine_t *eng, const unsigned char *p
             nixl_backend_log(eng->be, NIXL_LOG_WARN, "session: malformed WELCOME (%zu bytes), dropped", len);
         return;
     }
-    c = _nixl_ucx_conn_by_nonce(eng, p + 4);
+    c = _nixl_ucx_conn_by_nonce(eng, p + 4, auth);
     if (!c) return; /* not ours, or already answered: a replay */
     if (strlen(c->peer->name) != nl || memcmp(c->peer->name, p + fixed, nl) != 0) {
         if (_nixl_ucx_noisy(eng))
@@ -1058,6 +1093,7 @@ static void _nixl_ucx_on_welcome(_nixl_ucx_engine_t *eng, const unsigned char *p
         return;
     }
     id = _nixl_ucx_get_u64(p + 4 + _NIXL_UCX_NONCE);
+    if (c->sess_state == _NIXL_UCX_SESS_OPEN && (id == c->sess || id == 0)) return; /* a replay */
     if (auth && !_nixl_ucx_sess_mac_ok(eng, _NIXL_UCX_AM_WELCOME, c->nonce, id, c->peer->name, eng->name,
                                        p + 4 + _NIXL_UCX_NONCE + 8)) {
         nixl_backend_log(eng->be, NIXL_LOG_WARN, "session: a WELCOME in the name of %s does not carry the right "
@@ -1304,6 +1340,10 @@ static void _nixl_ucx_sessions_receiver(_nixl_ucx_engine_t *eng, uint64_t now) {
     for (s = eng->sessions; s; s = next) {
         _nixl_ucx_peer_t *p;
         next = s->next;
+        if (s->superseded) {
+            if (now - s->born > _NIXL_UCX_SUPERSEDED_US) _nixl_ucx_sess_drop(eng, s);
+            continue;
+        }
         if (s->state == _NIXL_UCX_RS_OPEN) continue;
         if (now - s->born > _NIXL_UCX_HELLO_WAIT_US) {
             nixl_backend_log(eng->be, NIXL_LOG_WARN, "session: a peer calling itself '%s' %s within %u s: dropped",

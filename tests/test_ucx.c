@@ -1598,6 +1598,53 @@ static void test_peer_death_100(void) {
    HELLO only through its own endpoint to the address in the claimed name's
    metadata; with one, only a peer that proves the token. Either way only
    the real ini's notifications arrive, and its transfers keep working. */
+/* notif_unverified=accept: a sender's session opened on its word is
+   verified anew once the receiver loads the sender's metadata (the Python
+   drop-in's two_peers order: the initiator's HELLO arrives before its
+   metadata does). Notifications sent before, during and after the switch
+   all arrive, attributed to the sender; the claimed session itself ends
+   within _NIXL_UCX_SUPERSEDED_US (so an impostor that claimed the name
+   before the real metadata came stops being heard). */
+static void test_claimed_session_verified_on_load(void) {
+    nixl_agent_t *tgt = make_agent_extra("tgt", "notif_unverified=accept", 0), *ini = make_agent("ini");
+    unsigned char *r = xmalloc(4096);
+    notes_t q;
+    uint64_t until;
+    int i, sent = 0;
+    size_t n, k;
+    char m[32];
+    memset(&q, 0, sizeof q);
+    if (!tgt || !ini) goto out;
+    CHECK_ST(xu_reg(tgt, r, 4096), NIXL_SUCCESS);
+    CHECK_ST(load_md_of(tgt, ini), NIXL_SUCCESS); /* the target does not know the initiator yet */
+    for (i = 0; i < 5; i++, sent++) {
+        snprintf(m, sizeof m, "before-%d", i);
+        CHECK_ST(nixl_gen_notif(ini, "tgt", m, strlen(m), NULL), NIXL_SUCCESS);
+    }
+    CHECK(wait_notes(tgt, ini, &q, 5, 20) == 5);
+    CHECK_ST(load_md_of(ini, tgt), NIXL_SUCCESS); /* now it does: the session is verified anew */
+    until = nixl_now_us() + (uint64_t)(7e6 * g_scale);
+    for (i = 0; nixl_now_us() < until; i++) { /* across the switch and past the old session's end */
+        snprintf(m, sizeof m, "after-%d", i);
+        if (i < 200) {
+            CHECK_ST(nixl_gen_notif(ini, "tgt", m, strlen(m), NULL), NIXL_SUCCESS);
+            sent++;
+        }
+        nixl_get_notifs(tgt, notes_cb, &q);
+        nixl_progress(ini);
+        usleep(1000);
+    }
+    n = wait_notes(tgt, ini, &q, (size_t)sent, 20);
+    CHECKF(n == (size_t)sent, "%zu of %d notifications arrived", n, sent);
+    for (k = 0; k < n; k++) CHECKF(strcmp(q.from[k], "ini") == 0, "notification %zu from '%s'", k, q.from[k]);
+    CHECK(n > 5 && strcmp(q.msg[5], "after-0") == 0 && strcmp(q.msg[n - 1], "after-199") == 0);
+out:
+    notes_free(&q);
+    nixl_agent_destroy(ini);
+    nixl_agent_destroy(tgt);
+    free(r);
+}
+
 static void test_forged_notifications(void) {
     int with_token;
     for (with_token = 0; with_token < 2; with_token++) {
@@ -2002,6 +2049,7 @@ static int run_all(void) {
     RUN(test_adversarial_peer, 200);
     RUN(test_raw_ucx_attacker, 60);
     RUN(test_forged_notifications, 60);
+    RUN(test_claimed_session_verified_on_load, 60);
     RUN(test_welcome_from_its_peer_only, 30);
     RUN(test_malformed_worker_address, 30);
     RUN(test_notif_flood_bounded, 200);
