@@ -107,10 +107,11 @@ $(PY_MOD): python/nixl/_bindings.c $(HEADERS)
 	$(CC) $(WARN) $(CFLAGS) -fPIC -shared -fvisibility=hidden -I. -I$(PY_INC) $< -o $@ \
 		$(VERBS_LIBS) $(UCX_LIBS) $(LIBS)
 
-# pytest over UCX here, over verbs in the VM; the examples; pip install offline
+# pytest and the Python examples over UCX here and over verbs in the VM;
+# pip install offline into a fresh venv
 test-python: python
-	@tests/run-suite "python-ucx=tests/python/run UCX" "python-verbs=$(VM_RUN) tests/python/run VERBS" \
-		"python-examples=tests/python/run-examples" "python-pip=tests/python/pip-install"
+	@tests/run-suite "python-ucx=tests/python/suite UCX" "python-verbs=$(VM_RUN) tests/python/suite VERBS" \
+		"python-pip=tests/python/pip-install"
 
 bench-python: python
 	$(PY) tests/bench/py_bench.py

@@ -41,6 +41,16 @@ def block_rows(layers, base_addrs, blocks, block_bytes):
     return rows
 
 
+def tagged(stream, tag, keep=False):
+    """The words after `tag` on the child's next line that starts with it
+    (its other lines, e.g. log lines, are passed through)."""
+    for line in stream:
+        if line.startswith(tag):
+            return line.strip() if keep else line.split()[1:]
+        sys.stdout.write(line)
+    return None if keep else []
+
+
 def wait(pred, what, timeout=60.0):
     end = time.monotonic() + timeout
     while not pred():
@@ -59,15 +69,16 @@ def prefill(args):
             t[b] = block_content(layer, b, args.block_bytes)
         kv.append(t)
     agent.register_memory([(t.ctypes.data, t.nbytes, 0, "") for t in kv], "DRAM")
-    print(agent.listen_port, flush=True)
+    print("PORT", agent.listen_port, flush=True)
     # tell the decode where the blocks are (vLLM sends this in its handshake)
-    print(" ".join(str(t.ctypes.data) for t in kv), flush=True)
+    print("BASES", " ".join(str(t.ctypes.data) for t in kv), flush=True)
     freed = set()
 
     def all_freed():
         for msgs in agent.get_new_notifs().values():
-            for m in msgs:
-                freed.add(m.decode().split(":")[0])
+            for m in msgs:  # "req-N" rides on each READ; "req-N:freed" is the decode's word
+                if m.endswith(b":freed"):
+                    freed.add(m.decode().split(":")[0])
         return len(freed) >= args.requests
 
     wait(all_freed, "every request's notification", 120)
@@ -159,12 +170,11 @@ def main():
     env = dict(os.environ, NIXL_LOG_LEVEL=os.environ.get("NIXL_LOG_LEVEL", "warning"))
     pre = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=env)
     try:
-        port = pre.stdout.readline().strip()
-        bases = pre.stdout.readline().split()
-        if not port.isdigit() or len(bases) != args.layers:
+        port, bases = tagged(pre.stdout, "PORT"), tagged(pre.stdout, "BASES")
+        if not port or len(bases) != args.layers:
             sys.exit("kv_pull: the prefill did not start")
-        decode(args, int(port), [int(b) for b in bases])
-        print(pre.stdout.readline().strip())
+        decode(args, int(port[0]), [int(b) for b in bases])
+        print(tagged(pre.stdout, "prefill-0:", keep=True))
         if pre.wait(60) != 0:
             sys.exit("kv_pull: the prefill failed")
     finally:

@@ -16,6 +16,7 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "python"))
+from nixl import _bindings as nixlBind  # noqa: E402
 from nixl._api import nixl_agent, nixl_agent_config  # noqa: E402
 
 try:
@@ -26,6 +27,16 @@ except ImportError:
 
 def pattern(n):
     return (np.arange(n, dtype=np.uint64) * 2654435761 % 251).astype(np.uint8)
+
+
+def tagged(stream, tag, keep=False):
+    """The words after `tag` on the child's next line that starts with it
+    (its other lines, e.g. log lines, are passed through)."""
+    for line in stream:
+        if line.startswith(tag):
+            return line.strip() if keep else line.split()[1:]
+        sys.stdout.write(line)
+    return None if keep else []
 
 
 def wait(pred, what, timeout=30.0):
@@ -45,7 +56,7 @@ def target(args):
     else:
         t = pattern(args.bytes)
         descs = agent.register_memory([(t.ctypes.data, t.nbytes, 0, "")], "DRAM")
-    print(agent.listen_port, flush=True)  # tells the parent where to fetch from
+    print("PORT", agent.listen_port, flush=True)  # tells the parent where to fetch from
     # the initiator sends its metadata; then it gets our descriptors
     wait(lambda: agent.check_remote_metadata("initiator"), "the initiator's metadata")
     agent.send_notif("initiator", agent.get_serialized_descs(descs.trim()))
@@ -81,7 +92,10 @@ def initiator(args, port):
         sys.exit("two_peers: the bytes differ")
     print("two_peers %s: READ of %d bytes in %.1f ms; every byte matched" % (args.backend, args.bytes, took * 1e3),
           flush=True)
-    agent.remove_remote_agent("target")
+    try:
+        agent.remove_remote_agent("target")
+    except nixlBind.nixlNotFoundError:
+        pass  # the target already left, and its metadata went with it
 
 
 def main():
@@ -96,11 +110,11 @@ def main():
     tgt = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--role", "target", "--backend", args.backend,
                             "--bytes", str(args.bytes)], stdout=subprocess.PIPE, text=True, env=env)
     try:
-        line = tgt.stdout.readline()
-        if not line.strip().isdigit():
-            sys.exit("two_peers: the target did not start (%r)" % line)
-        initiator(args, int(line))
-        print(tgt.stdout.readline().strip())
+        port = tagged(tgt.stdout, "PORT")
+        if not port:
+            sys.exit("two_peers: the target did not start")
+        initiator(args, int(port[0]))
+        print(tagged(tgt.stdout, "target:", keep=True))
         if tgt.wait(30) != 0:
             sys.exit("two_peers: the target failed")
     finally:
