@@ -113,8 +113,11 @@ test-python: python
 	@tests/run-suite "python-ucx=tests/python/suite UCX" "python-verbs=$(VM_RUN) tests/python/suite VERBS" \
 		"python-pip=tests/python/pip-install"
 
-bench-python: python
+bench-python: python $(B)/py_bench_ref
 	$(PY) tests/bench/py_bench.py
+
+$(B)/py_bench_ref: tests/bench/py_bench_ref.c nixl.h nixl_ucx.h | $(B)
+	$(CC) $(WARN) -O2 -g -I. $< -o $@ $(UCX_LIBS) $(LIBS)
 
 test: deps
 	@tests/run-suite $(TEST_PARTS)
@@ -208,8 +211,9 @@ fuzz:
 	@tests/fuzz/run
 
 # RESULT lines: nixl vs perftest / ucx_perftest in the same run, and the core's cost
-bench: $(B)/core_bench $(B)/nixl_bench
+bench: $(B)/core_bench $(B)/nixl_bench python $(B)/py_bench_ref
 	$(B)/core_bench
+	$(PY) tests/bench/py_bench.py
 	tests/bench/compare
 
 clean:

@@ -1103,7 +1103,7 @@ static PyTypeObject _pynixl_handle_type = {
 
 static int _pynixl_env_on(const char *v) {
     return v && (!strcasecmp(v, "y") || !strcasecmp(v, "yes") || !strcmp(v, "1") || !strcasecmp(v, "true") ||
-                 !strcasecmp(v, "on"));
+                 !strcasecmp(v, "on") || !strcasecmp(v, "enable"));
 }
 
 static int _pynixl_agent_init(PyObject *obj, PyObject *args, PyObject *kw) {
