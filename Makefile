@@ -16,7 +16,7 @@
 #   make fuzz         libFuzzer targets (metadata decoder, side-channel frames), FUZZ_SECONDS each (60)
 #   make bench        benchmarks (core ns/descriptor, ...)
 #   make python       the Python package's extension, in place (PYTHONPATH=python python3 -c "import nixl")
-#   make test-python  pytest suite and Python examples: UCX here, verbs in the VM
+#   make test-python  pytest suite and Python examples: UCX here, verbs in the VM; under ASan; pip install
 
 CC      ?= cc
 CFLAGS  ?= -O2 -g
@@ -33,7 +33,7 @@ HEADERS  = nixl.h $(wildcard nixl_verbs.h nixl_ucx.h)
 # test-link (two VMs on a wire) is not in the default run: its two-VM
 # start-up hung once (both VMs booted, no output for 5+ minutes) and CI must
 # not hang on it; run it with `make test-link` or NIXL_TEST_LINK=1.
-TEST_PARTS = test-unit test-metadata check-headers gpu-host asan tsan fuzz test-ucx faults-ucx test-verbs test-python
+TEST_PARTS = test-unit test-metadata check-headers gpu-host asan tsan fuzz test-ucx faults-ucx test-verbs test-python-host
 ifeq ($(NIXL_TEST_LINK),1)
 TEST_PARTS += test-link
 endif
@@ -46,7 +46,7 @@ EXAMPLES = $(B)/two_peers $(B)/kv_cache $(B)/nixl_bench
 PROGS = $(B)/test_core $(B)/test_metadata $(B)/test_etcd $(B)/core_bench $(EXAMPLES) \
         $(B)/test_ucx $(B)/test_verbs $(B)/test_faults $(B)/test_gpu
 
-.PHONY: python test-python bench-python test-ucx-death all demo test test-gpu gpu-host test-unit test-metadata metadata-listener metadata-etcd check-headers asan asan-core asan-metadata tsan tsan-core tsan-metadata fuzz test-verbs test-faults faults-ucx faults-verbs test-link valgrind-ucx test-ucx-softroce test-ucx test-softroce bench deps clean
+.PHONY: python test-python test-python-host bench-python test-ucx-death all demo test test-gpu gpu-host test-unit test-metadata metadata-listener metadata-etcd check-headers asan asan-core asan-metadata tsan tsan-core tsan-metadata fuzz test-verbs test-faults faults-ucx faults-verbs test-link valgrind-ucx test-ucx-softroce test-ucx test-softroce bench deps clean
 all: $(PROGS)
 
 $(B):
@@ -107,11 +107,23 @@ $(PY_MOD): python/nixl/_bindings.c $(HEADERS)
 	$(CC) $(WARN) $(CFLAGS) -fPIC -shared -fvisibility=hidden -I. -I$(PY_INC) $< -o $@ \
 		$(VERBS_LIBS) $(UCX_LIBS) $(LIBS)
 
-# pytest and the Python examples over UCX here and over verbs in the VM;
-# pip install offline into a fresh venv
+# pytest and the Python examples over UCX here and over verbs in the VM,
+# under ASan, and pip install offline into a fresh venv. In `make test` the
+# verbs part runs within test-verbs' VM boot (tests/softroce/verbs-suite).
+PY_HOST_PARTS = "python-ucx=tests/python/suite UCX" \
+	"python-asan=make --no-print-directory $(PY_ASAN) && tests/python/asan $(PY_ASAN)" \
+	"python-pip=tests/python/pip-install"
 test-python: python
-	@tests/run-suite "python-ucx=tests/python/suite UCX" "python-verbs=$(VM_RUN) tests/python/suite VERBS" \
-		"python-pip=tests/python/pip-install"
+	@tests/run-suite $(PY_HOST_PARTS) "python-verbs=$(VM_RUN) tests/python/suite VERBS"
+
+test-python-host: python
+	@tests/run-suite $(PY_HOST_PARTS)
+
+# the extension under ASan+UBSan, for tests/python/asan
+PY_ASAN = $(B)/asanpy/nixl/_bindings$(PY_EXT)
+$(PY_ASAN): python/nixl/_bindings.c $(HEADERS) | $(B)
+	@mkdir -p $(dir $@)
+	$(CC) $(WARN) $(SAN) -fPIC -shared -I. -I$(PY_INC) $< -o $@ $(VERBS_LIBS) $(UCX_LIBS) $(LIBS)
 
 bench-python: python $(B)/py_bench_ref
 	$(PY) tests/bench/py_bench.py
@@ -169,7 +181,7 @@ valgrind-ucx: $(B)/test_ucx
 	tests/ucx_run.sh valgrind
 
 # everything that needs an RDMA device, in one VM boot (test_gpu's staging part too)
-test-verbs: $(B)/test_verbs $(B)/test_faults $(B)/test_gpu $(EXAMPLES)
+test-verbs: $(B)/test_verbs $(B)/test_faults $(B)/test_gpu $(EXAMPLES) python
 	NIXL_VM_TIMEOUT=1500 $(VM_RUN) tests/softroce/verbs-suite
 
 # GPU tests alone: on this machine (driver, real GPU where present), then

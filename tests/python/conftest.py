@@ -60,9 +60,12 @@ def nixl_log():
     """The lines the package's Python loggers ("nixl.*") wrote during a test."""
     h = _Records()
     root = logging.getLogger("nixl")
+    level = root.level
+    root.setLevel(logging.DEBUG)  # whatever NIXL_LOG_LEVEL says
     root.addHandler(h)
     yield h
     root.removeHandler(h)
+    root.setLevel(level)
 
 
 @pytest.fixture
