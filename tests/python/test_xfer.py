@@ -333,3 +333,52 @@ def test_dead_peer_gives_err_not_a_hang(make_agent):
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_list_in_use_by_a_call_refuses_changes(make_agent):
+    """While a call without the GIL reads a descriptor list, another thread
+    cannot change it (BufferError); afterwards it can, and the call saw the
+    list whole."""
+    a = make_agent("inuse")
+    n = 1 << 20
+    buf = np.zeros(n * 64, dtype=np.uint8)
+    a.register_memory([(buf.ctypes.data, buf.nbytes, 0, "")], "DRAM")
+    rows = np.empty((n, 3), dtype=np.uint64)
+    rows[:, 0] = buf.ctypes.data + np.arange(n, dtype=np.uint64) * 64
+    rows[:, 1] = 64
+    rows[:, 2] = 0
+    dl = a.get_xfer_descs(rows, "DRAM")
+    refused = [0]
+    done = threading.Event()
+
+    def meddle():
+        while not done.is_set():
+            try:
+                dl.append((buf.ctypes.data, 64, 0))
+                dl.remDesc(n)
+            except BufferError:
+                refused[0] += 1
+
+    t = threading.Thread(target=meddle)
+    t.start()
+    try:
+        handles = [a.prep_xfer_dlist("", dl) for _ in range(5)]
+    finally:
+        done.set()
+        t.join()
+    assert refused[0] > 0, "no change was attempted while a prep ran (timing): nothing shown"
+    assert dl.descCount() == n and dl[n - 1] == (buf.ctypes.data + (n - 1) * 64, 64, 0)
+    dl.append((buf.ctypes.data, 64, 0))
+    assert dl.descCount() == n + 1
+    for h in handles:
+        a.release_dlist_handle(h)
+
+
+def test_native_config_fields():
+    c = nb.nixlAgentConfig(False, True, 0, nb.NIXL_THREAD_SYNC_STRICT, 2, 0, 5000, True)
+    assert (c.useProgThread, c.useListenThread, c.listenPort, c.syncMode, c.numWorkers, c.lthrDelay,
+            c.captureTelemetry) == (0, 1, 0, nb.NIXL_THREAD_SYNC_STRICT, 2, 5000, 1)
+    with pytest.raises(nb.nixlInvalidParamError):
+        nb.nixlAgentConfig(True, True, 70000)
+    a = nb.nixlAgent(unique("cfg"), c)
+    assert 0 < a.getListenPort() < 65536
