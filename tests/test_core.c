@@ -978,6 +978,71 @@ static void test_overlapping_lookup(void) {
     free(buf);
 }
 
+/* The region lookup (a branch-free search over a flat array of starts, and
+   the previous descriptor's region as a hint) against brute force: random
+   DRAM regions, some nested or overlapping, and runs of descriptors that
+   stay in one region, move to a neighbour, or lie in none. Each descriptor
+   alone, and every run as one list, is found exactly when some region
+   wholly contains it. */
+static void test_lookup_against_brute_force(void) {
+    enum { NREG = 40, NDESC = 600, SPAN = 1 << 16 };
+    nixl_agent_t *a = mk_agent("lookup");
+    unsigned char *buf = (unsigned char *)malloc(SPAN);
+    uintptr_t ra[NREG];
+    size_t rl[NREG], i, k, bad = 0;
+    nixl_desc_t *d = (nixl_desc_t *)calloc(NDESC, sizeof *d);
+    unsigned seed = 12345;
+    int *in = (int *)calloc(NDESC, sizeof *in);
+    mk_backend(a, &OPS_A, NULL);
+    for (k = 0; k < NREG; k++) {
+        seed = seed * 1103515245u + 12345u;
+        ra[k] = (uintptr_t)buf + (seed >> 8) % (SPAN - 4096);
+        rl[k] = 1 + (seed >> 4) % (k % 7 == 0 ? 4096 : 512);
+        CHECK_ST(reg(a, (void *)ra[k], rl[k]), NIXL_SUCCESS);
+    }
+    for (i = 0; i < NDESC; i++) {
+        seed = seed * 1103515245u + 12345u;
+        if (i && (seed >> 16) % 3) { /* a neighbour: just after the previous one */
+            d[i].addr = d[i - 1].addr + d[i - 1].len;
+        } else {
+            d[i].addr = (uintptr_t)buf + (seed >> 8) % (SPAN - 64);
+        }
+        d[i].len = 1 + (seed >> 3) % 64;
+        for (k = 0; k < NREG && !in[i]; k++)
+            in[i] = ra[k] <= d[i].addr && d[i].addr + d[i].len <= ra[k] + rl[k];
+    }
+    for (i = 0; i < NDESC; i++) { /* each alone */
+        nixl_dlist_t l = {NIXL_DRAM, &d[i], 1};
+        nixl_dlist_handle_t *h = NULL;
+        nixl_status_t st = nixl_prep_xfer_dlist(a, NULL, &l, NULL, &h);
+        if ((st == NIXL_SUCCESS) != in[i]) bad++;
+        if (h) nixl_release_dlist_handle(a, h);
+    }
+    CHECKF(bad == 0, "%zu of %d descriptors looked up wrongly", bad, NDESC);
+    for (i = 0; i < NDESC;) { /* runs of found descriptors as one list: the hint at work */
+        nixl_dlist_t l;
+        nixl_dlist_handle_t *h = NULL;
+        size_t j = i;
+        while (j < NDESC && in[j]) j++;
+        if (j > i) {
+            l.mem = NIXL_DRAM;
+            l.descs = &d[i];
+            l.count = j - i;
+            CHECK_ST(nixl_prep_xfer_dlist(a, NULL, &l, NULL, &h), NIXL_SUCCESS);
+            if (h) nixl_release_dlist_handle(a, h);
+            if (j < NDESC) { /* the run and the next (missing) one: NOT_FOUND */
+                l.count = j - i + 1;
+                CHECK_ST(nixl_prep_xfer_dlist(a, NULL, &l, NULL, &h), NIXL_ERR_NOT_FOUND);
+            }
+        }
+        i = j + 1;
+    }
+    nixl_agent_destroy(a);
+    free(buf);
+    free(d);
+    free(in);
+}
+
 /* found by fuzzing the verbs AM frames: a backend reporting an unnamed peer
    down (or a notification without a sender) must not crash the core */
 static void test_backend_callbacks_hardened(void) {
@@ -1131,6 +1196,7 @@ int main(int argc, char **argv) {
     NT_RUN(test_threads_and_progress_thread);
     NT_RUN(test_many_descriptors);
     NT_RUN(test_overlapping_lookup);
+    NT_RUN(test_lookup_against_brute_force);
     NT_RUN(test_backend_callbacks_hardened);
     NT_RUN(test_load_md_all_or_nothing);
     NT_RUN(test_notif_queue_bounded);
