@@ -426,6 +426,27 @@ NIXL_API nixl_status_t nixl_prep_xfer_dlist(nixl_agent_t *agent, const char *age
                                             const nixl_dlist_t *descs, const nixl_opt_args_t *opt,
                                             nixl_dlist_handle_t **handle);
 
+/* A regular layout without one descriptor per block: block i is len bytes
+   at base + i * stride on dev_id, i in 0..count-1 (a KV cache's pages of
+   one layer). */
+typedef struct nixl_strided {
+    nixl_mem_t mem;
+    uintptr_t base;
+    size_t len, stride, count;
+    uint64_t dev_id;
+} nixl_strided_t;
+
+/* Prepares a strided layout like nixl_prep_xfer_dlist prepares a list
+   (same agent_name rules; nixl_make_xfer_req picks blocks by index, and
+   can pair it with either kind of list), holding O(1) memory instead of
+   one entry per block. The whole span, base to the end of the last block,
+   must lie in one region. Errors: INVALID_PARAM (no layout, zero len or
+   count, NULL base, a span past the address space), NOT_FOUND (no one
+   region holds the span, unknown peer). Thread safety: any thread. */
+NIXL_API nixl_status_t nixl_prep_xfer_dlist_strided(nixl_agent_t *agent, const char *agent_name,
+                                                    const nixl_strided_t *layout, const nixl_opt_args_t *opt,
+                                                    nixl_dlist_handle_t **handle);
+
 /* Makes a request from prepared lists by indices: pair i moves
    local[local_idx[i]] <-> remote[remote_idx[i]]; the lengths of a pair must
    be equal. local_n must equal remote_n. Errors: INVALID_PARAM (index out of
@@ -778,7 +799,9 @@ struct nixl_dlist_handle {
     _nixl_remote *remote;             /* NULL for local and loopback lists */
     nixl_mem_t mem;
     size_t count;
-    _nixl_hent *e;
+    _nixl_hent *e;                    /* count entries; a strided list keeps only e[0] */
+    int strided;                      /* entry i = e[0] moved by i * stride bytes */
+    size_t stride;
     struct nixl_dlist_handle *prev, *next;
 };
 
@@ -4322,10 +4345,22 @@ static void _nixl_side_channel_stop(nixl_agent_t *a) {
 
 // >>dlist
 
+/* entry i of a prepared list; a strided list computes it into *tmp */
+static const _nixl_hent *_nixl_hent_at(const nixl_dlist_handle_t *h, size_t i, _nixl_hent *tmp) {
+    if (!h->strided) return &h->e[i];
+    *tmp = h->e[0];
+    tmp->addr += (uintptr_t)(i * h->stride);
+    return tmp;
+}
+
+static _nixl_region *_nixl_hent_region(const nixl_dlist_handle_t *h, size_t i) {
+    return h->e[h->strided ? 0 : i].region;
+}
+
 static void _nixl_handle_unref(nixl_agent_t *a, nixl_dlist_handle_t *h) {
     size_t i;
     if (--h->refs > 0) return;
-    for (i = 0; i < h->count; i++) _nixl_region_unref(a, h->e[i].region);
+    for (i = 0; i < (h->strided ? 1 : h->count); i++) _nixl_region_unref(a, h->e[i].region);
     if (h->remote) _nixl_remote_unref(a, h->remote);
     if (h->prev) h->prev->next = h->next;
     else a->handles = h->next;
@@ -4334,24 +4369,48 @@ static void _nixl_handle_unref(nixl_agent_t *a, nixl_dlist_handle_t *h) {
     _nixl_free(a, h);
 }
 
+/* Whose regions a list prepared for agent_name lies in: ours (NULL, "" or
+   our own name: loopback) or a loaded peer's (*rm). */
+static nixl_status_t _nixl_prep_table(nixl_agent_t *a, const char *what, const char *agent_name,
+                                      const _nixl_table **t, _nixl_remote **rm, int *loopback) {
+    *t = &a->local;
+    *rm = NULL;
+    *loopback = agent_name && *agent_name && !strcmp(agent_name, a->name);
+    if (!agent_name || !*agent_name || *loopback) return NIXL_SUCCESS;
+    *rm = _nixl_remote_find(a, agent_name);
+    if (!*rm) {
+        _nixl_log(a, NIXL_LOG_ERROR, "%s: no metadata of %s is loaded", what, agent_name);
+        return NIXL_ERR_NOT_FOUND;
+    }
+    *t = &(*rm)->regions;
+    return NIXL_SUCCESS;
+}
+
+/* a new handle joins the agent's list (one user reference) */
+static void _nixl_handle_link(nixl_agent_t *a, nixl_dlist_handle_t *h, nixl_mem_t mem, int loopback,
+                              _nixl_remote *rm) {
+    h->agent = a;
+    h->refs = 1;
+    h->mem = mem;
+    h->loopback = loopback;
+    h->remote = rm;
+    if (rm) rm->refs++;
+    h->next = a->handles;
+    if (a->handles) a->handles->prev = h;
+    a->handles = h;
+}
+
 static nixl_status_t _nixl_prep_locked(nixl_agent_t *a, const char *agent_name, const nixl_dlist_t *l,
                                        nixl_dlist_handle_t **out) {
-    const _nixl_table *t = &a->local;
-    _nixl_remote *rm = NULL;
+    const _nixl_table *t;
+    _nixl_remote *rm;
     nixl_dlist_handle_t *h;
     nixl_status_t st;
     size_t i;
-    int loopback = agent_name && *agent_name && !strcmp(agent_name, a->name);
+    int loopback;
     long hint = -1; /* the region index of the previous descriptor */
     if ((st = _nixl_check_dlist(a, "prep_xfer_dlist", l)) != NIXL_SUCCESS) return st;
-    if (agent_name && *agent_name && !loopback) {
-        rm = _nixl_remote_find(a, agent_name);
-        if (!rm) {
-            _nixl_log(a, NIXL_LOG_ERROR, "prep_xfer_dlist: no metadata of %s is loaded", agent_name);
-            return NIXL_ERR_NOT_FOUND;
-        }
-        t = &rm->regions;
-    }
+    if ((st = _nixl_prep_table(a, "prep_xfer_dlist", agent_name, &t, &rm, &loopback)) != NIXL_SUCCESS) return st;
     h = (nixl_dlist_handle_t *)_nixl_alloc(a, sizeof *h);
     if (!h) return NIXL_ERR_BACKEND;
     h->e = (_nixl_hent *)_nixl_alloc_array(a, l->count ? l->count : 1, sizeof *h->e);
@@ -4379,15 +4438,7 @@ static nixl_status_t _nixl_prep_locked(nixl_agent_t *a, const char *agent_name, 
         r->refs++;
     }
     h->count = i; /* on failure: exactly the entries holding a reference */
-    h->agent = a;
-    h->refs = 1;
-    h->mem = l->mem;
-    h->loopback = loopback;
-    h->remote = rm;
-    if (rm) rm->refs++;
-    h->next = a->handles;
-    if (a->handles) a->handles->prev = h;
-    a->handles = h;
+    _nixl_handle_link(a, h, l->mem, loopback, rm);
     if (st != NIXL_SUCCESS) {
         h->user_released = 1;
         _nixl_handle_unref(a, h);
@@ -4405,6 +4456,73 @@ NIXL_API nixl_status_t nixl_prep_xfer_dlist(nixl_agent_t *agent, const char *age
     *handle = NULL;
     _nixl_lock(agent);
     st = _nixl_prep_locked(agent, agent_name, descs, handle);
+    _nixl_unlock(agent);
+    return st;
+}
+
+static nixl_status_t _nixl_check_strided(nixl_agent_t *a, const nixl_strided_t *s) {
+    const char *why = NULL;
+    if (!s) why = "no layout";
+    else if ((unsigned)s->mem >= NIXL_MEM_COUNT) why = "unknown memory type";
+    else if (!s->len || !s->count) why = "zero len or count";
+    else if (!s->base) why = "NULL base";
+    else if (s->count - 1 > (SIZE_MAX - s->len) / (s->stride ? s->stride : 1) ||
+             (uintptr_t)((s->count - 1) * s->stride + s->len) > UINTPTR_MAX - s->base)
+        why = "the span overflows the address space";
+    if (!why) return NIXL_SUCCESS;
+    _nixl_log(a, NIXL_LOG_ERROR, "prep_xfer_dlist_strided: %s", why);
+    return NIXL_ERR_INVALID_PARAM;
+}
+
+static nixl_status_t _nixl_prep_strided_locked(nixl_agent_t *a, const char *agent_name, const nixl_strided_t *s,
+                                               nixl_dlist_handle_t **out) {
+    const _nixl_table *t;
+    _nixl_remote *rm;
+    _nixl_region *r;
+    nixl_dlist_handle_t *h;
+    nixl_status_t st;
+    size_t span;
+    int loopback;
+    if ((st = _nixl_check_strided(a, s)) != NIXL_SUCCESS) return st;
+    if ((st = _nixl_prep_table(a, "prep_xfer_dlist_strided", agent_name, &t, &rm, &loopback)) != NIXL_SUCCESS)
+        return st;
+    span = (s->count - 1) * s->stride + s->len;
+    r = _nixl_table_find_containing(t, s->mem, s->base, span, s->dev_id);
+    if (!r) {
+        _nixl_log(a, NIXL_LOG_ERROR, "prep_xfer_dlist_strided: %zu blocks of %zu every %zu bytes from %s 0x%llx dev "
+                  "%llu (%zu bytes) lie in no one region %s %s", s->count, s->len, s->stride, nixl_mem_str(s->mem),
+                  (unsigned long long)s->base, (unsigned long long)s->dev_id, span,
+                  rm ? "loaded from" : "registered by", rm ? rm->name : "this agent");
+        return NIXL_ERR_NOT_FOUND;
+    }
+    h = (nixl_dlist_handle_t *)_nixl_alloc(a, sizeof *h);
+    if (h) h->e = (_nixl_hent *)_nixl_alloc(a, sizeof *h->e);
+    if (!h || !h->e) {
+        _nixl_free(a, h);
+        return NIXL_ERR_BACKEND;
+    }
+    h->e[0].addr = s->base;
+    h->e[0].len = s->len;
+    h->e[0].dev_id = s->dev_id;
+    h->e[0].region = r;
+    r->refs++;
+    h->strided = 1;
+    h->stride = s->stride;
+    h->count = s->count;
+    _nixl_handle_link(a, h, s->mem, loopback, rm);
+    *out = h;
+    return NIXL_SUCCESS;
+}
+
+NIXL_API nixl_status_t nixl_prep_xfer_dlist_strided(nixl_agent_t *agent, const char *agent_name,
+                                                    const nixl_strided_t *layout, const nixl_opt_args_t *opt,
+                                                    nixl_dlist_handle_t **handle) {
+    nixl_status_t st;
+    (void)opt;
+    if (!agent || !handle) return NIXL_ERR_INVALID_PARAM;
+    *handle = NULL;
+    _nixl_lock(agent);
+    st = _nixl_prep_strided_locked(agent, agent_name, layout, handle);
     _nixl_unlock(agent);
     return st;
 }
@@ -4445,7 +4563,7 @@ static int _nixl_idx_ok(const int *idx, size_t i, size_t count) {
 static nixl_status_t _nixl_load_loopback(nixl_agent_t *a, nixl_backend_t *b, nixl_xfer_req_t *r) {
     size_t i;
     for (i = 0; i < r->n; i++) {
-        _nixl_region *rr = r->rh->e[r->ridx[i]].region;
+        _nixl_region *rr = _nixl_hent_region(r->rh, (size_t)r->ridx[i]);
         nixl_status_t st;
         if (rr->lmask & (1u << b->idx)) continue;
         st = b->ops->load_local_md(b->engine, rr->md[b->idx], &rr->lmd[b->idx]);
@@ -4519,7 +4637,9 @@ static nixl_status_t _nixl_backend_prep(nixl_agent_t *a, nixl_xfer_req_t *r) {
     if (r->rh->loopback && (st = _nixl_load_loopback(a, b, r)) != NIXL_SUCCESS) return st;
     if (!(d = _nixl_scratch(a, r->n))) return NIXL_ERR_BACKEND;
     for (i = 0; i < r->n; i++) {
-        const _nixl_hent *le = &r->lh->e[r->lidx[i]], *re = &r->rh->e[r->ridx[i]];
+        _nixl_hent lt, rt;
+        const _nixl_hent *le = _nixl_hent_at(r->lh, (size_t)r->lidx[i], &lt);
+        const _nixl_hent *re = _nixl_hent_at(r->rh, (size_t)r->ridx[i], &rt);
         d[i].laddr = le->addr;
         d[i].raddr = re->addr;
         d[i].len = le->len;
@@ -4557,14 +4677,14 @@ static nixl_status_t _nixl_check_pairs(nixl_agent_t *a, nixl_xfer_req_t *r, unsi
                       r->lidx[i], r->ridx[i], r->lh->count, r->rh->count);
             return NIXL_ERR_INVALID_PARAM;
         }
-        ll = r->lh->e[r->lidx[i]].len;
-        rl = r->rh->e[r->ridx[i]].len;
+        ll = r->lh->strided ? r->lh->e[0].len : r->lh->e[r->lidx[i]].len;
+        rl = r->rh->strided ? r->rh->e[0].len : r->rh->e[r->ridx[i]].len;
         if (ll != rl) {
             _nixl_log(a, NIXL_LOG_ERROR, "make_xfer_req: pair %zu: local length %zu != remote length %zu", i, ll, rl);
             return NIXL_ERR_INVALID_PARAM;
         }
-        lr = r->lh->e[r->lidx[i]].region;
-        rr = r->rh->e[r->ridx[i]].region;
+        lr = _nixl_hent_region(r->lh, (size_t)r->lidx[i]);
+        rr = _nixl_hent_region(r->rh, (size_t)r->ridx[i]);
         if (lr->dead || rr->dead) {
             _nixl_log(a, NIXL_LOG_ERROR, "make_xfer_req: pair %zu uses a region that was deregistered/invalidated", i);
             return NIXL_ERR_NOT_FOUND;
@@ -4693,7 +4813,7 @@ static nixl_status_t _nixl_revalidate(nixl_agent_t *a, nixl_xfer_req_t *r) {
         return r->rh->remote->dead_why;
     }
     for (i = 0; i < r->n; i++)
-        if (r->lh->e[r->lidx[i]].region->dead || r->rh->e[r->ridx[i]].region->dead) {
+        if (_nixl_hent_region(r->lh, (size_t)r->lidx[i])->dead || _nixl_hent_region(r->rh, (size_t)r->ridx[i])->dead) {
             _nixl_log(a, NIXL_LOG_ERROR, "post_xfer_req: pair %zu uses a region that was deregistered", i);
             return NIXL_ERR_NOT_FOUND;
         }

@@ -17,6 +17,12 @@ static int cmp_u64(const void *a, const void *b) {
     return x < y ? -1 : x > y;
 }
 
+/* the median of ROUNDS timings (sorts them) */
+static double median(uint64_t *v) {
+    qsort(v, ROUNDS, sizeof *v, cmp_u64);
+    return (double)v[ROUNDS / 2];
+}
+
 static uint64_t now_ns(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
@@ -26,6 +32,61 @@ static uint64_t now_ns(void) {
 static void die(const char *what, nixl_status_t st) {
     fprintf(stderr, "core_bench: %s: %s\n", what, nixl_status_str(st));
     exit(1);
+}
+
+/* The strided form against the materialised list: the target's N blocks in
+   one region, prepared as N descriptors and as one layout; prep time, the
+   handle's memory, and make over N ids with each as the remote side. */
+static void strided_figures(nixl_agent_t *init, nixl_agent_t *target, nixl_desc_t *ld, int *idx) {
+    unsigned char *kv = (unsigned char *)calloc(N, BLOCK);
+    nixl_desc_t *rd = (nixl_desc_t *)malloc(N * sizeof *rd), whole = {(uintptr_t)kv, (size_t)N * BLOCK, 0};
+    nixl_dlist_t wl = {NIXL_DRAM, &whole, 1}, l = {NIXL_DRAM, ld, N}, r = {NIXL_DRAM, rd, N};
+    nixl_strided_t s = {NIXL_DRAM, (uintptr_t)kv, BLOCK, BLOCK, N, 0};
+    uint64_t t_list[ROUNDS], t_str[ROUNDS], m_list[ROUNDS], m_str[ROUNDS];
+    nixl_dlist_handle_t *lh, *rh;
+    nixl_xfer_req_t *req;
+    nixl_status_t st;
+    void *blob;
+    size_t len;
+    int i, k;
+    if (!kv || !rd) die("malloc", NIXL_ERR_BACKEND);
+    if ((st = nixl_register_mem(target, &wl, NULL))) die("register", st);
+    if ((st = nixl_get_local_md(target, &blob, &len))) die("md", st);
+    if ((st = nixl_load_remote_md(init, blob, len, NULL, 0))) die("load", st);
+    nixl_free_md(target, blob);
+    for (i = 0; i < N; i++) {
+        rd[i].addr = (uintptr_t)kv + (size_t)i * BLOCK;
+        rd[i].len = BLOCK;
+        rd[i].dev_id = 0;
+    }
+    if ((st = nixl_prep_xfer_dlist(init, NULL, &l, NULL, &lh))) die("prep", st);
+    for (k = 0; k < ROUNDS; k++) {
+        uint64_t t0 = now_ns();
+        if ((st = nixl_prep_xfer_dlist(init, "bench-target", &r, NULL, &rh))) die("prep", st);
+        t_list[k] = now_ns() - t0;
+        t0 = now_ns();
+        if ((st = nixl_make_xfer_req(init, NIXL_WRITE, lh, idx, N, rh, idx, N, NULL, &req))) die("make", st);
+        m_list[k] = now_ns() - t0;
+        nixl_release_xfer_req(init, req);
+        nixl_release_dlist_handle(init, rh);
+        t0 = now_ns();
+        if ((st = nixl_prep_xfer_dlist_strided(init, "bench-target", &s, NULL, &rh))) die("prep strided", st);
+        t_str[k] = now_ns() - t0;
+        t0 = now_ns();
+        if ((st = nixl_make_xfer_req(init, NIXL_WRITE, lh, idx, N, rh, idx, N, NULL, &req))) die("make", st);
+        m_str[k] = now_ns() - t0;
+        nixl_release_xfer_req(init, req);
+        nixl_release_dlist_handle(init, rh);
+    }
+    nixl_release_dlist_handle(init, lh);
+    printf("FIGURE core_strided blocks=%d prep_list_us=%.1f prep_strided_us=%.2f handle_bytes_list=%zu "
+           "handle_bytes_strided=%zu make_ns_per_desc_list=%.1f make_ns_per_desc_strided=%.1f\n",
+           N, median(t_list) / 1e3, median(t_str) / 1e3, (size_t)N * sizeof(_nixl_hent) +
+           sizeof(nixl_dlist_handle_t), sizeof(_nixl_hent) + sizeof(nixl_dlist_handle_t),
+           median(m_list) / N, median(m_str) / N);
+    nixl_deregister_mem(target, &wl, NULL);
+    free(kv);
+    free(rd);
 }
 
 int main(void) {
@@ -96,13 +157,11 @@ int main(void) {
         nixl_release_dlist_handle(init, lh);
         nixl_release_dlist_handle(init, rh);
     }
-    qsort(t_prep, ROUNDS, sizeof t_prep[0], cmp_u64);
-    qsort(t_make, ROUNDS, sizeof t_make[0], cmp_u64);
-    qsort(t_post, ROUNDS, sizeof t_post[0], cmp_u64);
     /* prep covers both sides: per descriptor of one side it is half */
-    printf("RESULT core_prep_ns_per_desc %.1f\n", (double)t_prep[ROUNDS / 2] / (2.0 * N));
-    printf("RESULT core_make_ns_per_desc %.1f\n", (double)t_make[ROUNDS / 2] / N);
-    printf("RESULT core_post_ns_per_desc %.2f\n", (double)t_post[ROUNDS / 2] / N);
+    printf("RESULT core_prep_ns_per_desc %.1f\n", median(t_prep) / (2.0 * N));
+    printf("RESULT core_make_ns_per_desc %.1f\n", median(t_make) / N);
+    printf("RESULT core_post_ns_per_desc %.2f\n", median(t_post) / N);
+    strided_figures(init, target, ld, idx);
     nixl_agent_destroy(init);
     nixl_agent_destroy(target);
     free(src);

@@ -351,13 +351,19 @@ def test_list_in_use_by_a_call_refuses_changes(make_agent):
     refused = [0]
     done = threading.Event()
 
-    def meddle():
+    def meddle():  # adds a descriptor and takes it away again, as often as allowed
         while not done.is_set():
             try:
                 dl.append((buf.ctypes.data, 64, 0))
-                dl.remDesc(n)
             except BufferError:
                 refused[0] += 1
+                continue
+            while True:
+                try:
+                    dl.remDesc(n)
+                    break
+                except BufferError:
+                    refused[0] += 1
 
     t = threading.Thread(target=meddle)
     t.start()
