@@ -67,8 +67,8 @@ $(B)/%_asan: tests/%.c tests/log_capture.h tests/test_backend.h tests/nixl_test.
 $(B)/%_tsan: tests/%.c tests/log_capture.h tests/test_backend.h tests/nixl_test.h nixl.h | $(B)
 	$(CC) $(WARN) $(TSAN) -I. $< -o $@ $(LIBS)
 
-$(B)/core_bench: tests/bench/core_bench.c tests/test_backend.h nixl.h | $(B)
-	$(CC) $(WARN) -O2 -g -I. $< -o $@ $(LIBS)
+$(B)/core_bench: tests/bench/core_bench.c tests/test_backend.h nixl.h nixl_verbs.h | $(B)
+	$(CC) $(WARN) -O2 -g -I. $< -o $@ $(VERBS_LIBS) $(LIBS)
 
 $(B)/test_ucx: tests/test_ucx.c tests/xfer_util.h tests/nixl_test.h nixl.h nixl_ucx.h | $(B)
 	$(CC) $(WARN) $(CFLAGS) -I. $< -o $@ $(UCX_LIBS) $(LIBS)
@@ -225,6 +225,7 @@ fuzz:
 # RESULT lines: nixl vs perftest / ucx_perftest in the same run, and the core's cost
 bench: $(B)/core_bench $(B)/nixl_bench python $(B)/py_bench_ref
 	$(B)/core_bench
+	$(VM_RUN) $(B)/core_bench --backend VERBS
 	$(PY) tests/bench/py_bench.py
 	tests/bench/compare
 

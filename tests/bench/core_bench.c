@@ -2,13 +2,20 @@
    descriptors on each side, make a request over all of them by indices, and
    post it (the in-process test backend with nocopy=1,inline=1, so the
    figure is the core's post path plus a backend that does nothing).
-   Prints ns/descriptor for each step (median of several rounds). */
+   Prints ns/descriptor for each step (median of several rounds).
+
+     core_bench                   the test backend (RESULT core_*)
+     core_bench --backend VERBS   prep and make over the verbs backend, both
+                                  agents in this process (RESULT verbs_*;
+                                  needs an RDMA device: the VM); not posted */
 #define NIXL_IMPLEMENTATION
 #include "../../nixl.h"
+#include "../../nixl_verbs.h"
 #include "../test_backend.h"
 
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 enum { N = 100000, ROUNDS = 7, BLOCK = 64 };
 
@@ -37,7 +44,7 @@ static void die(const char *what, nixl_status_t st) {
 /* The strided form against the materialised list: the target's N blocks in
    one region, prepared as N descriptors and as one layout; prep time, the
    handle's memory, and make over N ids with each as the remote side. */
-static void strided_figures(nixl_agent_t *init, nixl_agent_t *target, nixl_desc_t *ld, int *idx) {
+static void strided_figures(nixl_agent_t *init, nixl_agent_t *target, nixl_desc_t *ld, int *idx, const char *tag) {
     unsigned char *kv = (unsigned char *)calloc(N, BLOCK);
     nixl_desc_t *rd = (nixl_desc_t *)malloc(N * sizeof *rd), whole = {(uintptr_t)kv, (size_t)N * BLOCK, 0};
     nixl_dlist_t wl = {NIXL_DRAM, &whole, 1}, l = {NIXL_DRAM, ld, N}, r = {NIXL_DRAM, rd, N};
@@ -79,9 +86,9 @@ static void strided_figures(nixl_agent_t *init, nixl_agent_t *target, nixl_desc_
         nixl_release_dlist_handle(init, rh);
     }
     nixl_release_dlist_handle(init, lh);
-    printf("FIGURE core_strided blocks=%d prep_list_us=%.1f prep_strided_us=%.2f handle_bytes_list=%zu "
+    printf("FIGURE %s_strided blocks=%d prep_list_us=%.1f prep_strided_us=%.2f handle_bytes_list=%zu "
            "handle_bytes_strided=%zu make_ns_per_desc_list=%.1f make_ns_per_desc_strided=%.1f\n",
-           N, median(t_list) / 1e3, median(t_str) / 1e3, (size_t)N * sizeof(_nixl_hent) +
+           tag, N, median(t_list) / 1e3, median(t_str) / 1e3, (size_t)N * sizeof(_nixl_hent) +
            sizeof(nixl_dlist_handle_t), sizeof(_nixl_hent) + sizeof(nixl_dlist_handle_t),
            median(m_list) / N, median(m_str) / N);
     nixl_deregister_mem(target, &wl, NULL);
@@ -89,7 +96,9 @@ static void strided_figures(nixl_agent_t *init, nixl_agent_t *target, nixl_desc_
     free(rd);
 }
 
-int main(void) {
+int main(int argc, char **argv) {
+    int verbs = argc > 2 && !strcmp(argv[1], "--backend") && !strcmp(argv[2], "VERBS");
+    const char *tag = verbs ? "verbs" : "core";
     nixl_backend_ops_t ops = tb_make_ops("LOOP", NIXL_MEM_BIT(NIXL_DRAM));
     nixl_agent_config_t cfg;
     nixl_agent_t *init, *target;
@@ -109,8 +118,10 @@ int main(void) {
     if ((st = nixl_agent_create(&cfg, &init))) die("agent", st);
     cfg.name = "bench-target";
     if ((st = nixl_agent_create(&cfg, &target))) die("agent", st);
-    if ((st = nixl_create_backend(init, &ops, "nocopy=1,inline=1", &b))) die("backend", st);
-    if ((st = nixl_create_backend(target, &ops, NULL, &b))) die("backend", st);
+    if ((st = nixl_create_backend(init, verbs ? nixl_verbs_backend() : &ops, verbs ? NULL : "nocopy=1,inline=1",
+                                  &b)))
+        die("backend", st);
+    if ((st = nixl_create_backend(target, verbs ? nixl_verbs_backend() : &ops, NULL, &b))) die("backend", st);
     /* 1,000 registered regions so lookups are binary searches, not trivia */
     for (k = 0; k < 1000; k++) {
         whole.addr = (uintptr_t)src + (size_t)k * (N / 1000) * BLOCK;
@@ -151,17 +162,17 @@ int main(void) {
         if ((st = nixl_make_xfer_req(init, NIXL_WRITE, lh, idx, N, rh, idx, N, NULL, &req))) die("make", st);
         t_make[k] = now_ns() - t0;
         t0 = now_ns();
-        if ((st = nixl_post_xfer_req(init, req, NULL)) != NIXL_SUCCESS) die("post", st);
+        if (!verbs && (st = nixl_post_xfer_req(init, req, NULL)) != NIXL_SUCCESS) die("post", st);
         t_post[k] = now_ns() - t0;
         nixl_release_xfer_req(init, req);
         nixl_release_dlist_handle(init, lh);
         nixl_release_dlist_handle(init, rh);
     }
     /* prep covers both sides: per descriptor of one side it is half */
-    printf("RESULT core_prep_ns_per_desc %.1f\n", median(t_prep) / (2.0 * N));
-    printf("RESULT core_make_ns_per_desc %.1f\n", median(t_make) / N);
-    printf("RESULT core_post_ns_per_desc %.2f\n", median(t_post) / N);
-    strided_figures(init, target, ld, idx);
+    printf("RESULT %s_prep_ns_per_desc %.1f\n", tag, median(t_prep) / (2.0 * N));
+    printf("RESULT %s_make_ns_per_desc %.1f\n", tag, median(t_make) / N);
+    if (!verbs) printf("RESULT core_post_ns_per_desc %.2f\n", median(t_post) / N);
+    strided_figures(init, target, ld, idx, tag);
     nixl_agent_destroy(init);
     nixl_agent_destroy(target);
     free(src);
