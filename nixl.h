@@ -919,8 +919,14 @@ NIXL_API uint64_t nixl_now_us(void) {
     return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
 }
 
+/* not zeroed: for arrays the caller fills whole (the entries of a
+   100 k-descriptor list would otherwise be written twice) */
+static void *_nixl_alloc_raw(nixl_agent_t *a, size_t size) {
+    return a->cfg.alloc_fn ? a->cfg.alloc_fn(a->cfg.alloc_user, size ? size : 1) : malloc(size ? size : 1);
+}
+
 static void *_nixl_alloc(nixl_agent_t *a, size_t size) {
-    void *p = a->cfg.alloc_fn ? a->cfg.alloc_fn(a->cfg.alloc_user, size ? size : 1) : malloc(size ? size : 1);
+    void *p = _nixl_alloc_raw(a, size);
     if (p) memset(p, 0, size);
     return p;
 }
@@ -935,6 +941,11 @@ static void _nixl_free(nixl_agent_t *a, void *p) {
 static void *_nixl_alloc_array(nixl_agent_t *a, size_t n, size_t sz) {
     if (sz && n > (size_t)-1 / sz) return NULL;
     return _nixl_alloc(a, n * sz);
+}
+
+static void *_nixl_alloc_array_raw(nixl_agent_t *a, size_t n, size_t sz) {
+    if (sz && n > (size_t)-1 / sz) return NULL;
+    return _nixl_alloc_raw(a, n * sz);
 }
 
 static char *_nixl_strdup(nixl_agent_t *a, const char *s) {
@@ -4413,7 +4424,8 @@ static nixl_status_t _nixl_prep_locked(nixl_agent_t *a, const char *agent_name, 
     if ((st = _nixl_prep_table(a, "prep_xfer_dlist", agent_name, &t, &rm, &loopback)) != NIXL_SUCCESS) return st;
     h = (nixl_dlist_handle_t *)_nixl_alloc(a, sizeof *h);
     if (!h) return NIXL_ERR_BACKEND;
-    h->e = (_nixl_hent *)_nixl_alloc_array(a, l->count ? l->count : 1, sizeof *h->e);
+    /* entries 0..count-1 are all written below (count shrinks on failure) */
+    h->e = (_nixl_hent *)_nixl_alloc_array_raw(a, l->count ? l->count : 1, sizeof *h->e);
     if (!h->e) {
         _nixl_free(a, h);
         return NIXL_ERR_BACKEND;
