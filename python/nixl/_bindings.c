@@ -120,6 +120,7 @@ static int _pynixl_dlist_reserve(_pynixl_dlist *l, Py_ssize_t want) {
     nixl_desc_t *d;
     if (want <= l->cap) return 0;
     while (cap < want) cap *= 2;
+    if (!l->cap && want > 8) cap = want; /* a list made whole at once (numpy): its exact size */
     d = (nixl_desc_t *)PyMem_Realloc(l->d, (size_t)cap * sizeof *d);
     if (!d) {
         PyErr_NoMemory();
