@@ -525,8 +525,8 @@ static int _pynixl_meta_equal(const _pynixl_dlist *a, const _pynixl_dlist *b) {
 static PyObject *_pynixl_dlist_richcmp(PyObject *a, PyObject *b, int op) {
     const _pynixl_dlist *x = (const _pynixl_dlist *)a, *y = (const _pynixl_dlist *)b;
     int eq;
-    if ((op != Py_EQ && op != Py_NE) || !_pynixl_dlist_is(b) || (x->meta == NULL) != (y->meta == NULL))
-        Py_RETURN_NOTIMPLEMENTED;
+    if ((op != Py_EQ && op != Py_NE) || !_pynixl_dlist_is(b) || _pynixl_is_reg(x) != _pynixl_is_reg(y))
+        Py_RETURN_NOTIMPLEMENTED; /* a registration list never equals a transfer list */
     eq = x->mem == y->mem && x->n == y->n && (!x->n || memcmp(x->d, y->d, (size_t)x->n * sizeof *x->d) == 0);
     if (eq && (eq = _pynixl_meta_equal(x, y)) < 0) return NULL;
     return PyBool_FromLong(op == Py_EQ ? eq : !eq);

@@ -57,6 +57,7 @@ def test_equality_and_types():
     assert a != nb.nixlXferDList(nb.VRAM_SEG, [(1, 2, 3)])
     assert a != nb.nixlXferDList(nb.DRAM_SEG, [(1, 2, 4)])
     assert a != nb.nixlRegDList(nb.DRAM_SEG, [(1, 2, 3)])
+    assert nb.nixlXferDList(nb.DRAM_SEG) != nb.nixlRegDList(nb.DRAM_SEG)  # empty, still different kinds
     assert isinstance(nb.nixlRemoteDList(nb.DRAM_SEG, [(1, 2, 3)]), nb.nixlXferDList)
 
 
