@@ -986,20 +986,30 @@ static int _nixl_ucx_sess_admit(_nixl_ucx_engine_t *eng, const unsigned char *no
    the loaded address, which an impostor does not hear; the sender takes the
    new id). The claimed one keeps attributing for _NIXL_UCX_SUPERSEDED_US,
    so what the honest sender sent on it meanwhile is not lost. */
-static void _nixl_ucx_sess_reverify(_nixl_ucx_engine_t *eng, _nixl_ucx_sess_t *old) {
+/* A new session of `name` (nl bytes) for the HELLO nonce, with a fresh
+   id, at the head of the list; NULL when out of memory. */
+static _nixl_ucx_sess_t *_nixl_ucx_sess_new(_nixl_ucx_engine_t *eng, const unsigned char *nonce, const char *name,
+                                            size_t nl) {
     _nixl_ucx_sess_t *s = (_nixl_ucx_sess_t *)_nixl_ucx_alloc(eng, sizeof *s);
+    if (!s) return NULL;
+    memcpy(s->nonce, nonce, _NIXL_UCX_NONCE);
+    memcpy(s->name, name, nl);
+    s->name[nl] = '\0';
+    s->born = nixl_now_us();
+    s->id = _nixl_ucx_random(eng) | 1u; /* never 0: 0 means refused */
+    s->next = eng->sessions;
+    eng->sessions = s;
+    eng->nsessions++;
+    return s;
+}
+
+static void _nixl_ucx_sess_reverify(_nixl_ucx_engine_t *eng, _nixl_ucx_sess_t *old) {
+    _nixl_ucx_sess_t *s = _nixl_ucx_sess_new(eng, old->nonce, old->name, strlen(old->name));
     if (!s) {
         _nixl_ucx_sess_drop(eng, old);
         return;
     }
-    memcpy(s->nonce, old->nonce, sizeof s->nonce);
-    memcpy(s->name, old->name, sizeof s->name);
-    s->born = nixl_now_us();
-    s->id = _nixl_ucx_random(eng) | 1u;
     s->state = _NIXL_UCX_RS_WAIT_MD;
-    s->next = eng->sessions;
-    eng->sessions = s;
-    eng->nsessions++;
     old->superseded = 1;
     old->born = s->born;
     eng->sess_work = 1;
@@ -1035,15 +1045,8 @@ static void _nixl_ucx_on_hello(_nixl_ucx_engine_t *eng, const unsigned char *p, 
         return;
     }
     if (_nixl_ucx_sess_admit(eng, p + 4, (const char *)p + 4 + _NIXL_UCX_NONCE, nl) != 0) return;
-    if (!_nixl_ucx_sess_room(eng) || !(s = (_nixl_ucx_sess_t *)_nixl_ucx_alloc(eng, sizeof *s))) return;
-    memcpy(s->nonce, p + 4, _NIXL_UCX_NONCE);
-    memcpy(s->name, p + 4 + _NIXL_UCX_NONCE, nl);
-    s->name[nl] = '\0';
-    s->born = nixl_now_us();
-    s->id = _nixl_ucx_random(eng) | 1u; /* never 0: 0 means refused */
-    s->next = eng->sessions;
-    eng->sessions = s;
-    eng->nsessions++;
+    if (!_nixl_ucx_sess_room(eng) || !(s = _nixl_ucx_sess_new(eng, p + 4, (const char *)p + 4 + _NIXL_UCX_NONCE, nl)))
+        return;
     if (nixl_backend_auth_on(eng->be)) {
         s->state = _NIXL_UCX_RS_PROOF;
         if (!reply || _nixl_ucx_send_welcome(eng, reply, s, s->id) != UCS_OK) _nixl_ucx_sess_drop(eng, s);
