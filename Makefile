@@ -67,7 +67,7 @@ $(B)/%_asan: tests/%.c tests/log_capture.h tests/test_backend.h tests/nixl_test.
 $(B)/%_tsan: tests/%.c tests/log_capture.h tests/test_backend.h tests/nixl_test.h nixl.h | $(B)
 	$(CC) $(WARN) $(TSAN) -I. $< -o $@ $(LIBS)
 
-$(B)/core_bench: tests/bench/core_bench.c tests/test_backend.h nixl.h nixl_verbs.h | $(B)
+$(B)/core_bench: tests/bench/core_bench.c tests/bench/bench_util.h tests/test_backend.h nixl.h nixl_verbs.h | $(B)
 	$(CC) $(WARN) -O2 -g -I. $< -o $@ $(VERBS_LIBS) $(LIBS)
 
 $(B)/test_ucx: tests/test_ucx.c tests/xfer_util.h tests/nixl_test.h nixl.h nixl_ucx.h | $(B)
@@ -128,7 +128,7 @@ $(PY_ASAN): python/nixl/_bindings.c $(HEADERS) | $(B)
 bench-python: python $(B)/py_bench_ref
 	$(PY) tests/bench/py_bench.py
 
-$(B)/py_bench_ref: tests/bench/py_bench_ref.c nixl.h nixl_ucx.h | $(B)
+$(B)/py_bench_ref: tests/bench/py_bench_ref.c tests/bench/bench_util.h nixl.h nixl_ucx.h | $(B)
 	$(CC) $(WARN) -O2 -g -I. $< -o $@ $(UCX_LIBS) $(LIBS)
 
 test: deps

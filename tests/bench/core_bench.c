@@ -12,6 +12,8 @@
 #include "../../nixl.h"
 #include "../../nixl_verbs.h"
 #include "../test_backend.h"
+#define BENCH_NAME "core_bench"
+#include "bench_util.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -19,27 +21,8 @@
 
 enum { N = 100000, ROUNDS = 7, BLOCK = 64 };
 
-static int cmp_u64(const void *a, const void *b) {
-    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
-    return x < y ? -1 : x > y;
-}
-
 /* the median of ROUNDS timings (sorts them) */
-static double median(uint64_t *v) {
-    qsort(v, ROUNDS, sizeof *v, cmp_u64);
-    return (double)v[ROUNDS / 2];
-}
-
-static uint64_t now_ns(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
-}
-
-static void die(const char *what, nixl_status_t st) {
-    fprintf(stderr, "core_bench: %s: %s\n", what, nixl_status_str(st));
-    exit(1);
-}
+static double median(uint64_t *v) { return median_of(v, ROUNDS); }
 
 /* The strided form against the materialised list: the target's N blocks in
    one region, prepared as N descriptors and as one layout; prep time, the

@@ -10,6 +10,8 @@
 #define NIXL_IMPLEMENTATION
 #include "../../nixl.h"
 #include "../../nixl_ucx.h"
+#define BENCH_NAME "py_bench_ref"
+#include "bench_util.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -17,26 +19,7 @@
 
 enum { N = 1500000, K = 15000, BLOCK = 64, ROUNDS = 5, CALLS = 200000 };
 
-static uint64_t now_ns(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
-}
-
-static void die(const char *what, nixl_status_t st) {
-    fprintf(stderr, "py_bench_ref: %s: %s\n", what, nixl_status_str(st));
-    exit(1);
-}
-
-static int cmp_u64(const void *a, const void *b) {
-    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
-    return x < y ? -1 : x > y;
-}
-
-static double median(uint64_t *v, double per) {
-    qsort(v, ROUNDS, sizeof *v, cmp_u64);
-    return (double)v[ROUNDS / 2] / per;
-}
+static double median(uint64_t *v, double per) { return median_of(v, ROUNDS) / per; }
 
 static nixl_agent_t *agent(const char *name) {
     nixl_agent_config_t cfg;

@@ -124,35 +124,32 @@ def test_errors_are_typed(pair):
         p.ini.transfer(h)
 
 
+def written(pair):
+    """A WRITE of the pair's whole buffer, posted and done: its handle."""
+    h = pair.ini.initialize_xfer("WRITE", pair.local(), pair.remote(), pair.tgt_name)
+    pair.ini.transfer(h)
+    assert wait_xfer(pair.ini, h) == "DONE"
+    return h
+
+
 def test_telemetry(make_agent, monkeypatch):
     p = Pair(make_agent, capture_telemetry=True)
-    h = p.ini.initialize_xfer("WRITE", p.local(), p.remote(), p.tgt_name)
     t0 = time.monotonic() * 1e6
-    p.ini.transfer(h)
-    assert wait_xfer(p.ini, h) == "DONE"
+    h = written(p)
     t = p.ini.get_xfer_telemetry(h)
     assert isinstance(t, nb.nixlXferTelemetry)
     assert t.totalBytes == p.size and t.descCount == 1
     assert abs(t.startTime - t0) < 5e6 and t.xferDuration >= t.postDuration >= 0
     q = Pair(make_agent)
-    hq = q.ini.initialize_xfer("WRITE", q.local(), q.remote(), q.tgt_name)
-    q.ini.transfer(hq)
-    assert wait_xfer(q.ini, hq) == "DONE"
     with pytest.raises(nb.nixlNoTelemetryError):
-        q.ini.get_xfer_telemetry(hq)
+        q.ini.get_xfer_telemetry(written(q))
     monkeypatch.setenv("NIXL_TELEMETRY_ENABLE", "y")
     r = Pair(make_agent)
-    hr = r.ini.initialize_xfer("WRITE", r.local(), r.remote(), r.tgt_name)
-    r.ini.transfer(hr)
-    assert wait_xfer(r.ini, hr) == "DONE"
-    assert r.ini.get_xfer_telemetry(hr).totalBytes == r.size
+    assert r.ini.get_xfer_telemetry(written(r)).totalBytes == r.size
     monkeypatch.setenv("NIXL_TELEMETRY_ENABLE", "n")
     s = Pair(make_agent)
-    hs = s.ini.initialize_xfer("WRITE", s.local(), s.remote(), s.tgt_name)
-    s.ini.transfer(hs)
-    assert wait_xfer(s.ini, hs) == "DONE"
     with pytest.raises(nb.nixlNoTelemetryError):
-        s.ini.get_xfer_telemetry(hs)
+        s.ini.get_xfer_telemetry(written(s))
 
 
 def test_estimate_cost(pair):
@@ -327,9 +324,8 @@ def test_dead_peer_gives_err_not_a_hang(make_agent):
                 break
         assert state == "ERR"
         q = Pair(make_agent)  # the survivor's process still transfers
-        hq = q.ini.initialize_xfer("WRITE", q.local(), q.remote(), q.tgt_name)
-        q.ini.transfer(hq)
-        assert wait_xfer(q.ini, hq) == "DONE" and (q.src == q.dst).all()
+        written(q)
+        assert (q.src == q.dst).all()
     finally:
         proc.kill()
         proc.wait()
