@@ -1645,6 +1645,52 @@ out:
     free(r);
 }
 
+/* The other side of the same mechanism: an impostor that claimed the name
+   "ini" (accept mode) before the real ini's metadata came is not heard
+   once the claimed session's grace time is over, while the real ini is. */
+static void test_claimed_impostor_ends(void) {
+    nixl_agent_t *tgt = make_agent_extra("tgt", "notif_unverified=accept", 0), *ini = make_agent("ini");
+    nixl_agent_t *mallory = make_agent("ini");
+    notes_t q;
+    uint64_t until;
+    size_t k, from_mallory = 0, honest = 0;
+    memset(&q, 0, sizeof q);
+    if (!tgt || !ini || !mallory) goto out;
+    CHECK_ST(load_md_of(tgt, mallory), NIXL_SUCCESS);
+    CHECK_ST(load_md_of(tgt, ini), NIXL_SUCCESS);
+    CHECK_ST(nixl_gen_notif(mallory, "tgt", "claimed", 7, NULL), NIXL_SUCCESS);
+    CHECK(wait_notes(tgt, mallory, &q, 1, 20) == 1); /* taken on its word: nobody else is "ini" yet */
+    CHECK_ST(load_md_of(ini, tgt), NIXL_SUCCESS);     /* the real ini's metadata arrives */
+    until = nixl_now_us() + (uint64_t)(6e6 * g_scale); /* past _NIXL_UCX_SUPERSEDED_US */
+    while (nixl_now_us() < until) {
+        nixl_get_notifs(tgt, notes_cb, &q);
+        nixl_progress(mallory);
+        nixl_progress(ini);
+        usleep(1000);
+    }
+    notes_free(&q);
+    memset(&q, 0, sizeof q);
+    CHECK_ST(nixl_gen_notif(mallory, "tgt", "forged", 6, NULL), NIXL_SUCCESS);
+    CHECK_ST(nixl_gen_notif(ini, "tgt", "honest", 6, NULL), NIXL_SUCCESS);
+    until = nixl_now_us() + (uint64_t)(3e6 * g_scale);
+    while (nixl_now_us() < until) {
+        nixl_get_notifs(tgt, notes_cb, &q);
+        nixl_progress(mallory);
+        nixl_progress(ini);
+    }
+    for (k = 0; k < q.n; k++) {
+        from_mallory += strcmp(q.msg[k], "forged") == 0;
+        honest += strcmp(q.msg[k], "honest") == 0 && strcmp(q.from[k], "ini") == 0;
+    }
+    CHECKF(from_mallory == 0, "the impostor was heard %zu time(s) after the real metadata came", from_mallory);
+    CHECK(honest == 1);
+out:
+    notes_free(&q);
+    nixl_agent_destroy(mallory);
+    nixl_agent_destroy(ini);
+    nixl_agent_destroy(tgt);
+}
+
 static void test_forged_notifications(void) {
     int with_token;
     for (with_token = 0; with_token < 2; with_token++) {
@@ -2050,6 +2096,7 @@ static int run_all(void) {
     RUN(test_raw_ucx_attacker, 60);
     RUN(test_forged_notifications, 60);
     RUN(test_claimed_session_verified_on_load, 60);
+    RUN(test_claimed_impostor_ends, 60);
     RUN(test_welcome_from_its_peer_only, 30);
     RUN(test_malformed_worker_address, 30);
     RUN(test_notif_flood_bounded, 200);
