@@ -316,6 +316,9 @@ typedef struct nixl_opt_args {
     const char *ip; uint16_t port;                        /* side-channel peer */
     int include_conn_info;                                /* partial metadata */
     const char *metadata_label;  /* etcd key label (NULL = "metadata"; partial sends: "partial") */
+    int skip_desc_merge; /* make: 1 hands the backend one descriptor per pair; 0 (default, as
+                            NIXL's skip_desc_merge=False) joins consecutive pairs that are
+                            contiguous on both sides within the same regions into one */
 } nixl_opt_args_t;
 
 /* ======================================================================== */
@@ -4589,26 +4592,20 @@ static nixl_status_t _nixl_load_loopback(nixl_agent_t *a, nixl_backend_t *b, nix
     return NIXL_SUCCESS;
 }
 
-/* common: the backends (bit mask) that hold every selected entry of both
-   lists (from _nixl_check_pairs) */
-static nixl_status_t _nixl_choose_backend(nixl_agent_t *a, nixl_xfer_req_t *r, const nixl_opt_args_t *opt,
-                                          unsigned common) {
-    nixl_backend_t *order[NIXL_MAX_BACKENDS];
-    nixl_status_t st;
-    int i, n;
-    if ((st = _nixl_backend_order(a, "make_xfer_req", opt, order, &n)) != NIXL_SUCCESS) return st;
+/* The first backend of order[0..n) in mask that can carry r (local or
+   remote, with a notification or not); NULL if none. */
+static nixl_backend_t *_nixl_pick_backend(const nixl_xfer_req_t *r, nixl_backend_t *const *order, int n,
+                                          unsigned mask) {
+    int i;
     for (i = 0; i < n; i++) {
         nixl_backend_t *b = order[i];
-        if (!(common & (1u << b->idx))) continue;
+        if (!(mask & (1u << b->idx))) continue;
         if (r->rh->loopback && (!(b->ops->caps & NIXL_CAP_LOCAL) || !b->ops->load_local_md)) continue;
         if (!r->rh->loopback && !(b->ops->caps & NIXL_CAP_REMOTE)) continue;
         if (r->has_notif && !(b->ops->caps & NIXL_CAP_NOTIF)) continue;
-        r->be = b;
-        return NIXL_SUCCESS;
+        return b;
     }
-    _nixl_log(a, NIXL_LOG_ERROR, "make_xfer_req: no backend holds both sides of this request (to %s)",
-              r->rh->loopback ? a->name : r->rh->remote->name);
-    return NIXL_ERR_NOT_SUPPORTED;
+    return NULL;
 }
 
 static nixl_status_t _nixl_set_notif(nixl_agent_t *a, nixl_xfer_req_t *r, const nixl_opt_args_t *opt) {
@@ -4639,34 +4636,62 @@ static nixl_xfer_desc_t *_nixl_scratch(nixl_agent_t *a, size_t n) {
     return a->scratch;
 }
 
-/* resolves every pair and hands the request to the chosen backend */
-static nixl_status_t _nixl_backend_prep(nixl_agent_t *a, nixl_xfer_req_t *r) {
-    nixl_xfer_desc_t *d;
-    nixl_xfer_args_t x;
-    nixl_backend_t *b = r->be;
-    nixl_status_t st;
+/* Appends the pair (le, re) to the backend's descriptors d[0..*k), or
+   extends the last one when the pair continues it on both sides within
+   the same regions (merge). */
+static void _nixl_desc_put(nixl_xfer_desc_t *d, size_t *k, const _nixl_hent *le, const _nixl_hent *re, void *lmd,
+                           void *rmd, int merge) {
+    nixl_xfer_desc_t *p = *k ? &d[*k - 1] : NULL;
+    if (merge && p && p->lmd == lmd && p->rmd == rmd && p->laddr + p->len == le->addr &&
+        p->raddr + p->len == re->addr && p->ldev == le->dev_id && p->rdev == re->dev_id) {
+        p->len += le->len;
+        return;
+    }
+    p = &d[(*k)++];
+    p->laddr = le->addr;
+    p->raddr = re->addr;
+    p->len = le->len;
+    p->ldev = le->dev_id;
+    p->rdev = re->dev_id;
+    p->lmd = lmd;
+    p->rmd = rmd;
+}
+
+/* The backend's md of pair i's regions (b's remote md, or for loopback the
+   md load_local_md gave). */
+static void *_nixl_pair_lmd(const nixl_xfer_req_t *r, const nixl_backend_t *b, size_t i) {
+    return _nixl_hent_region(r->lh, (size_t)r->lidx[i])->md[b->idx];
+}
+static void *_nixl_pair_rmd(const nixl_xfer_req_t *r, const nixl_backend_t *b, size_t i) {
+    const _nixl_region *rr = _nixl_hent_region(r->rh, (size_t)r->ridx[i]);
+    return r->rh->loopback ? rr->lmd[b->idx] : rr->md[b->idx];
+}
+
+/* Lays out every pair for backend b into the scratch (*k descriptors). */
+static void _nixl_descs_fill(nixl_agent_t *a, const nixl_xfer_req_t *r, const nixl_backend_t *b, int merge,
+                             size_t *k) {
     size_t i;
-    if (r->rh->loopback && (st = _nixl_load_loopback(a, b, r)) != NIXL_SUCCESS) return st;
-    if (!(d = _nixl_scratch(a, r->n))) return NIXL_ERR_BACKEND;
+    *k = 0;
     for (i = 0; i < r->n; i++) {
         _nixl_hent lt, rt;
         const _nixl_hent *le = _nixl_hent_at(r->lh, (size_t)r->lidx[i], &lt);
         const _nixl_hent *re = _nixl_hent_at(r->rh, (size_t)r->ridx[i], &rt);
-        d[i].laddr = le->addr;
-        d[i].raddr = re->addr;
-        d[i].len = le->len;
-        d[i].ldev = le->dev_id;
-        d[i].rdev = re->dev_id;
-        d[i].lmd = le->region->md[b->idx];
-        d[i].rmd = r->rh->loopback ? re->region->lmd[b->idx] : re->region->md[b->idx];
+        _nixl_desc_put(a->scratch, k, le, re, _nixl_pair_lmd(r, b, i), _nixl_pair_rmd(r, b, i), merge);
     }
+}
+
+/* hands the k laid-out descriptors to the chosen backend */
+static nixl_status_t _nixl_backend_prep(nixl_agent_t *a, nixl_xfer_req_t *r, size_t k) {
+    nixl_xfer_args_t x;
+    nixl_backend_t *b = r->be;
+    nixl_status_t st;
     memset(&x, 0, sizeof x);
     x.op = r->op;
     x.remote = r->rh->loopback ? a->name : r->rh->remote->name;
     x.lmem = r->lh->mem;
     x.rmem = r->rh->mem;
-    x.descs = d;
-    x.count = r->n;
+    x.descs = a->scratch;
+    x.count = k;
     x.total_bytes = r->total_bytes;
     x.has_notif = r->has_notif;
     st = b->ops->prep_xfer(b->engine, &x, &r->bh);
@@ -4675,37 +4700,70 @@ static nixl_status_t _nixl_backend_prep(nixl_agent_t *a, nixl_xfer_req_t *r) {
     return st;
 }
 
-/* Checks every pair (indices, lengths, live regions), sums the bytes and
-   finds the backends holding both sides of all of them (*common), in one
-   pass over the entries. */
-static nixl_status_t _nixl_check_pairs(nixl_agent_t *a, nixl_xfer_req_t *r, unsigned *common) {
+static nixl_status_t _nixl_pair_bad(nixl_agent_t *a, const nixl_xfer_req_t *r, size_t i, size_t ll, size_t rl) {
+    if (!_nixl_idx_ok(r->lidx, i, r->lh->count) || !_nixl_idx_ok(r->ridx, i, r->rh->count)) {
+        _nixl_log(a, NIXL_LOG_ERROR, "make_xfer_req: pair %zu: index %d/%d out of range (%zu/%zu entries)", i,
+                  r->lidx[i], r->ridx[i], r->lh->count, r->rh->count);
+        return NIXL_ERR_INVALID_PARAM;
+    }
+    if (ll != rl) {
+        _nixl_log(a, NIXL_LOG_ERROR, "make_xfer_req: pair %zu: local length %zu != remote length %zu", i, ll, rl);
+        return NIXL_ERR_INVALID_PARAM;
+    }
+    _nixl_log(a, NIXL_LOG_ERROR, "make_xfer_req: pair %zu uses a region that was deregistered/invalidated", i);
+    return NIXL_ERR_NOT_FOUND;
+}
+
+/* One pass over the pairs: checks each (indices, lengths, live regions),
+   sums the bytes, finds the backends holding both sides of all of them
+   (*common) and lays the descriptors out for `guess` (the backend the
+   first pair points to, NULL: none; *k descriptors) so that a request
+   whose pairs all share it needs no second pass. */
+static nixl_status_t _nixl_pairs_scan(nixl_agent_t *a, nixl_xfer_req_t *r, const nixl_backend_t *guess, int merge,
+                                      unsigned *common, size_t *k) {
     unsigned m = ~0u;
     size_t i;
+    *k = 0;
     for (i = 0; i < r->n; i++) {
+        _nixl_hent lt, rt;
+        const _nixl_hent *le, *re;
         const _nixl_region *lr, *rr;
-        size_t ll, rl;
-        if (!_nixl_idx_ok(r->lidx, i, r->lh->count) || !_nixl_idx_ok(r->ridx, i, r->rh->count)) {
-            _nixl_log(a, NIXL_LOG_ERROR, "make_xfer_req: pair %zu: index %d/%d out of range (%zu/%zu entries)", i,
-                      r->lidx[i], r->ridx[i], r->lh->count, r->rh->count);
-            return NIXL_ERR_INVALID_PARAM;
-        }
-        ll = r->lh->strided ? r->lh->e[0].len : r->lh->e[r->lidx[i]].len;
-        rl = r->rh->strided ? r->rh->e[0].len : r->rh->e[r->ridx[i]].len;
-        if (ll != rl) {
-            _nixl_log(a, NIXL_LOG_ERROR, "make_xfer_req: pair %zu: local length %zu != remote length %zu", i, ll, rl);
-            return NIXL_ERR_INVALID_PARAM;
-        }
-        lr = _nixl_hent_region(r->lh, (size_t)r->lidx[i]);
-        rr = _nixl_hent_region(r->rh, (size_t)r->ridx[i]);
-        if (lr->dead || rr->dead) {
-            _nixl_log(a, NIXL_LOG_ERROR, "make_xfer_req: pair %zu uses a region that was deregistered/invalidated", i);
-            return NIXL_ERR_NOT_FOUND;
-        }
+        if (!_nixl_idx_ok(r->lidx, i, r->lh->count) || !_nixl_idx_ok(r->ridx, i, r->rh->count))
+            return _nixl_pair_bad(a, r, i, 0, 0);
+        le = _nixl_hent_at(r->lh, (size_t)r->lidx[i], &lt);
+        re = _nixl_hent_at(r->rh, (size_t)r->ridx[i], &rt);
+        lr = le->region;
+        rr = re->region;
+        if (le->len != re->len || lr->dead || rr->dead) return _nixl_pair_bad(a, r, i, le->len, re->len);
         m &= lr->mask & rr->mask; /* loopback: rr is a local region, mask = its registrations */
-        r->total_bytes += ll;
+        r->total_bytes += le->len;
+        if (guess) _nixl_desc_put(a->scratch, k, le, re, lr->md[guess->idx], rr->md[guess->idx], merge);
     }
     *common = m;
     return NIXL_SUCCESS;
+}
+
+/* checks the pairs, chooses the backend and hands it the descriptors */
+static nixl_status_t _nixl_make_resolve(nixl_agent_t *a, nixl_xfer_req_t *r, const nixl_opt_args_t *opt) {
+    nixl_backend_t *order[NIXL_MAX_BACKENDS], *guess = NULL;
+    int n, merge = !opt || !opt->skip_desc_merge;
+    unsigned common = 0;
+    size_t k = 0;
+    nixl_status_t st;
+    if ((st = _nixl_backend_order(a, "make_xfer_req", opt, order, &n)) != NIXL_SUCCESS) return st;
+    if (!_nixl_scratch(a, r->n)) return NIXL_ERR_BACKEND;
+    if (!r->rh->loopback && _nixl_idx_ok(r->lidx, 0, r->lh->count) && _nixl_idx_ok(r->ridx, 0, r->rh->count))
+        guess = _nixl_pick_backend(r, order, n, _nixl_hent_region(r->lh, (size_t)r->lidx[0])->mask &
+                                                    _nixl_hent_region(r->rh, (size_t)r->ridx[0])->mask);
+    if ((st = _nixl_pairs_scan(a, r, guess, merge, &common, &k)) != NIXL_SUCCESS) return st;
+    if (!(r->be = _nixl_pick_backend(r, order, n, common))) {
+        _nixl_log(a, NIXL_LOG_ERROR, "make_xfer_req: no backend holds both sides of this request (to %s)",
+                  r->rh->loopback ? a->name : r->rh->remote->name);
+        return NIXL_ERR_NOT_SUPPORTED;
+    }
+    if (r->rh->loopback && (st = _nixl_load_loopback(a, r->be, r)) != NIXL_SUCCESS) return st;
+    if (r->be != guess) _nixl_descs_fill(a, r, r->be, merge, &k);
+    return _nixl_backend_prep(a, r, k);
 }
 
 static nixl_status_t _nixl_make_locked(nixl_agent_t *a, nixl_xfer_op_t op, nixl_dlist_handle_t *lh,
@@ -4713,7 +4771,6 @@ static nixl_status_t _nixl_make_locked(nixl_agent_t *a, nixl_xfer_op_t op, nixl_
                                        size_t rn, const nixl_opt_args_t *opt, nixl_xfer_req_t **out) {
     nixl_xfer_req_t *r;
     nixl_status_t st;
-    unsigned common = 0;
     if (op != NIXL_READ && op != NIXL_WRITE) {
         _nixl_log(a, NIXL_LOG_ERROR, "make_xfer_req: unknown operation %d", (int)op);
         return NIXL_ERR_INVALID_PARAM;
@@ -4752,10 +4809,8 @@ static nixl_status_t _nixl_make_locked(nixl_agent_t *a, nixl_xfer_op_t op, nixl_
     r->lidx = (int *)_nixl_memdup(a, lidx, ln * sizeof *lidx);
     r->ridx = (int *)_nixl_memdup(a, ridx, rn * sizeof *ridx);
     if (!r->lidx || !r->ridx) st = NIXL_ERR_BACKEND;
-    else if ((st = _nixl_check_pairs(a, r, &common)) != NIXL_SUCCESS) (void)0;
     else if ((st = _nixl_set_notif(a, r, opt)) != NIXL_SUCCESS) (void)0;
-    else if ((st = _nixl_choose_backend(a, r, opt, common)) != NIXL_SUCCESS) (void)0;
-    else st = _nixl_backend_prep(a, r);
+    else st = _nixl_make_resolve(a, r, opt);
     if (st != NIXL_SUCCESS) {
         _nixl_req_free(a, r);
         return st;

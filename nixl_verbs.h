@@ -264,6 +264,7 @@ NIXL_API nixl_status_t nixl_verbs_set_copy_ops(nixl_backend_t *be, const nixl_ve
 
 #define _NIXL_VERBS_MAX_QPS 16
 #define _NIXL_VERBS_POLL_BATCH 32
+#define _NIXL_VERBS_CM_EVERY 256 /* progress passes between reads of an idle CM channel */
 #define _NIXL_VERBS_INFO_MAX 64
 #define _NIXL_VERBS_AM_HDR 8
 #define _NIXL_VERBS_PDATA_LEN 40      /* a REQ's (56 at most through rdma_cm) */
@@ -486,7 +487,7 @@ typedef struct _nixl_verbs_stage {
 
 typedef struct _nixl_verbs_engine {
     nixl_backend_t *be;
-    uint32_t cm_tick; /* progress calls since the CM channel was last read */
+    uint32_t cm_wait; /* progress calls before the CM channel is read again */
     char *name;
     uint64_t hash;
     /* params */
@@ -822,41 +823,69 @@ static _nixl_verbs_rec_t *_nixl_verbs_rec_push(_nixl_verbs_engine_t *e, _nixl_ve
 }
 
 
-/* Sends one message on QP 0 if a credit, a send buffer and a send slot are
-   free. CREDIT may use the last credit; everything else leaves one so that
-   credits can always be returned (no deadlock when both sides are full).
-   Returns 1 sent, 0 not now, -1 connection failed. */
-static int _nixl_verbs_am_send(_nixl_verbs_engine_t *e, _nixl_verbs_conn_t *c, uint8_t id,
-                               const unsigned char *data, uint32_t len, _nixl_verbs_req_t *req) {
-    _nixl_verbs_qp_t *qp = &c->qps[0];
-    struct ibv_send_wr wr, *bad = NULL;
-    struct ibv_sge sge;
-    uint32_t slot, credits, need = id == _NIXL_VERBS_AM_CREDIT ? 1u : 2u;
-    unsigned char *p;
-    _nixl_verbs_rec_t *rec;
-    int rc;
-    if (c->state != _NIXL_VERBS_CONN_UP || c->tx_credits < need || c->tx_free_n == 0 || qp->sq_free == 0)
-        return 0;
-    slot = c->tx_free[--c->tx_free_n];
-    p = c->buf + ((size_t)c->rx_count + slot) * c->buf_size;
-    credits = c->rx_pending > 0xffffu ? 0xffffu : c->rx_pending;
+/* Whether a message can go out on QP 0 now, with `wrs` send-queue slots
+   free for it and the WRs posted with it. CREDIT may use the last credit;
+   everything else leaves one so that credits can always be returned (no
+   deadlock when both sides are full). */
+static int _nixl_verbs_am_can_send(const _nixl_verbs_conn_t *c, uint8_t id, uint32_t wrs) {
+    uint32_t need = id == _NIXL_VERBS_AM_CREDIT ? 1u : 2u;
+    return c->state == _NIXL_VERBS_CONN_UP && c->tx_credits >= need && c->tx_free_n > 0 &&
+           c->qps[0].sq_free >= wrs;
+}
+
+/* Writes a message into a free send buffer and fills the SEND WR for it
+   (signaled; inline when small). Returns the buffer's slot; nothing is
+   counted as sent until _nixl_verbs_am_sent. */
+static uint32_t _nixl_verbs_am_frame(_nixl_verbs_conn_t *c, uint8_t id, const unsigned char *data, uint32_t len,
+                                     struct ibv_send_wr *wr, struct ibv_sge *sge) {
+    uint32_t slot = c->tx_free[--c->tx_free_n];
+    unsigned char *p = c->buf + ((size_t)c->rx_count + slot) * c->buf_size;
+    uint32_t credits = c->rx_pending > 0xffffu ? 0xffffu : c->rx_pending;
     p[0] = id;
     p[1] = 0;
     _nixl_verbs_put16(p + 2, (uint16_t)credits);
     _nixl_verbs_put32(p + 4, len);
     if (len) memcpy(p + _NIXL_VERBS_AM_HDR, data, len);
-    memset(&sge, 0, sizeof sge);
-    sge.addr = (uintptr_t)p;
-    sge.length = _NIXL_VERBS_AM_HDR + len;
-    sge.lkey = c->buf_mr->lkey;
-    memset(&wr, 0, sizeof wr);
-    wr.wr_id = (0u << 2) | _NIXL_VERBS_WRID_SEND;
-    wr.sg_list = &sge;
-    wr.num_sge = 1;
-    wr.opcode = IBV_WR_SEND;
-    wr.send_flags = IBV_SEND_SIGNALED;
-    if (sge.length <= c->max_inline) wr.send_flags |= IBV_SEND_INLINE;
-    rc = ibv_post_send(qp->qp, &wr, &bad);
+    memset(sge, 0, sizeof *sge);
+    sge->addr = (uintptr_t)p;
+    sge->length = _NIXL_VERBS_AM_HDR + len;
+    sge->lkey = c->buf_mr->lkey;
+    memset(wr, 0, sizeof *wr);
+    wr->wr_id = (0u << 2) | _NIXL_VERBS_WRID_SEND;
+    wr->sg_list = sge;
+    wr->num_sge = 1;
+    wr->opcode = IBV_WR_SEND;
+    wr->send_flags = IBV_SEND_SIGNALED;
+    if (sge->length <= c->max_inline) wr->send_flags |= IBV_SEND_INLINE;
+    return slot;
+}
+
+/* The frame in `slot` was posted: the credits it carried are returned and
+   its completion record (which frees the buffer) is queued. */
+static _nixl_verbs_rec_t *_nixl_verbs_am_sent(_nixl_verbs_engine_t *e, _nixl_verbs_conn_t *c, uint32_t slot,
+                                              _nixl_verbs_req_t *req) {
+    const unsigned char *p = c->buf + ((size_t)c->rx_count + slot) * c->buf_size;
+    _nixl_verbs_rec_t *rec;
+    c->rx_pending -= _nixl_verbs_get16(p + 2);
+    c->tx_credits--;
+    c->qps[0].sq_free--;
+    rec = _nixl_verbs_rec_push(e, &c->qps[0], req);
+    rec->slot = (int32_t)slot;
+    rec->notif = req ? 1 : 0;
+    return rec;
+}
+
+/* Sends one message on QP 0 if a credit, a send buffer and a send slot are
+   free. Returns 1 sent, 0 not now, -1 connection failed. */
+static int _nixl_verbs_am_send(_nixl_verbs_engine_t *e, _nixl_verbs_conn_t *c, uint8_t id,
+                               const unsigned char *data, uint32_t len, _nixl_verbs_req_t *req) {
+    struct ibv_send_wr wr, *bad = NULL;
+    struct ibv_sge sge;
+    uint32_t slot;
+    int rc;
+    if (!_nixl_verbs_am_can_send(c, id, 1)) return 0;
+    slot = _nixl_verbs_am_frame(c, id, data, len, &wr, &sge);
+    rc = ibv_post_send(c->qps[0].qp, &wr, &bad);
     if (rc) {
         c->tx_free[c->tx_free_n++] = slot;
         nixl_backend_log(e->be, NIXL_LOG_ERROR, "verbs: ibv_post_send(SEND, %u bytes) failed: %s",
@@ -864,12 +893,7 @@ static int _nixl_verbs_am_send(_nixl_verbs_engine_t *e, _nixl_verbs_conn_t *c, u
         _nixl_verbs_conn_fail(e, c, NIXL_ERR_BACKEND, "cannot post a SEND");
         return -1;
     }
-    c->rx_pending -= credits;
-    c->tx_credits--;
-    qp->sq_free--;
-    rec = _nixl_verbs_rec_push(e, qp, req);
-    rec->slot = (int32_t)slot;
-    rec->notif = req ? 1 : 0;
+    _nixl_verbs_am_sent(e, c, slot, req);
     return 1;
 }
 
@@ -1106,8 +1130,50 @@ static void _nixl_verbs_am_recv(_nixl_verbs_engine_t *e, _nixl_verbs_conn_t *c, 
 
 static int _nixl_verbs_stage_pump(_nixl_verbs_engine_t *e, _nixl_verbs_conn_t *c, _nixl_verbs_req_t *r);
 
+/* Can r's notification ride in the chain that posts the last n WRs of
+   lane 0? Only a WRITE's (RC places WRITEs on QP 0 before a later SEND on
+   QP 0), only when every other lane already completed, no other message is
+   queued before it (notifications keep their order), and QP 0 has room for
+   the n WRs and the SEND. Saves a doorbell (a system call on Soft-RoCE) and
+   a completion on the latency path. */
+static int _nixl_verbs_notif_rides(const _nixl_verbs_conn_t *c, const _nixl_verbs_req_t *r, uint32_t n) {
+    uint32_t others = r->qmask & ~1u;
+    int q;
+    if (r->notif_state != _NIXL_VERBS_NOTIF_WAITING || r->op != NIXL_WRITE || c->peer->am_head ||
+        (r->qdone & others) != others || _NIXL_VERBS_AM_HDR + r->am.len > c->peer_buf_size ||
+        !_nixl_verbs_am_can_send(c, _NIXL_VERBS_AM_NOTIF, n + 1))
+        return 0;
+    for (q = 1; q < r->nqp; q++)
+        if (r->qposted[q] < r->qcount[q]) return 0;
+    return 1;
+}
+
+/* Links WRs [first, first+n) of lane q for posting on qp: which are
+   signaled (every sig_every-th, and the lane's last unless `then` follows
+   it and carries that), completion records, wr_ids. */
+static void _nixl_verbs_link_chain(_nixl_verbs_engine_t *e, _nixl_verbs_qp_t *qp, _nixl_verbs_req_t *r, int q,
+                                   uint32_t first, uint32_t n, struct ibv_send_wr *then) {
+    uint32_t i;
+    for (i = 0; i < n; i++) {
+        struct ibv_send_wr *w = &r->wr[first + i];
+        int last = r->qposted[q] + i + 1 == r->qcount[q] && !then;
+        w->next = i + 1 < n ? w + 1 : then;
+        w->wr_id = ((uint64_t)qp->index << 2) | _NIXL_VERBS_WRID_SEND;
+        if (last || qp->unsig + 1 >= e->sig_every) {
+            _nixl_verbs_rec_t *rec = _nixl_verbs_rec_push(e, qp, r);
+            rec->last = (uint8_t)last;
+            rec->lane = (uint8_t)q;
+            w->send_flags = IBV_SEND_SIGNALED;
+        } else {
+            qp->unsig++;
+            w->send_flags = 0;
+        }
+    }
+}
+
 /* Posts as many of the request's WRs as the send queues take now, as one
-   linked chain per QP. The WR arrays were built by prep; only `next`,
+   linked chain per QP (lane 0's last chain carries the notification SEND
+   when it can). The WR arrays were built by prep; only `next`,
    `send_flags` and the completion records change here. */
 static int _nixl_verbs_req_pump(_nixl_verbs_engine_t *e, _nixl_verbs_conn_t *c, _nixl_verbs_req_t *r) {
     int q;
@@ -1117,26 +1183,15 @@ static int _nixl_verbs_req_pump(_nixl_verbs_engine_t *e, _nixl_verbs_conn_t *c, 
         while (r->qposted[q] < r->qcount[q] && qp->sq_free > 0) {
             uint32_t left = r->qcount[q] - r->qposted[q];
             uint32_t n = left < qp->sq_free ? left : qp->sq_free;
-            uint32_t first = r->qstart[q] + r->qposted[q], i;
-            struct ibv_send_wr *bad = NULL;
-            int rc;
-            for (i = 0; i < n; i++) {
-                struct ibv_send_wr *w = &r->wr[first + i];
-                int last = r->qposted[q] + i + 1 == r->qcount[q];
-                w->next = i + 1 < n ? w + 1 : NULL;
-                w->wr_id = ((uint64_t)qp->index << 2) | _NIXL_VERBS_WRID_SEND;
-                if (last || qp->unsig + 1 >= e->sig_every) {
-                    _nixl_verbs_rec_t *rec = _nixl_verbs_rec_push(e, qp, r);
-                    rec->last = (uint8_t)last;
-                    rec->lane = (uint8_t)q;
-                    w->send_flags = IBV_SEND_SIGNALED;
-                } else {
-                    qp->unsig++;
-                    w->send_flags = 0;
-                }
-            }
+            uint32_t first = r->qstart[q] + r->qposted[q], slot = 0;
+            struct ibv_send_wr *bad = NULL, nwr;
+            struct ibv_sge nsge;
+            int rc, ride = q == 0 && n == left && _nixl_verbs_notif_rides(c, r, n);
+            if (ride) slot = _nixl_verbs_am_frame(c, _NIXL_VERBS_AM_NOTIF, r->am.data, r->am.len, &nwr, &nsge);
+            _nixl_verbs_link_chain(e, qp, r, q, first, n, ride ? &nwr : NULL);
             rc = ibv_post_send(qp->qp, &r->wr[first], &bad);
             if (rc) {
+                if (ride) c->tx_free[c->tx_free_n++] = slot;
                 nixl_backend_log(e->be, NIXL_LOG_ERROR, "verbs: ibv_post_send(%u WRs on QP %d) failed: %s",
                                  (unsigned)n, q, strerror(rc));
                 _nixl_verbs_conn_fail(e, c, NIXL_ERR_BACKEND, "cannot post RDMA WRs");
@@ -1144,6 +1199,12 @@ static int _nixl_verbs_req_pump(_nixl_verbs_engine_t *e, _nixl_verbs_conn_t *c, 
             }
             qp->sq_free -= n;
             r->qposted[q] += n;
+            if (ride) {
+                _nixl_verbs_rec_t *rec = _nixl_verbs_am_sent(e, c, slot, r);
+                rec->last = 1; /* the SEND's completion retires lane 0's last WRITE too */
+                rec->lane = 0;
+                r->notif_state = _NIXL_VERBS_NOTIF_POSTED;
+            }
         }
     }
     if (_nixl_verbs_req_all_posted(r)) _nixl_verbs_bl_remove(c->peer, r);
@@ -3041,10 +3102,15 @@ static int _nixl_verbs_peer_progress(_nixl_verbs_engine_t *e, _nixl_verbs_peer_t
 static nixl_status_t _nixl_verbs_progress(void *engine) {
     _nixl_verbs_engine_t *e = (_nixl_verbs_engine_t *)engine;
     _nixl_verbs_peer_t *p, *next;
-    /* Reading the CM channel costs a syscall even when it is empty; its
+    /* Reading the CM channel costs a system call even when it is empty; its
        events (connects, disconnects) are not latency-critical, completions
-       are: read it on every 16th pass only. */
-    int did = (e->cm_tick++ & 15) == 0 && _nixl_verbs_cm_progress(e) > 0;
+       are: read it every _NIXL_VERBS_CM_EVERY passes, and on the next pass
+       again while events keep coming (a connection being set up). */
+    int did = 0;
+    if (e->cm_wait-- == 0) {
+        did = _nixl_verbs_cm_progress(e) > 0;
+        e->cm_wait = did ? 0 : _NIXL_VERBS_CM_EVERY - 1;
+    }
     did |= _nixl_verbs_peer_progress(e, e->self);
     for (p = e->peers; p; p = next) {
         next = p->next; /* p may be freed (unknown peers are forgotten on failure) */

@@ -9,7 +9,7 @@
      ./nixl_bench [--backend VERBS|UCX] [--params "k=v,..."] [--op READ|WRITE]
                   [--block-min N] [--block-max N] [--batch N] [--window N]
                   [--iters N] [--warmup N] [--oneshot] [--check]
-                  [--pingpong] [--result NAME]
+                  [--pingpong] [--notif-pingpong] [--result NAME]
 
    --oneshot   create (prep + make) a new request for every post instead of
                preparing once and re-posting
@@ -17,6 +17,8 @@
                WRITE, the initiator a READ)
    --pingpong  8-byte WRITE + notification there and back; prints half the
                round trip (median and p99)
+   --notif-pingpong
+               the same with notifications alone (nixl_gen_notif), no data
    --result N  also print "RESULT N <value>": GB/s of the last block size, or
                microseconds of the ping-pong half round trip (median)
    Exit status 0 on success (and, with --check, when every byte matched). */
@@ -35,10 +37,10 @@ typedef struct bench_opts {
     const char *backend, *params, *result;
     nixl_xfer_op_t op;
     size_t block_min, block_max, batch, window, iters, warmup;
-    int oneshot, check, pingpong;
+    int oneshot, check, pingpong, notif_pingpong;
 } bench_opts;
 
-static bench_opts o = {"VERBS", NULL, NULL, NIXL_WRITE, 65536, 65536, 1, 16, 1000, 100, 0, 0, 0};
+static bench_opts o = {"VERBS", NULL, NULL, NIXL_WRITE, 65536, 65536, 1, 16, 1000, 100, 0, 0, 0, 0};
 
 static void die(const char *what, nixl_status_t st) {
     fprintf(stderr, "nixl_bench: %s: %s\n", what, nixl_status_str(st));
@@ -192,6 +194,12 @@ static int target(int fd) {
                 CK(st, "pong");
             }
             nixl_release_xfer_req(a, req);
+        } else if (!strcmp(nt.text, "gping")) { /* notification ping-pong: answer at once */
+            size_t k;
+            for (k = 0; k < o.iters + o.warmup; k++) {
+                if (k) wait_note(a, &nt);
+                CK(nixl_gen_notif(a, "bench-init", "gpong", 5, NULL), "gen_notif(gpong)");
+            }
         }
     }
     nixl_agent_destroy(a);
@@ -344,6 +352,23 @@ static double pingpong(nixl_agent_t *a, unsigned char *buf, uintptr_t rbuf, doub
     return med;
 }
 
+/* notifications alone: gen_notif there, gen_notif back */
+static double notif_pingpong(nixl_agent_t *a, double *p99) {
+    double *half = (double *)calloc(o.iters, sizeof(double)), med;
+    size_t k;
+    note nt;
+    for (k = 0; k < o.iters + o.warmup; k++) {
+        double t0 = now_us();
+        CK(nixl_gen_notif(a, "bench-target", "gping", 5, NULL), "gen_notif(gping)");
+        wait_note(a, &nt);
+        if (k >= o.warmup) half[k - o.warmup] = (now_us() - t0) / 2;
+    }
+    med = pct(half, o.iters, 0.5);
+    *p99 = pct(half, o.iters, 0.99);
+    free(half);
+    return med;
+}
+
 static int initiator(int fd) {
     size_t len = buffer_bytes(), i, block;
     unsigned char *buf = (unsigned char *)malloc(len);
@@ -359,6 +384,11 @@ static int initiator(int fd) {
         double p99, med = pingpong(a, buf, rbuf, &p99);
         printf("%-8s ping-pong (8-byte WRITE + notification), half round trip: median %.2f us, p99 %.2f us\n",
                o.backend, med, p99);
+        last = med;
+    } else if (o.notif_pingpong) {
+        double p99, med = notif_pingpong(a, &p99);
+        printf("%-8s ping-pong (notification alone), half round trip: median %.2f us, p99 %.2f us\n", o.backend,
+               med, p99);
         last = med;
     } else {
         printf("%-6s %-5s %10s %6s %6s %9s %12s %17s %17s %17s\n", "backend", "op", "block", "batch", "window",
@@ -398,6 +428,7 @@ int main(int argc, char **argv) {
         if (!strcmp(a, "--oneshot")) o.oneshot = 1;
         else if (!strcmp(a, "--check")) o.check = 1;
         else if (!strcmp(a, "--pingpong")) o.pingpong = 1;
+        else if (!strcmp(a, "--notif-pingpong")) o.notif_pingpong = 1;
         else if (!strcmp(a, "--backend") && ++i) o.backend = v;
         else if (!strcmp(a, "--params") && ++i) o.params = v;
         else if (!strcmp(a, "--result") && ++i) o.result = v;
@@ -411,7 +442,7 @@ int main(int argc, char **argv) {
         else {
             fprintf(stderr, "usage: %s [--backend VERBS|UCX] [--params P] [--op READ|WRITE] [--block-min N]\n"
                             "  [--block-max N] [--batch N] [--window N] [--iters N] [--warmup N] [--oneshot]\n"
-                            "  [--check] [--pingpong] [--result NAME]\n", argv[0]);
+                            "  [--check] [--pingpong] [--notif-pingpong] [--result NAME]\n", argv[0]);
             return 2;
         }
     }

@@ -270,7 +270,7 @@ static nixl_status_t tb_prep(void *engine, const nixl_xfer_args_t *x, void **han
     tb_req *r = (tb_req *)calloc(1, sizeof *r);
     size_t i;
     if (!r) return NIXL_ERR_BACKEND;
-    r->d = (tb_desc *)calloc(x->count, sizeof *r->d);
+    r->d = (tb_desc *)malloc((x->count ? x->count : 1) * sizeof *r->d); /* every field is set below */
     if (!r->d) {
         free(r);
         return NIXL_ERR_BACKEND;

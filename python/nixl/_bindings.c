@@ -1664,7 +1664,7 @@ static PyObject *_pynixl_make_xfer_req(PyObject *obj, PyObject *args, PyObject *
         goto out;
     if (!(lh = (nixl_dlist_handle_t *)_pynixl_handle_get(self, lo, _PYNIXL_H_DLIST))) goto out;
     if (!(rh = (nixl_dlist_handle_t *)_pynixl_handle_get(self, ro, _PYNIXL_H_DLIST))) goto out;
-    (void)skip; /* descriptors are never merged yet: every pair is its own work request */
+    opt.skip_desc_merge = skip;
     Py_BEGIN_ALLOW_THREADS st = nixl_make_xfer_req(self->a, (nixl_xfer_op_t)op, lh, lidx, ln, rh, ridx, rn, &opt, &req);
     Py_END_ALLOW_THREADS if (st != NIXL_SUCCESS) _pynixl_raise(st, "makeXferReq failed (the log line says why)");
     else r = _pynixl_handle_new(self, req, _PYNIXL_H_XFER);
