@@ -39,7 +39,9 @@ TEST_PARTS += test-link
 endif
 
 # Verbs tests run on the host when it has an active RDMA port, else in the VM.
-VM_RUN := $(shell tests/softroce/has-rdma 2>/dev/null || echo tests/softroce/vm-run)
+# Asked at most once, and only by targets that use it (the probe can take
+# seconds): the first expansion replaces the variable by its answer.
+VM_RUN = $(eval VM_RUN := $$(shell tests/softroce/has-rdma 2>/dev/null || echo tests/softroce/vm-run))$(VM_RUN)
 
 EXAMPLES = $(B)/two_peers $(B)/kv_cache $(B)/nixl_bench
 

@@ -244,7 +244,10 @@ typedef struct nixl_agent_config {
     /* logger: NULL = stderr at warn and above (NIXL_LOG_LEVEL overrides) */
     void (*log_fn)(void *user, int level, const char *msg);
     void *log_user;
-    /* allocator: NULL = malloc/free; used for every allocation of the core */
+    /* allocator: NULL = malloc/free; used for every allocation of nixl.h and its
+       backends (thread-safe: the progress, listener and etcd threads call it).
+       Not for the libraries underneath (libcurl, libibverbs, UCX, libcrypto),
+       which allocate with their own. */
     void *(*alloc_fn)(void *user, size_t size);
     void (*free_fn)(void *user, void *ptr);
     void *alloc_user;
@@ -452,10 +455,14 @@ NIXL_API nixl_status_t nixl_prep_xfer_dlist_strided(nixl_agent_t *agent, const c
 
 /* Makes a request from prepared lists by indices: pair i moves
    local[local_idx[i]] <-> remote[remote_idx[i]]; the lengths of a pair must
-   be equal. local_n must equal remote_n. Errors: INVALID_PARAM (index out of
+   be equal. local_n must equal remote_n. Consecutive pairs that continue
+   each other on both sides (within the same two regions) reach the backend
+   as one descriptor unless opt->skip_desc_merge (NIXL's default: merged;
+   fewer work requests, same bytes). Cost: one pass over the pairs, no
+   search, no allocation per pair. Errors: INVALID_PARAM (index out of
    range, length mismatch, a remote handle that is local), NOT_FOUND (remote
    invalidated), NOT_SUPPORTED (no backend holds both sides, or a notification
-   on a backend without notifications). */
+   on a backend without notifications). Thread safety: any thread. */
 NIXL_API nixl_status_t nixl_make_xfer_req(nixl_agent_t *agent, nixl_xfer_op_t op,
                                           nixl_dlist_handle_t *local, const int *local_idx, size_t local_n,
                                           nixl_dlist_handle_t *remote, const int *remote_idx, size_t remote_n,
@@ -1285,27 +1292,48 @@ typedef struct _nixl_cuda {
     char why[200];  /* why not */
 } _nixl_cuda_t;
 
+/* Every driver function: its symbol and where its pointer goes. */
+typedef struct _nixl_cuda_sym {
+    const char *name;
+    size_t off; /* in _nixl_cuda_t */
+} _nixl_cuda_sym;
+#define _NIXL_CUDA_SYM_ENTRY(f, name, ret, args) {name, offsetof(_nixl_cuda_t, f)},
+static const _nixl_cuda_sym _nixl_cuda_syms[] = {_NIXL_CUDA_FUNCS(_NIXL_CUDA_SYM_ENTRY)};
+#undef _NIXL_CUDA_SYM_ENTRY
+
+/* dma-buf export is newer than the rest (CUDA 11.7+ drivers): optional */
+static _NIXL_CUDA_UNUSED int _nixl_cuda_sym_optional(const char *name) {
+    return strcmp(name, "cuMemGetHandleForAddressRange") == 0;
+}
+
+/* Resolves every driver function into cu; 0, or -1 with *why filled. */
+static _NIXL_CUDA_UNUSED int _nixl_cuda_resolve(_nixl_cuda_t *cu, const char *lib, char *why, size_t cap) {
+    size_t i;
+    for (i = 0; i < sizeof _nixl_cuda_syms / sizeof _nixl_cuda_syms[0]; i++) {
+        void *sym = dlsym(cu->lib, _nixl_cuda_syms[i].name);
+        /* dlsym returns void*: copied into the pointer (ISO C has no cast) */
+        memcpy((char *)cu + _nixl_cuda_syms[i].off, &sym, sizeof sym);
+        if (!sym && !_nixl_cuda_sym_optional(_nixl_cuda_syms[i].name)) {
+            snprintf(why, cap, "%s: no %s (a CUDA driver older than 11.7?)", lib, _nixl_cuda_syms[i].name);
+            return -1;
+        }
+    }
+    return 0;
+}
+
 /* Opens the driver and resolves every function; 0, or -1 with *why filled. */
 static _NIXL_CUDA_UNUSED int _nixl_cuda_open(_nixl_cuda_t *cu, const char *lib, char *why, size_t cap) {
-    void *sym;
     memset(cu, 0, sizeof *cu);
     cu->lib = dlopen(lib, RTLD_NOW | RTLD_LOCAL);
     if (!cu->lib) {
         snprintf(why, cap, "dlopen(%s): %s", lib, dlerror());
         return -1;
     }
-    /* dlsym returns void*: copied into the pointer (ISO C has no cast) */
-#define _NIXL_CUDA_SYM(f, name, ret, args)                                           \
-    sym = dlsym(cu->lib, name);                                                      \
-    memcpy(&cu->f, &sym, sizeof sym);                                                \
-    if (!sym && strcmp(name, "cuMemGetHandleForAddressRange") != 0) {                 \
-        snprintf(why, cap, "%s: no %s (a CUDA driver older than 11.7?)", lib, name); \
-        dlclose(cu->lib);                                                            \
-        memset(cu, 0, sizeof *cu);                                                   \
-        return -1;                                                                   \
+    if (_nixl_cuda_resolve(cu, lib, why, cap) != 0) {
+        dlclose(cu->lib);
+        memset(cu, 0, sizeof *cu);
+        return -1;
     }
-    _NIXL_CUDA_FUNCS(_NIXL_CUDA_SYM)
-#undef _NIXL_CUDA_SYM
     if (cu->cuInit(0) != _NIXL_CUDA_SUCCESS) {
         snprintf(why, cap, "cuInit failed (no GPU, or the driver is not loaded)");
         dlclose(cu->lib);
@@ -1591,11 +1619,33 @@ static void *_nixl_progress_thread_main(void *arg);
 static nixl_status_t _nixl_progress_locked(nixl_agent_t *a);
 static nixl_status_t _nixl_listener_start(nixl_agent_t *a, const char *addr);
 static nixl_status_t _nixl_etcd_start(nixl_agent_t *a, const char *endpoints, const char *ns);
+
+/* The etcd endpoints to use: the config's, else $NIXL_ETCD_ENDPOINTS. The
+   variable is for deployments; in a build without etcd it is ignored with
+   one warning per process (it must not break the default build), whereas
+   endpoints the application set itself are refused there (NOT_SUPPORTED). */
+static const char *_nixl_etcd_endpoints(nixl_agent_t *a, const nixl_agent_config_t *cfg) {
+    static int warned;
+    const char *env;
+    if (cfg->etcd_endpoints) return cfg->etcd_endpoints;
+    env = getenv("NIXL_ETCD_ENDPOINTS");
+    if (!env || !*env) return NULL;
+#ifndef NIXL_WITH_ETCD
+    if (!__atomic_exchange_n(&warned, 1, __ATOMIC_RELAXED))
+        _nixl_log(a, NIXL_LOG_WARN, "NIXL_ETCD_ENDPOINTS is set but this build has no etcd support "
+                  "(NIXL_WITH_ETCD): ignored, metadata goes over the side channel only");
+    return NULL;
+#else
+    (void)a;
+    (void)warned;
+    return env;
+#endif
+}
 static void _nixl_side_channel_stop(nixl_agent_t *a);
 
 NIXL_API nixl_status_t nixl_agent_create(const nixl_agent_config_t *cfg, nixl_agent_t **agent) {
     nixl_agent_t *a;
-    const char *token, *why;
+    const char *token, *why, *endpoints;
     size_t nlen;
     if (!agent) return NIXL_ERR_INVALID_PARAM;
     *agent = NULL;
@@ -1643,10 +1693,9 @@ NIXL_API nixl_status_t nixl_agent_create(const nixl_agent_config_t *cfg, nixl_ag
     a->cfg.auth_token = a->token;
     a->cfg.listen_addr = NULL; /* not kept: used only here */
     a->cfg.etcd_endpoints = a->cfg.etcd_namespace = NULL; /* not kept: copied below */
-    if (cfg->etcd_endpoints || getenv("NIXL_ETCD_ENDPOINTS")) {
+    if ((endpoints = _nixl_etcd_endpoints(a, cfg)) != NULL) {
         const char *ns = cfg->etcd_namespace ? cfg->etcd_namespace : getenv("NIXL_ETCD_NAMESPACE");
-        nixl_status_t st = _nixl_etcd_start(a, cfg->etcd_endpoints ? cfg->etcd_endpoints
-                                                                  : getenv("NIXL_ETCD_ENDPOINTS"), ns);
+        nixl_status_t st = _nixl_etcd_start(a, endpoints, ns);
         if (st != NIXL_SUCCESS) {
             nixl_agent_destroy(a);
             return st;
@@ -3150,10 +3199,10 @@ static int _nixl_sc_timeout_ms(const nixl_agent_t *a) {
 
 static const char _nixl_b64[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
 
-/* base64 of p[0..n) into a new NUL-terminated string (malloc) */
-static char *_nixl_b64_encode(const void *p, size_t n) {
+/* base64 of p[0..n) into a new NUL-terminated string (the agent's allocator) */
+static char *_nixl_b64_encode(nixl_agent_t *a, const void *p, size_t n) {
     const unsigned char *s = (const unsigned char *)p;
-    char *out = (char *)malloc(4 * ((n + 2) / 3) + 1), *o = out;
+    char *out = (char *)_nixl_alloc_raw(a, 4 * ((n + 2) / 3) + 1), *o = out;
     size_t i;
     if (!out) return NULL;
     for (i = 0; i + 2 < n; i += 3) {
@@ -3178,17 +3227,17 @@ static int _nixl_b64_val(char c) {
 }
 
 /* decodes n base64 characters; NULL on malformed input */
-static unsigned char *_nixl_b64_decode(const char *s, size_t n, size_t *out_len) {
+static unsigned char *_nixl_b64_decode(nixl_agent_t *a, const char *s, size_t n, size_t *out_len) {
     unsigned char *out;
     size_t i, o = 0;
     if (n % 4) return NULL;
-    out = (unsigned char *)malloc(n / 4 * 3 + 1);
+    out = (unsigned char *)_nixl_alloc_raw(a, n / 4 * 3 + 1);
     if (!out) return NULL;
     for (i = 0; i < n; i += 4) {
         int v[4], k;
         for (k = 0; k < 4; k++) v[k] = s[i + k] == '=' && i + 4 == n && k >= 2 ? 0 : _nixl_b64_val(s[i + k]);
         if (v[0] < 0 || v[1] < 0 || v[2] < 0 || v[3] < 0) {
-            free(out);
+            _nixl_free(a, out);
             return NULL;
         }
         out[o++] = (unsigned char)(v[0] << 2 | v[1] >> 4);
@@ -3219,7 +3268,7 @@ static const char *_nixl_json_str(const char *from, const char *end, const char 
 
 typedef struct _nixl_etcd_io {
     nixl_agent_t *a;
-    char *buf;                        /* response so far (malloc) */
+    char *buf;                        /* response so far (the agent's allocator) */
     size_t len, cap;
     /* streaming: called with each complete line; non-zero ends the request */
     int (*on_line)(struct _nixl_etcd_io *io, const char *line, size_t len);
@@ -3235,8 +3284,10 @@ static size_t _nixl_etcd_write(char *data, size_t sz, size_t nm, void *user) {
         char *b;
         while (cap < io->len + n + 1) cap *= 2;
         if (cap > (size_t)NIXL_SC_MAX_PAYLOAD * 2) return 0;
-        b = (char *)realloc(io->buf, cap);
+        b = (char *)_nixl_alloc_raw(io->a, cap);
         if (!b) return 0;
+        if (io->len) memcpy(b, io->buf, io->len);
+        _nixl_free(io->a, io->buf);
         io->buf = b;
         io->cap = cap;
     }
@@ -3320,13 +3371,13 @@ static void _nixl_etcd_key(const nixl_agent_t *a, const char *agent, const char 
 }
 
 /* the end of the range of keys starting with prefix: its last byte + 1 */
-static char *_nixl_etcd_range_end_b64(const char *prefix) {
+static char *_nixl_etcd_range_end_b64(nixl_agent_t *a, const char *prefix) {
     size_t n = strlen(prefix);
     char tmp[512];
     if (n == 0 || n >= sizeof tmp) return NULL;
     memcpy(tmp, prefix, n);
     tmp[n - 1]++;
-    return _nixl_b64_encode(tmp, n);
+    return _nixl_b64_encode(a, tmp, n);
 }
 
 static nixl_status_t _nixl_etcd_put(nixl_agent_t *a, const char *label, const void *blob, size_t len) {
@@ -3334,18 +3385,19 @@ static nixl_status_t _nixl_etcd_put(nixl_agent_t *a, const char *label, const vo
     _nixl_etcd_io io;
     nixl_status_t st = NIXL_ERR_BACKEND;
     _nixl_etcd_key(a, a->name, label, key, sizeof key);
-    k64 = _nixl_b64_encode(key, strlen(key));
-    v64 = _nixl_b64_encode(blob, len);
-    body = (char *)malloc((k64 ? strlen(k64) : 0) + (v64 ? strlen(v64) : 0) + 64);
+    k64 = _nixl_b64_encode(a, key, strlen(key));
+    v64 = _nixl_b64_encode(a, blob, len);
+    body = (char *)_nixl_alloc_raw(a, (k64 ? strlen(k64) : 0) + (v64 ? strlen(v64) : 0) + 64);
     memset(&io, 0, sizeof io);
+    io.a = a;
     if (k64 && v64 && body) {
         sprintf(body, "{\"key\":\"%s\",\"value\":\"%s\"}", k64, v64);
         st = _nixl_etcd_post(a, "/v3/kv/put", body, _nixl_sc_timeout_ms(a), &io);
     }
-    free(k64);
-    free(v64);
-    free(body);
-    free(io.buf);
+    _nixl_free(a, k64);
+    _nixl_free(a, v64);
+    _nixl_free(a, body);
+    _nixl_free(a, io.buf);
     return st;
 }
 
@@ -3354,16 +3406,17 @@ static nixl_status_t _nixl_etcd_delete_agent(nixl_agent_t *a) {
     _nixl_etcd_io io;
     nixl_status_t st = NIXL_ERR_BACKEND;
     snprintf(prefix, sizeof prefix, "%s%s/", a->etcd_ns, a->name);
-    k64 = _nixl_b64_encode(prefix, strlen(prefix));
-    e64 = _nixl_etcd_range_end_b64(prefix);
+    k64 = _nixl_b64_encode(a, prefix, strlen(prefix));
+    e64 = _nixl_etcd_range_end_b64(a, prefix);
     memset(&io, 0, sizeof io);
+    io.a = a;
     if (k64 && e64) {
         snprintf(body, sizeof body, "{\"key\":\"%s\",\"range_end\":\"%s\"}", k64, e64);
         st = _nixl_etcd_post(a, "/v3/kv/deleterange", body, _nixl_sc_timeout_ms(a), &io);
     }
-    free(k64);
-    free(e64);
-    free(io.buf);
+    _nixl_free(a, k64);
+    _nixl_free(a, e64);
+    _nixl_free(a, io.buf);
     return st;
 }
 
@@ -3375,13 +3428,13 @@ static int _nixl_etcd_on_put(_nixl_etcd_io *io, const char *line, size_t len) {
     size_t vl = 0;
     const char *p = _nixl_json_str(line, line + len, "value", &vl);
     if (!p) return 0;
-    v->blob = _nixl_b64_decode(p, vl, &v->len);
+    v->blob = _nixl_b64_decode(io->a, p, vl, &v->len);
     return 1;
 }
 
 /* the value under `key`: read it, or watch for it up to the timeout */
 static nixl_status_t _nixl_etcd_get_or_wait(nixl_agent_t *a, const char *key, unsigned char **blob, size_t *len) {
-    char *k64 = _nixl_b64_encode(key, strlen(key)), body[1200];
+    char *k64 = _nixl_b64_encode(a, key, strlen(key)), body[1200];
     const char *p, *rev;
     size_t vl = 0, rl = 0;
     _nixl_etcd_io io;
@@ -3391,27 +3444,29 @@ static nixl_status_t _nixl_etcd_get_or_wait(nixl_agent_t *a, const char *key, un
     *blob = NULL;
     memset(&io, 0, sizeof io);
     memset(&v, 0, sizeof v);
+    io.a = a;
     if (!k64) return NIXL_ERR_BACKEND;
     snprintf(body, sizeof body, "{\"key\":\"%s\"}", k64);
     st = _nixl_etcd_post(a, "/v3/kv/range", body, _nixl_sc_timeout_ms(a), &io);
     if (st == NIXL_SUCCESS && io.buf) {
         p = _nixl_json_str(io.buf, io.buf + io.len, "value", &vl);
-        if (p) *blob = _nixl_b64_decode(p, vl, len);
+        if (p) *blob = _nixl_b64_decode(a, p, vl, len);
         rev = _nixl_json_str(io.buf, io.buf + io.len, "revision", &rl);
         if (rev) next_rev = strtoull(rev, NULL, 10) + 1; /* watch from right after this read */
     }
-    free(io.buf);
+    _nixl_free(a, io.buf);
     if (st != NIXL_SUCCESS || *blob) {
-        free(k64);
+        _nixl_free(a, k64);
         return st == NIXL_SUCCESS ? NIXL_SUCCESS : st;
     }
     memset(&io, 0, sizeof io);
+    io.a = a;
     io.on_line = _nixl_etcd_on_put;
     io.user = &v;
     snprintf(body, sizeof body, "{\"create_request\":{\"key\":\"%s\",\"start_revision\":\"%llu\"}}", k64, next_rev);
     st = _nixl_etcd_post(a, "/v3/watch", body, _nixl_sc_timeout_ms(a), &io);
-    free(io.buf);
-    free(k64);
+    _nixl_free(a, io.buf);
+    _nixl_free(a, k64);
     if (v.blob) {
         *blob = v.blob;
         *len = v.len;
@@ -3428,7 +3483,7 @@ static int _nixl_etcd_on_delete(_nixl_etcd_io *io, const char *line, size_t len)
     while ((p = strstr(p, "\"type\":\"DELETE\"")) != NULL && p < end) {
         size_t kl = 0, dl = 0;
         const char *k = _nixl_json_str(p, end, "key", &kl);
-        unsigned char *key = k ? _nixl_b64_decode(k, kl, &dl) : NULL;
+        unsigned char *key = k ? _nixl_b64_decode(a, k, kl, &dl) : NULL;
         if (key && dl > nsl && !memcmp(key, a->etcd_ns, nsl)) {
             char name[NIXL_MD_MAX_NAME + 1];
             size_t n = 0;
@@ -3444,7 +3499,7 @@ static int _nixl_etcd_on_delete(_nixl_etcd_io *io, const char *line, size_t len)
                 _nixl_unlock(a);
             }
         }
-        free(key);
+        _nixl_free(a, key);
         p += 15;
     }
     return 0;
@@ -3452,7 +3507,7 @@ static int _nixl_etcd_on_delete(_nixl_etcd_io *io, const char *line, size_t len)
 
 static void *_nixl_etcd_watch_main(void *arg) {
     nixl_agent_t *a = (nixl_agent_t *)arg;
-    char *k64 = _nixl_b64_encode(a->etcd_ns, strlen(a->etcd_ns)), *e64 = _nixl_etcd_range_end_b64(a->etcd_ns);
+    char *k64 = _nixl_b64_encode(a, a->etcd_ns, strlen(a->etcd_ns)), *e64 = _nixl_etcd_range_end_b64(a, a->etcd_ns);
     char body[1200];
     snprintf(body, sizeof body,
              "{\"create_request\":{\"key\":\"%s\",\"range_end\":\"%s\",\"filters\":[\"NOPUT\"]}}", k64 ? k64 : "",
@@ -3464,11 +3519,11 @@ static void *_nixl_etcd_watch_main(void *arg) {
         io.a = a;
         io.on_line = _nixl_etcd_on_delete;
         _nixl_etcd_post(a, "/v3/watch", body, 3600L * 1000L, &io);
-        free(io.buf);
+        _nixl_free(a, io.buf);
         for (i = 0; i < 10 && !_NIXL_LOAD(&a->stop); i++) usleep(50000); /* etcd away: retry soon */
     }
-    free(k64);
-    free(e64);
+    _nixl_free(a, k64);
+    _nixl_free(a, e64);
     return NULL;
 }
 
@@ -3861,11 +3916,7 @@ static void *_nixl_fetch_main(void *arg) {
         unsigned char *raw = NULL;
         _nixl_etcd_key(a, f->remote, f->label, key, sizeof key);
         st = _nixl_etcd_get_or_wait(a, key, &raw, &len);
-        if (raw) { /* etcd buffers are malloc'ed: copy into the agent's allocator */
-            blob = (unsigned char *)_nixl_memdup(a, raw, len);
-            free(raw);
-            if (!blob) st = NIXL_ERR_BACKEND;
-        }
+        blob = raw;
     }
     /* only metadata of the agent we asked for; it belongs to the address we
        fetched it from (etcd: to the application) */
@@ -3930,6 +3981,21 @@ NIXL_API nixl_status_t nixl_fetch_remote_md(nixl_agent_t *agent, const char *rem
 
 // >>listener
 
+/* a listener connection: what it waits for */
+typedef enum _nixl_sc_phase {
+    _NIXL_SC_AWAIT_HELLO = 0, /* the client's HELLO (its nonce) */
+    _NIXL_SC_AWAIT_REQUEST,   /* our challenge went: the request */
+    _NIXL_SC_WRITING          /* a frame of ours is going out */
+} _nixl_sc_phase;
+
+/* the part of a frame being read */
+typedef enum _nixl_sc_part {
+    _NIXL_SC_HEADER = 0,
+    _NIXL_SC_HEADER_MAC,
+    _NIXL_SC_PAYLOAD,
+    _NIXL_SC_PAYLOAD_MAC
+} _nixl_sc_part;
+
 typedef struct _nixl_sc_conn {
     int fd;
     uint64_t deadline;
@@ -3937,8 +4003,8 @@ typedef struct _nixl_sc_conn {
     char peer[48];       /* ip:port, for log lines */
     char ip[INET_ADDRSTRLEN];
     char lim[INET_ADDRSTRLEN]; /* the address its limits count under */
-    int phase;           /* 0 awaiting HELLO, 1 awaiting the request, 2 writing a frame */
-    int part;            /* of the frame being read: 0 header, 1 its MAC, 2 payload, 3 payload MAC */
+    int phase;           /* _nixl_sc_phase */
+    int part;            /* _nixl_sc_part: of the frame being read */
     int proven;          /* the request header is genuine (its MAC, or no secret is set) */
     _nixl_sc_nonces n;
     unsigned char hdr[NIXL_SC_HDR];
@@ -3967,12 +4033,12 @@ static void _nixl_sc_drop(nixl_agent_t *a, _nixl_sc_conn *c, const char *why) {
     _nixl_sc_conn_close(a, c);
 }
 
-/* queues a frame for writing (phase 2) */
+/* queues a frame for writing */
 static int _nixl_sc_queue(nixl_agent_t *a, _nixl_sc_conn *c, unsigned cmd, const void *pay, size_t len) {
     c->out = _nixl_sc_frame(a, _NIXL_SC_S2C, &c->n, cmd, pay, len, &c->out_len);
     if (!c->out) return -1;
     c->out_off = 0;
-    c->phase = 2;
+    c->phase = _NIXL_SC_WRITING;
     return 0;
 }
 
@@ -4042,7 +4108,7 @@ static int _nixl_sc_grow_payload(nixl_agent_t *a, _nixl_sc_conn *c) {
 static const char *_nixl_sc_check_header(nixl_agent_t *a, _nixl_sc_conn *c) {
     const char *why = _nixl_sc_parse_header(c->hdr, &c->cmd, &c->mac_len, &c->pay_len);
     if (why) return why;
-    if (c->phase == 0)
+    if (c->phase == _NIXL_SC_AWAIT_HELLO)
         return c->cmd != NIXL_SC_HELLO || c->mac_len || c->pay_len != NIXL_SC_NONCE ? "no HELLO first" : NULL;
     if (c->cmd < NIXL_SC_SEND_MD || c->cmd > NIXL_SC_INVALIDATE) return "not a request";
     if (a->token && !c->mac_len) return "no authentication, and this listener requires an auth token";
@@ -4060,7 +4126,7 @@ static void _nixl_sc_proven(nixl_agent_t *a, _nixl_sc_conn *c) {
 static const char *_nixl_sc_frame_done(nixl_agent_t *a, _nixl_sc_conn *c) {
     if (c->mac_len && !_nixl_sc_body_mac_ok(a, _NIXL_SC_C2S, &c->n, c->hdr, c->pay, c->pay_len, c->mac2))
         return "the payload's MAC does not verify (altered in transit?)";
-    if (c->phase == 0) { /* HELLO: answer with our nonce */
+    if (c->phase == _NIXL_SC_AWAIT_HELLO) { /* HELLO: answer with our nonce */
         memcpy(c->n.c, c->pay, NIXL_SC_NONCE);
         if (_nixl_random(c->n.s, sizeof c->n.s) != 0) return "getrandom failed";
         if (_nixl_sc_queue(a, c, NIXL_SC_CHALLENGE, c->n.s, sizeof c->n.s) != 0) return "out of memory";
@@ -4070,7 +4136,7 @@ static const char *_nixl_sc_frame_done(nixl_agent_t *a, _nixl_sc_conn *c) {
     _nixl_free(a, c->pay);
     c->pay = NULL;
     c->pay_cap = 0;
-    c->part = 0;
+    c->part = _NIXL_SC_HEADER;
     return NULL;
 }
 
@@ -4078,19 +4144,19 @@ static const char *_nixl_sc_frame_done(nixl_agent_t *a, _nixl_sc_conn *c) {
 static const char *_nixl_sc_part_done(nixl_agent_t *a, _nixl_sc_conn *c) {
     const char *why;
     switch (c->part) {
-    case 0:
+    case _NIXL_SC_HEADER:
         if ((why = _nixl_sc_check_header(a, c)) != NULL) return why;
-        if (c->phase == 1 && !c->mac_len) _nixl_sc_proven(a, c);
-        c->part = c->mac_len ? 1 : 2;
+        if (c->phase == _NIXL_SC_AWAIT_REQUEST && !c->mac_len) _nixl_sc_proven(a, c);
+        c->part = c->mac_len ? _NIXL_SC_HEADER_MAC : _NIXL_SC_PAYLOAD;
         break;
-    case 1:
+    case _NIXL_SC_HEADER_MAC:
         if (!_nixl_sc_mac_ok(a, _NIXL_SC_C2S, &c->n, c->hdr, NULL, c->mac1))
             return "wrong auth token (the request's header MAC does not verify)";
         _nixl_sc_proven(a, c);
-        c->part = 2;
+        c->part = _NIXL_SC_PAYLOAD;
         break;
-    case 2:
-        c->part = 3;
+    case _NIXL_SC_PAYLOAD:
+        c->part = _NIXL_SC_PAYLOAD_MAC;
         if (c->mac_len) break;
         return _nixl_sc_frame_done(a, c); /* no MAC to read */
     default:
@@ -4098,7 +4164,7 @@ static const char *_nixl_sc_part_done(nixl_agent_t *a, _nixl_sc_conn *c) {
     }
     /* the payload buffer grows as bytes arrive: a header that declares
        64 MiB costs nothing until 64 MiB came */
-    if (c->part == 2 && c->pay_len && _nixl_sc_grow_payload(a, c) != 0) return "out of memory";
+    if (c->part == _NIXL_SC_PAYLOAD && c->pay_len && _nixl_sc_grow_payload(a, c) != 0) return "out of memory";
     return NULL;
 }
 
@@ -4113,13 +4179,31 @@ static int _nixl_sc_conn_write(nixl_agent_t *a, _nixl_sc_conn *c) {
                 _nixl_sc_conn_close(a, c); /* the reply went: one request per connection */
                 return 0;
             }
-            c->phase = 1; /* the challenge went: the request comes next */
+            c->phase = _NIXL_SC_AWAIT_REQUEST; /* the challenge went: the request comes next */
             return 1;
         }
         if (k > 0) continue;
         if (k < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) return 1;
         _nixl_sc_drop(a, c, "closed before reading our answer");
         return 0;
+    }
+}
+
+/* where the part being read goes, and how many bytes it has (*want) */
+static unsigned char *_nixl_sc_part_buf(_nixl_sc_conn *c, size_t *want) {
+    switch (c->part) {
+    case _NIXL_SC_HEADER:
+        *want = NIXL_SC_HDR;
+        return c->hdr;
+    case _NIXL_SC_HEADER_MAC:
+        *want = c->mac_len;
+        return c->mac1;
+    case _NIXL_SC_PAYLOAD:
+        *want = c->pay_len;
+        return c->pay;
+    default:
+        *want = c->mac_len;
+        return c->mac2;
     }
 }
 
@@ -4130,21 +4214,22 @@ static void _nixl_sc_conn_step(nixl_agent_t *a, _nixl_sc_conn *c) {
         size_t want;
         const char *why;
         ssize_t k;
-        if (c->phase == 2) {
-            if (!_nixl_sc_conn_write(a, c) || c->phase == 2) return;
+        if (c->phase == _NIXL_SC_WRITING) {
+            if (!_nixl_sc_conn_write(a, c) || c->phase == _NIXL_SC_WRITING) return;
             continue;
         }
-        if (c->part == 2 && c->got == c->pay_cap && c->got < c->pay_len && _nixl_sc_grow_payload(a, c) != 0) {
+        if (c->part == _NIXL_SC_PAYLOAD && c->got == c->pay_cap && c->got < c->pay_len &&
+            _nixl_sc_grow_payload(a, c) != 0) {
             _nixl_sc_drop(a, c, "out of memory");
             return;
         }
-        dst = c->part == 0 ? c->hdr : c->part == 1 ? c->mac1 : c->part == 2 ? c->pay : c->mac2;
-        want = c->part == 0 ? NIXL_SC_HDR : c->part == 2 ? c->pay_len : c->mac_len;
+        dst = _nixl_sc_part_buf(c, &want);
         if (c->got < want) {
-            size_t room = c->part == 2 ? c->pay_cap - c->got : want - c->got;
+            size_t room = c->part == _NIXL_SC_PAYLOAD ? c->pay_cap - c->got : want - c->got;
             k = recv(c->fd, dst + c->got, room, 0);
             if (k == 0) {
-                _nixl_sc_drop(a, c, c->phase == 0 && c->got == 0 ? "closed without a request" : "closed mid-frame");
+                _nixl_sc_drop(a, c, c->phase == _NIXL_SC_AWAIT_HELLO && c->got == 0 ? "closed without a request"
+                                                                                   : "closed mid-frame");
                 return;
             }
             if (k < 0) {
@@ -4258,7 +4343,7 @@ static void *_nixl_listener_main(void *arg) {
         for (i = 0; i < NIXL_SC_MAX_CONNS; i++) {
             if (conns[i].fd < 0) continue;
             pf[n].fd = conns[i].fd;
-            pf[n].events = conns[i].phase == 2 ? POLLOUT : POLLIN;
+            pf[n].events = conns[i].phase == _NIXL_SC_WRITING ? POLLOUT : POLLIN;
             map[n - 2] = i;
             n++;
         }

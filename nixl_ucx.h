@@ -54,10 +54,15 @@
                           "ucx.UCX_NET_DEVICES=lo". '+' in VALUE becomes ','.
                           An unknown KEY or a bad VALUE: INVALID_PARAM, logged.
    UCX_* environment variables apply as well; params override them.
-   create() sets UCX_POSIX_ERROR_HANDLING=y and
-   UCX_SYSV_ERROR_HANDLING=y in the process environment when they are unset:
-   UCX 1.13 reads these only from there, and without them its shared-memory
-   transports refuse the endpoints' peer error handling (no shm at all).
+   UCX_POSIX_ERROR_HANDLING=y and UCX_SYSV_ERROR_HANDLING=y are needed: UCX
+   1.13 reads them only from the environment, and without them its shared-
+   memory transports refuse the endpoints' peer error handling (no shm at
+   all). The implementation sets them, where unset, ONCE, at program load
+   (a constructor: before main, so before any thread that could be in
+   getenv; for a library opened with dlopen, at dlopen), never from
+   create(); create() logs what was found. Define NIXL_UCX_NO_ENV_DEFAULTS
+   to leave the environment alone: then set them yourself (create() warns
+   when they are missing and shared memory will not carry).
 
    TRUST MODEL
    -----------
@@ -695,17 +700,32 @@ static nixl_status_t _nixl_ucx_config_set(_nixl_ucx_engine_t *eng, ucp_config_t 
    (UCX_POSIX_ERROR_HANDLING / UCX_SYSV_ERROR_HANDLING default to "n"), so
    shared memory would carry nothing. These are memory-domain variables,
    which UCX 1.13 reads from the environment only (ucp_config_modify keeps
-   them but never applies them), so they are set there, unless already set. */
-static void _nixl_ucx_env_defaults(_nixl_ucx_engine_t *eng) {
-    static const char *const vars[] = {"UCX_POSIX_ERROR_HANDLING", "UCX_SYSV_ERROR_HANDLING"};
+   them but never applies them). A library must not change the environment
+   while other threads may read it, so this happens once, at load time,
+   before main (see the manual); create() only reports. */
+static const char *const _nixl_ucx_env_vars[] = {"UCX_POSIX_ERROR_HANDLING", "UCX_SYSV_ERROR_HANDLING"};
+static int _nixl_ucx_env_set_at_load; /* bit i: _nixl_ucx_env_vars[i] was set by us */
+
+#ifndef NIXL_UCX_NO_ENV_DEFAULTS
+__attribute__((constructor)) static void _nixl_ucx_env_at_load(void) {
     size_t i;
-    for (i = 0; i < sizeof vars / sizeof vars[0]; i++) {
-        if (getenv(vars[i])) continue;
-        if (setenv(vars[i], "y", 0) != 0)
-            nixl_backend_log(eng->be, NIXL_LOG_WARN, "create: setenv(%s=y) failed: shared memory may not be usable",
-                             vars[i]);
-        else
-            nixl_backend_log(eng->be, NIXL_LOG_DEBUG, "create: %s=y (for peer error handling)", vars[i]);
+    for (i = 0; i < sizeof _nixl_ucx_env_vars / sizeof _nixl_ucx_env_vars[0]; i++)
+        if (!getenv(_nixl_ucx_env_vars[i]) && setenv(_nixl_ucx_env_vars[i], "y", 0) == 0)
+            _nixl_ucx_env_set_at_load |= 1 << i;
+}
+#endif
+
+static void _nixl_ucx_env_report(_nixl_ucx_engine_t *eng) {
+    size_t i;
+    for (i = 0; i < sizeof _nixl_ucx_env_vars / sizeof _nixl_ucx_env_vars[0]; i++) {
+        const char *v = getenv(_nixl_ucx_env_vars[i]);
+        if (_nixl_ucx_env_set_at_load & (1 << i))
+            nixl_backend_log(eng->be, NIXL_LOG_DEBUG, "create: %s=y, set at program load (for peer error "
+                             "handling over shared memory)", _nixl_ucx_env_vars[i]);
+        else if (!v)
+            nixl_backend_log(eng->be, NIXL_LOG_WARN, "create: %s is not set (NIXL_UCX_NO_ENV_DEFAULTS): UCX's "
+                             "shared-memory transports will refuse our endpoints; set it to y before starting",
+                             _nixl_ucx_env_vars[i]);
     }
 }
 
@@ -2895,7 +2915,7 @@ static nixl_status_t _nixl_ucx_create_context(_nixl_ucx_engine_t *eng, const nix
     ucp_context_attr_t attr;
     ucs_status_t st;
     nixl_status_t ns;
-    _nixl_ucx_env_defaults(eng);
+    _nixl_ucx_env_report(eng);
     st = ucp_config_read(NULL, NULL, &cfg);
     if (st != UCS_OK) {
         nixl_backend_log(eng->be, NIXL_LOG_ERROR, "create: ucp_config_read failed: %s", ucs_status_string(st));

@@ -70,9 +70,10 @@
 
    REQUESTS
    --------
-   prep resolves keys and addresses, slices and lays out the WR/SGE arrays
-   (lane q of a request = QP q); post only links and posts them, as chains
-   bounded by free send-queue slots; the rest goes out from progress as
+   prep resolves keys and addresses, slices, and lays the WRs out lane by
+   lane (lane q of a request = QP q) in 32 bytes each; post turns them
+   into ibv_send_wr chains in one small array of the engine (no lookup, no
+   allocation) and posts them, as chains bounded by free send-queue slots; the rest goes out from progress as
    completions free slots (a request of 100,000 descriptors is fine). Posts
    before the connection exists are queued. Releasing a request in flight
    aborts it (returns SUCCESS): its WRs already on the wire complete into
@@ -142,6 +143,14 @@
    WRITEs on the first QP are ordered before the SEND by RC; completions of
    the other QPs (and of every READ) are awaited first. Messages larger than
    one buffer are REFUSED with NIXL_ERR_INVALID_PARAM (no fragmentation).
+   A WRITE's notification whose request runs on QP 0 alone (small
+   requests; a larger one once its other QPs completed) is linked into the
+   same ibv_post_send chain as the request's last WRITEs, and its SEND's
+   completion retires them: one doorbell (a system call on Soft-RoCE) and
+   one completion per request instead of two. nixl_gen_notif is one SEND.
+   The rdma_cm event channel (a system call to read even when empty) is
+   read every 256th progress pass while idle, every pass while its events
+   keep coming (connections being set up).
 
    THREADING
    ---------
@@ -244,11 +253,13 @@ NIXL_API nixl_status_t nixl_verbs_set_copy_ops(nixl_backend_t *be, const nixl_ve
 /* ======================================================================== */
 /* implementation                                                           */
 /* ======================================================================== */
-#ifdef NIXL_IMPLEMENTATION
-#ifndef NIXL_VERBS_IMPLEMENTATION_DONE
+#if defined(NIXL_IMPLEMENTATION) && !defined(NIXL_VERBS_IMPLEMENTATION_DONE)
 #define NIXL_VERBS_IMPLEMENTATION_DONE
 
+#include "nixl.h" /* its implementation too, when the declarations came first */
+
 #include <infiniband/verbs.h>
+#include <pthread.h>
 #include <rdma/rdma_cma.h>
 #include <arpa/inet.h>
 #include <dlfcn.h>
@@ -432,9 +443,9 @@ typedef struct _nixl_verbs_req {
     int in_backlog;
     _nixl_verbs_peer_t *peer; /* NULL once the peer was disconnected */
     nixl_xfer_op_t op;
-    struct ibv_send_wr *wr;
-    struct ibv_sge *sge;
+    struct _nixl_verbs_cwr *cw; /* nwr WRs, lane by lane */
     uint32_t nwr;
+    int host_src; /* a WRITE from host memory: small WRs may go inline (never from GPU memory) */
     int nqp; /* lanes: lane q runs on the connection's QP q % its QP count */
     uint32_t qstart[_NIXL_VERBS_MAX_QPS], qcount[_NIXL_VERBS_MAX_QPS], qposted[_NIXL_VERBS_MAX_QPS];
     uint32_t qdone;   /* bit q: the last data WR of lane q completed */
@@ -451,6 +462,15 @@ typedef struct _nixl_verbs_req {
     uint32_t snext; /* next WR to start */
     uint32_t sdone; /* WRs finished (data placed, copies included) */
 } _nixl_verbs_req_t;
+
+/* One RDMA WR of a request as prep resolved it (32 bytes, against 144 for
+   an ibv_send_wr and its SGE): post builds the ibv_send_wr chain from these
+   in the engine's small WR array, which stays in cache, instead of walking
+   (and prep writing) megabytes of WRs for a large request. */
+typedef struct _nixl_verbs_cwr {
+    uint64_t laddr, raddr; /* local address, remote address as the peer's NIC sees it */
+    uint32_t len, lkey, rkey, pad;
+} _nixl_verbs_cwr_t;
 
 /* a staged request's WR: where its bytes live on the GPU */
 typedef struct _nixl_verbs_swr {
@@ -510,6 +530,10 @@ typedef struct _nixl_verbs_engine {
     _nixl_verbs_rmd_t *rmds;
     _nixl_verbs_conn_t *reap;
     uint32_t nonce_ctr;
+    /* the chain being posted (at most sq_depth WRs): built from a request's
+       compact WRs right before ibv_post_send, which copies it */
+    struct ibv_send_wr *wrs;
+    struct ibv_sge *sges;
     /* VRAM: the CUDA driver (loaded on first VRAM registration), the copy
        engine of the staging path (the driver's unless replaced) */
     int vram_path; /* nixl_verbs_mem_path_t to force, NONE: the best one */
@@ -1148,15 +1172,33 @@ static int _nixl_verbs_notif_rides(const _nixl_verbs_conn_t *c, const _nixl_verb
     return 1;
 }
 
+/* An ibv_send_wr (and its SGE) for compact WR c; next, wr_id and
+   send_flags are the caller's. */
+static void _nixl_verbs_wr_fill(struct ibv_send_wr *w, struct ibv_sge *sge, const _nixl_verbs_cwr_t *c,
+                                enum ibv_wr_opcode opcode) {
+    sge->addr = c->laddr;
+    sge->length = c->len;
+    sge->lkey = c->lkey;
+    w->sg_list = sge;
+    w->num_sge = 1;
+    w->opcode = opcode;
+    w->imm_data = 0;
+    w->wr.rdma.remote_addr = c->raddr;
+    w->wr.rdma.rkey = c->rkey;
+}
+
 /* Links WRs [first, first+n) of lane q for posting on qp: which are
    signaled (every sig_every-th, and the lane's last unless `then` follows
-   it and carries that), completion records, wr_ids. */
+   it and carries that), completion records, wr_ids. WRITEs small enough
+   go inline (the NIC takes the bytes from the WR: no DMA read first). */
 static void _nixl_verbs_link_chain(_nixl_verbs_engine_t *e, _nixl_verbs_qp_t *qp, _nixl_verbs_req_t *r, int q,
                                    uint32_t first, uint32_t n, struct ibv_send_wr *then) {
-    uint32_t i;
+    enum ibv_wr_opcode opcode = r->op == NIXL_WRITE ? IBV_WR_RDMA_WRITE : IBV_WR_RDMA_READ;
+    uint32_t i, max_inline = r->host_src ? qp->conn->max_inline : 0;
     for (i = 0; i < n; i++) {
-        struct ibv_send_wr *w = &r->wr[first + i];
+        struct ibv_send_wr *w = &e->wrs[i];
         int last = r->qposted[q] + i + 1 == r->qcount[q] && !then;
+        _nixl_verbs_wr_fill(w, &e->sges[i], &r->cw[first + i], opcode);
         w->next = i + 1 < n ? w + 1 : then;
         w->wr_id = ((uint64_t)qp->index << 2) | _NIXL_VERBS_WRID_SEND;
         if (last || qp->unsig + 1 >= e->sig_every) {
@@ -1168,6 +1210,7 @@ static void _nixl_verbs_link_chain(_nixl_verbs_engine_t *e, _nixl_verbs_qp_t *qp
             qp->unsig++;
             w->send_flags = 0;
         }
+        if (e->sges[i].length <= max_inline) w->send_flags |= IBV_SEND_INLINE;
     }
 }
 
@@ -1189,7 +1232,7 @@ static int _nixl_verbs_req_pump(_nixl_verbs_engine_t *e, _nixl_verbs_conn_t *c, 
             int rc, ride = q == 0 && n == left && _nixl_verbs_notif_rides(c, r, n);
             if (ride) slot = _nixl_verbs_am_frame(c, _NIXL_VERBS_AM_NOTIF, r->am.data, r->am.len, &nwr, &nsge);
             _nixl_verbs_link_chain(e, qp, r, q, first, n, ride ? &nwr : NULL);
-            rc = ibv_post_send(qp->qp, &r->wr[first], &bad);
+            rc = ibv_post_send(qp->qp, e->wrs, &bad);
             if (rc) {
                 if (ride) c->tx_free[c->tx_free_n++] = slot;
                 nixl_backend_log(e->be, NIXL_LOG_ERROR, "verbs: ibv_post_send(%u WRs on QP %d) failed: %s",
@@ -1367,7 +1410,7 @@ static void _nixl_verbs_stage_wr_done(_nixl_verbs_engine_t *e, _nixl_verbs_req_t
 static int _nixl_verbs_stage_copy(_nixl_verbs_engine_t *e, _nixl_verbs_stage_t *st, uint32_t i, int to_device) {
     _nixl_verbs_slot_t *s = &st->slots[i];
     const _nixl_verbs_swr_t *w = &s->req->swr[s->wr];
-    uint32_t len = s->req->sge[s->wr].length, k;
+    uint32_t len = s->req->cw[s->wr].len, k;
     if (s->ev_gpu != w->gpu) {
         if (s->ev) e->copy.event_destroy(e->copy.ctx, s->ev);
         s->ev = NULL;
@@ -1393,12 +1436,13 @@ static int _nixl_verbs_stage_copy(_nixl_verbs_engine_t *e, _nixl_verbs_stage_t *
 static int _nixl_verbs_stage_post(_nixl_verbs_engine_t *e, _nixl_verbs_conn_t *c, _nixl_verbs_req_t *r, uint32_t k,
                                   int32_t slot) {
     _nixl_verbs_qp_t *qp = &c->qps[0];
-    struct ibv_send_wr *w = &r->wr[k], *bad = NULL;
+    struct ibv_send_wr *w = &e->wrs[0], *bad = NULL;
     _nixl_verbs_stage_t *st = r->peer->stage;
     int rc;
+    _nixl_verbs_wr_fill(w, &e->sges[0], &r->cw[k], r->op == NIXL_WRITE ? IBV_WR_RDMA_WRITE : IBV_WR_RDMA_READ);
     if (slot >= 0) {
-        r->sge[k].addr = (uint64_t)(uintptr_t)_nixl_verbs_slot_buf(st, (uint32_t)slot);
-        r->sge[k].lkey = st->mr->lkey;
+        e->sges[0].addr = (uint64_t)(uintptr_t)_nixl_verbs_slot_buf(st, (uint32_t)slot);
+        e->sges[0].lkey = st->mr->lkey;
     }
     w->next = NULL;
     w->wr_id = ((uint64_t)qp->index << 2) | _NIXL_VERBS_WRID_SEND;
@@ -2304,21 +2348,21 @@ static nixl_status_t _nixl_verbs_listen(_nixl_verbs_engine_t *e, const char *add
 
 /* the CUDA driver as the staging copy engine (nixl_verbs_copy_ops_t) */
 
-static int _nixl_cuda_pin(void *ctx, int dev, void *host, size_t len) {
+static int _nixl_verbs_cuda_pin(void *ctx, int dev, void *host, size_t len) {
     _nixl_cuda_t *cu = (_nixl_cuda_t *)ctx;
     if (_nixl_cuda_enter(cu, dev) != 0) return -1;
     return _nixl_cuda_leave(
         cu, cu->cuMemHostRegister(host, len, _NIXL_CU_MEMHOSTREGISTER_PORTABLE) == _NIXL_CUDA_SUCCESS ? 0 : -1);
 }
 
-static void _nixl_cuda_unpin(void *ctx, int dev, void *host) {
+static void _nixl_verbs_cuda_unpin(void *ctx, int dev, void *host) {
     _nixl_cuda_t *cu = (_nixl_cuda_t *)ctx;
     if (_nixl_cuda_enter(cu, dev) != 0) return;
     cu->cuMemHostUnregister(host);
     _nixl_cuda_leave(cu, 0);
 }
 
-static int _nixl_cuda_event_create(void *ctx, int dev, void **ev) {
+static int _nixl_verbs_cuda_event_create(void *ctx, int dev, void **ev) {
     _nixl_cuda_t *cu = (_nixl_cuda_t *)ctx;
     _nixl_CUevent e = NULL;
     if (_nixl_cuda_enter(cu, dev) != 0) return -1;
@@ -2327,11 +2371,12 @@ static int _nixl_cuda_event_create(void *ctx, int dev, void **ev) {
     return _nixl_cuda_leave(cu, 0);
 }
 
-static void _nixl_cuda_event_destroy(void *ctx, void *ev) {
+static void _nixl_verbs_cuda_event_destroy(void *ctx, void *ev) {
     ((_nixl_cuda_t *)ctx)->cuEventDestroy((_nixl_CUevent)ev);
 }
 
-static int _nixl_cuda_copy(void *ctx, int dev, int to_device, void *host, uintptr_t device, size_t len, void *ev) {
+static int _nixl_verbs_cuda_copy(void *ctx, int dev, int to_device, void *host, uintptr_t device, size_t len,
+                                 void *ev) {
     _nixl_cuda_t *cu = (_nixl_cuda_t *)ctx;
     _nixl_CUresult rc;
     if (_nixl_cuda_enter(cu, dev) != 0) return -1;
@@ -2347,21 +2392,21 @@ static int _nixl_cuda_copy(void *ctx, int dev, int to_device, void *host, uintpt
     return _nixl_cuda_leave(cu, 0);
 }
 
-static int _nixl_cuda_event_done(void *ctx, void *ev) {
+static int _nixl_verbs_cuda_event_done(void *ctx, void *ev) {
     _nixl_CUresult rc = ((_nixl_cuda_t *)ctx)->cuEventQuery((_nixl_CUevent)ev);
     if (rc == _NIXL_CUDA_SUCCESS) return 1;
     return rc == _NIXL_CUDA_ERROR_NOT_READY ? 0 : -1;
 }
 
-static nixl_verbs_copy_ops_t _nixl_cuda_copy_ops(_nixl_cuda_t *cu) {
+static nixl_verbs_copy_ops_t _nixl_verbs_cuda_copy_ops(_nixl_cuda_t *cu) {
     nixl_verbs_copy_ops_t o;
     o.query = _nixl_cuda_query;
-    o.pin = _nixl_cuda_pin;
-    o.unpin = _nixl_cuda_unpin;
-    o.event_create = _nixl_cuda_event_create;
-    o.event_destroy = _nixl_cuda_event_destroy;
-    o.copy = _nixl_cuda_copy;
-    o.event_done = _nixl_cuda_event_done;
+    o.pin = _nixl_verbs_cuda_pin;
+    o.unpin = _nixl_verbs_cuda_unpin;
+    o.event_create = _nixl_verbs_cuda_event_create;
+    o.event_destroy = _nixl_verbs_cuda_event_destroy;
+    o.copy = _nixl_verbs_cuda_copy;
+    o.event_done = _nixl_verbs_cuda_event_done;
     o.ctx = cu;
     return o;
 }
@@ -2370,7 +2415,7 @@ static nixl_verbs_copy_ops_t _nixl_cuda_copy_ops(_nixl_cuda_t *cu) {
    VRAM is registered. */
 static int _nixl_verbs_cuda_load(_nixl_verbs_engine_t *e) {
     if (_nixl_cuda_load(&e->cuda, e->be, "verbs") != 0) return -1;
-    if (!e->copy.query) e->copy = _nixl_cuda_copy_ops(&e->cuda);
+    if (!e->copy.query) e->copy = _nixl_verbs_cuda_copy_ops(&e->cuda);
     return 0;
 }
 
@@ -2450,6 +2495,12 @@ static nixl_status_t _nixl_verbs_create(const nixl_backend_init_t *init, void **
     if (e->sq_depth > (uint32_t)e->devs[0].attr.max_qp_wr) e->sq_depth = (uint32_t)e->devs[0].attr.max_qp_wr;
     if (e->devs[0].max_msg_sz && e->slice > e->devs[0].max_msg_sz) e->slice = e->devs[0].max_msg_sz;
     e->sig_every = e->sq_depth / 4 ? e->sq_depth / 4 : 1;
+    e->wrs = (struct ibv_send_wr *)nixl_backend_alloc(e->be, e->sq_depth * sizeof *e->wrs);
+    e->sges = (struct ibv_sge *)nixl_backend_alloc(e->be, e->sq_depth * sizeof *e->sges);
+    if (!e->wrs || !e->sges) {
+        st = NIXL_ERR_BACKEND;
+        goto fail;
+    }
     if (!nixl_param_get(init, "retry_cnt") && e->retry_cnt == 7 && _nixl_verbs_is_rxe(&e->devs[0])) {
         /* rxe never counts down a retry_cnt of 7: a dead peer would hang */
         e->retry_cnt = 6;
@@ -2544,6 +2595,8 @@ static void _nixl_verbs_destroy(void *engine) {
     if (e->ctx_list) rdma_free_devices(e->ctx_list);
     _nixl_cuda_close(&e->cuda);
     if (e->name) nixl_backend_free(e->be, e->name);
+    nixl_backend_free(e->be, e->wrs);
+    nixl_backend_free(e->be, e->sges);
     nixl_backend_free(e->be, e);
 }
 
@@ -2864,18 +2917,27 @@ static nixl_status_t _nixl_verbs_disconnect(void *engine, const char *remote) {
 static void _nixl_verbs_req_free(_nixl_verbs_engine_t *e, _nixl_verbs_req_t *r) {
     if (r->prev) r->prev->next = r->next; else e->reqs = r->next;
     if (r->next) r->next->prev = r->prev;
-    if (r->wr) nixl_backend_free(e->be, r->wr);
-    if (r->sge) nixl_backend_free(e->be, r->sge);
+    if (r->cw) nixl_backend_free(e->be, r->cw);
     if (r->notif) nixl_backend_free(e->be, r->notif);
     if (r->swr) nixl_backend_free(e->be, r->swr);
     nixl_backend_free(e->be, r);
 }
 
-/* Which descriptors need the bounce buffers: -1 (refused: a peer's staged
-   VRAM), 0 none, else the GPU of the first staged one + 1. */
-static int _nixl_verbs_prep_staging(_nixl_verbs_engine_t *e, const nixl_xfer_args_t *a) {
+/* WRs of a descriptor of len bytes cut in slices (no division for the
+   common case: a descriptor smaller than a slice) */
+static uint64_t _nixl_verbs_slices(size_t len, uint32_t slice) {
+    return len <= slice ? 1 : (len + slice - 1) / slice;
+}
+
+/* One pass over the descriptors: which need the bounce buffers (-1:
+   refused, a peer's staged VRAM; 0 none; else the GPU of the first staged
+   one + 1), and how many WRs they make with and without staging's slice. */
+static int _nixl_verbs_prep_scan(_nixl_verbs_engine_t *e, const nixl_xfer_args_t *a, uint64_t *wrs,
+                                 uint64_t *staged_wrs) {
+    uint32_t sslice = e->slice < e->stage_size ? e->slice : e->stage_size;
     size_t i;
     int gpu = 0;
+    *wrs = *staged_wrs = 0;
     for (i = 0; i < a->count; i++) {
         const _nixl_verbs_md_t *lm = (const _nixl_verbs_md_t *)a->descs[i].lmd;
         const _nixl_verbs_rmd_t *rm = (const _nixl_verbs_rmd_t *)a->descs[i].rmd;
@@ -2886,6 +2948,8 @@ static int _nixl_verbs_prep_staging(_nixl_verbs_engine_t *e, const nixl_xfer_arg
             return -1;
         }
         if (lm->path == NIXL_VERBS_PATH_STAGING && !gpu) gpu = lm->gpu + 1;
+        *wrs += _nixl_verbs_slices(a->descs[i].len, e->slice);
+        *staged_wrs += _nixl_verbs_slices(a->descs[i].len, sslice);
     }
     return gpu;
 }
@@ -2896,9 +2960,9 @@ static nixl_status_t _nixl_verbs_prep_xfer(void *engine, const nixl_xfer_args_t 
     _nixl_verbs_engine_t *e = (_nixl_verbs_engine_t *)engine;
     _nixl_verbs_peer_t *p = _nixl_verbs_peer_find(e, a->remote);
     _nixl_verbs_req_t *r;
-    uint64_t total = 0;
+    uint64_t total = 0, staged_total = 0;
     uint32_t cursor[_NIXL_VERBS_MAX_QPS];
-    uint32_t s = 0, slice = e->slice;
+    uint32_t lane = 0, slice = e->slice;
     size_t i;
     int q, staged;
     if (!p) {
@@ -2907,10 +2971,10 @@ static nixl_status_t _nixl_verbs_prep_xfer(void *engine, const nixl_xfer_args_t 
     }
     if ((a->lmem != NIXL_DRAM && a->lmem != NIXL_VRAM) || (a->rmem != NIXL_DRAM && a->rmem != NIXL_VRAM))
         return NIXL_ERR_NOT_SUPPORTED;
-    if ((staged = _nixl_verbs_prep_staging(e, a)) < 0) return NIXL_ERR_NOT_SUPPORTED;
+    if ((staged = _nixl_verbs_prep_scan(e, a, &total, &staged_total)) < 0) return NIXL_ERR_NOT_SUPPORTED;
     if (staged && _nixl_verbs_stage_make(e, p, staged - 1) != NIXL_SUCCESS) return NIXL_ERR_BACKEND;
     if (staged && slice > e->stage_size) slice = e->stage_size; /* a slice fills one bounce buffer */
-    for (i = 0; i < a->count; i++) total += (a->descs[i].len + slice - 1) / slice;
+    if (staged) total = staged_total;
     if (total > 0xffffffffu) {
         nixl_backend_log(e->be, NIXL_LOG_ERROR, "verbs: prep_xfer: %llu WRs after slicing: too many",
                          (unsigned long long)total);
@@ -2920,6 +2984,7 @@ static nixl_status_t _nixl_verbs_prep_xfer(void *engine, const nixl_xfer_args_t 
     if (!r) return NIXL_ERR_BACKEND;
     r->peer = p;
     r->op = a->op;
+    r->host_src = a->op == NIXL_WRITE && a->lmem == NIXL_DRAM;
     r->nwr = (uint32_t)total;
     r->nqp = staged ? 1 : r->nwr < e->nqp ? (int)(r->nwr ? r->nwr : 1) : (int)e->nqp;
     r->qmask = r->nwr ? (r->nqp >= 32 ? 0xffffffffu : (1u << r->nqp) - 1) : 0;
@@ -2931,11 +2996,10 @@ static nixl_status_t _nixl_verbs_prep_xfer(void *engine, const nixl_xfer_args_t 
     r->notif = (unsigned char *)nixl_backend_alloc(e->be, r->notif_cap);
     r->am.data = r->notif;
     if (r->nwr) {
-        r->wr = (struct ibv_send_wr *)nixl_backend_alloc(e->be, (size_t)r->nwr * sizeof(struct ibv_send_wr));
-        r->sge = (struct ibv_sge *)nixl_backend_alloc(e->be, (size_t)r->nwr * sizeof(struct ibv_sge));
+        r->cw = (_nixl_verbs_cwr_t *)nixl_backend_alloc(e->be, (size_t)r->nwr * sizeof *r->cw);
         if (staged) r->swr = (_nixl_verbs_swr_t *)nixl_backend_alloc(e->be, (size_t)r->nwr * sizeof *r->swr);
     }
-    if ((r->nwr && (!r->wr || !r->sge || (staged && !r->swr))) || !r->notif) {
+    if ((r->nwr && (!r->cw || (staged && !r->swr))) || !r->notif) {
         nixl_backend_log(e->be, NIXL_LOG_ERROR, "verbs: prep_xfer: out of memory for %u WRs", (unsigned)r->nwr);
         _nixl_verbs_req_free(e, r);
         return NIXL_ERR_BACKEND;
@@ -2951,24 +3015,22 @@ static nixl_status_t _nixl_verbs_prep_xfer(void *engine, const nixl_xfer_args_t 
         const _nixl_verbs_md_t *lm = (const _nixl_verbs_md_t *)d->lmd;
         const _nixl_verbs_rmd_t *rm = (const _nixl_verbs_rmd_t *)d->rmd;
         size_t off;
-        for (off = 0; off < d->len; off += slice, s++) {
-            uint32_t k = cursor[s % (uint32_t)r->nqp]++;
+        for (off = 0; off < d->len; off += slice) {
+            uint32_t k = cursor[lane]++;
             size_t n = d->len - off < slice ? d->len - off : slice;
-            struct ibv_send_wr *w = &r->wr[k];
-            r->sge[k].addr = (uint64_t)(d->laddr + off);
-            r->sge[k].length = (uint32_t)n;
+            _nixl_verbs_cwr_t *w = &r->cw[k];
+            w->laddr = (uint64_t)(d->laddr + off);
+            w->len = (uint32_t)n;
             if (lm->path == NIXL_VERBS_PATH_STAGING) { /* the bounce buffer is chosen at post */
                 r->swr[k].dptr = d->laddr + off;
                 r->swr[k].gpu = lm->gpu;
-                r->sge[k].lkey = 0;
+                w->lkey = 0;
             } else {
-                r->sge[k].lkey = lm->mr[0]->lkey;
+                w->lkey = lm->mr[0]->lkey;
             }
-            w->sg_list = &r->sge[k];
-            w->num_sge = 1;
-            w->opcode = a->op == NIXL_WRITE ? IBV_WR_RDMA_WRITE : IBV_WR_RDMA_READ;
-            w->wr.rdma.remote_addr = rm->base + (uint64_t)(d->raddr - rm->addr) + off;
-            w->wr.rdma.rkey = rm->rkey;
+            w->raddr = rm->base + (uint64_t)(d->raddr - rm->addr) + off;
+            w->rkey = rm->rkey;
+            if (++lane == (uint32_t)r->nqp) lane = 0; /* slices go round-robin over the lanes */
         }
     }
     r->next = e->reqs;
@@ -3122,34 +3184,42 @@ static nixl_status_t _nixl_verbs_progress(void *engine) {
 
 // >>public
 
-static const nixl_backend_ops_t _nixl_verbs_ops = {
-    "VERBS",
-    NIXL_BACKEND_ABI,
-    NIXL_MEM_BIT(NIXL_DRAM) | NIXL_MEM_BIT(NIXL_VRAM),
-    NIXL_CAP_NOTIF | NIXL_CAP_LOCAL | NIXL_CAP_REMOTE,
-    _nixl_verbs_param_keys,
-    _nixl_verbs_create,
-    _nixl_verbs_destroy,
-    _nixl_verbs_register_mem,
-    _nixl_verbs_deregister_mem,
-    _nixl_verbs_get_public_data,
-    _nixl_verbs_get_conn_info,
-    _nixl_verbs_load_remote_conn_info,
-    _nixl_verbs_connect,
-    _nixl_verbs_disconnect,
-    _nixl_verbs_load_remote_md,
-    _nixl_verbs_load_local_md,
-    _nixl_verbs_unload_md,
-    _nixl_verbs_prep_xfer,
-    _nixl_verbs_post_xfer,
-    _nixl_verbs_check_xfer,
-    _nixl_verbs_release_xfer,
-    NULL,
-    _nixl_verbs_gen_notif,
-    _nixl_verbs_progress,
-};
+static nixl_backend_ops_t _nixl_verbs_ops;
+static pthread_once_t _nixl_verbs_once = PTHREAD_ONCE_INIT;
 
-NIXL_API const nixl_backend_ops_t *nixl_verbs_backend(void) { return &_nixl_verbs_ops; }
+/* the vtable, field by field (as every backend fills its own) */
+static void _nixl_verbs_init_ops(void) {
+    nixl_backend_ops_t *o = &_nixl_verbs_ops;
+    o->name = "VERBS";
+    o->abi = NIXL_BACKEND_ABI;
+    o->mem_mask = NIXL_MEM_BIT(NIXL_DRAM) | NIXL_MEM_BIT(NIXL_VRAM);
+    o->caps = NIXL_CAP_NOTIF | NIXL_CAP_LOCAL | NIXL_CAP_REMOTE;
+    o->param_keys = _nixl_verbs_param_keys;
+    o->create = _nixl_verbs_create;
+    o->destroy = _nixl_verbs_destroy;
+    o->register_mem = _nixl_verbs_register_mem;
+    o->deregister_mem = _nixl_verbs_deregister_mem;
+    o->get_public_data = _nixl_verbs_get_public_data;
+    o->get_conn_info = _nixl_verbs_get_conn_info;
+    o->load_remote_conn_info = _nixl_verbs_load_remote_conn_info;
+    o->connect = _nixl_verbs_connect;
+    o->disconnect = _nixl_verbs_disconnect;
+    o->load_remote_md = _nixl_verbs_load_remote_md;
+    o->load_local_md = _nixl_verbs_load_local_md;
+    o->unload_md = _nixl_verbs_unload_md;
+    o->prep_xfer = _nixl_verbs_prep_xfer;
+    o->post_xfer = _nixl_verbs_post_xfer;
+    o->check_xfer = _nixl_verbs_check_xfer;
+    o->release_xfer = _nixl_verbs_release_xfer;
+    o->estimate_cost = NULL; /* no cost model yet */
+    o->gen_notif = _nixl_verbs_gen_notif;
+    o->progress = _nixl_verbs_progress;
+}
+
+NIXL_API const nixl_backend_ops_t *nixl_verbs_backend(void) {
+    pthread_once(&_nixl_verbs_once, _nixl_verbs_init_ops);
+    return &_nixl_verbs_ops;
+}
 
 NIXL_API const char *nixl_verbs_mem_path_str(nixl_verbs_mem_path_t path) {
     switch (path) {
@@ -3220,12 +3290,11 @@ NIXL_API nixl_status_t nixl_verbs_set_copy_ops(nixl_backend_t *be, const nixl_ve
         e->self->stage = NULL;
         e->copy_custom = ops != NULL;
         if (ops) e->copy = *ops;
-        else if (e->cuda.ok) e->copy = _nixl_cuda_copy_ops(&e->cuda);
+        else if (e->cuda.ok) e->copy = _nixl_verbs_cuda_copy_ops(&e->cuda);
         else memset(&e->copy, 0, sizeof e->copy);
     }
     _nixl_unlock(be->agent);
     return st;
 }
 
-#endif /* NIXL_VERBS_IMPLEMENTATION_DONE */
-#endif /* NIXL_IMPLEMENTATION */
+#endif /* NIXL_IMPLEMENTATION && !NIXL_VERBS_IMPLEMENTATION_DONE */

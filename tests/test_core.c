@@ -159,6 +159,31 @@ static void test_status_strings(void) {
     CHECK(NIXL_IN_PROG == 1 && NIXL_ERR_REMOTE_DISCONNECT == -10 && NIXL_ERR_NO_TELEMETRY == -12);
 }
 
+/* In a build without etcd, $NIXL_ETCD_ENDPOINTS (meant for deployments)
+   is ignored with one warning per process; endpoints the application sets
+   itself are refused (NOT_SUPPORTED), saying why. */
+static void test_etcd_env_without_etcd(void) {
+    nixl_agent_config_t cfg;
+    nixl_agent_t *a = NULL, *b = NULL;
+    memset(&cfg, 0, sizeof cfg);
+    cfg.name = "no-etcd";
+    cfg.log_fn = capture_log;
+    last_log[0] = 0;
+    setenv("NIXL_ETCD_ENDPOINTS", "http://127.0.0.1:1", 1);
+    CHECK_ST(nixl_agent_create(&cfg, &a), NIXL_SUCCESS);
+    CHECK(logged("NIXL_ETCD_ENDPOINTS is set but this build has no etcd support"));
+    CHECK_ST(nixl_agent_create(&cfg, &b), NIXL_SUCCESS);
+    CHECK(strstr(last_log, "NIXL_ETCD_ENDPOINTS") == NULL); /* once per process */
+    unsetenv("NIXL_ETCD_ENDPOINTS");
+    nixl_agent_destroy(a);
+    nixl_agent_destroy(b);
+    cfg.etcd_endpoints = "http://127.0.0.1:1";
+    a = NULL;
+    CHECK_ST(nixl_agent_create(&cfg, &a), NIXL_ERR_NOT_SUPPORTED);
+    CHECK(a == NULL);
+    CHECK(logged("etcd"));
+}
+
 static void test_agent_create(void) {
     nixl_agent_config_t cfg;
     nixl_agent_t *a = NULL;
@@ -1349,6 +1374,7 @@ int main(int argc, char **argv) {
     NT_RUN(test_lookup_against_brute_force);
     NT_RUN(test_strided_layout);
     NT_RUN(test_desc_merge);
+    NT_RUN(test_etcd_env_without_etcd);
     NT_RUN(test_backend_callbacks_hardened);
     NT_RUN(test_load_md_all_or_nothing);
     NT_RUN(test_notif_queue_bounded);

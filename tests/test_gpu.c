@@ -771,7 +771,7 @@ static void test_gpu_detect(void) {
 static void test_gpu_copy_engine(void) {
     enum { NB = 8 };
     const size_t slice = 1 * MiB, total = 256 * MiB;
-    nixl_verbs_copy_ops_t o = _nixl_cuda_copy_ops(&g_cu);
+    nixl_verbs_copy_ops_t o = _nixl_verbs_cuda_copy_ops(&g_cu);
     _nixl_CUdeviceptr d = 0;
     unsigned char *bounce, *src;
     void *ev[NB];
@@ -832,7 +832,7 @@ static void test_gpu_staging_rdma(void) {
     a = mk_agent("gpu-self", "vram_path=staging", &be);
     host = (unsigned char *)malloc(n);
     check = (unsigned char *)malloc(n);
-    o = _nixl_cuda_copy_ops(&g_cu);
+    o = _nixl_verbs_cuda_copy_ops(&g_cu);
     CHECK(a && host && check && cu_alloc(&d, n) == 0 && o.event_create(o.ctx, 0, &ev) == 0);
     if (a && d) {
         uintptr_t l = (uintptr_t)d, r = (uintptr_t)host;

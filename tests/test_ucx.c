@@ -2076,7 +2076,24 @@ out:
     close(s);
 }
 
+/* The backend never changes the environment from create() (other threads
+   may be in getenv): the shared-memory error-handling variables it needs
+   were set once at program load (or by the user), and creating a backend
+   leaves the environment exactly as it was. */
+static void test_env_untouched_by_create(void) {
+    const char *before = getenv("UCX_POSIX_ERROR_HANDLING"), *sysv = getenv("UCX_SYSV_ERROR_HANDLING");
+    nixl_agent_t *a;
+    CHECK(before != NULL && sysv != NULL); /* by the constructor, before main */
+    CHECK(!(_nixl_ucx_env_set_at_load & 1) || !strcmp(before, "y"));
+    a = make_agent("env-check");
+    CHECK(a != NULL);
+    CHECK(getenv("UCX_POSIX_ERROR_HANDLING") == before); /* same string: no setenv since */
+    CHECK(getenv("UCX_SYSV_ERROR_HANDLING") == sysv);
+    if (a) nixl_agent_destroy(a);
+}
+
 static int run_all(void) {
+    RUN(test_env_untouched_by_create, 30);
     RUN(test_params, 60);
     RUN(test_loopback, 60);
     RUN(test_invalid_descriptors, 60);
