@@ -15,6 +15,11 @@
 #   make test-link    two VMs on a virtual wire: RDMA across it, 1%/10% loss, wire cut
 #   make fuzz         libFuzzer targets (metadata decoder, side-channel frames), FUZZ_SECONDS each (60)
 #   make bench        benchmarks (core ns/descriptor, ...)
+#   make lib          build/libnixlh.so and build/libnixlh.a (one NIXL_IMPLEMENTATION TU)
+#   make install      PREFIX=/usr/local DESTDIR=: headers (include/nixlh), the libraries,
+#                     pkg-config nixl.pc (header-only) and nixl-lib.pc, CMake find_package(nixlh)
+#   make test-install installs into a temporary prefix and builds, links and runs consumers
+#                     with pkg-config, CMake find_package and add_subdirectory
 #   make python       the Python package's extension, in place (PYTHONPATH=python python3 -c "import nixl")
 #   make test-python  pytest suite and Python examples: UCX here, verbs in the VM; under ASan; pip install
 
@@ -33,7 +38,7 @@ HEADERS  = nixl.h $(wildcard nixl_verbs.h nixl_ucx.h)
 # test-link (two VMs on a wire) is not in the default run: its two-VM
 # start-up hung once (both VMs booted, no output for 5+ minutes) and CI must
 # not hang on it; run it with `make test-link` or NIXL_TEST_LINK=1.
-TEST_PARTS = test-unit test-metadata check-headers gpu-host asan tsan fuzz test-ucx faults-ucx test-verbs test-python-host
+TEST_PARTS = test-unit test-metadata check-headers test-install gpu-host asan tsan fuzz test-ucx faults-ucx test-verbs test-python-host
 ifeq ($(NIXL_TEST_LINK),1)
 TEST_PARTS += test-link
 endif
@@ -48,7 +53,7 @@ EXAMPLES = $(B)/two_peers $(B)/kv_cache $(B)/nixl_bench
 PROGS = $(B)/test_core $(B)/test_metadata $(B)/test_etcd $(B)/core_bench $(EXAMPLES) \
         $(B)/test_ucx $(B)/test_verbs $(B)/test_faults $(B)/test_gpu
 
-.PHONY: python test-python test-python-host bench-python test-ucx-death all demo test test-gpu gpu-host test-unit test-metadata metadata-listener metadata-etcd check-headers asan asan-core asan-metadata tsan tsan-core tsan-metadata fuzz test-verbs test-faults faults-ucx faults-verbs test-link valgrind-ucx test-ucx-softroce test-ucx test-softroce bench deps clean
+.PHONY: lib install test-install python test-python test-python-host bench-python test-ucx-death all demo test test-gpu gpu-host test-unit test-metadata metadata-listener metadata-etcd check-headers asan asan-core asan-metadata tsan tsan-core tsan-metadata fuzz test-verbs test-faults faults-ucx faults-verbs test-link valgrind-ucx test-ucx-softroce test-ucx test-softroce bench deps clean
 all: $(PROGS)
 
 $(B):
@@ -170,7 +175,7 @@ tsan-metadata: $(B)/test_metadata_tsan
 	TSAN_OPTIONS=halt_on_error=1 $(B)/test_metadata_tsan
 
 test-ucx: $(B)/test_ucx $(B)/fuzz_ucx_wire $(EXAMPLES)
-	@tests/run-suite "ucx=tests/ucx_run.sh test" "ucx-examples=tests/run-examples UCX" \
+	@tests/run-suite "ucx=tests/ucx-run test" "ucx-examples=tests/run-examples UCX" \
 		"ucx-wire-fuzz=env NIXL_FUZZ_CASES=2000 $(B)/fuzz_ucx_wire"
 
 # mutations of real UCX worker addresses and packed keys, each in a child
@@ -180,7 +185,7 @@ $(B)/fuzz_ucx_wire: tests/fuzz_ucx_wire.c nixl.h nixl_ucx.h | $(B)
 
 # the UCX suite under memcheck (tcp, posix; ~5 min)
 valgrind-ucx: $(B)/test_ucx
-	tests/ucx_run.sh valgrind
+	tests/ucx-run valgrind
 
 # everything that needs an RDMA device, in one VM boot (test_gpu's staging part too)
 test-verbs: $(B)/test_verbs $(B)/test_faults $(B)/test_gpu $(EXAMPLES) python
@@ -197,7 +202,7 @@ gpu-host: $(B)/test_gpu
 # 100 peer deaths in a row per transport (killed or destroyed mid-transfer);
 # not in `make test`: UCX 1.13 itself still fails it now and then (README).
 test-ucx-death: $(B)/test_ucx
-	NIXL_TEST_DEATH_ROUNDS=100 tests/ucx_run.sh test $(B)/test_ucx
+	NIXL_TEST_DEATH_ROUNDS=100 tests/ucx-run test $(B)/test_ucx
 
 faults-ucx: $(B)/test_faults
 	$(B)/test_faults UCX
@@ -210,15 +215,15 @@ test-faults:
 
 # two VMs joined by a wire
 test-link: $(B)/test_verbs $(B)/kv_cache
-	@tests/run-suite "two-vm=tests/softroce/two-vm.sh" "loss=tests/softroce/two-vm-loss.sh" \
-		"wirecut=tests/softroce/wirecut.sh"
+	@tests/run-suite "two-vm=tests/softroce/two-vm" "loss=tests/softroce/two-vm-loss" \
+		"wirecut=tests/softroce/wirecut"
 
 # UCX inside the VM (rc_verbs with tcp or ud_verbs for wire-up)
 test-ucx-softroce: $(B)/test_ucx $(B)/nixl_bench
-	$(VM_RUN) tests/ucx_softroce.sh
+	$(VM_RUN) tests/ucx-softroce
 
 test-softroce:
-	$(VM_RUN) tests/softroce/smoke.sh
+	$(VM_RUN) tests/softroce/smoke
 
 
 fuzz:
@@ -230,6 +235,37 @@ bench: $(B)/core_bench $(B)/nixl_bench python $(B)/py_bench_ref
 	$(VM_RUN) $(B)/core_bench --backend VERBS
 	$(PY) tests/bench/py_bench.py
 	tests/bench/compare
+
+# ---- packaging ------------------------------------------------------------
+PREFIX ?= /usr/local
+DESTDIR ?=
+VERSION = 0.1.0
+HEADERS = nixl.h nixl_verbs.h nixl_ucx.h
+LIB_DEPS = $(VERBS_LIBS) $(UCX_LIBS) $(LIBS)
+
+lib: $(B)/libnixlh.so $(B)/libnixlh.a
+
+$(B)/libnixlh.so: packaging/nixl_lib.c $(HEADERS) | $(B)
+	$(CC) $(WARN) $(CFLAGS) -fPIC -shared -I. $< -o $@ -Wl,-soname,libnixlh.so $(LIB_DEPS)
+
+$(B)/nixl_lib.o: packaging/nixl_lib.c $(HEADERS) | $(B)
+	$(CC) $(WARN) $(CFLAGS) -fPIC -I. -c $< -o $@
+
+$(B)/libnixlh.a: $(B)/nixl_lib.o
+	rm -f $@ && ar rcs $@ $<
+
+install: lib
+	install -d $(DESTDIR)$(PREFIX)/include/nixlh $(DESTDIR)$(PREFIX)/lib/pkgconfig $(DESTDIR)$(PREFIX)/lib/cmake/nixlh
+	install -m 644 $(HEADERS) $(DESTDIR)$(PREFIX)/include/nixlh/
+	install -m 755 $(B)/libnixlh.so $(DESTDIR)$(PREFIX)/lib/
+	install -m 644 $(B)/libnixlh.a $(DESTDIR)$(PREFIX)/lib/
+	for pc in nixl nixl-lib; do \
+		sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@VERSION@|$(VERSION)|' packaging/$$pc.pc.in \
+			> $(DESTDIR)$(PREFIX)/lib/pkgconfig/$$pc.pc; done
+	install -m 644 packaging/nixlhConfig.cmake $(DESTDIR)$(PREFIX)/lib/cmake/nixlh/
+
+test-install:
+	@tests/install-test
 
 clean:
 	rm -rf $(B)

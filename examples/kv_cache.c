@@ -179,139 +179,179 @@ static nixl_desc_t *block_descs(uintptr_t base, size_t nblocks, size_t stride, s
     return d;
 }
 
-static int decode(int rank, unsigned port) {
-    char name[32];
+/* A decode rank's state: its agent, its cache (room for the largest
+   request, its share of each block), both sides prepared once. */
+typedef struct decoder {
+    int rank;
     nixl_agent_t *a;
-    nixl_opt_args_t at;
+    nixl_opt_args_t at; /* prefill's listener */
     layout_msg lm;
-    size_t part, max_blocks, local_bytes, i, j, l, kv, off;
-    size_t posted = 0, skipped = 0, bytes = 0, bad = 0;
+    size_t part, max_blocks, local_bytes;
     unsigned char *local;
     nixl_desc_t *ld, *rd;
-    nixl_dlist_t ll, rl;
     nixl_dlist_handle_t *lh, *rh;
     int *lidx, *ridx;
     size_t *chosen;
-    unsigned seed = o.seed * 977u + (unsigned)rank;
-    double t0, elapsed, t_xfer = 0, t_req;
+    unsigned seed;
+    size_t posted, skipped, bytes, bad;
+    double t_xfer;
+} decoder;
 
-    snprintf(name, sizeof name, "decode-%d", rank);
-    a = make_agent(name, 0, 0);
-    memset(&at, 0, sizeof at);
-    at.ip = o.ip;
-    at.port = (uint16_t)port;
-    /* metadata: fetch prefill's, push ours (prefill answers our hello) */
-    check(nixl_fetch_remote_md(a, "prefill-0", &at), "fetch_remote_md");
-    while (nixl_check_remote_md(a, "prefill-0", NULL) != NIXL_SUCCESS) usleep(1000);
-    check(nixl_send_local_md(a, &at), "send_local_md");
-    memset(&lm, 0, sizeof lm);
-    check(nixl_gen_notif(a, "prefill-0", "hello", 5, NULL), "gen_notif(hello)");
-    while (!lm.have) check(nixl_get_notifs(a, decode_on_notif, &lm), "get_notifs");
-    if (lm.layers != o.layers || lm.blocks != o.blocks || lm.block_bytes != o.block_bytes) {
-        fprintf(stderr, "decode-%d: prefill's layout differs from ours\n", rank);
+/* Step 1: metadata. Fetch prefill's, push ours, and learn its layout
+   (prefill answers our hello with it). 0 on success. */
+static int decode_connect(decoder *d, unsigned port) {
+    char name[32];
+    snprintf(name, sizeof name, "decode-%d", d->rank);
+    d->a = make_agent(name, 0, 0);
+    memset(&d->at, 0, sizeof d->at);
+    d->at.ip = o.ip;
+    d->at.port = (uint16_t)port;
+    check(nixl_fetch_remote_md(d->a, "prefill-0", &d->at), "fetch_remote_md");
+    while (nixl_check_remote_md(d->a, "prefill-0", NULL) != NIXL_SUCCESS) usleep(1000);
+    check(nixl_send_local_md(d->a, &d->at), "send_local_md");
+    memset(&d->lm, 0, sizeof d->lm);
+    check(nixl_gen_notif(d->a, "prefill-0", "hello", 5, NULL), "gen_notif(hello)");
+    while (!d->lm.have) check(nixl_get_notifs(d->a, decode_on_notif, &d->lm), "get_notifs");
+    if (d->lm.layers != o.layers || d->lm.blocks != o.blocks || d->lm.block_bytes != o.block_bytes) {
+        fprintf(stderr, "decode-%d: prefill's layout differs from ours\n", d->rank);
         return 1;
     }
+    return 0;
+}
 
-    /* our cache: room for the largest request, our share of each block */
-    part = o.block_bytes / (size_t)o.ranks;
-    max_blocks = o.max_prompt / o.tokens_per_block;
-    if (max_blocks == 0) max_blocks = 1;
-    local_bytes = o.layers * 2 * max_blocks * part;
-    local = (unsigned char *)calloc(1, local_bytes);
-    register_region(a, local, local_bytes);
-
-    /* prepared once: every (layer, kv, block) on both sides */
-    ld = block_descs((uintptr_t)local, max_blocks, part, 0, part);
-    rd = block_descs(lm.base, o.blocks, o.block_bytes, (size_t)rank * part, part);
+/* Step 2: register our cache and prepare every (layer, kv, block) on both
+   sides, once. */
+static void decode_prepare(decoder *d) {
+    nixl_dlist_t ll, rl;
+    d->part = o.block_bytes / (size_t)o.ranks;
+    d->max_blocks = o.max_prompt / o.tokens_per_block;
+    if (d->max_blocks == 0) d->max_blocks = 1;
+    d->local_bytes = o.layers * 2 * d->max_blocks * d->part;
+    d->local = (unsigned char *)calloc(1, d->local_bytes);
+    register_region(d->a, d->local, d->local_bytes);
+    d->ld = block_descs((uintptr_t)d->local, d->max_blocks, d->part, 0, d->part);
+    d->rd = block_descs(d->lm.base, o.blocks, o.block_bytes, (size_t)d->rank * d->part, d->part);
     ll.mem = rl.mem = NIXL_DRAM;
-    ll.descs = ld;
-    ll.count = o.layers * 2 * max_blocks;
-    rl.descs = rd;
+    ll.descs = d->ld;
+    ll.count = o.layers * 2 * d->max_blocks;
+    rl.descs = d->rd;
     rl.count = o.layers * 2 * o.blocks;
     /* prefill answers our hello only once its cache is registered; metadata
        fetched before that (its listener starts with the agent) lacks the
        cache: fetch again until it holds every block we will read */
-    while (nixl_check_remote_md(a, "prefill-0", &rl) != NIXL_SUCCESS) {
-        check(nixl_fetch_remote_md(a, "prefill-0", &at), "fetch_remote_md");
+    while (nixl_check_remote_md(d->a, "prefill-0", &rl) != NIXL_SUCCESS) {
+        check(nixl_fetch_remote_md(d->a, "prefill-0", &d->at), "fetch_remote_md");
         usleep(20000);
     }
-    check(nixl_prep_xfer_dlist(a, NULL, &ll, NULL, &lh), "prep_xfer_dlist(local)");
-    check(nixl_prep_xfer_dlist(a, "prefill-0", &rl, NULL, &rh), "prep_xfer_dlist(remote)");
-    lidx = (int *)malloc(o.layers * 2 * max_blocks * sizeof *lidx);
-    ridx = (int *)malloc(o.layers * 2 * max_blocks * sizeof *ridx);
-    chosen = (size_t *)malloc(max_blocks * sizeof *chosen);
+    check(nixl_prep_xfer_dlist(d->a, NULL, &ll, NULL, &d->lh), "prep_xfer_dlist(local)");
+    check(nixl_prep_xfer_dlist(d->a, "prefill-0", &rl, NULL, &d->rh), "prep_xfer_dlist(remote)");
+    d->lidx = (int *)malloc(o.layers * 2 * d->max_blocks * sizeof *d->lidx);
+    d->ridx = (int *)malloc(o.layers * 2 * d->max_blocks * sizeof *d->ridx);
+    d->chosen = (size_t *)malloc(d->max_blocks * sizeof *d->chosen);
+}
 
+/* The nb distinct prefill blocks holding a request, in any order, and the
+   index pairs that move them (every layer, K and V); returns the count. */
+static size_t decode_pick_blocks(decoder *d, size_t nb) {
+    size_t j, l, kv, n = 0;
+    for (j = 0; j < nb; j++) {
+        size_t k, pick;
+        do {
+            pick = (size_t)rand_r(&d->seed) % o.blocks;
+            for (k = 0; k < j && d->chosen[k] != pick; k++) {
+            }
+        } while (k < j);
+        d->chosen[j] = pick;
+    }
+    for (l = 0; l < o.layers; l++)
+        for (kv = 0; kv < 2; kv++)
+            for (j = 0; j < nb; j++, n++) {
+                d->lidx[n] = (int)((l * 2 + kv) * d->max_blocks + j);
+                d->ridx[n] = (int)((l * 2 + kv) * o.blocks + d->chosen[j]);
+            }
+    return n;
+}
+
+/* Step 3: one request: READ its n pairs by index with a notification that
+   names it, wait, release. */
+static void decode_read(decoder *d, size_t i, size_t n) {
+    char notif[32];
+    nixl_opt_args_t opt;
+    nixl_xfer_req_t *req;
+    nixl_status_t st;
+    double t = now_s();
+    snprintf(notif, sizeof notif, "req-%zu", i);
+    memset(&opt, 0, sizeof opt);
+    opt.notif = notif;
+    opt.notif_len = strlen(notif);
+    opt.has_notif = 1;
+    check(nixl_make_xfer_req(d->a, NIXL_READ, d->lh, d->lidx, n, d->rh, d->ridx, n, &opt, &req), "make_xfer_req");
+    st = nixl_post_xfer_req(d->a, req, NULL);
+    while (st == NIXL_IN_PROG) st = nixl_get_xfer_status(d->a, req);
+    check(st, "READ");
+    check(nixl_release_xfer_req(d->a, req), "release_xfer_req");
+    d->t_xfer += now_s() - t;
+    d->posted++;
+    d->bytes += n * d->part;
+}
+
+/* Step 4: every byte of every block of the request that arrived. */
+static void decode_verify(decoder *d, size_t nb) {
+    size_t l, kv, j, off;
+    for (l = 0; l < o.layers; l++)
+        for (kv = 0; kv < 2; kv++)
+            for (j = 0; j < nb; j++) {
+                const unsigned char *blk = d->local + ((l * 2 + kv) * d->max_blocks + j) * d->part;
+                for (off = 0; off < d->part; off++)
+                    d->bad += blk[off] != kv_byte(l, kv, d->chosen[j], (size_t)d->rank * d->part + off);
+            }
+}
+
+static void decode_free(decoder *d) {
+    nixl_release_dlist_handle(d->a, d->lh);
+    nixl_release_dlist_handle(d->a, d->rh);
+    nixl_agent_destroy(d->a);
+    free(d->local);
+    free(d->ld);
+    free(d->rd);
+    free(d->lidx);
+    free(d->ridx);
+    free(d->chosen);
+}
+
+/* A decode rank: connect, prepare, then the stream of requests (a prompt
+   shorter than one block moves nothing and posts nothing), then tell
+   prefill we are done. */
+static int decode(int rank, unsigned port) {
+    decoder d;
+    size_t i;
+    double t0, elapsed;
+    char done[32];
+    memset(&d, 0, sizeof d);
+    d.rank = rank;
+    d.seed = o.seed * 977u + (unsigned)rank;
+    if (decode_connect(&d, port) != 0) return 1;
+    decode_prepare(&d);
     t0 = now_s();
     for (i = 0; i < o.requests; i++) {
-        size_t tokens = (size_t)rand_r(&seed) % o.max_prompt + 1, nb = tokens / o.tokens_per_block, n = 0;
-        char notif[32];
-        nixl_opt_args_t opt;
-        nixl_xfer_req_t *req;
-        nixl_status_t st;
-        if (nb == 0) { /* shorter than one block: nothing to move, nothing to post */
-            skipped++;
+        size_t tokens = (size_t)rand_r(&d.seed) % o.max_prompt + 1, nb = tokens / o.tokens_per_block;
+        if (nb == 0) {
+            d.skipped++;
             continue;
         }
-        /* the prefill blocks holding this request, distinct, in any order */
-        for (j = 0; j < nb; j++) {
-            size_t k, pick;
-            do {
-                pick = (size_t)rand_r(&seed) % o.blocks;
-                for (k = 0; k < j && chosen[k] != pick; k++) {
-                }
-            } while (k < j);
-            chosen[j] = pick;
-        }
-        for (l = 0; l < o.layers; l++)
-            for (kv = 0; kv < 2; kv++)
-                for (j = 0; j < nb; j++, n++) {
-                    lidx[n] = (int)((l * 2 + kv) * max_blocks + j);
-                    ridx[n] = (int)((l * 2 + kv) * o.blocks + chosen[j]);
-                }
-        snprintf(notif, sizeof notif, "req-%zu", i);
-        memset(&opt, 0, sizeof opt);
-        opt.notif = notif;
-        opt.notif_len = strlen(notif);
-        opt.has_notif = 1;
-        t_req = now_s();
-        check(nixl_make_xfer_req(a, NIXL_READ, lh, lidx, n, rh, ridx, n, &opt, &req), "make_xfer_req");
-        st = nixl_post_xfer_req(a, req, NULL);
-        while (st == NIXL_IN_PROG) st = nixl_get_xfer_status(a, req);
-        check(st, "READ");
-        check(nixl_release_xfer_req(a, req), "release_xfer_req");
-        t_xfer += now_s() - t_req;
-        posted++;
-        bytes += n * part;
-        /* every byte of every block that arrived */
-        for (l = 0; l < o.layers; l++)
-            for (kv = 0; kv < 2; kv++)
-                for (j = 0; j < nb; j++) {
-                    const unsigned char *blk = local + ((l * 2 + kv) * max_blocks + j) * part;
-                    for (off = 0; off < part; off++)
-                        bad += blk[off] != kv_byte(l, kv, chosen[j], (size_t)rank * part + off);
-                }
+        decode_read(&d, i, decode_pick_blocks(&d, nb));
+        decode_verify(&d, nb);
     }
     elapsed = now_s() - t0;
-    {
-        char done[32];
-        snprintf(done, sizeof done, "done %zu", posted);
-        check(nixl_gen_notif(a, "prefill-0", done, strlen(done), NULL), "gen_notif(done)");
-    }
+    snprintf(done, sizeof done, "done %zu", d.posted);
+    check(nixl_gen_notif(d.a, "prefill-0", done, strlen(done), NULL), "gen_notif(done)");
     printf("decode-%d: %zu requests (%zu moved nothing: prompt shorter than a block), %.1f MB read in %.2f s; "
            "transfers alone: %.0f requests/s, %.3f GB/s; %s\n",
-           rank, o.requests, skipped, (double)bytes / 1e6, elapsed, (double)posted / t_xfer,
-           (double)bytes / t_xfer / 1e9, bad ? "BYTES MISMATCHED" : "every byte matched");
-    if (bad) fprintf(stderr, "decode-%d: %zu bytes differ\n", rank, bad);
-    nixl_release_dlist_handle(a, lh);
-    nixl_release_dlist_handle(a, rh);
-    nixl_agent_destroy(a);
-    free(local);
-    free(ld);
-    free(rd);
-    free(lidx);
-    free(ridx);
-    free(chosen);
-    return bad ? 1 : 0;
+           rank, o.requests, d.skipped, (double)d.bytes / 1e6, elapsed, (double)d.posted / d.t_xfer,
+           (double)d.bytes / d.t_xfer / 1e9, d.bad ? "BYTES MISMATCHED" : "every byte matched");
+    if (d.bad) fprintf(stderr, "decode-%d: %zu bytes differ\n", rank, d.bad);
+    decode_free(&d);
+    return d.bad ? 1 : 0;
 }
 
 static size_t num(const char *s) { return (size_t)strtoull(s, NULL, 0); }

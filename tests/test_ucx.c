@@ -5,7 +5,7 @@
    Run:   NIXL_TEST_UCX_TLS=tcp build/test_ucx          (one transport list;
           '+' separates transports: tcp, posix, sysv, cma+posix, ...)
           build/test_ucx test_loopback ...               (chosen tests only)
-          tests/ucx_run.sh test                          (every list in turn)
+          tests/ucx-run test                          (every list in turn)
    Env:   NIXL_TEST_UCX_TLS   the tls= param (default "tcp")
           NIXL_TEST_UCX_EXTRA more backend params appended (",ucx.X=Y")
           NIXL_TEST_LOG=1     print the library's log lines

@@ -1039,7 +1039,7 @@ static void victim_main(int fd) {
 
 // >>two VMs: the wire is cut (no DREQ, no reply): retry-exceeded
 
-/* Node 1 (tests/softroce/wirecut.sh): the target publishes its metadata and
+/* Node 1 (tests/softroce/wirecut): the target publishes its metadata and
    buffer address in DIR (the repository is shared by both VMs) and serves
    until DIR/done appears. */
 static int file_put(const char *dir, const char *name, const void *p, size_t n) {
