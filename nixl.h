@@ -148,6 +148,16 @@
    to nixl_create_backend. The core does the bookkeeping (metadata, lookup,
    validation, selection); a backend only moves bytes.
 
+   FINDING YOUR WAY
+   ----------------
+   The implementation is cut into sections marked "// >>name" (grep for
+   them), in this order: structs, util (allocation, logging, clock), auth
+   (HMAC through libcrypto), cuda (the driver API, dlopen'ed), table (region
+   lookup), agent, backend (the plugin side), registration, metadata-format,
+   metadata-local, metadata-remote, side-channel (its frame format),
+   side-channel-io (the client), listener (the server), etcd, dlist
+   (prepared lists), request (make, post, status, release), notifications.
+
    LICENSE: MIT, at the end of this file.
 */
 #ifndef NIXL_H
@@ -1154,10 +1164,11 @@ NIXL_API int nixl_random_bytes(void *buf, size_t len) { return _nixl_random(buf,
    build dependency); our own declarations of the few functions used. A
    build without such a backend uses none of it. */
 #if defined(__GNUC__) || defined(__clang__)
-#define _NIXL_CUDA_UNUSED __attribute__((unused))
+#define _NIXL_MAYBE_UNUSED __attribute__((unused)) /* used by some backends only */
 #else
-#define _NIXL_CUDA_UNUSED
+#define _NIXL_MAYBE_UNUSED
 #endif
+#define _NIXL_CUDA_UNUSED _NIXL_MAYBE_UNUSED
 
 #ifndef NIXL_CUDA_LIB
 #define NIXL_CUDA_LIB "libcuda.so.1"
@@ -1619,6 +1630,11 @@ static void *_nixl_progress_thread_main(void *arg);
 static nixl_status_t _nixl_progress_locked(nixl_agent_t *a);
 static nixl_status_t _nixl_listener_start(nixl_agent_t *a, const char *addr);
 static nixl_status_t _nixl_etcd_start(nixl_agent_t *a, const char *endpoints, const char *ns);
+/* etcd (its own section, after the side channel's; stubs without NIXL_WITH_ETCD) */
+static void _nixl_etcd_key(const nixl_agent_t *a, const char *agent, const char *label, char *out, size_t cap);
+static nixl_status_t _nixl_etcd_put(nixl_agent_t *a, const char *label, const void *blob, size_t len);
+static nixl_status_t _nixl_etcd_delete_agent(nixl_agent_t *a);
+static nixl_status_t _nixl_etcd_get_or_wait(nixl_agent_t *a, const char *key, unsigned char **blob, size_t *len);
 
 /* The etcd endpoints to use: the config's, else $NIXL_ETCD_ENDPOINTS. The
    variable is for deployments; in a build without etcd it is ignored with
@@ -2327,17 +2343,34 @@ static uint32_t _nixl_crc32(const unsigned char *p, size_t n) {
     return crc ^ 0xffffffffu;
 }
 
+/* The one little-endian byte codec of the library (core and backends):
+   fixed-position puts and gets for headers of known size, and on top of
+   them a counting writer and a bounds-checked reader for variable data. */
+static _NIXL_MAYBE_UNUSED void _nixl_put_le(unsigned char *p, uint64_t v, int bytes) {
+    int i;
+    for (i = 0; i < bytes; i++) p[i] = (unsigned char)(v >> (8 * i));
+}
+static _NIXL_MAYBE_UNUSED uint64_t _nixl_get_le(const unsigned char *p, int bytes) {
+    uint64_t v = 0;
+    int i;
+    for (i = bytes - 1; i >= 0; i--) v = (v << 8) | p[i];
+    return v;
+}
+static _NIXL_MAYBE_UNUSED void _nixl_put16(unsigned char *p, uint64_t v) { _nixl_put_le(p, v, 2); }
+static _NIXL_MAYBE_UNUSED void _nixl_put32(unsigned char *p, uint64_t v) { _nixl_put_le(p, v, 4); }
+static _NIXL_MAYBE_UNUSED void _nixl_put64(unsigned char *p, uint64_t v) { _nixl_put_le(p, v, 8); }
+static _NIXL_MAYBE_UNUSED uint16_t _nixl_get16(const unsigned char *p) { return (uint16_t)_nixl_get_le(p, 2); }
+static _NIXL_MAYBE_UNUSED uint32_t _nixl_get32(const unsigned char *p) { return (uint32_t)_nixl_get_le(p, 4); }
+static _NIXL_MAYBE_UNUSED uint64_t _nixl_get64(const unsigned char *p) { return _nixl_get_le(p, 8); }
+
 /* Writer: with p == NULL it only counts, so encoding is two passes of the
    same code (size, then bytes) and can never overflow its buffer. */
 typedef struct _nixl_wr { unsigned char *p; size_t pos; } _nixl_wr;
-static void _nixl_w8(_nixl_wr *w, uint64_t v) {
-    if (w->p) w->p[w->pos] = (unsigned char)(v & 0xff);
-    w->pos++;
-}
 static void _nixl_wle(_nixl_wr *w, uint64_t v, int bytes) {
-    int i;
-    for (i = 0; i < bytes; i++) _nixl_w8(w, v >> (8 * i));
+    if (w->p) _nixl_put_le(w->p + w->pos, v, bytes);
+    w->pos += (size_t)bytes;
 }
+static void _nixl_w8(_nixl_wr *w, uint64_t v) { _nixl_wle(w, v, 1); }
 static void _nixl_wbytes(_nixl_wr *w, const void *b, size_t n) {
     if (w->p && n) memcpy(w->p + w->pos, b, n);
     w->pos += n;
@@ -2346,13 +2379,12 @@ static void _nixl_wbytes(_nixl_wr *w, const void *b, size_t n) {
 /* Reader: any read past the end clears ok and returns zeros. */
 typedef struct _nixl_rd { const unsigned char *p; size_t len, pos; int ok; } _nixl_rd;
 static uint64_t _nixl_rle(_nixl_rd *r, int bytes) {
-    uint64_t v = 0;
-    int i;
+    uint64_t v;
     if (!r->ok || r->len - r->pos < (size_t)bytes) {
         r->ok = 0;
         return 0;
     }
-    for (i = 0; i < bytes; i++) v |= (uint64_t)r->p[r->pos + i] << (8 * i);
+    v = _nixl_get_le(r->p + r->pos, bytes);
     r->pos += (size_t)bytes;
     return v;
 }
@@ -3190,398 +3222,6 @@ typedef struct {
 static int _nixl_sc_timeout_ms(const nixl_agent_t *a) {
     return a->cfg.sc_timeout_ms > 0 ? a->cfg.sc_timeout_ms : 5000;
 }
-
-// >>etcd
-/* Metadata through etcd's v3 JSON gateway (libcurl): one key per agent and
-   label, "<namespace><agent>/<label>", value = the metadata blob. Compiled
-   only with NIXL_WITH_ETCD (link -lcurl). */
-#ifdef NIXL_WITH_ETCD
-
-static const char _nixl_b64[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-
-/* base64 of p[0..n) into a new NUL-terminated string (the agent's allocator) */
-static char *_nixl_b64_encode(nixl_agent_t *a, const void *p, size_t n) {
-    const unsigned char *s = (const unsigned char *)p;
-    char *out = (char *)_nixl_alloc_raw(a, 4 * ((n + 2) / 3) + 1), *o = out;
-    size_t i;
-    if (!out) return NULL;
-    for (i = 0; i + 2 < n; i += 3) {
-        *o++ = _nixl_b64[s[i] >> 2];
-        *o++ = _nixl_b64[((s[i] & 3) << 4) | (s[i + 1] >> 4)];
-        *o++ = _nixl_b64[((s[i + 1] & 15) << 2) | (s[i + 2] >> 6)];
-        *o++ = _nixl_b64[s[i + 2] & 63];
-    }
-    if (i < n) {
-        *o++ = _nixl_b64[s[i] >> 2];
-        *o++ = _nixl_b64[((s[i] & 3) << 4) | (i + 1 < n ? s[i + 1] >> 4 : 0)];
-        *o++ = i + 1 < n ? _nixl_b64[(s[i + 1] & 15) << 2] : '=';
-        *o++ = '=';
-    }
-    *o = '\0';
-    return out;
-}
-
-static int _nixl_b64_val(char c) {
-    const char *p = c ? strchr(_nixl_b64, c) : NULL;
-    return p ? (int)(p - _nixl_b64) : -1;
-}
-
-/* decodes n base64 characters; NULL on malformed input */
-static unsigned char *_nixl_b64_decode(nixl_agent_t *a, const char *s, size_t n, size_t *out_len) {
-    unsigned char *out;
-    size_t i, o = 0;
-    if (n % 4) return NULL;
-    out = (unsigned char *)_nixl_alloc_raw(a, n / 4 * 3 + 1);
-    if (!out) return NULL;
-    for (i = 0; i < n; i += 4) {
-        int v[4], k;
-        for (k = 0; k < 4; k++) v[k] = s[i + k] == '=' && i + 4 == n && k >= 2 ? 0 : _nixl_b64_val(s[i + k]);
-        if (v[0] < 0 || v[1] < 0 || v[2] < 0 || v[3] < 0) {
-            _nixl_free(a, out);
-            return NULL;
-        }
-        out[o++] = (unsigned char)(v[0] << 2 | v[1] >> 4);
-        if (s[i + 2] != '=') out[o++] = (unsigned char)(v[1] << 4 | v[2] >> 2);
-        if (s[i + 3] != '=') out[o++] = (unsigned char)(v[2] << 6 | v[3]);
-    }
-    *out_len = o;
-    return out;
-}
-
-/* the string value of "field" in a JSON text (no escapes: base64 and
-   numbers only), searching from `from`; NULL if absent */
-static const char *_nixl_json_str(const char *from, const char *end, const char *field, size_t *len) {
-    char pat[48];
-    const char *p, *q;
-    size_t pl = (size_t)snprintf(pat, sizeof pat, "\"%s\":\"", field);
-    for (p = from; p + pl <= end; p++) {
-        if (memcmp(p, pat, pl) != 0) continue;
-        p += pl;
-        for (q = p; q < end && *q != '"'; q++) {
-        }
-        if (q == end) return NULL;
-        *len = (size_t)(q - p);
-        return p;
-    }
-    return NULL;
-}
-
-typedef struct _nixl_etcd_io {
-    nixl_agent_t *a;
-    char *buf;                        /* response so far (the agent's allocator) */
-    size_t len, cap;
-    /* streaming: called with each complete line; non-zero ends the request */
-    int (*on_line)(struct _nixl_etcd_io *io, const char *line, size_t len);
-    void *user;
-    int done;                         /* on_line asked to stop */
-} _nixl_etcd_io;
-
-static size_t _nixl_etcd_write(char *data, size_t sz, size_t nm, void *user) {
-    _nixl_etcd_io *io = (_nixl_etcd_io *)user;
-    size_t n = sz * nm;
-    if (io->len + n + 1 > io->cap) {
-        size_t cap = io->cap ? io->cap : 4096;
-        char *b;
-        while (cap < io->len + n + 1) cap *= 2;
-        if (cap > (size_t)NIXL_SC_MAX_PAYLOAD * 2) return 0;
-        b = (char *)_nixl_alloc_raw(io->a, cap);
-        if (!b) return 0;
-        if (io->len) memcpy(b, io->buf, io->len);
-        _nixl_free(io->a, io->buf);
-        io->buf = b;
-        io->cap = cap;
-    }
-    memcpy(io->buf + io->len, data, n);
-    io->len += n;
-    io->buf[io->len] = '\0';
-    if (io->on_line) {
-        char *nl;
-        while ((nl = (char *)memchr(io->buf, '\n', io->len)) != NULL) {
-            size_t ll = (size_t)(nl - io->buf) + 1;
-            if (io->on_line(io, io->buf, ll)) {
-                io->done = 1;
-                return 0; /* ends the transfer: curl reports a write error we expect */
-            }
-            memmove(io->buf, io->buf + ll, io->len - ll);
-            io->len -= ll;
-            io->buf[io->len] = '\0';
-        }
-    }
-    return n;
-}
-
-/* lets a destroy end a long watch */
-static int _nixl_etcd_progress_cb(void *user, curl_off_t a1, curl_off_t a2, curl_off_t a3, curl_off_t a4) {
-    nixl_agent_t *a = (nixl_agent_t *)user;
-    (void)a1;
-    (void)a2;
-    (void)a3;
-    (void)a4;
-    return _NIXL_LOAD(&a->stop) ? 1 : 0;
-}
-
-/* POST body to endpoint+path. SUCCESS with the response in io->buf, or the
-   stream ended by on_line; REMOTE_DISCONNECT when etcd cannot be reached. */
-static nixl_status_t _nixl_etcd_post(nixl_agent_t *a, const char *path, const char *body, long timeout_ms,
-                                     _nixl_etcd_io *io) {
-    char url[512];
-    CURL *c = curl_easy_init();
-    struct curl_slist *hdr = NULL;
-    CURLcode rc;
-    long code = 0;
-    if (!c) return NIXL_ERR_BACKEND;
-    snprintf(url, sizeof url, "%s%s", a->etcd_endpoint, path);
-    hdr = curl_slist_append(hdr, "Content-Type: application/json");
-    curl_easy_setopt(c, CURLOPT_URL, url);
-    curl_easy_setopt(c, CURLOPT_HTTPHEADER, hdr);
-    curl_easy_setopt(c, CURLOPT_POSTFIELDS, body);
-    curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, _nixl_etcd_write);
-    curl_easy_setopt(c, CURLOPT_WRITEDATA, io);
-    curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, timeout_ms);
-    curl_easy_setopt(c, CURLOPT_CONNECTTIMEOUT_MS, (long)_nixl_sc_timeout_ms(a));
-    curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
-    curl_easy_setopt(c, CURLOPT_NOPROGRESS, 0L);
-    curl_easy_setopt(c, CURLOPT_XFERINFOFUNCTION, _nixl_etcd_progress_cb);
-    curl_easy_setopt(c, CURLOPT_XFERINFODATA, a);
-    rc = curl_easy_perform(c);
-    curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &code);
-    curl_slist_free_all(hdr);
-    curl_easy_cleanup(c);
-    if (io->done) return NIXL_SUCCESS;
-    if (rc != CURLE_OK) {
-        if (rc != CURLE_OPERATION_TIMEDOUT && rc != CURLE_ABORTED_BY_CALLBACK) {
-            _nixl_lock(a);
-            _nixl_log(a, NIXL_LOG_ERROR, "etcd: %s: %s", url, curl_easy_strerror(rc));
-            _nixl_unlock(a);
-        }
-        return rc == CURLE_OPERATION_TIMEDOUT ? NIXL_ERR_NOT_FOUND : NIXL_ERR_REMOTE_DISCONNECT;
-    }
-    if (code != 200) {
-        _nixl_lock(a);
-        _nixl_log(a, NIXL_LOG_ERROR, "etcd: %s answered HTTP %ld: %.200s", url, code, io->buf ? io->buf : "");
-        _nixl_unlock(a);
-        return NIXL_ERR_BACKEND;
-    }
-    return NIXL_SUCCESS;
-}
-
-/* "<namespace><agent>/<label>" */
-static void _nixl_etcd_key(const nixl_agent_t *a, const char *agent, const char *label, char *out, size_t cap) {
-    snprintf(out, cap, "%s%s/%s", a->etcd_ns, agent, label ? label : "metadata");
-}
-
-/* the end of the range of keys starting with prefix: its last byte + 1 */
-static char *_nixl_etcd_range_end_b64(nixl_agent_t *a, const char *prefix) {
-    size_t n = strlen(prefix);
-    char tmp[512];
-    if (n == 0 || n >= sizeof tmp) return NULL;
-    memcpy(tmp, prefix, n);
-    tmp[n - 1]++;
-    return _nixl_b64_encode(a, tmp, n);
-}
-
-static nixl_status_t _nixl_etcd_put(nixl_agent_t *a, const char *label, const void *blob, size_t len) {
-    char key[512], *k64, *v64, *body;
-    _nixl_etcd_io io;
-    nixl_status_t st = NIXL_ERR_BACKEND;
-    _nixl_etcd_key(a, a->name, label, key, sizeof key);
-    k64 = _nixl_b64_encode(a, key, strlen(key));
-    v64 = _nixl_b64_encode(a, blob, len);
-    body = (char *)_nixl_alloc_raw(a, (k64 ? strlen(k64) : 0) + (v64 ? strlen(v64) : 0) + 64);
-    memset(&io, 0, sizeof io);
-    io.a = a;
-    if (k64 && v64 && body) {
-        sprintf(body, "{\"key\":\"%s\",\"value\":\"%s\"}", k64, v64);
-        st = _nixl_etcd_post(a, "/v3/kv/put", body, _nixl_sc_timeout_ms(a), &io);
-    }
-    _nixl_free(a, k64);
-    _nixl_free(a, v64);
-    _nixl_free(a, body);
-    _nixl_free(a, io.buf);
-    return st;
-}
-
-static nixl_status_t _nixl_etcd_delete_agent(nixl_agent_t *a) {
-    char prefix[512], body[1200], *k64, *e64;
-    _nixl_etcd_io io;
-    nixl_status_t st = NIXL_ERR_BACKEND;
-    snprintf(prefix, sizeof prefix, "%s%s/", a->etcd_ns, a->name);
-    k64 = _nixl_b64_encode(a, prefix, strlen(prefix));
-    e64 = _nixl_etcd_range_end_b64(a, prefix);
-    memset(&io, 0, sizeof io);
-    io.a = a;
-    if (k64 && e64) {
-        snprintf(body, sizeof body, "{\"key\":\"%s\",\"range_end\":\"%s\"}", k64, e64);
-        st = _nixl_etcd_post(a, "/v3/kv/deleterange", body, _nixl_sc_timeout_ms(a), &io);
-    }
-    _nixl_free(a, k64);
-    _nixl_free(a, e64);
-    _nixl_free(a, io.buf);
-    return st;
-}
-
-typedef struct _nixl_etcd_value { unsigned char *blob; size_t len; } _nixl_etcd_value;
-
-/* watch stream: the first event carrying a value is the metadata */
-static int _nixl_etcd_on_put(_nixl_etcd_io *io, const char *line, size_t len) {
-    _nixl_etcd_value *v = (_nixl_etcd_value *)io->user;
-    size_t vl = 0;
-    const char *p = _nixl_json_str(line, line + len, "value", &vl);
-    if (!p) return 0;
-    v->blob = _nixl_b64_decode(io->a, p, vl, &v->len);
-    return 1;
-}
-
-/* the value under `key`: read it, or watch for it up to the timeout */
-static nixl_status_t _nixl_etcd_get_or_wait(nixl_agent_t *a, const char *key, unsigned char **blob, size_t *len) {
-    char *k64 = _nixl_b64_encode(a, key, strlen(key)), body[1200];
-    const char *p, *rev;
-    size_t vl = 0, rl = 0;
-    _nixl_etcd_io io;
-    _nixl_etcd_value v;
-    nixl_status_t st;
-    unsigned long long next_rev = 0;
-    *blob = NULL;
-    memset(&io, 0, sizeof io);
-    memset(&v, 0, sizeof v);
-    io.a = a;
-    if (!k64) return NIXL_ERR_BACKEND;
-    snprintf(body, sizeof body, "{\"key\":\"%s\"}", k64);
-    st = _nixl_etcd_post(a, "/v3/kv/range", body, _nixl_sc_timeout_ms(a), &io);
-    if (st == NIXL_SUCCESS && io.buf) {
-        p = _nixl_json_str(io.buf, io.buf + io.len, "value", &vl);
-        if (p) *blob = _nixl_b64_decode(a, p, vl, len);
-        rev = _nixl_json_str(io.buf, io.buf + io.len, "revision", &rl);
-        if (rev) next_rev = strtoull(rev, NULL, 10) + 1; /* watch from right after this read */
-    }
-    _nixl_free(a, io.buf);
-    if (st != NIXL_SUCCESS || *blob) {
-        _nixl_free(a, k64);
-        return st == NIXL_SUCCESS ? NIXL_SUCCESS : st;
-    }
-    memset(&io, 0, sizeof io);
-    io.a = a;
-    io.on_line = _nixl_etcd_on_put;
-    io.user = &v;
-    snprintf(body, sizeof body, "{\"create_request\":{\"key\":\"%s\",\"start_revision\":\"%llu\"}}", k64, next_rev);
-    st = _nixl_etcd_post(a, "/v3/watch", body, _nixl_sc_timeout_ms(a), &io);
-    _nixl_free(a, io.buf);
-    _nixl_free(a, k64);
-    if (v.blob) {
-        *blob = v.blob;
-        *len = v.len;
-        return NIXL_SUCCESS;
-    }
-    return st == NIXL_SUCCESS ? NIXL_ERR_NOT_FOUND : st;
-}
-
-/* watch thread: a deleted key of another agent invalidates its metadata */
-static int _nixl_etcd_on_delete(_nixl_etcd_io *io, const char *line, size_t len) {
-    nixl_agent_t *a = io->a;
-    const char *p = line, *end = line + len;
-    size_t nsl = strlen(a->etcd_ns);
-    while ((p = strstr(p, "\"type\":\"DELETE\"")) != NULL && p < end) {
-        size_t kl = 0, dl = 0;
-        const char *k = _nixl_json_str(p, end, "key", &kl);
-        unsigned char *key = k ? _nixl_b64_decode(a, k, kl, &dl) : NULL;
-        if (key && dl > nsl && !memcmp(key, a->etcd_ns, nsl)) {
-            char name[NIXL_MD_MAX_NAME + 1];
-            size_t n = 0;
-            while (nsl + n < dl && key[nsl + n] != '/' && n < NIXL_MD_MAX_NAME) {
-                name[n] = (char)key[nsl + n];
-                n++;
-            }
-            name[n] = '\0';
-            if (n && strcmp(name, a->name) != 0 && nixl_check_remote_md(a, name, NULL) == NIXL_SUCCESS) {
-                nixl_invalidate_remote_md(a, name);
-                _nixl_lock(a);
-                _nixl_log(a, NIXL_LOG_INFO, "etcd: %s deleted its metadata: invalidated", name);
-                _nixl_unlock(a);
-            }
-        }
-        _nixl_free(a, key);
-        p += 15;
-    }
-    return 0;
-}
-
-static void *_nixl_etcd_watch_main(void *arg) {
-    nixl_agent_t *a = (nixl_agent_t *)arg;
-    char *k64 = _nixl_b64_encode(a, a->etcd_ns, strlen(a->etcd_ns)), *e64 = _nixl_etcd_range_end_b64(a, a->etcd_ns);
-    char body[1200];
-    snprintf(body, sizeof body,
-             "{\"create_request\":{\"key\":\"%s\",\"range_end\":\"%s\",\"filters\":[\"NOPUT\"]}}", k64 ? k64 : "",
-             e64 ? e64 : "");
-    while (k64 && e64 && !_NIXL_LOAD(&a->stop)) {
-        _nixl_etcd_io io;
-        int i;
-        memset(&io, 0, sizeof io);
-        io.a = a;
-        io.on_line = _nixl_etcd_on_delete;
-        _nixl_etcd_post(a, "/v3/watch", body, 3600L * 1000L, &io);
-        _nixl_free(a, io.buf);
-        for (i = 0; i < 10 && !_NIXL_LOAD(&a->stop); i++) usleep(50000); /* etcd away: retry soon */
-    }
-    _nixl_free(a, k64);
-    _nixl_free(a, e64);
-    return NULL;
-}
-
-static pthread_once_t _nixl_curl_once = PTHREAD_ONCE_INIT;
-static void _nixl_curl_init(void) { curl_global_init(CURL_GLOBAL_DEFAULT); }
-
-/* normalises the namespace to exactly one leading and trailing slash */
-static nixl_status_t _nixl_etcd_start(nixl_agent_t *a, const char *endpoints, const char *ns) {
-    const char *comma = strchr(endpoints, ',');
-    size_t n = comma ? (size_t)(comma - endpoints) : strlen(endpoints), o = 0;
-    const char *s;
-    if (n == 0 || n >= sizeof a->etcd_endpoint) return NIXL_ERR_INVALID_PARAM;
-    memcpy(a->etcd_endpoint, endpoints, n); /* the first endpoint; the others are for later failover */
-    a->etcd_endpoint[n] = '\0';
-    while (n && a->etcd_endpoint[n - 1] == '/') a->etcd_endpoint[--n] = '\0';
-    if (!ns || !*ns) ns = "/nixl/agents/";
-    a->etcd_ns[o++] = '/';
-    for (s = ns; *s && o + 2 < sizeof a->etcd_ns; s++)
-        if (*s != '/' || a->etcd_ns[o - 1] != '/') a->etcd_ns[o++] = *s;
-    if (a->etcd_ns[o - 1] != '/') a->etcd_ns[o++] = '/';
-    a->etcd_ns[o] = '\0';
-    pthread_once(&_nixl_curl_once, _nixl_curl_init);
-    if (pthread_create(&a->etcd_thread, NULL, _nixl_etcd_watch_main, a) != 0) return NIXL_ERR_BACKEND;
-    a->etcd_started = 1;
-    return NIXL_SUCCESS;
-}
-
-#else /* !NIXL_WITH_ETCD */
-
-static nixl_status_t _nixl_etcd_missing(nixl_agent_t *a) {
-    _nixl_lock(a);
-    _nixl_log(a, NIXL_LOG_ERROR, "etcd: not compiled in (define NIXL_WITH_ETCD and link -lcurl)");
-    _nixl_unlock(a);
-    return NIXL_ERR_NOT_SUPPORTED;
-}
-static nixl_status_t _nixl_etcd_put(nixl_agent_t *a, const char *label, const void *blob, size_t len) {
-    (void)label;
-    (void)blob;
-    (void)len;
-    return _nixl_etcd_missing(a);
-}
-static nixl_status_t _nixl_etcd_delete_agent(nixl_agent_t *a) { return _nixl_etcd_missing(a); }
-static nixl_status_t _nixl_etcd_get_or_wait(nixl_agent_t *a, const char *key, unsigned char **blob, size_t *len) {
-    (void)key;
-    *blob = NULL;
-    *len = 0;
-    return _nixl_etcd_missing(a);
-}
-static void _nixl_etcd_key(const nixl_agent_t *a, const char *agent, const char *label, char *out, size_t cap) {
-    snprintf(out, cap, "%s%s/%s", a->etcd_ns, agent, label ? label : "metadata");
-}
-static nixl_status_t _nixl_etcd_start(nixl_agent_t *a, const char *endpoints, const char *ns) {
-    (void)endpoints;
-    (void)ns;
-    return _nixl_etcd_missing(a);
-}
-
-#endif /* NIXL_WITH_ETCD */
 
 // >>side-channel-io
 
@@ -4441,6 +4081,398 @@ static void _nixl_side_channel_stop(nixl_agent_t *a) {
     a->sc_listen_fd = a->sc_wake[0] = a->sc_wake[1] = -1;
 }
 
+
+// >>etcd
+/* Metadata through etcd's v3 JSON gateway (libcurl): one key per agent and
+   label, "<namespace><agent>/<label>", value = the metadata blob. Compiled
+   only with NIXL_WITH_ETCD (link -lcurl). */
+#ifdef NIXL_WITH_ETCD
+
+static const char _nixl_b64[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+
+/* base64 of p[0..n) into a new NUL-terminated string (the agent's allocator) */
+static char *_nixl_b64_encode(nixl_agent_t *a, const void *p, size_t n) {
+    const unsigned char *s = (const unsigned char *)p;
+    char *out = (char *)_nixl_alloc_raw(a, 4 * ((n + 2) / 3) + 1), *o = out;
+    size_t i;
+    if (!out) return NULL;
+    for (i = 0; i + 2 < n; i += 3) {
+        *o++ = _nixl_b64[s[i] >> 2];
+        *o++ = _nixl_b64[((s[i] & 3) << 4) | (s[i + 1] >> 4)];
+        *o++ = _nixl_b64[((s[i + 1] & 15) << 2) | (s[i + 2] >> 6)];
+        *o++ = _nixl_b64[s[i + 2] & 63];
+    }
+    if (i < n) {
+        *o++ = _nixl_b64[s[i] >> 2];
+        *o++ = _nixl_b64[((s[i] & 3) << 4) | (i + 1 < n ? s[i + 1] >> 4 : 0)];
+        *o++ = i + 1 < n ? _nixl_b64[(s[i + 1] & 15) << 2] : '=';
+        *o++ = '=';
+    }
+    *o = '\0';
+    return out;
+}
+
+static int _nixl_b64_val(char c) {
+    const char *p = c ? strchr(_nixl_b64, c) : NULL;
+    return p ? (int)(p - _nixl_b64) : -1;
+}
+
+/* decodes n base64 characters; NULL on malformed input */
+static unsigned char *_nixl_b64_decode(nixl_agent_t *a, const char *s, size_t n, size_t *out_len) {
+    unsigned char *out;
+    size_t i, o = 0;
+    if (n % 4) return NULL;
+    out = (unsigned char *)_nixl_alloc_raw(a, n / 4 * 3 + 1);
+    if (!out) return NULL;
+    for (i = 0; i < n; i += 4) {
+        int v[4], k;
+        for (k = 0; k < 4; k++) v[k] = s[i + k] == '=' && i + 4 == n && k >= 2 ? 0 : _nixl_b64_val(s[i + k]);
+        if (v[0] < 0 || v[1] < 0 || v[2] < 0 || v[3] < 0) {
+            _nixl_free(a, out);
+            return NULL;
+        }
+        out[o++] = (unsigned char)(v[0] << 2 | v[1] >> 4);
+        if (s[i + 2] != '=') out[o++] = (unsigned char)(v[1] << 4 | v[2] >> 2);
+        if (s[i + 3] != '=') out[o++] = (unsigned char)(v[2] << 6 | v[3]);
+    }
+    *out_len = o;
+    return out;
+}
+
+/* the string value of "field" in a JSON text (no escapes: base64 and
+   numbers only), searching from `from`; NULL if absent */
+static const char *_nixl_json_str(const char *from, const char *end, const char *field, size_t *len) {
+    char pat[48];
+    const char *p, *q;
+    size_t pl = (size_t)snprintf(pat, sizeof pat, "\"%s\":\"", field);
+    for (p = from; p + pl <= end; p++) {
+        if (memcmp(p, pat, pl) != 0) continue;
+        p += pl;
+        for (q = p; q < end && *q != '"'; q++) {
+        }
+        if (q == end) return NULL;
+        *len = (size_t)(q - p);
+        return p;
+    }
+    return NULL;
+}
+
+typedef struct _nixl_etcd_io {
+    nixl_agent_t *a;
+    char *buf;                        /* response so far (the agent's allocator) */
+    size_t len, cap;
+    /* streaming: called with each complete line; non-zero ends the request */
+    int (*on_line)(struct _nixl_etcd_io *io, const char *line, size_t len);
+    void *user;
+    int done;                         /* on_line asked to stop */
+} _nixl_etcd_io;
+
+static size_t _nixl_etcd_write(char *data, size_t sz, size_t nm, void *user) {
+    _nixl_etcd_io *io = (_nixl_etcd_io *)user;
+    size_t n = sz * nm;
+    if (io->len + n + 1 > io->cap) {
+        size_t cap = io->cap ? io->cap : 4096;
+        char *b;
+        while (cap < io->len + n + 1) cap *= 2;
+        if (cap > (size_t)NIXL_SC_MAX_PAYLOAD * 2) return 0;
+        b = (char *)_nixl_alloc_raw(io->a, cap);
+        if (!b) return 0;
+        if (io->len) memcpy(b, io->buf, io->len);
+        _nixl_free(io->a, io->buf);
+        io->buf = b;
+        io->cap = cap;
+    }
+    memcpy(io->buf + io->len, data, n);
+    io->len += n;
+    io->buf[io->len] = '\0';
+    if (io->on_line) {
+        char *nl;
+        while ((nl = (char *)memchr(io->buf, '\n', io->len)) != NULL) {
+            size_t ll = (size_t)(nl - io->buf) + 1;
+            if (io->on_line(io, io->buf, ll)) {
+                io->done = 1;
+                return 0; /* ends the transfer: curl reports a write error we expect */
+            }
+            memmove(io->buf, io->buf + ll, io->len - ll);
+            io->len -= ll;
+            io->buf[io->len] = '\0';
+        }
+    }
+    return n;
+}
+
+/* lets a destroy end a long watch */
+static int _nixl_etcd_progress_cb(void *user, curl_off_t a1, curl_off_t a2, curl_off_t a3, curl_off_t a4) {
+    nixl_agent_t *a = (nixl_agent_t *)user;
+    (void)a1;
+    (void)a2;
+    (void)a3;
+    (void)a4;
+    return _NIXL_LOAD(&a->stop) ? 1 : 0;
+}
+
+/* POST body to endpoint+path. SUCCESS with the response in io->buf, or the
+   stream ended by on_line; REMOTE_DISCONNECT when etcd cannot be reached. */
+static nixl_status_t _nixl_etcd_post(nixl_agent_t *a, const char *path, const char *body, long timeout_ms,
+                                     _nixl_etcd_io *io) {
+    char url[512];
+    CURL *c = curl_easy_init();
+    struct curl_slist *hdr = NULL;
+    CURLcode rc;
+    long code = 0;
+    if (!c) return NIXL_ERR_BACKEND;
+    snprintf(url, sizeof url, "%s%s", a->etcd_endpoint, path);
+    hdr = curl_slist_append(hdr, "Content-Type: application/json");
+    curl_easy_setopt(c, CURLOPT_URL, url);
+    curl_easy_setopt(c, CURLOPT_HTTPHEADER, hdr);
+    curl_easy_setopt(c, CURLOPT_POSTFIELDS, body);
+    curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, _nixl_etcd_write);
+    curl_easy_setopt(c, CURLOPT_WRITEDATA, io);
+    curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, timeout_ms);
+    curl_easy_setopt(c, CURLOPT_CONNECTTIMEOUT_MS, (long)_nixl_sc_timeout_ms(a));
+    curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
+    curl_easy_setopt(c, CURLOPT_NOPROGRESS, 0L);
+    curl_easy_setopt(c, CURLOPT_XFERINFOFUNCTION, _nixl_etcd_progress_cb);
+    curl_easy_setopt(c, CURLOPT_XFERINFODATA, a);
+    rc = curl_easy_perform(c);
+    curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &code);
+    curl_slist_free_all(hdr);
+    curl_easy_cleanup(c);
+    if (io->done) return NIXL_SUCCESS;
+    if (rc != CURLE_OK) {
+        if (rc != CURLE_OPERATION_TIMEDOUT && rc != CURLE_ABORTED_BY_CALLBACK) {
+            _nixl_lock(a);
+            _nixl_log(a, NIXL_LOG_ERROR, "etcd: %s: %s", url, curl_easy_strerror(rc));
+            _nixl_unlock(a);
+        }
+        return rc == CURLE_OPERATION_TIMEDOUT ? NIXL_ERR_NOT_FOUND : NIXL_ERR_REMOTE_DISCONNECT;
+    }
+    if (code != 200) {
+        _nixl_lock(a);
+        _nixl_log(a, NIXL_LOG_ERROR, "etcd: %s answered HTTP %ld: %.200s", url, code, io->buf ? io->buf : "");
+        _nixl_unlock(a);
+        return NIXL_ERR_BACKEND;
+    }
+    return NIXL_SUCCESS;
+}
+
+/* "<namespace><agent>/<label>" */
+static void _nixl_etcd_key(const nixl_agent_t *a, const char *agent, const char *label, char *out, size_t cap) {
+    snprintf(out, cap, "%s%s/%s", a->etcd_ns, agent, label ? label : "metadata");
+}
+
+/* the end of the range of keys starting with prefix: its last byte + 1 */
+static char *_nixl_etcd_range_end_b64(nixl_agent_t *a, const char *prefix) {
+    size_t n = strlen(prefix);
+    char tmp[512];
+    if (n == 0 || n >= sizeof tmp) return NULL;
+    memcpy(tmp, prefix, n);
+    tmp[n - 1]++;
+    return _nixl_b64_encode(a, tmp, n);
+}
+
+static nixl_status_t _nixl_etcd_put(nixl_agent_t *a, const char *label, const void *blob, size_t len) {
+    char key[512], *k64, *v64, *body;
+    _nixl_etcd_io io;
+    nixl_status_t st = NIXL_ERR_BACKEND;
+    _nixl_etcd_key(a, a->name, label, key, sizeof key);
+    k64 = _nixl_b64_encode(a, key, strlen(key));
+    v64 = _nixl_b64_encode(a, blob, len);
+    body = (char *)_nixl_alloc_raw(a, (k64 ? strlen(k64) : 0) + (v64 ? strlen(v64) : 0) + 64);
+    memset(&io, 0, sizeof io);
+    io.a = a;
+    if (k64 && v64 && body) {
+        sprintf(body, "{\"key\":\"%s\",\"value\":\"%s\"}", k64, v64);
+        st = _nixl_etcd_post(a, "/v3/kv/put", body, _nixl_sc_timeout_ms(a), &io);
+    }
+    _nixl_free(a, k64);
+    _nixl_free(a, v64);
+    _nixl_free(a, body);
+    _nixl_free(a, io.buf);
+    return st;
+}
+
+static nixl_status_t _nixl_etcd_delete_agent(nixl_agent_t *a) {
+    char prefix[512], body[1200], *k64, *e64;
+    _nixl_etcd_io io;
+    nixl_status_t st = NIXL_ERR_BACKEND;
+    snprintf(prefix, sizeof prefix, "%s%s/", a->etcd_ns, a->name);
+    k64 = _nixl_b64_encode(a, prefix, strlen(prefix));
+    e64 = _nixl_etcd_range_end_b64(a, prefix);
+    memset(&io, 0, sizeof io);
+    io.a = a;
+    if (k64 && e64) {
+        snprintf(body, sizeof body, "{\"key\":\"%s\",\"range_end\":\"%s\"}", k64, e64);
+        st = _nixl_etcd_post(a, "/v3/kv/deleterange", body, _nixl_sc_timeout_ms(a), &io);
+    }
+    _nixl_free(a, k64);
+    _nixl_free(a, e64);
+    _nixl_free(a, io.buf);
+    return st;
+}
+
+typedef struct _nixl_etcd_value { unsigned char *blob; size_t len; } _nixl_etcd_value;
+
+/* watch stream: the first event carrying a value is the metadata */
+static int _nixl_etcd_on_put(_nixl_etcd_io *io, const char *line, size_t len) {
+    _nixl_etcd_value *v = (_nixl_etcd_value *)io->user;
+    size_t vl = 0;
+    const char *p = _nixl_json_str(line, line + len, "value", &vl);
+    if (!p) return 0;
+    v->blob = _nixl_b64_decode(io->a, p, vl, &v->len);
+    return 1;
+}
+
+/* the value under `key`: read it, or watch for it up to the timeout */
+static nixl_status_t _nixl_etcd_get_or_wait(nixl_agent_t *a, const char *key, unsigned char **blob, size_t *len) {
+    char *k64 = _nixl_b64_encode(a, key, strlen(key)), body[1200];
+    const char *p, *rev;
+    size_t vl = 0, rl = 0;
+    _nixl_etcd_io io;
+    _nixl_etcd_value v;
+    nixl_status_t st;
+    unsigned long long next_rev = 0;
+    *blob = NULL;
+    memset(&io, 0, sizeof io);
+    memset(&v, 0, sizeof v);
+    io.a = a;
+    if (!k64) return NIXL_ERR_BACKEND;
+    snprintf(body, sizeof body, "{\"key\":\"%s\"}", k64);
+    st = _nixl_etcd_post(a, "/v3/kv/range", body, _nixl_sc_timeout_ms(a), &io);
+    if (st == NIXL_SUCCESS && io.buf) {
+        p = _nixl_json_str(io.buf, io.buf + io.len, "value", &vl);
+        if (p) *blob = _nixl_b64_decode(a, p, vl, len);
+        rev = _nixl_json_str(io.buf, io.buf + io.len, "revision", &rl);
+        if (rev) next_rev = strtoull(rev, NULL, 10) + 1; /* watch from right after this read */
+    }
+    _nixl_free(a, io.buf);
+    if (st != NIXL_SUCCESS || *blob) {
+        _nixl_free(a, k64);
+        return st == NIXL_SUCCESS ? NIXL_SUCCESS : st;
+    }
+    memset(&io, 0, sizeof io);
+    io.a = a;
+    io.on_line = _nixl_etcd_on_put;
+    io.user = &v;
+    snprintf(body, sizeof body, "{\"create_request\":{\"key\":\"%s\",\"start_revision\":\"%llu\"}}", k64, next_rev);
+    st = _nixl_etcd_post(a, "/v3/watch", body, _nixl_sc_timeout_ms(a), &io);
+    _nixl_free(a, io.buf);
+    _nixl_free(a, k64);
+    if (v.blob) {
+        *blob = v.blob;
+        *len = v.len;
+        return NIXL_SUCCESS;
+    }
+    return st == NIXL_SUCCESS ? NIXL_ERR_NOT_FOUND : st;
+}
+
+/* watch thread: a deleted key of another agent invalidates its metadata */
+static int _nixl_etcd_on_delete(_nixl_etcd_io *io, const char *line, size_t len) {
+    nixl_agent_t *a = io->a;
+    const char *p = line, *end = line + len;
+    size_t nsl = strlen(a->etcd_ns);
+    while ((p = strstr(p, "\"type\":\"DELETE\"")) != NULL && p < end) {
+        size_t kl = 0, dl = 0;
+        const char *k = _nixl_json_str(p, end, "key", &kl);
+        unsigned char *key = k ? _nixl_b64_decode(a, k, kl, &dl) : NULL;
+        if (key && dl > nsl && !memcmp(key, a->etcd_ns, nsl)) {
+            char name[NIXL_MD_MAX_NAME + 1];
+            size_t n = 0;
+            while (nsl + n < dl && key[nsl + n] != '/' && n < NIXL_MD_MAX_NAME) {
+                name[n] = (char)key[nsl + n];
+                n++;
+            }
+            name[n] = '\0';
+            if (n && strcmp(name, a->name) != 0 && nixl_check_remote_md(a, name, NULL) == NIXL_SUCCESS) {
+                nixl_invalidate_remote_md(a, name);
+                _nixl_lock(a);
+                _nixl_log(a, NIXL_LOG_INFO, "etcd: %s deleted its metadata: invalidated", name);
+                _nixl_unlock(a);
+            }
+        }
+        _nixl_free(a, key);
+        p += 15;
+    }
+    return 0;
+}
+
+static void *_nixl_etcd_watch_main(void *arg) {
+    nixl_agent_t *a = (nixl_agent_t *)arg;
+    char *k64 = _nixl_b64_encode(a, a->etcd_ns, strlen(a->etcd_ns)), *e64 = _nixl_etcd_range_end_b64(a, a->etcd_ns);
+    char body[1200];
+    snprintf(body, sizeof body,
+             "{\"create_request\":{\"key\":\"%s\",\"range_end\":\"%s\",\"filters\":[\"NOPUT\"]}}", k64 ? k64 : "",
+             e64 ? e64 : "");
+    while (k64 && e64 && !_NIXL_LOAD(&a->stop)) {
+        _nixl_etcd_io io;
+        int i;
+        memset(&io, 0, sizeof io);
+        io.a = a;
+        io.on_line = _nixl_etcd_on_delete;
+        _nixl_etcd_post(a, "/v3/watch", body, 3600L * 1000L, &io);
+        _nixl_free(a, io.buf);
+        for (i = 0; i < 10 && !_NIXL_LOAD(&a->stop); i++) usleep(50000); /* etcd away: retry soon */
+    }
+    _nixl_free(a, k64);
+    _nixl_free(a, e64);
+    return NULL;
+}
+
+static pthread_once_t _nixl_curl_once = PTHREAD_ONCE_INIT;
+static void _nixl_curl_init(void) { curl_global_init(CURL_GLOBAL_DEFAULT); }
+
+/* normalises the namespace to exactly one leading and trailing slash */
+static nixl_status_t _nixl_etcd_start(nixl_agent_t *a, const char *endpoints, const char *ns) {
+    const char *comma = strchr(endpoints, ',');
+    size_t n = comma ? (size_t)(comma - endpoints) : strlen(endpoints), o = 0;
+    const char *s;
+    if (n == 0 || n >= sizeof a->etcd_endpoint) return NIXL_ERR_INVALID_PARAM;
+    memcpy(a->etcd_endpoint, endpoints, n); /* the first endpoint; the others are for later failover */
+    a->etcd_endpoint[n] = '\0';
+    while (n && a->etcd_endpoint[n - 1] == '/') a->etcd_endpoint[--n] = '\0';
+    if (!ns || !*ns) ns = "/nixl/agents/";
+    a->etcd_ns[o++] = '/';
+    for (s = ns; *s && o + 2 < sizeof a->etcd_ns; s++)
+        if (*s != '/' || a->etcd_ns[o - 1] != '/') a->etcd_ns[o++] = *s;
+    if (a->etcd_ns[o - 1] != '/') a->etcd_ns[o++] = '/';
+    a->etcd_ns[o] = '\0';
+    pthread_once(&_nixl_curl_once, _nixl_curl_init);
+    if (pthread_create(&a->etcd_thread, NULL, _nixl_etcd_watch_main, a) != 0) return NIXL_ERR_BACKEND;
+    a->etcd_started = 1;
+    return NIXL_SUCCESS;
+}
+
+#else /* !NIXL_WITH_ETCD */
+
+static nixl_status_t _nixl_etcd_missing(nixl_agent_t *a) {
+    _nixl_lock(a);
+    _nixl_log(a, NIXL_LOG_ERROR, "etcd: not compiled in (define NIXL_WITH_ETCD and link -lcurl)");
+    _nixl_unlock(a);
+    return NIXL_ERR_NOT_SUPPORTED;
+}
+static nixl_status_t _nixl_etcd_put(nixl_agent_t *a, const char *label, const void *blob, size_t len) {
+    (void)label;
+    (void)blob;
+    (void)len;
+    return _nixl_etcd_missing(a);
+}
+static nixl_status_t _nixl_etcd_delete_agent(nixl_agent_t *a) { return _nixl_etcd_missing(a); }
+static nixl_status_t _nixl_etcd_get_or_wait(nixl_agent_t *a, const char *key, unsigned char **blob, size_t *len) {
+    (void)key;
+    *blob = NULL;
+    *len = 0;
+    return _nixl_etcd_missing(a);
+}
+static void _nixl_etcd_key(const nixl_agent_t *a, const char *agent, const char *label, char *out, size_t cap) {
+    snprintf(out, cap, "%s%s/%s", a->etcd_ns, agent, label ? label : "metadata");
+}
+static nixl_status_t _nixl_etcd_start(nixl_agent_t *a, const char *endpoints, const char *ns) {
+    (void)endpoints;
+    (void)ns;
+    return _nixl_etcd_missing(a);
+}
+
+#endif /* NIXL_WITH_ETCD */
 
 // >>dlist
 

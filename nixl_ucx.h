@@ -205,6 +205,18 @@
    ucp_worker_discard_uct_ep, seen on tcp about once in 500 deaths timed to
    land in the wire-up); a peer that dies after it is wired up is handled.
 
+   FINDING YOUR WAY
+   ----------------
+   Sections ("// >>name"), in order. Shared with nixl_verbs.h, same names
+   and order: constants, structs, helpers, ... (this backend's own
+   machinery) ..., lifecycle (vtable), memory (vtable), peers' memory
+   (vtable), connections (vtable), transfers (vtable), notifications
+   (vtable), progress, public. Its own machinery: liveness, params, am (the
+   notification channel and its identity handshake), wire checks (a peer's
+   UCX address and keys, checked before UCX parses them), workers, peers,
+   requests, checked (the target-checked data path: its registrations,
+   accesses in flight, the initiator's side, requests).
+
    LICENSE: MIT (see nixl.h).
 */
 #ifndef NIXL_UCX_H
@@ -221,7 +233,10 @@ extern "C" {
 #endif
 
 /* The UCX backend's vtable, for nixl_create_backend(). Its mem_mask has
-   VRAM only when the installed UCX supports CUDA memory (probed once). */
+   VRAM only when the installed UCX supports CUDA memory (probed once, on
+   the first call). Never fails (errors come from nixl_create_backend:
+   BACKEND when UCX cannot start, INVALID_PARAM for a bad param). Any
+   thread (the probe runs once under pthread_once). */
 NIXL_API const nixl_backend_ops_t *nixl_ucx_backend(void);
 
 #ifdef __cplusplus
@@ -538,38 +553,6 @@ static char *_nixl_ucx_strdup(_nixl_ucx_engine_t *eng, const char *s) {
     return p;
 }
 
-static void _nixl_ucx_put_u16(unsigned char *p, unsigned v) {
-    p[0] = (unsigned char)(v & 0xff);
-    p[1] = (unsigned char)((v >> 8) & 0xff);
-}
-
-static unsigned _nixl_ucx_get_u16(const unsigned char *p) {
-    return (unsigned)p[0] | ((unsigned)p[1] << 8);
-}
-
-static void _nixl_ucx_put_u32(unsigned char *p, uint32_t v) {
-    int i;
-    for (i = 0; i < 4; i++) p[i] = (unsigned char)((v >> (8 * i)) & 0xff);
-}
-
-static uint32_t _nixl_ucx_get_u32(const unsigned char *p) {
-    uint32_t v = 0;
-    int i;
-    for (i = 3; i >= 0; i--) v = (v << 8) | p[i];
-    return v;
-}
-
-static void _nixl_ucx_put_u64(unsigned char *p, uint64_t v) {
-    int i;
-    for (i = 0; i < 8; i++) p[i] = (unsigned char)((v >> (8 * i)) & 0xff);
-}
-
-static uint64_t _nixl_ucx_get_u64(const unsigned char *p) {
-    uint64_t v = 0;
-    int i;
-    for (i = 7; i >= 0; i--) v = (v << 8) | p[i];
-    return v;
-}
 
 /* Errors that mean "the peer is gone" rather than "UCX misbehaved". */
 static int _nixl_ucx_is_disconnect(ucs_status_t st) {
@@ -905,7 +888,7 @@ static size_t _nixl_ucx_sess_msg(unsigned kind, const unsigned char *nonce, uint
     len = 8;
     memcpy(m + len, nonce, _NIXL_UCX_NONCE);
     len += _NIXL_UCX_NONCE;
-    _nixl_ucx_put_u64(m + len, sess);
+    _nixl_put64(m + len, sess);
     len += 8;
     memcpy(m + len, from, fl + 1);
     len += fl + 1;
@@ -937,9 +920,9 @@ static ucs_status_t _nixl_ucx_send_welcome(_nixl_ucx_engine_t *eng, ucp_ep_h ep,
     memset(m, 0, sizeof m);
     m[0] = (unsigned char)_NIXL_UCX_WIRE_VERSION;
     m[1] = (unsigned char)_NIXL_UCX_AM_WELCOME;
-    _nixl_ucx_put_u16(m + 2, (unsigned)eng->name_len);
+    _nixl_put16(m + 2, (unsigned)eng->name_len);
     memcpy(m + 4, s->nonce, _NIXL_UCX_NONCE);
-    _nixl_ucx_put_u64(m + 4 + _NIXL_UCX_NONCE, id);
+    _nixl_put64(m + 4 + _NIXL_UCX_NONCE, id);
     if (nixl_backend_auth_on(eng->be)) {
         if (_nixl_ucx_sess_mac(eng, _NIXL_UCX_AM_WELCOME, s->nonce, id, eng->name, s->name, m + len) != 0)
             return UCS_ERR_NO_MEMORY;
@@ -1057,7 +1040,7 @@ static void _nixl_ucx_sess_forget(_nixl_ucx_engine_t *eng, const char *name, int
 static void _nixl_ucx_on_hello(_nixl_ucx_engine_t *eng, const unsigned char *p, size_t len,
                                const ucp_am_recv_param_t *param) {
     _nixl_ucx_sess_t *s;
-    size_t nl = _nixl_ucx_get_u16(p + 2);
+    size_t nl = _nixl_get16(p + 2);
     ucp_ep_h reply = (param->recv_attr & UCP_AM_RECV_ATTR_FIELD_REPLY_EP) ? param->reply_ep : NULL;
     if (len != 4 + _NIXL_UCX_NONCE + nl || nl == 0 || nl > 255 || memchr(p + 4 + _NIXL_UCX_NONCE, 0, nl)) {
         if (_nixl_ucx_noisy(eng))
@@ -1099,7 +1082,7 @@ static _nixl_ucx_conn_t *_nixl_ucx_conn_by_nonce(_nixl_ucx_engine_t *eng, const 
 /* A WELCOME for one of our HELLOs (the sender's side). */
 static void _nixl_ucx_on_welcome(_nixl_ucx_engine_t *eng, const unsigned char *p, size_t len) {
     int auth = nixl_backend_auth_on(eng->be);
-    size_t nl = _nixl_ucx_get_u16(p + 2), fixed = 4 + _NIXL_UCX_NONCE + 8 + (auth ? _NIXL_UCX_MAC : 0);
+    size_t nl = _nixl_get16(p + 2), fixed = 4 + _NIXL_UCX_NONCE + 8 + (auth ? _NIXL_UCX_MAC : 0);
     _nixl_ucx_conn_t *c;
     uint64_t id;
     if (len != fixed + nl || nl == 0) {
@@ -1115,7 +1098,7 @@ static void _nixl_ucx_on_welcome(_nixl_ucx_engine_t *eng, const unsigned char *p
                              "itself '%.*s': ignored", c->peer->name, (int)(nl > 255 ? 255 : nl), p + fixed);
         return;
     }
-    id = _nixl_ucx_get_u64(p + 4 + _NIXL_UCX_NONCE);
+    id = _nixl_get64(p + 4 + _NIXL_UCX_NONCE);
     if (c->sess_state == _NIXL_UCX_SESS_OPEN && (id == c->sess || id == 0)) return; /* a replay */
     if (auth && !_nixl_ucx_sess_mac_ok(eng, _NIXL_UCX_AM_WELCOME, c->nonce, id, c->peer->name, eng->name,
                                        p + 4 + _NIXL_UCX_NONCE + 8)) {
@@ -1148,7 +1131,7 @@ static void _nixl_ucx_on_proof(_nixl_ucx_engine_t *eng, const unsigned char *p, 
             nixl_backend_log(eng->be, NIXL_LOG_WARN, "session: malformed PROOF (%zu bytes), dropped", len);
         return;
     }
-    s = _nixl_ucx_sess_find(eng, _nixl_ucx_get_u64(p + 4));
+    s = _nixl_ucx_sess_find(eng, _nixl_get64(p + 4));
     if (!s || s->state != _NIXL_UCX_RS_PROOF) return;
     if (!_nixl_ucx_sess_mac_ok(eng, _NIXL_UCX_AM_PROOF, s->nonce, s->id, s->name, eng->name, p + 12)) {
         nixl_backend_log(eng->be, NIXL_LOG_WARN, "session: a peer calling itself '%s' failed to prove it knows the "
@@ -1161,7 +1144,7 @@ static void _nixl_ucx_on_proof(_nixl_ucx_engine_t *eng, const unsigned char *p, 
 
 /* A notification: delivered under the name its session proved. */
 static void _nixl_ucx_on_notif(_nixl_ucx_engine_t *eng, const unsigned char *p, size_t len) {
-    _nixl_ucx_sess_t *s = len >= _NIXL_UCX_NOTIF_HDR ? _nixl_ucx_sess_find(eng, _nixl_ucx_get_u64(p + 4)) : NULL;
+    _nixl_ucx_sess_t *s = len >= _NIXL_UCX_NOTIF_HDR ? _nixl_ucx_sess_find(eng, _nixl_get64(p + 4)) : NULL;
     len -= len >= _NIXL_UCX_NOTIF_HDR ? _NIXL_UCX_NOTIF_HDR : len;
     if (!s || s->state != _NIXL_UCX_RS_OPEN) {
         unsigned long n = ++eng->dropped_notifs;
@@ -1292,7 +1275,7 @@ static nixl_status_t _nixl_ucx_send_msg(_nixl_ucx_engine_t *eng, _nixl_ucx_conn_
 /* Sends a gen_notif message now that c's session is open (takes buf). */
 static nixl_status_t _nixl_ucx_send_notif_msg(_nixl_ucx_engine_t *eng, _nixl_ucx_conn_t *c, unsigned char *buf,
                                               size_t len) {
-    _nixl_ucx_put_u64(buf + 4, c->sess);
+    _nixl_put64(buf + 4, c->sess);
     return _nixl_ucx_send_msg(eng, c, buf, len, "gen_notif");
 }
 
@@ -1345,7 +1328,7 @@ static void _nixl_ucx_conn_hello(_nixl_ucx_engine_t *eng, _nixl_ucx_conn_t *c) {
     }
     m[0] = (unsigned char)_NIXL_UCX_WIRE_VERSION;
     m[1] = (unsigned char)_NIXL_UCX_AM_HELLO;
-    _nixl_ucx_put_u16(m + 2, (unsigned)eng->name_len);
+    _nixl_put16(m + 2, (unsigned)eng->name_len);
     memcpy(m + 4, c->nonce, _NIXL_UCX_NONCE);
     memcpy(m + 4 + _NIXL_UCX_NONCE, eng->name, eng->name_len);
     if (_nixl_ucx_send_ctl(eng, c->ep, m, 4 + _NIXL_UCX_NONCE + eng->name_len, 1) != UCS_OK)
@@ -1398,7 +1381,7 @@ static void _nixl_ucx_sessions_sender(_nixl_ucx_engine_t *eng, uint64_t now) {
             memset(m, 0, sizeof m);
             m[0] = (unsigned char)_NIXL_UCX_WIRE_VERSION;
             m[1] = (unsigned char)_NIXL_UCX_AM_PROOF;
-            _nixl_ucx_put_u64(m + 4, c->sess);
+            _nixl_put64(m + 4, c->sess);
             if (_nixl_ucx_sess_mac(eng, _NIXL_UCX_AM_PROOF, c->nonce, c->sess, eng->name, c->peer->name, m + 12) != 0 ||
                 _nixl_ucx_send_ctl(eng, c->ep, m, sizeof m, 0) != UCS_OK) {
                 c->sess_state = _NIXL_UCX_SESS_WAIT; /* the next notification says HELLO again */
@@ -1500,11 +1483,6 @@ static int _nixl_ucx_sessions_progress(_nixl_ucx_engine_t *eng) {
 #define _NIXL_UCXA_TL_SYSV           0x538du
 #define _NIXL_UCXA_TL_CMA            0x8b47u
 
-static uint32_t _nixl_ucx_rd32le(const uint8_t *p)
-{
-    return (uint32_t)p[0] | ((uint32_t)p[1] << 8) | ((uint32_t)p[2] << 16) |
-           ((uint32_t)p[3] << 24);
-}
 
 /* IEEE-754 single: exponent all-ones means inf/NaN.  NaN or inf in the
  * performance attributes poisons UCX's lane scoring, so reject them. */
@@ -1730,9 +1708,9 @@ static const char *_nixl_ucx_addr_check(const void *addr, size_t len)
                 uint32_t ovh, bw, lat;
                 if ((size_t)(end - p) < _NIXL_UCXA_ATTR_V1_SIZE)
                     return "address truncated in iface attributes";
-                ovh = _nixl_ucx_rd32le(p);
-                bw  = _nixl_ucx_rd32le(p + 4);
-                lat = _nixl_ucx_rd32le(p + 8);
+                ovh = _nixl_get32(p);
+                bw  = _nixl_get32(p + 4);
+                lat = _nixl_get32(p + 8);
                 /* UCX divides by bandwidth and sums overheads/latencies when
                  * scoring lanes; keep them finite, bandwidth > 0 (UCX itself
                  * rejects <= 0 only after copying) */
@@ -1978,13 +1956,13 @@ static nixl_status_t _nixl_ucx_build_info(_nixl_ucx_engine_t *eng) {
     p[1] = (unsigned char)_NIXL_UCX_WIRE_VERSION;
     p[2] = (unsigned char)eng->num_workers;
     p[3] = (unsigned char)(eng->rma ? _NIXL_UCX_INFO_RMA : 0u);
-    _nixl_ucx_put_u32(p + 4, eng->ident.pid);
-    _nixl_ucx_put_u64(p + 8, eng->ident.start);
-    _nixl_ucx_put_u64(p + 16, eng->ident.pidns);
+    _nixl_put32(p + 4, eng->ident.pid);
+    _nixl_put64(p + 8, eng->ident.start);
+    _nixl_put64(p + 16, eng->ident.pidns);
     memcpy(p + 24, eng->ident.boot, _NIXL_UCX_BOOT_ID);
     p += _NIXL_UCX_INFO_HDR;
     for (i = 0; i < eng->num_workers; i++) {
-        _nixl_ucx_put_u32(p, (uint32_t)eng->workers[i].addr_len);
+        _nixl_put32(p, (uint32_t)eng->workers[i].addr_len);
         memcpy(p + 4, eng->workers[i].addr, eng->workers[i].addr_len);
         p += 4 + eng->workers[i].addr_len;
     }
@@ -2014,9 +1992,9 @@ static nixl_status_t _nixl_ucx_parse_info(_nixl_ucx_engine_t *eng, const char *r
     }
     /* one-sided only when both ends are on the RMA path (NIC-checked keys) */
     peer->rma = eng->rma && (p[3] & _NIXL_UCX_INFO_RMA);
-    peer->ident.pid = _nixl_ucx_get_u32(p + 4);
-    peer->ident.start = _nixl_ucx_get_u64(p + 8);
-    peer->ident.pidns = _nixl_ucx_get_u64(p + 16);
+    peer->ident.pid = _nixl_get32(p + 4);
+    peer->ident.start = _nixl_get64(p + 8);
+    peer->ident.pidns = _nixl_get64(p + 16);
     memcpy(peer->ident.boot, p + 24, _NIXL_UCX_BOOT_ID);
     peer->same_host = peer->ident.pid && eng->ident.pid && peer->ident.pidns == eng->ident.pidns &&
                       memcmp(peer->ident.boot, eng->ident.boot, _NIXL_UCX_BOOT_ID) == 0;
@@ -2024,7 +2002,7 @@ static nixl_status_t _nixl_ucx_parse_info(_nixl_ucx_engine_t *eng, const char *r
     for (i = 0; i < n; i++) {
         uint32_t len;
         if ((size_t)(end - p) < 4) break;
-        len = _nixl_ucx_get_u32(p);
+        len = _nixl_get32(p);
         p += 4;
         if (len == 0 || (size_t)(end - p) < len) break;
         if ((why = _nixl_ucx_addr_check(p, len)) != NULL) {
@@ -2258,7 +2236,7 @@ static nixl_status_t _nixl_ucx_req_send_notif(_nixl_ucx_req_t *r) {
         _nixl_ucx_req_finish(r, NIXL_ERR_REMOTE_DISCONNECT);
         return r->status;
     }
-    _nixl_ucx_put_u64(r->notif + 4, r->conn->sess);
+    _nixl_put64(r->notif + 4, r->conn->sess);
     _nixl_ucx_am_param(&prm, _nixl_ucx_notif_sent_cb, r);
     sp = ucp_am_send_nbx(r->conn->ep, _NIXL_UCX_AM_ID, NULL, 0, r->notif, r->notif_len, &prm);
     if (sp == NULL) {
@@ -2430,24 +2408,24 @@ static void _nixl_ucx_dp_write_hdr(unsigned char *h, unsigned kind, unsigned ref
                                    uint64_t slotgen, uint64_t token, uint64_t addr, uint64_t len) {
     h[0] = (unsigned char)_NIXL_UCX_WIRE_VERSION;
     h[1] = (unsigned char)kind;
-    _nixl_ucx_put_u16(h + 2, refusal);
-    _nixl_ucx_put_u32(h + 4, idx);
-    _nixl_ucx_put_u64(h + 8, slotgen);
-    _nixl_ucx_put_u64(h + 16, token);
-    _nixl_ucx_put_u64(h + 24, addr);
-    _nixl_ucx_put_u64(h + 32, len);
+    _nixl_put16(h + 2, refusal);
+    _nixl_put32(h + 4, idx);
+    _nixl_put64(h + 8, slotgen);
+    _nixl_put64(h + 16, token);
+    _nixl_put64(h + 24, addr);
+    _nixl_put64(h + 32, len);
 }
 
 static int _nixl_ucx_dp_parse(const void *header, size_t n, _nixl_ucx_dp_t *q) {
     const unsigned char *h = (const unsigned char *)header;
     if (n != _NIXL_UCX_DP_HDR || h[0] != _NIXL_UCX_WIRE_VERSION) return 0;
     q->kind = h[1];
-    q->refusal = _nixl_ucx_get_u16(h + 2);
-    q->idx = _nixl_ucx_get_u32(h + 4);
-    q->slotgen = _nixl_ucx_get_u64(h + 8);
-    q->token = _nixl_ucx_get_u64(h + 16);
-    q->addr = _nixl_ucx_get_u64(h + 24);
-    q->len = _nixl_ucx_get_u64(h + 32);
+    q->refusal = _nixl_get16(h + 2);
+    q->idx = _nixl_get32(h + 4);
+    q->slotgen = _nixl_get64(h + 8);
+    q->token = _nixl_get64(h + 16);
+    q->addr = _nixl_get64(h + 24);
+    q->len = _nixl_get64(h + 32);
     return 1;
 }
 
@@ -2572,8 +2550,8 @@ static void _nixl_ucx_tio_recv_cb(void *request, ucs_status_t status, size_t len
     ucp_request_free(request);
     if (status != UCS_OK && !t->eng->destroying)
         nixl_backend_log(t->eng->be, NIXL_LOG_WARN, "data path: WRITE of %llu bytes at 0x%llx not received: %s",
-                         (unsigned long long)_nixl_ucx_get_u64(t->hdr + 32),
-                         (unsigned long long)_nixl_ucx_get_u64(t->hdr + 24), ucs_status_string(status));
+                         (unsigned long long)_nixl_get64(t->hdr + 32),
+                         (unsigned long long)_nixl_get64(t->hdr + 24), ucs_status_string(status));
     else if (status == UCS_OK && t->reply_ep && !t->eng->destroying && _nixl_ucx_dp_parse(t->hdr, sizeof t->hdr, &q))
         _nixl_ucx_dp_answer(t->eng, t->reply_ep, &q, _NIXL_UCX_DP_ACK, 0, NULL);
     _nixl_ucx_tio_free(t);
@@ -2863,7 +2841,7 @@ static nixl_status_t _nixl_ucx_dp_post(_nixl_ucx_req_t *r) {
         ucs_status_ptr_t sp;
         int wr = r->op == NIXL_WRITE;
         o->done = 0;
-        _nixl_ucx_put_u64(o->hdr + 8, slotgen);
+        _nixl_put64(o->hdr + 8, slotgen);
         _nixl_ucx_am_param(&prm, _nixl_ucx_dp_sent_cb, o);
         prm.flags = (wr && o->rndv ? UCP_AM_SEND_FLAG_RNDV : UCP_AM_SEND_FLAG_EAGER) | UCP_AM_SEND_FLAG_REPLY;
         sp = ucp_am_send_nbx(ep, _NIXL_UCX_AM_DATA_ID, o->hdr, _NIXL_UCX_DP_HDR, wr ? o->laddr : NULL,
@@ -2907,7 +2885,7 @@ static void _nixl_ucx_wait_region_idle(_nixl_ucx_engine_t *eng, _nixl_ucx_md_t *
     m->busy = 0;
 }
 
-// >>vtable
+// >>lifecycle (vtable)
 
 static nixl_status_t _nixl_ucx_create_context(_nixl_ucx_engine_t *eng, const nixl_backend_init_t *init) {
     ucp_config_t *cfg = NULL;
@@ -3111,6 +3089,8 @@ static void _nixl_ucx_destroy(void *engine) {
     nixl_backend_free(eng->be, eng);
 }
 
+// >>memory (vtable)
+
 static nixl_status_t _nixl_ucx_register_mem(void *engine, nixl_mem_t mem, const nixl_desc_t *region, void **md) {
     _nixl_ucx_engine_t *eng = (_nixl_ucx_engine_t *)engine;
     ucp_mem_map_params_t mp;
@@ -3223,70 +3203,7 @@ static nixl_status_t _nixl_ucx_get_public_data(void *engine, void *md, const voi
     return NIXL_SUCCESS;
 }
 
-static nixl_status_t _nixl_ucx_get_conn_info(void *engine, const void **info, size_t *len) {
-    _nixl_ucx_engine_t *eng = (_nixl_ucx_engine_t *)engine;
-    *info = eng->info;
-    *len = eng->info_len;
-    return NIXL_SUCCESS;
-}
-
-static nixl_status_t _nixl_ucx_load_remote_conn_info(void *engine, const char *remote, const void *info,
-                                                     size_t len) {
-    _nixl_ucx_engine_t *eng = (_nixl_ucx_engine_t *)engine;
-    _nixl_ucx_peer_t *p;
-    nixl_status_t st;
-    for (p = eng->peers; p; p = p->next)
-        if (strcmp(p->name, remote) == 0) break;
-    if (p) {
-        if (p->info_len == len && memcmp(p->info, info, len) == 0) return NIXL_SUCCESS;
-        nixl_backend_log(eng->be, NIXL_LOG_ERROR,
-                         "load_remote_conn_info(%s): differs from the loaded one (invalidate the peer first)",
-                         remote);
-        return NIXL_ERR_NOT_ALLOWED;
-    }
-    p = _nixl_ucx_peer_new(eng, remote, info, len);
-    if (!p) return NIXL_ERR_BACKEND;
-    st = _nixl_ucx_parse_info(eng, remote, p);
-    if (st != NIXL_SUCCESS) {
-        _nixl_ucx_free_peer(eng, p);
-        return st;
-    }
-    p->next = eng->peers;
-    eng->peers = p;
-    _nixl_ucx_sess_forget(eng, remote, 0);
-    eng->sess_work = 1; /* a HELLO of this peer may be waiting for its metadata */
-    return NIXL_SUCCESS;
-}
-
-static nixl_status_t _nixl_ucx_connect(void *engine, const char *remote) {
-    _nixl_ucx_engine_t *eng = (_nixl_ucx_engine_t *)engine;
-    _nixl_ucx_peer_t *p = _nixl_ucx_peer_find(eng, remote);
-    if (!p) {
-        nixl_backend_log(eng->be, NIXL_LOG_ERROR, "connect(%s): no connection info loaded", remote);
-        return NIXL_ERR_NOT_FOUND;
-    }
-    return _nixl_ucx_peer_connect(eng, p, "connect");
-}
-
-static nixl_status_t _nixl_ucx_disconnect(void *engine, const char *remote) {
-    _nixl_ucx_engine_t *eng = (_nixl_ucx_engine_t *)engine;
-    _nixl_ucx_peer_t **pp = &eng->peers, *p;
-    unsigned i;
-    while (*pp && strcmp((*pp)->name, remote) != 0) pp = &(*pp)->next;
-    if (!*pp) return NIXL_ERR_NOT_FOUND;
-    p = *pp;
-    *pp = p->next;
-    while (p->rmds) _nixl_ucx_unload_md(eng, p->rmds); /* the core did this already; be safe */
-    _nixl_ucx_detach_reqs(eng, p);
-    for (i = 0; i < eng->num_workers; i++) {
-        if (!p->conns[i]) continue;
-        /* a dead peer's endpoint closes now: UCX cancels what it still holds */
-        if (p->failed) _nixl_ucx_conn_close_now(eng, p->conns[i]);
-        else _nixl_ucx_conn_release(eng, p->conns[i]);
-    }
-    _nixl_ucx_free_peer(eng, p);
-    return NIXL_SUCCESS;
-}
+// >>peers' memory (vtable)
 
 static nixl_status_t _nixl_ucx_make_rmd(_nixl_ucx_engine_t *eng, _nixl_ucx_peer_t *p, const nixl_desc_t *region,
                                         const void *pub, size_t len, void **rmd) {
@@ -3384,6 +3301,75 @@ static void _nixl_ucx_unload_md(void *engine, void *rmd) {
     _nixl_ucx_free(eng, r->rkeys);
     _nixl_ucx_free(eng, r);
 }
+
+// >>connections (vtable)
+
+static nixl_status_t _nixl_ucx_get_conn_info(void *engine, const void **info, size_t *len) {
+    _nixl_ucx_engine_t *eng = (_nixl_ucx_engine_t *)engine;
+    *info = eng->info;
+    *len = eng->info_len;
+    return NIXL_SUCCESS;
+}
+
+static nixl_status_t _nixl_ucx_load_remote_conn_info(void *engine, const char *remote, const void *info,
+                                                     size_t len) {
+    _nixl_ucx_engine_t *eng = (_nixl_ucx_engine_t *)engine;
+    _nixl_ucx_peer_t *p;
+    nixl_status_t st;
+    for (p = eng->peers; p; p = p->next)
+        if (strcmp(p->name, remote) == 0) break;
+    if (p) {
+        if (p->info_len == len && memcmp(p->info, info, len) == 0) return NIXL_SUCCESS;
+        nixl_backend_log(eng->be, NIXL_LOG_ERROR,
+                         "load_remote_conn_info(%s): differs from the loaded one (invalidate the peer first)",
+                         remote);
+        return NIXL_ERR_NOT_ALLOWED;
+    }
+    p = _nixl_ucx_peer_new(eng, remote, info, len);
+    if (!p) return NIXL_ERR_BACKEND;
+    st = _nixl_ucx_parse_info(eng, remote, p);
+    if (st != NIXL_SUCCESS) {
+        _nixl_ucx_free_peer(eng, p);
+        return st;
+    }
+    p->next = eng->peers;
+    eng->peers = p;
+    _nixl_ucx_sess_forget(eng, remote, 0);
+    eng->sess_work = 1; /* a HELLO of this peer may be waiting for its metadata */
+    return NIXL_SUCCESS;
+}
+
+static nixl_status_t _nixl_ucx_connect(void *engine, const char *remote) {
+    _nixl_ucx_engine_t *eng = (_nixl_ucx_engine_t *)engine;
+    _nixl_ucx_peer_t *p = _nixl_ucx_peer_find(eng, remote);
+    if (!p) {
+        nixl_backend_log(eng->be, NIXL_LOG_ERROR, "connect(%s): no connection info loaded", remote);
+        return NIXL_ERR_NOT_FOUND;
+    }
+    return _nixl_ucx_peer_connect(eng, p, "connect");
+}
+
+static nixl_status_t _nixl_ucx_disconnect(void *engine, const char *remote) {
+    _nixl_ucx_engine_t *eng = (_nixl_ucx_engine_t *)engine;
+    _nixl_ucx_peer_t **pp = &eng->peers, *p;
+    unsigned i;
+    while (*pp && strcmp((*pp)->name, remote) != 0) pp = &(*pp)->next;
+    if (!*pp) return NIXL_ERR_NOT_FOUND;
+    p = *pp;
+    *pp = p->next;
+    while (p->rmds) _nixl_ucx_unload_md(eng, p->rmds); /* the core did this already; be safe */
+    _nixl_ucx_detach_reqs(eng, p);
+    for (i = 0; i < eng->num_workers; i++) {
+        if (!p->conns[i]) continue;
+        /* a dead peer's endpoint closes now: UCX cancels what it still holds */
+        if (p->failed) _nixl_ucx_conn_close_now(eng, p->conns[i]);
+        else _nixl_ucx_conn_release(eng, p->conns[i]);
+    }
+    _nixl_ucx_free_peer(eng, p);
+    return NIXL_SUCCESS;
+}
+
+// >>transfers (vtable)
 
 static nixl_status_t _nixl_ucx_prep_xfer(void *engine, const nixl_xfer_args_t *args, void **handle) {
     _nixl_ucx_engine_t *eng = (_nixl_ucx_engine_t *)engine;
@@ -3547,6 +3533,8 @@ static nixl_status_t _nixl_ucx_release_xfer(void *engine, void *handle) {
     return NIXL_SUCCESS;
 }
 
+// >>notifications (vtable)
+
 static nixl_status_t _nixl_ucx_gen_notif(void *engine, const char *remote, const void *msg, size_t len) {
     _nixl_ucx_engine_t *eng = (_nixl_ucx_engine_t *)engine;
     _nixl_ucx_peer_t *p = _nixl_ucx_peer_find(eng, remote);
@@ -3593,6 +3581,8 @@ static nixl_status_t _nixl_ucx_gen_notif(void *engine, const char *remote, const
     _nixl_ucx_free(eng, buf);
     return NIXL_ERR_BACKEND;
 }
+
+// >>progress
 
 /* Reports failed peers to the core (it then unloads and disconnects them). */
 static int _nixl_ucx_report_failed(_nixl_ucx_engine_t *eng) {

@@ -183,6 +183,17 @@
    the staging pipeline is tested on Soft-RoCE with host memory standing in
    for the GPU. Staged requests use one QP and one signaled WR per slice.
 
+   FINDING YOUR WAY
+   ----------------
+   Sections ("// >>name"), in order. Shared with nixl_ucx.h, same names and
+   order: constants, structs, helpers, ... (this backend's own machinery)
+   ..., lifecycle (vtable), memory (vtable), peers' memory (vtable),
+   connections (vtable), transfers (vtable), notifications (vtable),
+   progress, public. Its own machinery: lists, requests state, connection
+   teardown, active messages (the notification channel), posting, staging
+   (VRAM through bounce buffers), completions, connection setup (rdma_cm,
+   identity), devices, cuda (the staging copy engine).
+
    LICENSE: MIT (see nixl.h).
 */
 #ifndef NIXL_VERBS_H
@@ -199,7 +210,9 @@ extern "C" {
 #endif
 
 /* The verbs backend's vtable, for nixl_create_backend. Name "VERBS",
-   memory DRAM and VRAM, caps NOTIF | LOCAL | REMOTE. Any thread. */
+   memory DRAM and VRAM, caps NOTIF | LOCAL | REMOTE. Never fails (a
+   static table; errors come from nixl_create_backend: NOT_SUPPORTED
+   without an RDMA device, INVALID_PARAM for a bad param). Any thread. */
 NIXL_API const nixl_backend_ops_t *nixl_verbs_backend(void);
 
 /* How a VRAM region reaches the NIC (see MEMORY in the manual). */
@@ -211,9 +224,13 @@ typedef enum nixl_verbs_mem_path {
     NIXL_VERBS_PATH_STAGING    /* VRAM: copied through pinned host buffers */
 } nixl_verbs_mem_path_t;
 
-/* The path of the region registered with `be` that holds addr. Any thread. */
+/* The path of the region registered with `be` that holds addr;
+   NIXL_VERBS_PATH_NONE when none does, or when be is NULL or not a VERBS
+   backend (no error status: the answer is the path). Any thread. */
 NIXL_API nixl_verbs_mem_path_t nixl_verbs_mem_path(nixl_backend_t *be, const void *addr);
-NIXL_API const char *nixl_verbs_mem_path_str(nixl_verbs_mem_path_t path); /* "host", "dma-buf", ... */
+/* "host", "dma-buf", "peermem", "staging"; "none" for NONE or an unknown
+   value (never NULL). Pure: any thread. */
+NIXL_API const char *nixl_verbs_mem_path_str(nixl_verbs_mem_path_t path);
 
 /* The copy engine of the staging path: how device memory is recognised and
    copied to and from host bounce buffers. The default is the CUDA driver's
@@ -241,7 +258,8 @@ typedef struct nixl_verbs_copy_ops {
 
 /* Installs `ops` (copied; ops->ctx must outlive the backend) for regions
    registered from now on. NULL restores the CUDA driver's. INVALID_PARAM if
-   be is not a VERBS backend; NOT_ALLOWED while staged regions exist. */
+   be is not a VERBS backend; NOT_ALLOWED while staged regions exist. Any
+   thread (under the agent's lock). */
 NIXL_API nixl_status_t nixl_verbs_set_copy_ops(nixl_backend_t *be, const nixl_verbs_copy_ops_t *ops);
 
 #ifdef __cplusplus
@@ -550,22 +568,6 @@ typedef struct _nixl_verbs_engine {
 
 // >>helpers
 
-static void _nixl_verbs_put16(unsigned char *p, uint16_t v) { p[0] = (unsigned char)v; p[1] = (unsigned char)(v >> 8); }
-static void _nixl_verbs_put32(unsigned char *p, uint32_t v) {
-    _nixl_verbs_put16(p, (uint16_t)v);
-    _nixl_verbs_put16(p + 2, (uint16_t)(v >> 16));
-}
-static void _nixl_verbs_put64(unsigned char *p, uint64_t v) {
-    _nixl_verbs_put32(p, (uint32_t)v);
-    _nixl_verbs_put32(p + 4, (uint32_t)(v >> 32));
-}
-static uint16_t _nixl_verbs_get16(const unsigned char *p) { return (uint16_t)(p[0] | (p[1] << 8)); }
-static uint32_t _nixl_verbs_get32(const unsigned char *p) {
-    return (uint32_t)_nixl_verbs_get16(p) | ((uint32_t)_nixl_verbs_get16(p + 2) << 16);
-}
-static uint64_t _nixl_verbs_get64(const unsigned char *p) {
-    return (uint64_t)_nixl_verbs_get32(p) | ((uint64_t)_nixl_verbs_get32(p + 4) << 32);
-}
 
 /* FNV-1a: identifies an agent in the 56-byte CM private data */
 static uint64_t _nixl_verbs_hash(const char *s) {
@@ -867,8 +869,8 @@ static uint32_t _nixl_verbs_am_frame(_nixl_verbs_conn_t *c, uint8_t id, const un
     uint32_t credits = c->rx_pending > 0xffffu ? 0xffffu : c->rx_pending;
     p[0] = id;
     p[1] = 0;
-    _nixl_verbs_put16(p + 2, (uint16_t)credits);
-    _nixl_verbs_put32(p + 4, len);
+    _nixl_put16(p + 2, (uint16_t)credits);
+    _nixl_put32(p + 4, len);
     if (len) memcpy(p + _NIXL_VERBS_AM_HDR, data, len);
     memset(sge, 0, sizeof *sge);
     sge->addr = (uintptr_t)p;
@@ -890,7 +892,7 @@ static _nixl_verbs_rec_t *_nixl_verbs_am_sent(_nixl_verbs_engine_t *e, _nixl_ver
                                               _nixl_verbs_req_t *req) {
     const unsigned char *p = c->buf + ((size_t)c->rx_count + slot) * c->buf_size;
     _nixl_verbs_rec_t *rec;
-    c->rx_pending -= _nixl_verbs_get16(p + 2);
+    c->rx_pending -= _nixl_get16(p + 2);
     c->tx_credits--;
     c->qps[0].sq_free--;
     rec = _nixl_verbs_rec_push(e, &c->qps[0], req);
@@ -1001,7 +1003,7 @@ static size_t _nixl_verbs_mac_msg(const _nixl_verbs_conn_t *c, int acceptor, con
     memcpy(m + len, c->nonce_a, _NIXL_VERBS_NONCE);
     memcpy(m + len + _NIXL_VERBS_NONCE, c->nonce_p, _NIXL_VERBS_NONCE);
     len += 2 * _NIXL_VERBS_NONCE;
-    _nixl_verbs_put64(m + len, other_hash);
+    _nixl_put64(m + len, other_hash);
     len += 8;
     memcpy(m + len, name, nl);
     return len + nl;
@@ -1134,8 +1136,8 @@ static void _nixl_verbs_am_recv(_nixl_verbs_engine_t *e, _nixl_verbs_conn_t *c, 
         return;
     }
     id = p[0];
-    credits = _nixl_verbs_get16(p + 2);
-    len = _nixl_verbs_get32(p + 4);
+    credits = _nixl_get16(p + 2);
+    len = _nixl_get32(p + 4);
     c->tx_credits += credits;
     if (c->tx_credits > c->peer_rx_count) c->tx_credits = c->peer_rx_count; /* never trust more */
     if (len > byte_len - _NIXL_VERBS_AM_HDR) {
@@ -1591,7 +1593,7 @@ static int _nixl_verbs_hold(_nixl_verbs_engine_t *e, _nixl_verbs_conn_t *c, uint
     unsigned char *p = c->buf + (size_t)slot * c->buf_size;
     uint32_t len;
     if (byte_len < _NIXL_VERBS_AM_HDR || byte_len > c->buf_size) return 0;
-    len = _nixl_verbs_get32(p + 4);
+    len = _nixl_get32(p + 4);
     if (!c->held_n && (p[0] != _NIXL_VERBS_AM_NOTIF || !c->peer || !c->peer->name || !c->proven ||
                        len > byte_len - _NIXL_VERBS_AM_HDR || nixl_backend_notif_room(e->be, c->peer->name, len)))
         return 0;
@@ -1600,7 +1602,7 @@ static int _nixl_verbs_hold(_nixl_verbs_engine_t *e, _nixl_verbs_conn_t *c, uint
         if (!c->held) return 0; /* no memory to hold: the core drops it, as without flow control */
         c->held_len = c->held + c->rx_count;
     }
-    c->tx_credits += _nixl_verbs_get16(p + 2);
+    c->tx_credits += _nixl_get16(p + 2);
     if (c->tx_credits > c->peer_rx_count) c->tx_credits = c->peer_rx_count;
     p[2] = p[3] = 0;
     c->held[(c->held_head + c->held_n) % c->rx_count] = slot;
@@ -1616,7 +1618,7 @@ static int _nixl_verbs_release_held(_nixl_verbs_engine_t *e, _nixl_verbs_conn_t 
         uint32_t slot = c->held[c->held_head], byte_len = c->held_len[c->held_head];
         const unsigned char *p = c->buf + (size_t)slot * c->buf_size;
         if (p[0] == _NIXL_VERBS_AM_NOTIF &&
-            !nixl_backend_notif_room(e->be, c->peer->name, _nixl_verbs_get32(p + 4)))
+            !nixl_backend_notif_room(e->be, c->peer->name, _nixl_get32(p + 4)))
             break;
         c->held_head = (c->held_head + 1) % c->rx_count;
         c->held_n--;
@@ -1778,14 +1780,14 @@ static int _nixl_verbs_qp_create(_nixl_verbs_engine_t *e, _nixl_verbs_conn_t *c,
    the acceptor's MAC (32 bytes; zero without a token). */
 static void _nixl_verbs_pdata_build(_nixl_verbs_engine_t *e, _nixl_verbs_conn_t *c, int qidx, unsigned char *pd) {
     memset(pd, 0, _NIXL_VERBS_PDATA_ACC_LEN);
-    _nixl_verbs_put16(pd, _NIXL_VERBS_PDATA_MAGIC);
+    _nixl_put16(pd, _NIXL_VERBS_PDATA_MAGIC);
     pd[2] = _NIXL_VERBS_PDATA_VERSION;
     pd[3] = (unsigned char)qidx;
     pd[4] = (unsigned char)c->nqp;
-    _nixl_verbs_put16(pd + 6, (uint16_t)c->rx_count);
-    _nixl_verbs_put32(pd + 8, c->buf_size);
-    _nixl_verbs_put32(pd + 12, c->nonce);
-    _nixl_verbs_put64(pd + 16, e->hash);
+    _nixl_put16(pd + 6, (uint16_t)c->rx_count);
+    _nixl_put32(pd + 8, c->buf_size);
+    _nixl_put32(pd + 12, c->nonce);
+    _nixl_put64(pd + 16, e->hash);
     memcpy(pd + 24, c->passive ? c->nonce_p : c->nonce_a, _NIXL_VERBS_NONCE);
     if (c->passive && nixl_backend_auth_on(e->be)) _nixl_verbs_mac(e, c, 1, e->name, c->peer->hash, pd + 40);
 }
@@ -1798,15 +1800,15 @@ typedef struct _nixl_verbs_pdata {
 } _nixl_verbs_pdata_t;
 
 static int _nixl_verbs_pdata_parse(const unsigned char *pd, size_t len, _nixl_verbs_pdata_t *o) {
-    if (len < _NIXL_VERBS_PDATA_LEN || _nixl_verbs_get16(pd) != _NIXL_VERBS_PDATA_MAGIC ||
+    if (len < _NIXL_VERBS_PDATA_LEN || _nixl_get16(pd) != _NIXL_VERBS_PDATA_MAGIC ||
         pd[2] != _NIXL_VERBS_PDATA_VERSION)
         return -1;
     o->qidx = pd[3];
     o->nqp = pd[4];
-    o->rx_count = _nixl_verbs_get16(pd + 6);
-    o->buf_size = _nixl_verbs_get32(pd + 8);
-    o->nonce = _nixl_verbs_get32(pd + 12);
-    o->hash = _nixl_verbs_get64(pd + 16);
+    o->rx_count = _nixl_get16(pd + 6);
+    o->buf_size = _nixl_get32(pd + 8);
+    o->nonce = _nixl_get32(pd + 12);
+    o->hash = _nixl_get64(pd + 16);
     o->nonce16 = pd + 24;
     o->mac = len >= _NIXL_VERBS_PDATA_ACC_LEN ? pd + 40 : NULL;
     if (o->nqp < 1 || o->nqp > _NIXL_VERBS_MAX_QPS || o->qidx >= o->nqp || o->rx_count < 2 ||
@@ -1904,7 +1906,7 @@ static _nixl_verbs_peer_t *_nixl_verbs_peer_find(_nixl_verbs_engine_t *e, const 
 
 static void _nixl_verbs_reject(_nixl_verbs_engine_t *e, struct rdma_cm_id *id, uint8_t reason) {
     unsigned char pd[4];
-    _nixl_verbs_put16(pd, _NIXL_VERBS_PDATA_MAGIC);
+    _nixl_put16(pd, _NIXL_VERBS_PDATA_MAGIC);
     pd[2] = reason;
     pd[3] = 0;
     if (rdma_reject(id, pd, sizeof pd)) /* e.g. the peer gave up its attempt already (simultaneous connect) */
@@ -2113,7 +2115,7 @@ static void _nixl_verbs_on_established(_nixl_verbs_engine_t *e, _nixl_verbs_conn
 static void _nixl_verbs_on_rejected(_nixl_verbs_engine_t *e, _nixl_verbs_conn_t *c, const unsigned char *pdb,
                                     size_t pdlen) {
     _nixl_verbs_peer_t *p = c->peer;
-    if (pdlen >= 3 && _nixl_verbs_get16(pdb) == _NIXL_VERBS_PDATA_MAGIC && pdb[2] == _NIXL_VERBS_REJ_TIEBREAK) {
+    if (pdlen >= 3 && _nixl_get16(pdb) == _NIXL_VERBS_PDATA_MAGIC && pdb[2] == _NIXL_VERBS_REJ_TIEBREAK) {
         /* the peer's own connection to us wins; keep our queue for it */
         _nixl_verbs_conn_doom(e, c);
         if (p) {
@@ -2419,12 +2421,44 @@ static int _nixl_verbs_cuda_load(_nixl_verbs_engine_t *e) {
     return 0;
 }
 
-// >>lifecycle
+// >>lifecycle (vtable)
 
+/* The numeric params: key, default, lowest, highest, engine field (a
+   uint32_t). The key list and the parser come from this one table; the
+   manual's PARAMS lists the same keys (tests/check-headers checks that). */
+#define _NIXL_VERBS_UPARAMS(X)                                                    \
+    X("qps_per_peer", 2, 1, _NIXL_VERBS_MAX_QPS, nqp)                             \
+    X("sq_depth", 256, 16, 32768, sq_depth)                                       \
+    X("slice_size", 1u << 20, 4096, 1u << 30, slice)                              \
+    X("timeout", 14, 1, 31, timeout)                                              \
+    X("notif_bufs", 64, 4, 4096, notif_bufs)                                      \
+    X("notif_buf_size", 4096, 64, 1u << 20, notif_buf_size)                       \
+    X("retry_cnt", 7, 0, 7, retry_cnt)                                            \
+    X("stage_bufs", 8, 2, 1024, stage_bufs)                                       \
+    X("stage_size", 1u << 20, 4096, 1u << 28, stage_size)                         \
+    X("max_unknown_peers", _NIXL_VERBS_MAX_UNKNOWN, 0, 65536, max_unknown)
+
+typedef struct _nixl_verbs_uparam {
+    const char *key;
+    uint64_t def, lo, hi;
+    size_t off; /* of a uint32_t in _nixl_verbs_engine_t */
+} _nixl_verbs_uparam;
+
+/* every field of the table is a uint32_t (the parser stores 4 bytes) */
+#define _NIXL_VERBS_UPARAM_U32(key, def, lo, hi, field) \
+    typedef char _nixl_verbs_u32_##field[sizeof(((_nixl_verbs_engine_t *)0)->field) == 4 ? 1 : -1];
+_NIXL_VERBS_UPARAMS(_NIXL_VERBS_UPARAM_U32)
+#undef _NIXL_VERBS_UPARAM_U32
+
+#define _NIXL_VERBS_UPARAM_ROW(key, def, lo, hi, field) {key, def, lo, hi, offsetof(_nixl_verbs_engine_t, field)},
+static const _nixl_verbs_uparam _nixl_verbs_uparams[] = {_NIXL_VERBS_UPARAMS(_NIXL_VERBS_UPARAM_ROW)};
+#undef _NIXL_VERBS_UPARAM_ROW
+
+#define _NIXL_VERBS_UPARAM_KEY(key, def, lo, hi, field) key,
 static const char *const _nixl_verbs_param_keys[] = {
-    "devices", "listen_addr", "listen_port", "qps_per_peer", "sq_depth", "slice_size",
-    "timeout", "notif_bufs", "notif_buf_size", "retry_cnt", "vram_path", "stage_bufs", "stage_size",
-    "max_unknown_peers", "notif_unverified", NULL};
+    _NIXL_VERBS_UPARAMS(_NIXL_VERBS_UPARAM_KEY) "devices", "listen_addr", "listen_port", "vram_path",
+    "notif_unverified", NULL};
+#undef _NIXL_VERBS_UPARAM_KEY
 
 static nixl_status_t _nixl_verbs_param_vram_path(_nixl_verbs_engine_t *e, const char *v) {
     static const struct { const char *name; int path; } paths[] = {
@@ -2441,33 +2475,24 @@ static nixl_status_t _nixl_verbs_param_vram_path(_nixl_verbs_engine_t *e, const 
 }
 
 static nixl_status_t _nixl_verbs_params(_nixl_verbs_engine_t *e, const nixl_backend_init_t *init) {
+    const char *nu = nixl_param_get(init, "notif_unverified");
     uint64_t v;
     nixl_status_t st;
-#define _NIXL_VERBS_PARAM(key, def, lo, hi, field)                            \
-    if ((st = nixl_param_u64(init, key, def, lo, hi, &v)) != NIXL_SUCCESS) \
-        return st;                                                         \
-    field = (uint32_t)v;
-    _NIXL_VERBS_PARAM("qps_per_peer", 2, 1, _NIXL_VERBS_MAX_QPS, e->nqp)
-    _NIXL_VERBS_PARAM("sq_depth", 256, 16, 32768, e->sq_depth)
-    _NIXL_VERBS_PARAM("slice_size", 1u << 20, 4096, 1u << 30, e->slice)
-    _NIXL_VERBS_PARAM("timeout", 14, 1, 31, e->timeout)
-    _NIXL_VERBS_PARAM("notif_bufs", 64, 4, 4096, e->notif_bufs)
-    _NIXL_VERBS_PARAM("notif_buf_size", 4096, 64, 1u << 20, e->notif_buf_size)
-    _NIXL_VERBS_PARAM("retry_cnt", 7, 0, 7, e->retry_cnt)
-    _NIXL_VERBS_PARAM("stage_bufs", 8, 2, 1024, e->stage_bufs)
-    _NIXL_VERBS_PARAM("stage_size", 1u << 20, 4096, 1u << 28, e->stage_size)
-    _NIXL_VERBS_PARAM("max_unknown_peers", _NIXL_VERBS_MAX_UNKNOWN, 0, 65536, e->max_unknown)
-    _NIXL_VERBS_PARAM("listen_port", 0, 0, 65535, v)
-#undef _NIXL_VERBS_PARAM
-    e->listen_port = (uint16_t)v;
-    {
-        const char *nu = nixl_param_get(init, "notif_unverified");
-        if (nu && strcmp(nu, "accept") != 0 && strcmp(nu, "drop") != 0) {
-            nixl_backend_log(e->be, NIXL_LOG_ERROR, "verbs: notif_unverified=%s: want accept or drop", nu);
-            return NIXL_ERR_INVALID_PARAM;
-        }
-        e->notif_unverified = nu && strcmp(nu, "accept") == 0;
+    size_t i;
+    for (i = 0; i < sizeof _nixl_verbs_uparams / sizeof _nixl_verbs_uparams[0]; i++) {
+        const _nixl_verbs_uparam *u = &_nixl_verbs_uparams[i];
+        uint32_t field;
+        if ((st = nixl_param_u64(init, u->key, u->def, u->lo, u->hi, &v)) != NIXL_SUCCESS) return st;
+        field = (uint32_t)v;
+        memcpy((char *)e + u->off, &field, sizeof field);
     }
+    if ((st = nixl_param_u64(init, "listen_port", 0, 0, 65535, &v)) != NIXL_SUCCESS) return st;
+    e->listen_port = (uint16_t)v;
+    if (nu && strcmp(nu, "accept") != 0 && strcmp(nu, "drop") != 0) {
+        nixl_backend_log(e->be, NIXL_LOG_ERROR, "verbs: notif_unverified=%s: want accept or drop", nu);
+        return NIXL_ERR_INVALID_PARAM;
+    }
+    e->notif_unverified = nu && strcmp(nu, "accept") == 0;
     return _nixl_verbs_param_vram_path(e, nixl_param_get(init, "vram_path"));
 }
 
@@ -2600,7 +2625,7 @@ static void _nixl_verbs_destroy(void *engine) {
     nixl_backend_free(e->be, e);
 }
 
-// >>memory
+// >>memory (vtable)
 
 static int _nixl_verbs_access(void) {
     return IBV_ACCESS_LOCAL_WRITE | IBV_ACCESS_REMOTE_READ | IBV_ACCESS_REMOTE_WRITE |
@@ -2754,8 +2779,8 @@ static nixl_status_t _nixl_verbs_register_mem(void *engine, nixl_mem_t mem, cons
         m->pub[0] = _NIXL_VERBS_PUB_VERSION;
         m->pub[1] = (unsigned char)e->ndev;
         for (d = 0; d < e->ndev; d++) {
-            _nixl_verbs_put32(m->pub + 2 + 12 * d, m->mr[d]->rkey);
-            _nixl_verbs_put64(m->pub + 2 + 12 * d + 4, (uint64_t)region->addr);
+            _nixl_put32(m->pub + 2 + 12 * d, m->mr[d]->rkey);
+            _nixl_put64(m->pub + 2 + 12 * d + 4, (uint64_t)region->addr);
         }
         m->pub_len = 2 + 12 * (size_t)e->ndev;
     }
@@ -2784,6 +2809,8 @@ static nixl_status_t _nixl_verbs_get_public_data(void *engine, void *md, const v
     *len = m->pub_len;
     return NIXL_SUCCESS;
 }
+
+// >>peers' memory (vtable)
 
 static _nixl_verbs_rmd_t *_nixl_verbs_rmd_new(_nixl_verbs_engine_t *e, uintptr_t addr, size_t len, uint32_t rkey,
                                               uint64_t base) {
@@ -2819,7 +2846,7 @@ static nixl_status_t _nixl_verbs_load_remote_md(void *engine, const char *remote
                          remote);
         return NIXL_ERR_INVALID_PARAM;
     }
-    r = _nixl_verbs_rmd_new(e, region->addr, region->len, _nixl_verbs_get32(p + 2), _nixl_verbs_get64(p + 6));
+    r = _nixl_verbs_rmd_new(e, region->addr, region->len, _nixl_get32(p + 2), _nixl_get64(p + 6));
     if (!r) return NIXL_ERR_BACKEND;
     *rmd = r;
     return NIXL_SUCCESS;

@@ -1770,7 +1770,7 @@ static void test_welcome_from_its_peer_only(void) {
     m[1] = _NIXL_UCX_AM_WELCOME;
     m[2] = 7;
     memcpy(m + 4, c->nonce, _NIXL_UCX_NONCE);
-    _nixl_ucx_put_u64(m + 4 + _NIXL_UCX_NONCE, 0x1234567);
+    _nixl_put64(m + 4 + _NIXL_UCX_NONCE, 0x1234567);
     memcpy(m + 4 + _NIXL_UCX_NONCE + 8, "mallory", 7);
     _nixl_ucx_on_welcome(eng, m, 4 + _NIXL_UCX_NONCE + 8 + 7);
     CHECKF(c->sess_state == _NIXL_UCX_SESS_WAIT, "a WELCOME from 'mallory' for our HELLO to tgt was ignored");
@@ -1806,7 +1806,7 @@ static void test_malformed_worker_address(void) {
     bad = xmalloc(len);
     /* truncated by 10 bytes (its length field says so: only the address lies) */
     memcpy(bad, info, len - 10);
-    _nixl_ucx_put_u32(bad + _NIXL_UCX_INFO_HDR, (uint32_t)(alen - 10));
+    _nixl_put32(bad + _NIXL_UCX_INFO_HDR, (uint32_t)(alen - 10));
     CHECK_ST(_nixl_ucx_load_remote_conn_info(ea, "evil-1", bad, len - 10), NIXL_ERR_INVALID_PARAM);
     /* every address byte 0xff */
     memcpy(bad, info, len);
