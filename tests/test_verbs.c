@@ -46,76 +46,10 @@ static void *xalloc(size_t n) {
     return p;
 }
 
-/* `to` loads `from`'s metadata; the loaded name must be from's */
-static int load_md_of(nixl_agent_t *from, nixl_agent_t *to) {
-    void *blob = NULL;
-    size_t len = 0;
-    char name[256];
-    int ok = nixl_get_local_md(from, &blob, &len) == NIXL_SUCCESS &&
-             nixl_load_remote_md(to, blob, len, name, sizeof name) == NIXL_SUCCESS &&
-             strcmp(name, nixl_agent_name(from)) == 0;
-    nixl_free_md(from, blob);
-    return ok;
-}
-
-/* Both load each other's: without an auth token a receiver takes
-   notifications only over connections it can tie to loaded metadata. */
-static int share_md(nixl_agent_t *from, nixl_agent_t *to) { return load_md_of(from, to) && load_md_of(to, from); }
-
-/* Waits for a request, driving the other agent (the target) as well. */
-static nixl_status_t wait_req(nixl_agent_t *a, nixl_xfer_req_t *r, nixl_agent_t *other) {
-    uint64_t end = nixl_now_us() + WAIT_US;
-    nixl_status_t st;
-    while ((st = nixl_get_xfer_status(a, r)) == NIXL_IN_PROG && nixl_now_us() < end)
-        if (other) nixl_progress(other);
-    return st;
-}
-
 static nixl_status_t post_wait(nixl_agent_t *a, nixl_xfer_req_t *r, nixl_agent_t *other, const nixl_opt_args_t *opt) {
     nixl_status_t st = nixl_post_xfer_req(a, r, opt);
     if (st != NIXL_IN_PROG) return st;
-    return wait_req(a, r, other);
-}
-
-/* notification collection */
-typedef struct notes {
-    int n;
-    int in_order; /* for "seq %d" messages: every one was the next number */
-    char last[4096];
-    size_t last_len;
-    char sender[256];
-    /* a check run when a notification arrives (ordering tests) */
-    const void *check_buf;
-    size_t check_len;
-    unsigned check_seed;
-    int check_ok;
-} notes_t;
-
-static void on_note(void *user, const char *remote, const void *msg, size_t len) {
-    notes_t *n = (notes_t *)user;
-    char want[32];
-    snprintf(want, sizeof want, "seq %d", n->n);
-    if (len != strlen(want) || memcmp(msg, want, len) != 0) n->in_order = 0;
-    n->n++;
-    n->last_len = len < sizeof n->last ? len : sizeof n->last;
-    memcpy(n->last, msg, n->last_len);
-    snprintf(n->sender, sizeof n->sender, "%s", remote);
-    if (n->check_buf) n->check_ok = nt_verify(n->check_buf, n->check_len, n->check_seed);
-}
-
-/* Waits until `want` notifications were seen by a (driving other too). */
-static int wait_notes(nixl_agent_t *a, notes_t *n, int want, nixl_agent_t *other) {
-    uint64_t end = nixl_now_us() + WAIT_US;
-    while (n->n < want && nixl_now_us() < end) {
-        nixl_get_notifs(a, on_note, n);
-        if (other) nixl_progress(other);
-    }
-    return n->n >= want;
-}
-
-static void notes_init(notes_t *n) {
-    memset(n, 0, sizeof *n);
-    n->in_order = 1;
+    return xu_wait(a, r, other, 0);
 }
 
 static nixl_status_t one_xfer(nixl_agent_t *a, nixl_agent_t *b, nixl_xfer_op_t op, void *l, void *r, size_t len,
@@ -179,7 +113,7 @@ static void test_loopback(void) {
     size_t n = 2 * MiB;
     unsigned char *src = (unsigned char *)xalloc(n), *dst = (unsigned char *)xalloc(n);
     nixl_xfer_req_t *r = NULL;
-    notes_t notes;
+    xu_notes notes;
     CHECK(a != NULL);
     if (!a) return;
     CHECK_ST(xu_reg(a, src, n), NIXL_SUCCESS);
@@ -192,8 +126,8 @@ static void test_loopback(void) {
         CHECK(nt_verify(dst, n, 11));
         nixl_release_xfer_req(a, r);
     }
-    notes_init(&notes);
-    CHECK(wait_notes(a, &notes, 1, NULL));
+    xu_notes_init(&notes);
+    CHECK(xu_wait_notes(a, &notes, 1, NULL, 0));
     CHECK(notes.in_order && strcmp(notes.sender, "loop") == 0);
     /* READ dst <- src (4 KiB at an offset) */
     nt_fill(src + 4096, 4096, 12);
@@ -206,7 +140,7 @@ static void test_loopback(void) {
     }
     /* gen_notif to ourselves */
     CHECK_ST(nixl_gen_notif(a, "loop", "seq 1", 5, NULL), NIXL_SUCCESS);
-    CHECK(wait_notes(a, &notes, 2, NULL));
+    CHECK(xu_wait_notes(a, &notes, 2, NULL, 0));
     CHECK(notes.in_order);
     nixl_agent_destroy(a);
     free(src);
@@ -236,12 +170,12 @@ static void pair_free(pair_t *p) {
 static void xfer_size(pair_t *p, size_t n, unsigned seed) {
     unsigned char *la = (unsigned char *)xalloc(n), *rb = (unsigned char *)xalloc(n);
     nixl_xfer_req_t *r = NULL;
-    notes_t notes;
+    xu_notes notes;
     CHECK_ST(xu_reg(p->a, la, n), NIXL_SUCCESS);
     CHECK_ST(xu_reg(p->b, rb, n), NIXL_SUCCESS);
-    CHECK(share_md(p->b, p->a));
+    CHECK(xu_share_md(p->b, p->a));
     nt_fill(la, n, seed);
-    notes_init(&notes);
+    xu_notes_init(&notes);
     notes.check_buf = rb;
     notes.check_len = n;
     notes.check_seed = seed;
@@ -250,7 +184,7 @@ static void xfer_size(pair_t *p, size_t n, unsigned seed) {
         CHECKF(post_wait(p->a, r, p->b, NULL) == NIXL_SUCCESS, "write of %zu bytes", n);
         nixl_release_xfer_req(p->a, r);
     }
-    CHECK(wait_notes(p->b, &notes, 1, p->a));
+    CHECK(xu_wait_notes(p->b, &notes, 1, p->a, 0));
     CHECKF(notes.check_ok, "write of %zu bytes: data complete when the notification arrived", n);
     CHECK(nt_verify(rb, n, seed));
     /* READ back into a zeroed buffer */
@@ -274,7 +208,7 @@ static void test_sizes(void) {
     CHECK(pair_make(&p, NULL, NULL));
     if (p.a && p.b) {
         /* connection info alone first, and connect ahead of the first transfer */
-        CHECK(share_md(p.b, p.a));
+        CHECK(xu_share_md(p.b, p.a));
         CHECK_ST(nixl_make_connection(p.a, "agent-b", NULL), NIXL_SUCCESS);
         xfer_size(&p, 1, 1);
         xfer_size(&p, 4096, 2);
@@ -297,13 +231,13 @@ static void test_many_descs(void) {
     nixl_dlist_t ll, rl;
     nixl_xfer_req_t *r = NULL;
     nixl_opt_args_t opt;
-    notes_t notes;
+    xu_notes notes;
     int i, ok;
     CHECK(pair_make(&p, "sq_depth=64", NULL));
     if (!p.a || !p.b) goto out;
     CHECK_ST(xu_reg(p.a, la, (size_t)N * SZ * 2), NIXL_SUCCESS);
     CHECK_ST(xu_reg(p.b, rb, (size_t)N * SZ * 2), NIXL_SUCCESS);
-    CHECK(share_md(p.b, p.a));
+    CHECK(xu_share_md(p.b, p.a));
     /* every other 64-byte block, remote in reverse order */
     for (i = 0; i < N; i++) {
         ld[i].addr = (uintptr_t)(la + (size_t)i * 2 * SZ);
@@ -325,8 +259,8 @@ static void test_many_descs(void) {
         CHECK_ST(post_wait(p.a, r, p.b, NULL), NIXL_SUCCESS);
         nixl_release_xfer_req(p.a, r);
     }
-    notes_init(&notes);
-    CHECK(wait_notes(p.b, &notes, 1, p.a));
+    xu_notes_init(&notes);
+    CHECK(xu_wait_notes(p.b, &notes, 1, p.a, 0));
     for (i = 0, ok = 1; i < N; i++) {
         const unsigned char *gap = (const unsigned char *)rd[i].addr + SZ;
         if (!nt_verify((void *)rd[i].addr, SZ, (unsigned)i)) ok = 0;
@@ -366,7 +300,7 @@ static void test_100k_descs(void) {
     if (!p.a || !p.b) goto out;
     CHECK_ST(xu_reg(p.a, la, (size_t)N * SZ), NIXL_SUCCESS);
     CHECK_ST(xu_reg(p.b, rb, (size_t)N * SZ), NIXL_SUCCESS);
-    CHECK(share_md(p.b, p.a));
+    CHECK(xu_share_md(p.b, p.a));
     nt_fill(la, (size_t)N * SZ, 77);
     for (i = 0; i < N; i++) {
         ld[i].addr = (uintptr_t)(la + (size_t)i * SZ);
@@ -405,12 +339,12 @@ static void test_prepped_and_repost(void) {
     nixl_xfer_req_t *r = NULL;
     int lidx[8] = {3, 7, 1, 63, 20, 21, 22, 0}, ridx[8] = {10, 2, 63, 0, 33, 34, 35, 5};
     int i, k, ok;
-    notes_t notes;
+    xu_notes notes;
     CHECK(pair_make(&p, NULL, NULL));
     if (!p.a || !p.b) goto out;
     CHECK_ST(xu_reg(p.a, la, (size_t)NB * BS), NIXL_SUCCESS);
     CHECK_ST(xu_reg(p.b, rb, (size_t)NB * BS), NIXL_SUCCESS);
-    CHECK(share_md(p.b, p.a));
+    CHECK(xu_share_md(p.b, p.a));
     for (i = 0; i < NB; i++) {
         ld[i].addr = (uintptr_t)(la + (size_t)i * BS);
         rd[i].addr = (uintptr_t)(rb + (size_t)i * BS);
@@ -426,7 +360,7 @@ static void test_prepped_and_repost(void) {
     if (!lh || !rh) goto out;
     CHECK_ST(nixl_make_xfer_req(p.a, NIXL_WRITE, lh, lidx, 8, rh, ridx, 8, NULL, &r), NIXL_SUCCESS);
     if (!r) goto out;
-    notes_init(&notes);
+    xu_notes_init(&notes);
     for (k = 0, ok = 1; k < ROUNDS; k++) {
         nixl_opt_args_t opt;
         char msg[32];
@@ -437,7 +371,7 @@ static void test_prepped_and_repost(void) {
         opt.notif_len = strlen(msg);
         opt.has_notif = 1;
         if (post_wait(p.a, r, p.b, &opt) != NIXL_SUCCESS) ok = 0;
-        if (!wait_notes(p.b, &notes, k + 1, p.a)) ok = 0;
+        if (!xu_wait_notes(p.b, &notes, k + 1, p.a, 0)) ok = 0;
         for (i = 0; i < 8; i++)
             if (!nt_verify(rb + (size_t)ridx[i] * BS, BS, (unsigned)(k * 8 + i))) ok = 0;
         if (!ok) break;
@@ -475,17 +409,17 @@ static void test_notif_ordering(void) {
     pair_t p;
     unsigned char *la = (unsigned char *)xalloc(n), *rb = (unsigned char *)xalloc(n);
     nixl_xfer_req_t *w = NULL, *rd = NULL;
-    notes_t notes;
+    xu_notes notes;
     int k, ok = 1, okr = 1;
     CHECK(pair_make(&p, "qps_per_peer=4,slice_size=65536", NULL));
     if (!p.a || !p.b) goto out;
     CHECK_ST(xu_reg(p.a, la, n), NIXL_SUCCESS);
     CHECK_ST(xu_reg(p.b, rb, n), NIXL_SUCCESS);
-    CHECK(share_md(p.b, p.a));
+    CHECK(xu_share_md(p.b, p.a));
     CHECK_ST(one_xfer(p.a, p.b, NIXL_WRITE, la, rb, n, "x", &w), NIXL_SUCCESS);
     CHECK_ST(one_xfer(p.a, p.b, NIXL_READ, la, rb, n, "x", &rd), NIXL_SUCCESS);
     if (!w || !rd) goto out;
-    notes_init(&notes);
+    xu_notes_init(&notes);
     for (k = 0; k < ROUNDS; k++) {
         nixl_opt_args_t opt;
         char msg[32];
@@ -506,11 +440,11 @@ static void test_notif_ordering(void) {
         st = nixl_post_xfer_req(p.a, w, &opt);
         if (st != NIXL_IN_PROG && st != NIXL_SUCCESS) ok = 0;
         while (notes.n < 2 * k + 1 && nixl_now_us() < end) {
-            nixl_get_notifs(p.b, on_note, &notes);
+            nixl_get_notifs(p.b, xu_on_note, &notes);
             nixl_get_xfer_status(p.a, w);
         }
         if (!notes.check_ok) ok = 0;
-        if (wait_req(p.a, w, p.b) != NIXL_SUCCESS) ok = 0;
+        if (xu_wait(p.a, w, p.b, 0) != NIXL_SUCCESS) ok = 0;
         /* READ: a's buffer must hold b's data when b hears of it */
         snprintf(msg, sizeof msg, "seq %d", 2 * k + 1);
         nt_fill(rb, n, 200u + (unsigned)k);
@@ -521,11 +455,11 @@ static void test_notif_ordering(void) {
         st = nixl_post_xfer_req(p.a, rd, &opt);
         if (st != NIXL_IN_PROG && st != NIXL_SUCCESS) okr = 0;
         while (notes.n < 2 * k + 2 && nixl_now_us() < end) {
-            nixl_get_notifs(p.b, on_note, &notes);
+            nixl_get_notifs(p.b, xu_on_note, &notes);
             nixl_get_xfer_status(p.a, rd);
         }
         if (!notes.check_ok) okr = 0;
-        if (wait_req(p.a, rd, p.b) != NIXL_SUCCESS) okr = 0;
+        if (xu_wait(p.a, rd, p.b, 0) != NIXL_SUCCESS) okr = 0;
     }
     CHECKF(ok, "write: data incomplete when the notification arrived");
     CHECKF(okr, "read: data incomplete when the notification arrived");
@@ -543,21 +477,21 @@ out:
 static void test_notif_burst(void) {
     enum { N = 10000 };
     pair_t p;
-    notes_t notes;
+    xu_notes notes;
     char big[300];
     int i, ok = 1;
     CHECK(pair_make(&p, "notif_bufs=16,notif_buf_size=256", "notif_bufs=16,notif_buf_size=256"));
     if (!p.a || !p.b) goto out;
-    CHECK(share_md(p.b, p.a));
+    CHECK(xu_share_md(p.b, p.a));
     for (i = 0; i < N; i++) {
         char msg[32];
         snprintf(msg, sizeof msg, "seq %d", i);
         if (nixl_gen_notif(p.a, "agent-b", msg, strlen(msg), NULL) != NIXL_SUCCESS) ok = 0;
     }
     CHECK(ok);
-    notes_init(&notes);
-    CHECK(wait_notes(p.b, &notes, N, p.a));
-    CHECKF(notes.n == N && notes.in_order, "got %d, in order %d", notes.n, notes.in_order);
+    xu_notes_init(&notes);
+    CHECK(xu_wait_notes(p.b, &notes, N, p.a, 0));
+    CHECKF(notes.n == N && notes.in_order, "got %ld, in order %d", notes.n, notes.in_order);
     CHECK(strcmp(notes.sender, "agent-a") == 0);
     /* one buffer is the limit: 256 - 8 bytes pass, 249 are refused */
     memset(big, 'z', sizeof big);
@@ -565,7 +499,7 @@ static void test_notif_burst(void) {
     CHECK_ST(nixl_gen_notif(p.a, "agent-b", big, 249, NULL), NIXL_ERR_INVALID_PARAM);
     quiet_log_level = NIXL_LOG_WARN;
     CHECK_ST(nixl_gen_notif(p.a, "agent-b", big, 248, NULL), NIXL_SUCCESS);
-    CHECK(wait_notes(p.b, &notes, N + 1, p.a));
+    CHECK(xu_wait_notes(p.b, &notes, N + 1, p.a, 0));
     CHECK(notes.last_len == 248 && notes.last[247] == 'z');
 out:
     pair_free(&p);
@@ -575,12 +509,12 @@ out:
 static void test_notif_both_ways(void) {
     enum { N = 2000 };
     pair_t p;
-    notes_t na, nb;
+    xu_notes na, nb;
     int i, ok = 1;
     CHECK(pair_make(&p, "notif_bufs=8", "notif_bufs=8"));
     if (!p.a || !p.b) goto out;
-    CHECK(share_md(p.b, p.a));
-    CHECK(share_md(p.a, p.b));
+    CHECK(xu_share_md(p.b, p.a));
+    CHECK(xu_share_md(p.a, p.b));
     for (i = 0; i < N; i++) {
         char msg[32];
         snprintf(msg, sizeof msg, "seq %d", i);
@@ -588,17 +522,17 @@ static void test_notif_both_ways(void) {
         if (nixl_gen_notif(p.b, "agent-a", msg, strlen(msg), NULL) != NIXL_SUCCESS) ok = 0;
     }
     CHECK(ok);
-    notes_init(&na);
-    notes_init(&nb);
+    xu_notes_init(&na);
+    xu_notes_init(&nb);
     {
         uint64_t end = nixl_now_us() + WAIT_US;
         while ((na.n < N || nb.n < N) && nixl_now_us() < end) {
-            nixl_get_notifs(p.a, on_note, &na);
-            nixl_get_notifs(p.b, on_note, &nb);
+            nixl_get_notifs(p.a, xu_on_note, &na);
+            nixl_get_notifs(p.b, xu_on_note, &nb);
         }
     }
-    CHECKF(na.n == N && na.in_order, "a got %d", na.n);
-    CHECKF(nb.n == N && nb.in_order, "b got %d", nb.n);
+    CHECKF(na.n == N && na.in_order, "a got %ld", na.n);
+    CHECKF(nb.n == N && nb.in_order, "b got %ld", nb.n);
 out:
     pair_free(&p);
 }
@@ -641,7 +575,7 @@ static void test_threads(void) {
     if (!p.a || !p.b) goto out;
     CHECK_ST(xu_reg(p.a, la, n * T), NIXL_SUCCESS);
     CHECK_ST(xu_reg(p.b, rb, n * T), NIXL_SUCCESS);
-    CHECK(share_md(p.b, p.a));
+    CHECK(xu_share_md(p.b, p.a));
     for (i = 0; i < T; i++) {
         args[i].a = p.a;
         args[i].b = p.b;
@@ -673,7 +607,7 @@ static void test_invalid_descs(void) {
     if (!p.a || !p.b) goto out;
     CHECK_ST(xu_reg(p.a, la, n), NIXL_SUCCESS);
     CHECK_ST(xu_reg(p.b, rb, n), NIXL_SUCCESS);
-    CHECK(share_md(p.b, p.a));
+    CHECK(xu_share_md(p.b, p.a));
     quiet_log_level = NIXL_LOG_ERROR - 1;
     CHECK_ST(one_xfer(p.a, p.b, NIXL_WRITE, la, rb + 1, n, NULL, &r), NIXL_ERR_NOT_FOUND);      /* past the end */
     CHECK_ST(one_xfer(p.a, p.b, NIXL_WRITE, la, rb + n, 16, NULL, &r), NIXL_ERR_NOT_FOUND);    /* outside */
@@ -710,7 +644,7 @@ static void test_dereg_while_held(void) {
     CHECK_ST(xu_reg(p.a, la, n), NIXL_SUCCESS);
     CHECK_ST(xu_reg(p.b, rb, n), NIXL_SUCCESS);
     CHECK_ST(xu_reg(p.b, rb2, n), NIXL_SUCCESS);
-    CHECK(share_md(p.b, p.a));
+    CHECK(xu_share_md(p.b, p.a));
     nt_fill(la, n, 9);
     CHECK_ST(one_xfer(p.a, p.b, NIXL_WRITE, la, rb, n, NULL, &r), NIXL_SUCCESS);
     if (!r) goto out;
@@ -733,7 +667,7 @@ static void test_dereg_while_held(void) {
         }
     }
     quiet_log_level = NIXL_LOG_WARN;
-    CHECK(share_md(p.b, p.a));
+    CHECK(xu_share_md(p.b, p.a));
     nt_fill(la, n, 10);
     CHECK_ST(one_xfer(p.a, p.b, NIXL_WRITE, la, rb2, n, NULL, &r), NIXL_SUCCESS);
     if (r) {
@@ -758,7 +692,7 @@ static void test_release_in_flight(void) {
     if (!p.a || !p.b) goto out;
     CHECK_ST(xu_reg(p.a, la, n), NIXL_SUCCESS);
     CHECK_ST(xu_reg(p.b, rb, n), NIXL_SUCCESS);
-    CHECK(share_md(p.b, p.a));
+    CHECK(xu_share_md(p.b, p.a));
     CHECK_ST(one_xfer(p.a, p.b, NIXL_WRITE, la, rb, n, "seq 0", &r), NIXL_SUCCESS);
     if (!r) goto out;
     CHECK_ST(post_wait(p.a, r, p.b, NULL), NIXL_SUCCESS);
@@ -789,50 +723,6 @@ out:
 
 // >>tests: two processes
 
-static int send_blob(int fd, const void *p, size_t len) {
-    uint64_t l = len;
-    if (write(fd, &l, sizeof l) != (ssize_t)sizeof l) return -1;
-    while (len) {
-        ssize_t w = write(fd, p, len);
-        if (w <= 0) return -1;
-        p = (const char *)p + w;
-        len -= (size_t)w;
-    }
-    return 0;
-}
-
-static void *recv_blob(int fd, size_t *len) {
-    uint64_t l;
-    char *p;
-    size_t got = 0;
-    if (read(fd, &l, sizeof l) != (ssize_t)sizeof l || l > (1u << 24)) return NULL;
-    p = (char *)xalloc((size_t)l);
-    while (got < l) {
-        ssize_t r = read(fd, p + got, (size_t)l - got);
-        if (r <= 0) {
-            free(p);
-            return NULL;
-        }
-        got += (size_t)r;
-    }
-    *len = (size_t)l;
-    return p;
-}
-
-static int swap_md(nixl_agent_t *a, int fd) {
-    void *blob = NULL, *peer;
-    size_t len = 0, plen = 0;
-    char name[256];
-    int ok;
-    if (nixl_get_local_md(a, &blob, &len) != NIXL_SUCCESS) return 0;
-    ok = send_blob(fd, blob, len) == 0;
-    nixl_free_md(a, blob);
-    peer = ok ? recv_blob(fd, &plen) : NULL;
-    ok = peer && nixl_load_remote_md(a, peer, plen, name, sizeof name) == NIXL_SUCCESS;
-    free(peer);
-    return ok;
-}
-
 /* Both processes write to each other at the same time (they connect to
    each other at once: the tie-break must leave one connection), each with a
    notification; each checks what it received. */
@@ -841,24 +731,18 @@ static void two_proc_side(const char *me, const char *peer, int fd, unsigned my_
     unsigned char *src = (unsigned char *)xalloc(n), *dst = (unsigned char *)xalloc(n);
     nixl_agent_t *a = mk_agent(me, NULL, NULL);
     nixl_xfer_req_t *r = NULL;
-    notes_t notes;
+    xu_notes notes;
     char ack = 0;
-    void *blob;
-    size_t blen = 0;
     uintptr_t peer_dst = 0;
     CHECK(a != NULL);
     if (!a) return;
     CHECK_ST(xu_reg(a, src, n), NIXL_SUCCESS);
     CHECK_ST(xu_reg(a, dst, n), NIXL_SUCCESS);
-    CHECK(swap_md(a, fd));
-    /* learn the peer's dst address */
-    CHECK(send_blob(fd, &dst, sizeof dst) == 0);
-    blob = recv_blob(fd, &blen);
-    CHECK(blob && blen == sizeof peer_dst);
-    if (blob) memcpy(&peer_dst, blob, sizeof peer_dst);
-    free(blob);
+    /* metadata both ways, and the peer's dst address */
+    peer_dst = xu_swap_md(a, fd, (uintptr_t)dst);
+    CHECK(peer_dst != 0);
     nt_fill(src, n, my_seed);
-    notes_init(&notes);
+    xu_notes_init(&notes);
     notes.check_buf = dst;
     notes.check_len = n;
     notes.check_seed = peer_seed;
@@ -890,13 +774,13 @@ static void two_proc_side(const char *me, const char *peer, int fd, unsigned my_
         CHECK_ST(post_wait(a, r, NULL, NULL), NIXL_SUCCESS);
         nixl_release_xfer_req(a, r);
     }
-    CHECK(wait_notes(a, &notes, 1, NULL));
+    CHECK(xu_wait_notes(a, &notes, 1, NULL, 0));
     CHECK(notes.check_ok);
     CHECK(strcmp(notes.sender, peer) == 0);
     CHECK(nt_verify(dst, n, peer_seed));
     /* a gen_notif each way over the same connection */
     CHECK_ST(nixl_gen_notif(a, peer, "seq 1", 5, NULL), NIXL_SUCCESS);
-    CHECK(wait_notes(a, &notes, 2, NULL));
+    CHECK(xu_wait_notes(a, &notes, 2, NULL, 0));
     CHECK(notes.in_order);
     /* stay until the peer is done with us */
     CHECK(write(fd, "k", 1) == 1);
@@ -958,8 +842,6 @@ static void test_peer_killed(void) {
         unsigned char *src = (unsigned char *)xalloc(n);
         nixl_agent_t *a = mk_agent("killer", "timeout=10", NULL);
         nixl_xfer_req_t *r = NULL;
-        void *blob;
-        size_t blen = 0;
         uintptr_t peer_dst = 0;
         nixl_status_t st = NIXL_ERR_UNKNOWN;
         uint64_t t0 = 0, dt;
@@ -967,11 +849,8 @@ static void test_peer_killed(void) {
         CHECK(a != NULL);
         if (!a) goto done;
         CHECK_ST(xu_reg(a, src, n), NIXL_SUCCESS);
-        CHECK(swap_md(a, sv[0]));
-        blob = recv_blob(sv[0], &blen);
-        CHECK(blob && blen == sizeof peer_dst);
-        if (blob) memcpy(&peer_dst, blob, sizeof peer_dst);
-        free(blob);
+        peer_dst = xu_swap_md(a, sv[0], (uintptr_t)src); /* metadata and buffers, both ways */
+        CHECK(peer_dst != 0);
         nt_fill(src, n, 1);
         {
             nixl_desc_t ld, rd;
@@ -998,7 +877,7 @@ static void test_peer_killed(void) {
         /* keep posting until the failure shows (a post may have completed
            before the kill landed) */
         for (;;) {
-            st = wait_req(a, r, NULL);
+            st = xu_wait(a, r, NULL, 0);
             if (st != NIXL_SUCCESS || nixl_now_us() - t0 > 30000000u) break;
             st = nixl_post_xfer_req(a, r, NULL);
             posts++;
@@ -1029,8 +908,7 @@ static void victim_main(int fd) {
     unsigned char *dst = (unsigned char *)xalloc(n);
     nixl_agent_t *b = mk_agent("victim", NULL, NULL);
     char c;
-    if (!b || xu_reg(b, dst, n) != NIXL_SUCCESS || !swap_md(b, fd)) _exit(3);
-    if (send_blob(fd, &dst, sizeof dst)) _exit(4);
+    if (!b || xu_reg(b, dst, n) != NIXL_SUCCESS || xu_swap_md(b, fd, (uintptr_t)dst) == 0) _exit(3);
     for (;;) { /* serve until killed */
         nixl_progress(b);
         if (recv(fd, &c, 1, MSG_DONTWAIT) == 0) _exit(5);
@@ -1271,7 +1149,7 @@ static void test_adversarial_peer(void) {
     quiet_log_level = NIXL_LOG_WARN;
     /* b keeps serving: an honest agent, bytes checked both ways */
     CHECK_ST(xu_reg(c, lb, VADV_SZ), NIXL_SUCCESS);
-    CHECK(share_md(p.b, c));
+    CHECK(xu_share_md(p.b, c));
     nt_fill(lb, VADV_SZ, 81);
     CHECKF(vadv_honest(c, p.b, NIXL_WRITE, lb, region) && nt_verify(region, VADV_SZ, 81),
            "b still takes an honest WRITE (bytes checked)");
@@ -1338,8 +1216,8 @@ static void test_impersonation(void) {
         if (!t || !p || !m) goto next;
         CHECK_ST(xu_reg(t, r, 4096), NIXL_SUCCESS);
         CHECK_ST(xu_reg(p, l, 4096), NIXL_SUCCESS);
-        CHECK(share_md(t, p));
-        CHECK(load_md_of(t, m));
+        CHECK(xu_share_md(t, p));
+        CHECK(xu_load_md_of(t, m));
         quiet_log_level = NIXL_LOG_ERROR - 1; /* the refusals are expected */
         CHECK_ST(nixl_gen_notif(m, "decode", "req-17 done", 11, NULL), NIXL_SUCCESS);
         until = nixl_now_us() + 1500000u;
@@ -1380,10 +1258,10 @@ static void test_unknown_peers_capped(void) {
     nixl_agent_t *s2 = mk_agent("stranger-2", NULL, NULL), *f = mk_agent("friend", NULL, NULL);
     uint64_t until;
     int i;
-    notes_t n;
+    xu_notes n;
     CHECK(t && s1 && s2 && f);
     if (!t || !s1 || !s2 || !f) goto out;
-    CHECK(load_md_of(t, s1) && load_md_of(t, s2) && share_md(t, f));
+    CHECK(xu_load_md_of(t, s1) && xu_load_md_of(t, s2) && xu_share_md(t, f));
     quiet_log_level = NIXL_LOG_ERROR - 1;
     CHECK_ST(nixl_gen_notif(s1, "hub", "x", 1, NULL), NIXL_SUCCESS);
     until = nixl_now_us() + 1000000u;
@@ -1404,9 +1282,9 @@ static void test_unknown_peers_capped(void) {
         CHECKF(!hp || !hp->conn || hp->conn->state == _NIXL_VERBS_CONN_FAILED || nixl_check_remote_md(s2, "hub", NULL)
                != NIXL_SUCCESS, "the second stranger's connection was refused");
     }
-    notes_init(&n);
+    xu_notes_init(&n);
     for (i = 0; i < 1; i++) CHECK_ST(nixl_gen_notif(f, "hub", "seq 0", 5, NULL), NIXL_SUCCESS);
-    CHECK(wait_notes(t, &n, 1, f) && strcmp(n.sender, "friend") == 0);
+    CHECK(xu_wait_notes(t, &n, 1, f, 0) && strcmp(n.sender, "friend") == 0);
 out:
     nixl_agent_destroy(f);
     nixl_agent_destroy(s2);
@@ -1429,7 +1307,7 @@ static void test_notif_backpressure(void) {
     unsigned char *l = (unsigned char *)xalloc(4096), *r = (unsigned char *)xalloc(4096);
     nixl_xfer_req_t *req = NULL;
     char msg[1024];
-    notes_t n;
+    xu_notes n;
     uint64_t until;
     int i;
     nixl_status_t st = NIXL_ERR_UNKNOWN;
@@ -1442,7 +1320,7 @@ static void test_notif_backpressure(void) {
     CHECK_ST(nixl_create_backend(b, nixl_verbs_backend(), "notif_bufs=16", &be), NIXL_SUCCESS);
     CHECK_ST(xu_reg(a, l, 4096), NIXL_SUCCESS);
     CHECK_ST(xu_reg(b, r, 4096), NIXL_SUCCESS);
-    CHECK(share_md(b, a));
+    CHECK(xu_share_md(b, a));
     for (i = 0; i < N; i++) {
         snprintf(msg, sizeof msg, "seq %d", i);
         memset(msg + strlen(msg) + 1, 'x', sizeof msg - strlen(msg) - 1);
@@ -1458,17 +1336,17 @@ static void test_notif_backpressure(void) {
         if (req) st = nixl_get_xfer_status(a, req);
     }
     CHECKF(st == NIXL_IN_PROG, "the sender was slowed: its request waits for credits (%s)", nixl_status_str(st));
-    notes_init(&n);
+    xu_notes_init(&n);
     until = nixl_now_us() + WAIT_US;
     while (n.n < N + 1 && nixl_now_us() < until) {
-        nixl_get_notifs(b, on_note, &n);
+        nixl_get_notifs(b, xu_on_note, &n);
         nixl_progress(a);
         if (req) st = nixl_get_xfer_status(a, req);
     }
-    CHECKF(n.n == N + 1, "%d of %d notifications arrived: none dropped", n.n, N + 1);
+    CHECKF(n.n == N + 1, "%ld of %d notifications arrived: none dropped", n.n, N + 1);
     CHECK(n.last_len == 4 && memcmp(n.last, "last", 4) == 0);
     if (req) {
-        if (st == NIXL_IN_PROG) st = wait_req(a, req, b);
+        if (st == NIXL_IN_PROG) st = xu_wait(a, req, b, 0);
         CHECK_ST(st, NIXL_SUCCESS);
         CHECK(nt_verify(r, 4096, 51));
         nixl_release_xfer_req(a, req);

@@ -76,12 +76,14 @@ XU_FN nixl_status_t xu_dereg(nixl_agent_t *a, void *p, size_t n) {
     return xu_reg_mem(a, NIXL_DRAM, (uintptr_t)p, n, 0, 1);
 }
 
-/* `to` loads `from`'s metadata (same process) */
+/* `to` loads `from`'s metadata (same process); the loaded name must be from's */
 XU_FN int xu_load_md_of(nixl_agent_t *from, nixl_agent_t *to) {
     void *blob = NULL;
     size_t len = 0;
+    char name[256];
     int ok = nixl_get_local_md(from, &blob, &len) == NIXL_SUCCESS &&
-             nixl_load_remote_md(to, blob, len, NULL, 0) == NIXL_SUCCESS;
+             nixl_load_remote_md(to, blob, len, name, sizeof name) == NIXL_SUCCESS &&
+             strcmp(name, nixl_agent_name(from)) == 0;
     nixl_free_md(from, blob);
     return ok;
 }
@@ -197,7 +199,9 @@ XU_FN nixl_status_t xu_wait(nixl_agent_t *a, nixl_xfer_req_t *r, nixl_agent_t *o
 typedef struct xu_notes {
     long n;
     int in_order;
-    char last[256];
+    char last[4096]; /* the last one's bytes (NUL-terminated when shorter) */
+    size_t last_len;
+    char sender[256];
     const void *check_buf;
     size_t check_len;
     unsigned check_seed;
@@ -207,14 +211,19 @@ typedef struct xu_notes {
 XU_FN void xu_on_note(void *user, const char *remote, const void *msg, size_t len) {
     xu_notes *n = (xu_notes *)user;
     char want[32];
-    (void)remote;
     snprintf(want, sizeof want, "seq %ld", n->n);
     if (len != strlen(want) || memcmp(msg, want, len) != 0) n->in_order = 0;
-    if (len >= sizeof n->last) len = sizeof n->last - 1;
-    memcpy(n->last, msg, len);
-    n->last[len] = 0;
+    n->last_len = len < sizeof n->last ? len : sizeof n->last;
+    memcpy(n->last, msg, n->last_len);
+    if (n->last_len < sizeof n->last) n->last[n->last_len] = 0;
+    snprintf(n->sender, sizeof n->sender, "%s", remote);
     n->n++;
     if (n->check_buf) n->check_ok = nt_verify(n->check_buf, n->check_len, n->check_seed);
+}
+
+XU_FN void xu_notes_init(xu_notes *n) {
+    memset(n, 0, sizeof *n);
+    n->in_order = 1;
 }
 
 XU_FN int xu_wait_notes(nixl_agent_t *a, xu_notes *n, long want, nixl_agent_t *other, uint64_t limit_us) {
