@@ -6,6 +6,7 @@
 #   make test-metadata  metadata side channel (listener, send/fetch/invalidate, hostile frames)
 #   make asan         unit + metadata tests under AddressSanitizer + UndefinedBehaviorSanitizer
 #   make tsan         the same under ThreadSanitizer (progress and listener threads)
+#   make test-posix   the file backend (nixl_posix.h): io_uring and thread engines, real files
 #   make test-verbs   verbs suite, faults, examples, valgrind on Soft-RoCE (in a QEMU VM without RDMA hardware)
 #   make test-ucx     UCX suite over tcp, posix, sysv, cma; the examples over UCX
 #   make test-faults  killed peers, floods, limits: UCX natively and verbs in the VM
@@ -30,6 +31,7 @@ B        = build
 LIBS     = -lpthread
 VERBS_LIBS = -libverbs -lrdmacm -ldl
 UCX_LIBS   = -lucp -lucs
+POSIX_LIBS = -luring
 SAN      = -O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
 TSAN     = -O1 -g -fsanitize=thread
 HEADERS  = nixl.h $(wildcard nixl_verbs.h nixl_ucx.h)
@@ -38,7 +40,7 @@ HEADERS  = nixl.h $(wildcard nixl_verbs.h nixl_ucx.h)
 # test-link (two VMs on a wire) is not in the default run: its two-VM
 # start-up hung once (both VMs booted, no output for 5+ minutes) and CI must
 # not hang on it; run it with `make test-link` or NIXL_TEST_LINK=1.
-TEST_PARTS = test-unit test-metadata check-headers test-install gpu-host asan tsan fuzz test-ucx faults-ucx test-verbs test-python-host
+TEST_PARTS = test-unit test-metadata check-headers test-install test-posix gpu-host asan tsan fuzz test-ucx faults-ucx test-verbs test-python-host
 ifeq ($(NIXL_TEST_LINK),1)
 TEST_PARTS += test-link
 endif
@@ -50,10 +52,10 @@ VM_RUN = $(eval VM_RUN := $$(shell tests/softroce/has-rdma 2>/dev/null || echo t
 
 EXAMPLES = $(B)/two_peers $(B)/kv_cache $(B)/nixl_bench
 
-PROGS = $(B)/test_core $(B)/test_metadata $(B)/test_etcd $(B)/core_bench $(EXAMPLES) \
+PROGS = $(B)/test_core $(B)/test_posix $(B)/test_metadata $(B)/test_etcd $(B)/core_bench $(EXAMPLES) \
         $(B)/test_ucx $(B)/test_verbs $(B)/test_faults $(B)/test_gpu
 
-.PHONY: lib install test-install python test-python test-python-host bench-python test-ucx-death all demo test test-gpu gpu-host test-unit test-metadata metadata-listener metadata-etcd check-headers asan asan-core asan-metadata tsan tsan-core tsan-metadata fuzz test-verbs test-faults faults-ucx faults-verbs test-link valgrind-ucx test-ucx-softroce test-ucx test-softroce bench deps clean
+.PHONY: test-posix lib install test-install python test-python test-python-host bench-python test-ucx-death all demo test test-gpu gpu-host test-unit test-metadata metadata-listener metadata-etcd check-headers asan asan-core asan-metadata tsan tsan-core tsan-metadata fuzz test-verbs test-faults faults-ucx faults-verbs test-link valgrind-ucx test-ucx-softroce test-ucx test-softroce bench deps clean
 all: $(PROGS)
 
 $(B):
@@ -79,6 +81,9 @@ $(B)/core_bench: tests/bench/core_bench.c tests/bench/bench_util.h tests/test_ba
 
 $(B)/test_ucx: tests/test_ucx.c tests/xfer_util.h tests/nixl_test.h nixl.h nixl_ucx.h | $(B)
 	$(CC) $(WARN) $(CFLAGS) -I. $< -o $@ $(UCX_LIBS) $(LIBS)
+
+$(B)/test_posix: tests/test_posix.c tests/log_capture.h tests/nixl_test.h nixl.h nixl_posix.h | $(B)
+	$(CC) $(WARN) $(CFLAGS) -I. $< -o $@ $(POSIX_LIBS) $(LIBS)
 
 $(B)/test_verbs: tests/test_verbs.c tests/xfer_util.h tests/nixl_test.h nixl.h nixl_verbs.h | $(B)
 	$(CC) $(WARN) $(CFLAGS) -I. $< -o $@ $(VERBS_LIBS) $(LIBS)
@@ -140,6 +145,10 @@ $(B)/py_bench_ref: tests/bench/py_bench_ref.c tests/bench/bench_util.h nixl.h ni
 
 test: deps
 	@tests/run-suite $(TEST_PARTS)
+
+# the file backend against real files (io_uring and the thread engine; ENOSPC on a tmpfs it mounts)
+test-posix: $(B)/test_posix
+	$(B)/test_posix
 
 test-unit: $(B)/test_core
 	$(B)/test_core
@@ -240,8 +249,8 @@ bench: $(B)/core_bench $(B)/nixl_bench python $(B)/py_bench_ref
 PREFIX ?= /usr/local
 DESTDIR ?=
 VERSION = 0.1.0
-HEADERS = nixl.h nixl_verbs.h nixl_ucx.h
-LIB_DEPS = $(VERBS_LIBS) $(UCX_LIBS) $(LIBS)
+HEADERS = nixl.h nixl_verbs.h nixl_ucx.h nixl_posix.h
+LIB_DEPS = $(VERBS_LIBS) $(UCX_LIBS) $(POSIX_LIBS) $(LIBS)
 
 lib: $(B)/libnixlh.so $(B)/libnixlh.a
 

@@ -1017,12 +1017,15 @@ static size_t _nixl_max_md_bytes(const nixl_agent_t *a) {
 }
 
 /* valid: non-empty, addr + len does not wrap */
-static nixl_status_t _nixl_check_desc(nixl_agent_t *a, const char *what, const nixl_desc_t *d, size_t i) {
+/* A descriptor of memory type mem: addresses of DRAM and VRAM are never
+   0; for FILE, BLK and OBJ addr is an offset, and 0 is the first byte. */
+static nixl_status_t _nixl_check_desc(nixl_agent_t *a, const char *what, nixl_mem_t mem, const nixl_desc_t *d,
+                                      size_t i) {
     if (d->len == 0) {
         _nixl_log(a, NIXL_LOG_ERROR, "%s: descriptor %zu has zero length", what, i);
         return NIXL_ERR_INVALID_PARAM;
     }
-    if (d->addr == 0) {
+    if (d->addr == 0 && (mem == NIXL_DRAM || mem == NIXL_VRAM)) {
         _nixl_log(a, NIXL_LOG_ERROR, "%s: descriptor %zu has a NULL address", what, i);
         return NIXL_ERR_INVALID_PARAM;
     }
@@ -2229,7 +2232,7 @@ static nixl_status_t _nixl_register_locked(nixl_agent_t *a, const nixl_dlist_t *
     }
     for (i = 0; i < l->count; i++) {
         _nixl_span s;
-        if ((st = _nixl_check_desc(a, "register_mem", &l->descs[i], i)) != NIXL_SUCCESS) return st;
+        if ((st = _nixl_check_desc(a, "register_mem", l->mem, &l->descs[i], i)) != NIXL_SUCCESS) return st;
         _nixl_span_from(&s, l->mem, &l->descs[i]);
         if (_nixl_table_find_exact(&a->local, &s) >= 0 || _nixl_desc_list_has_dup(l, i)) {
             _nixl_log(a, NIXL_LOG_ERROR, "register_mem: %s 0x%llx+%zu (dev %llu) is registered already",
@@ -2544,7 +2547,7 @@ static void _nixl_md_write(nixl_agent_t *a, _nixl_wr *w, _nixl_region *const *re
                            int with_conn, unsigned flags) {
     int mdidx[NIXL_MAX_BACKENDS];
     int i, nb = 0;
-    size_t k;
+    size_t k, nexp;
     size_t nl = strlen(a->name);
     _nixl_wle(w, NIXL_MD_MAGIC, 4);
     _nixl_wle(w, NIXL_MD_VERSION, 2);
@@ -2552,6 +2555,8 @@ static void _nixl_md_write(nixl_agent_t *a, _nixl_wr *w, _nixl_region *const *re
     _nixl_wle(w, 0, 4); /* total length, patched by the caller */
     _nixl_w8(w, nl);
     _nixl_wbytes(w, a->name, nl);
+    for (i = 0; i < a->nbe; i++) /* a backend for this agent only (files: POSIX) tells peers nothing */
+        if (!(a->be[i]->ops->caps & NIXL_CAP_REMOTE)) bemask &= ~(1u << i);
     for (i = 0; i < a->nbe; i++) mdidx[i] = (bemask & (1u << i)) ? nb++ : -1;
     _nixl_w8(w, (uint64_t)nb);
     for (i = 0; i < a->nbe; i++) {
@@ -2567,11 +2572,13 @@ static void _nixl_md_write(nixl_agent_t *a, _nixl_wr *w, _nixl_region *const *re
         _nixl_wle(w, ilen, 4);
         _nixl_wbytes(w, info, ilen);
     }
-    _nixl_wle(w, nreg, 4);
+    for (k = 0, nexp = 0; k < nreg; k++) nexp += (regs[k]->mask & bemask) != 0;
+    _nixl_wle(w, nexp, 4);
     for (k = 0; k < nreg; k++) {
         const _nixl_region *r = regs[k];
         unsigned m = r->mask & bemask;
         int nkeys = 0;
+        if (!m) continue; /* held by no backend a peer can use */
         _nixl_w8(w, (uint64_t)r->s.mem);
         _nixl_wle(w, r->s.addr, 8);
         _nixl_wle(w, r->s.len, 8);
@@ -2649,7 +2656,7 @@ static nixl_status_t _nixl_partial_md_locked(nixl_agent_t *a, const nixl_dlist_t
     for (i = 0; i < l->count; i++) {
         const nixl_desc_t *d = &l->descs[i];
         _nixl_region *r;
-        if ((st = _nixl_check_desc(a, "get_local_partial_md", d, i)) != NIXL_SUCCESS) goto out;
+        if ((st = _nixl_check_desc(a, "get_local_partial_md", l->mem, d, i)) != NIXL_SUCCESS) goto out;
         r = _nixl_table_find_containing(&a->local, l->mem, d->addr, d->len, d->dev_id);
         if (!r) {
             _nixl_log(a, NIXL_LOG_ERROR, "get_local_partial_md: descriptor %zu (0x%llx+%zu) is not registered", i,
@@ -4553,7 +4560,7 @@ static nixl_status_t _nixl_prep_locked(nixl_agent_t *a, const char *agent_name, 
     for (i = 0; i < l->count; i++) {
         const nixl_desc_t *d = &l->descs[i];
         _nixl_region *r;
-        if ((st = _nixl_check_desc(a, "prep_xfer_dlist", d, i)) != NIXL_SUCCESS) break;
+        if ((st = _nixl_check_desc(a, "prep_xfer_dlist", l->mem, d, i)) != NIXL_SUCCESS) break;
         r = _nixl_table_find_containing_from(t, l->mem, d->addr, d->len, d->dev_id, &hint);
         if (!r) {
             _nixl_log(a, NIXL_LOG_ERROR,

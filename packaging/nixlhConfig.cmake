@@ -6,7 +6,7 @@
 # Relocatable: everything is found relative to this file
 # (<prefix>/lib/cmake/nixlh/).
 get_filename_component(_nixlh_prefix "${CMAKE_CURRENT_LIST_DIR}/../../.." ABSOLUTE)
-set(_nixlh_deps ibverbs rdmacm ucp ucs pthread dl)
+set(_nixlh_deps ibverbs rdmacm ucp ucs uring pthread dl)
 if(NOT TARGET nixl::nixl)
     add_library(nixl::nixl INTERFACE IMPORTED)
     set_target_properties(nixl::nixl PROPERTIES
