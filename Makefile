@@ -52,7 +52,7 @@ VM_RUN = $(eval VM_RUN := $$(shell tests/softroce/has-rdma 2>/dev/null || echo t
 
 EXAMPLES = $(B)/two_peers $(B)/kv_cache $(B)/nixl_bench
 
-PROGS = $(B)/test_core $(B)/test_posix $(B)/test_metadata $(B)/test_etcd $(B)/core_bench $(EXAMPLES) \
+PROGS = $(B)/test_core $(B)/test_posix $(B)/kv_offload $(B)/test_metadata $(B)/test_etcd $(B)/core_bench $(EXAMPLES) \
         $(B)/test_ucx $(B)/test_verbs $(B)/test_faults $(B)/test_gpu
 
 .PHONY: test-posix lib install test-install python test-python test-python-host bench-python test-ucx-death all demo test test-gpu gpu-host test-unit test-metadata metadata-listener metadata-etcd check-headers asan asan-core asan-metadata tsan tsan-core tsan-metadata fuzz test-verbs test-faults faults-ucx faults-verbs test-link valgrind-ucx test-ucx-softroce test-ucx test-softroce bench deps clean
@@ -81,6 +81,12 @@ $(B)/core_bench: tests/bench/core_bench.c tests/bench/bench_util.h tests/test_ba
 
 $(B)/test_ucx: tests/test_ucx.c tests/xfer_util.h tests/nixl_test.h nixl.h nixl_ucx.h | $(B)
 	$(CC) $(WARN) $(CFLAGS) -I. $< -o $@ $(UCX_LIBS) $(LIBS)
+
+$(B)/kv_offload: examples/kv_offload.c nixl.h nixl_posix.h | $(B)
+	$(CC) $(WARN) $(CFLAGS) -I. $< -o $@ $(POSIX_LIBS) $(LIBS)
+
+$(B)/posix_bench: tests/bench/posix_bench.c tests/bench/bench_util.h nixl.h nixl_posix.h | $(B)
+	$(CC) $(WARN) $(CFLAGS) -I. $< -o $@ $(POSIX_LIBS) $(LIBS)
 
 $(B)/test_posix: tests/test_posix.c tests/log_capture.h tests/nixl_test.h nixl.h nixl_posix.h | $(B)
 	$(CC) $(WARN) $(CFLAGS) -I. $< -o $@ $(POSIX_LIBS) $(LIBS)
@@ -117,7 +123,7 @@ python: $(PY_MOD)
 
 $(PY_MOD): python/nixl/_bindings.c $(HEADERS)
 	$(CC) $(WARN) $(CFLAGS) -fPIC -shared -fvisibility=hidden -I. -I$(PY_INC) $< -o $@ \
-		$(VERBS_LIBS) $(UCX_LIBS) $(LIBS)
+		$(VERBS_LIBS) $(UCX_LIBS) $(POSIX_LIBS) $(LIBS)
 
 # pytest and the Python examples over UCX here and over verbs in the VM,
 # under ASan, and pip install offline into a fresh venv. In `make test` the
@@ -135,7 +141,7 @@ test-python-host: python
 PY_ASAN = $(B)/asanpy/nixl/_bindings$(PY_EXT)
 $(PY_ASAN): python/nixl/_bindings.c $(HEADERS) | $(B)
 	@mkdir -p $(dir $@)
-	$(CC) $(WARN) $(SAN) -fPIC -shared -I. -I$(PY_INC) $< -o $@ $(VERBS_LIBS) $(UCX_LIBS) $(LIBS)
+	$(CC) $(WARN) $(SAN) -fPIC -shared -I. -I$(PY_INC) $< -o $@ $(VERBS_LIBS) $(UCX_LIBS) $(POSIX_LIBS) $(LIBS)
 
 bench-python: python $(B)/py_bench_ref
 	$(PY) tests/bench/py_bench.py
@@ -147,8 +153,8 @@ test: deps
 	@tests/run-suite $(TEST_PARTS)
 
 # the file backend against real files (io_uring and the thread engine; ENOSPC on a tmpfs it mounts)
-test-posix: $(B)/test_posix
-	$(B)/test_posix
+test-posix: $(B)/test_posix $(B)/kv_offload
+	@tests/run-suite posix-suite=$(B)/test_posix "kv-offload=tests/run-offload"
 
 test-unit: $(B)/test_core
 	$(B)/test_core
@@ -239,7 +245,7 @@ fuzz:
 	@tests/fuzz/run
 
 # RESULT lines: nixl vs perftest / ucx_perftest in the same run, and the core's cost
-bench: $(B)/core_bench $(B)/nixl_bench python $(B)/py_bench_ref
+bench: $(B)/core_bench $(B)/nixl_bench $(B)/posix_bench python $(B)/py_bench_ref
 	$(B)/core_bench
 	$(VM_RUN) $(B)/core_bench --backend VERBS
 	$(PY) tests/bench/py_bench.py

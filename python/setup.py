@@ -20,8 +20,8 @@ bindings = Extension(
     "nixl._bindings",
     sources=["nixl/_bindings.c"],
     include_dirs=[ROOT],
-    depends=[os.path.join(ROOT, h) for h in ("nixl.h", "nixl_ucx.h", "nixl_verbs.h")],
-    libraries=["ibverbs", "rdmacm", "ucp", "ucs", "dl", "pthread"],
+    depends=[os.path.join(ROOT, h) for h in ("nixl.h", "nixl_ucx.h", "nixl_verbs.h", "nixl_posix.h")],
+    libraries=["ibverbs", "rdmacm", "ucp", "ucs", "uring", "dl", "pthread"],
     extra_compile_args=["-std=c11", "-Wall", "-Wextra", "-Werror", "-fvisibility=hidden"],
 )
 

@@ -304,8 +304,10 @@ class nixl_agent:
         self.agent.deregisterMem(dereg, self._backend_handles(backends))
 
     def query_memory(self, reg_list, backend: str, mem_type: str = None):
-        """NIXL answers this for storage backends (FILE, OBJ); no backend of
-        nixl.h answers it yet: nixlNotSupportedError."""
+        """For each descriptor of a FILE (or BLK) list: the registered file's
+        {"size", "mode", "mtime", "readable", "writable", "direct"}, or None
+        when the backend does not hold it. Only "POSIX" answers (others:
+        nixlNotSupportedError)."""
         if backend not in self.backends:
             raise ValueError("Backend %s not instantiated (available: %s)" % (backend, list(self.backends)))
         descs = self.get_reg_descs(reg_list, mem_type)

@@ -34,6 +34,7 @@
 #include "nixl.h"
 #include "nixl_ucx.h"
 #include "nixl_verbs.h"
+#include "nixl_posix.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -1182,6 +1183,7 @@ typedef struct {
 static const _pynixl_plugin _pynixl_plugins[] = {
     {"UCX", nixl_ucx_backend},
     {"VERBS", nixl_verbs_backend},
+    {"POSIX", nixl_posix_backend},
 };
 #define _PYNIXL_NPLUGINS (sizeof _pynixl_plugins / sizeof _pynixl_plugins[0])
 
@@ -1189,7 +1191,7 @@ static const nixl_backend_ops_t *_pynixl_plugin_ops(const char *name) {
     size_t i;
     for (i = 0; i < _PYNIXL_NPLUGINS; i++)
         if (!strcmp(_pynixl_plugins[i].name, name)) return _pynixl_plugins[i].ops();
-    PyErr_Format(_pynixl_exc[4], "NIXL_ERR_NOT_FOUND: no backend plugin named '%s' (available: UCX, VERBS)", name);
+    PyErr_Format(_pynixl_exc[4], "NIXL_ERR_NOT_FOUND: no backend plugin named '%s' (available: UCX, VERBS, POSIX)", name);
     return NULL;
 }
 
@@ -1356,13 +1358,58 @@ static PyObject *_pynixl_reg_common(PyObject *obj, PyObject *args, int reg) {
 static PyObject *_pynixl_register_mem(PyObject *o, PyObject *a) { return _pynixl_reg_common(o, a, 1); }
 static PyObject *_pynixl_deregister_mem(PyObject *o, PyObject *a) { return _pynixl_reg_common(o, a, 0); }
 
-/* No backend of ours answers queries about memory (NIXL's are for FILE and
-   OBJ storage); the error says so rather than pretending. */
+/* One answer of queryMem: a registered file's {"size", "mode", "mtime"}
+   (NIXL's query_memory), None for a descriptor the backend knows nothing of. */
+static PyObject *_pynixl_file_info(nixl_backend_t *be, const nixl_desc_t *d) {
+    nixl_posix_file_info_t info;
+    nixl_status_t st;
+    Py_BEGIN_ALLOW_THREADS st = nixl_posix_query(be, (int)d->dev_id, &info);
+    Py_END_ALLOW_THREADS if (st != NIXL_SUCCESS) Py_RETURN_NONE;
+    return Py_BuildValue("{s:K,s:I,s:L,s:O,s:O,s:O}", "size", (unsigned long long)info.size, "mode",
+                         (unsigned)info.mode, "mtime", (long long)info.mtime_s, "readable",
+                         info.readable ? Py_True : Py_False, "writable", info.writable ? Py_True : Py_False,
+                         "direct", info.direct ? Py_True : Py_False);
+}
+
+/* queryMem(reg_dlist, backend): a list, one entry per descriptor. The
+   POSIX backend answers for FILE and BLK descriptors (dev_id = the file
+   descriptor); other backends answer nothing of memory: NOT_SUPPORTED. */
 static PyObject *_pynixl_query_mem(PyObject *obj, PyObject *args) {
-    PyObject *descs, *be = NULL;
-    (void)obj;
-    if (!PyArg_ParseTuple(args, "O|O:queryMem", &descs, &be)) return NULL;
-    return _pynixl_raise(NIXL_ERR_NOT_SUPPORTED, "queryMem: no backend of this agent can answer queries about memory");
+    _pynixl_agent *self = (_pynixl_agent *)obj;
+    PyObject *descs, *beo = NULL, *out = NULL, *one = NULL;
+    _pynixl_bes b;
+    _pynixl_view v;
+    size_t i;
+    if (!PyArg_ParseTuple(args, "O|O:queryMem", &descs, &beo) || _pynixl_agent_live(self)) return NULL;
+    if (!beo || beo == Py_None || !(one = PyList_New(1))) {
+        Py_XDECREF(one);
+        return _pynixl_raise(NIXL_ERR_INVALID_PARAM, "queryMem: name the backend to ask");
+    }
+    Py_INCREF(beo);
+    PyList_SET_ITEM(one, 0, beo);
+    if (_pynixl_backends(self, one, &b)) {
+        Py_DECREF(one);
+        return NULL;
+    }
+    Py_DECREF(one);
+    if (nixl_posix_engine(b.v[0]) == 0)
+        return _pynixl_raise(NIXL_ERR_NOT_SUPPORTED, "queryMem: only the POSIX backend answers queries (about files)");
+    if (_pynixl_view_open(descs, &v, 0, "queryMem's descriptors")) return NULL;
+    if (v.v.mem != NIXL_FILE && v.v.mem != NIXL_BLK) {
+        _pynixl_view_close(&v);
+        return _pynixl_raise(NIXL_ERR_INVALID_PARAM, "queryMem: the descriptors must be FILE or BLK");
+    }
+    out = PyList_New((Py_ssize_t)v.v.count);
+    for (i = 0; out && i < v.v.count; i++) {
+        PyObject *d = _pynixl_file_info(b.v[0], &v.v.descs[i]);
+        if (!d) {
+            Py_CLEAR(out);
+            break;
+        }
+        PyList_SET_ITEM(out, (Py_ssize_t)i, d);
+    }
+    _pynixl_view_close(&v);
+    return out;
 }
 
 /* --- metadata */
@@ -1926,7 +1973,8 @@ static PyMethodDef _pynixl_agent_methods[] = {
     {"getBackendName", _pynixl_backend_name, METH_O, "the plugin name of a backend handle"},
     {"registerMem", _pynixl_register_mem, METH_VARARGS, "registerMem(reg_dlist, backends=[])"},
     {"deregisterMem", _pynixl_deregister_mem, METH_VARARGS, "deregisterMem(reg_dlist, backends=[])"},
-    {"queryMem", _pynixl_query_mem, METH_VARARGS, "queryMem(reg_dlist, backend): NOT_SUPPORTED here"},
+    {"queryMem", _pynixl_query_mem, METH_VARARGS,
+     "queryMem(reg_dlist, backend) -> [dict | None]: a registered file's size, mode, mtime (POSIX backend)"},
     {"makeConnection", _pynixl_make_connection, METH_VARARGS, "makeConnection(remote, backends=[])"},
     {"getLocalMD", _pynixl_get_local_md, METH_NOARGS, "this agent's metadata (bytes)"},
     {"getLocalPartialMD", _pynixl_get_local_partial_md, METH_VARARGS,

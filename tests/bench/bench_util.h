@@ -9,24 +9,24 @@
 #include <stdlib.h>
 #include <time.h>
 
-static uint64_t now_ns(void) {
+static __attribute__((unused)) uint64_t now_ns(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
 }
 
-static int cmp_u64(const void *a, const void *b) {
+static __attribute__((unused)) int cmp_u64(const void *a, const void *b) {
     uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
     return x < y ? -1 : x > y;
 }
 
 /* the median of n timings (sorts them) */
-static double median_of(uint64_t *v, size_t n) {
+static __attribute__((unused)) double median_of(uint64_t *v, size_t n) {
     qsort(v, n, sizeof *v, cmp_u64);
     return (double)v[n / 2];
 }
 
-static void die(const char *what, nixl_status_t st) {
+static __attribute__((unused)) void die(const char *what, nixl_status_t st) {
     fprintf(stderr, "%s: %s: %s\n", BENCH_NAME, what, nixl_status_str(st));
     exit(1);
 }

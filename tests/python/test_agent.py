@@ -28,7 +28,8 @@ def test_agent_attributes_and_plugins(make_agent):
     a = make_agent("attrs")
     assert a.name.startswith("attrs-") and a.notifs == {}
     assert list(a.backends) == [BACKEND]
-    assert set(a.get_plugin_list()) == {"UCX", "VERBS"}
+    assert set(a.get_plugin_list()) == {"UCX", "VERBS", "POSIX"}
+    assert "FILE" in a.get_plugin_mem_types("POSIX") and "queue_depth" in a.get_plugin_params("POSIX")
     assert "DRAM" in a.get_plugin_mem_types("UCX") and "DRAM" in a.get_plugin_mem_types("VERBS")
     assert "tls" in a.get_plugin_params("UCX") and "devices" in a.get_plugin_params("VERBS")
     assert "notif_unverified" in a.get_backend_params(BACKEND)
@@ -104,6 +105,49 @@ def test_query_memory_not_supported(make_agent):
         a.query_memory([(1, 2, 0, "")], BACKEND, "FILE")
     with pytest.raises(ValueError):
         a.query_memory([(1, 2, 0, "")], "NOSUCH", "FILE")
+
+
+def _wait_done(agent, h):
+    for _ in range(10_000_000):
+        state = agent.check_xfer_state(h)
+        if state != "PROC":
+            return state
+    return "TIMEOUT"
+
+
+def test_posix_offload_and_query(make_agent, tmp_path):
+    """KV blocks to a file and back with the "POSIX" backend (NIXL's file
+    convention: (offset, length, fd)), every byte checked; query_memory
+    tells the file's size."""
+    a = make_agent("offload", backends=["POSIX"])
+    assert "POSIX" in a.backends
+    blocks, bs = 64, 4096
+    src = np.arange(blocks * bs, dtype=np.uint8) * 7 % 251
+    dst = np.zeros_like(src)
+    fd = os.open(str(tmp_path / "kv.bin"), os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        a.register_memory([(src.ctypes.data, src.nbytes, 0, "")], "DRAM", backends=["POSIX"])
+        a.register_memory([(dst.ctypes.data, dst.nbytes, 0, "")], "DRAM", backends=["POSIX"])
+        a.register_memory([(0, blocks * bs, fd, "kv.bin")], "FILE", backends=["POSIX"])
+        mem = a.get_xfer_descs([(src.ctypes.data + i * bs, bs, 0) for i in range(blocks)], "DRAM")
+        order = [(i * 5) % blocks for i in range(blocks)]
+        fil = a.get_xfer_descs([(o * bs, bs, fd) for o in order], "FILE")
+        h = a.initialize_xfer("WRITE", mem, fil, a.name)
+        assert a.transfer(h) in ("PROC", "DONE") and _wait_done(a, h) == "DONE"
+        a.release_xfer_handle(h)
+        back = a.get_xfer_descs([(dst.ctypes.data + i * bs, bs, 0) for i in range(blocks)], "DRAM")
+        h = a.initialize_xfer("READ", back, fil, a.name)
+        assert a.transfer(h) in ("PROC", "DONE") and _wait_done(a, h) == "DONE"
+        a.release_xfer_handle(h)
+        assert np.array_equal(src, dst)
+        with open(tmp_path / "kv.bin", "rb") as f:  # the file holds block i at slot order[i]
+            data = np.frombuffer(f.read(), dtype=np.uint8)
+        assert all(np.array_equal(data[o * bs:(o + 1) * bs], src[i * bs:(i + 1) * bs]) for i, o in enumerate(order))
+        info = a.query_memory([(0, blocks * bs, fd, "")], "POSIX", "FILE")
+        assert info[0]["size"] == blocks * bs and info[0]["writable"] and info[0]["mtime"] > 0
+        assert a.query_memory([(0, 1, fd + 1000, "")], "POSIX", "FILE") == [None]  # not registered
+    finally:
+        os.close(fd)
 
 
 def test_metadata_by_api(make_agent):
