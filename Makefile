@@ -61,7 +61,7 @@ all: $(PROGS)
 $(B):
 	@mkdir -p $(B)
 
-$(B)/test_core: tests/test_core.c tests/test_backend.h tests/nixl_test.h nixl.h | $(B)
+$(B)/test_core: tests/test_core.c tests/log_capture.h tests/test_backend.h tests/nixl_test.h nixl.h | $(B)
 	$(CC) $(WARN) $(CFLAGS) -I. $< -o $@ $(LIBS)
 
 $(B)/test_metadata: tests/test_metadata.c tests/log_capture.h tests/test_backend.h tests/nixl_test.h nixl.h | $(B)

@@ -45,4 +45,11 @@ static __attribute__((unused)) int seen(const char *needle) {
     return hit;
 }
 
+/* forgets every line kept so far */
+static __attribute__((unused)) void lc_reset(void) {
+    pthread_mutex_lock(&lc_mu);
+    lc_buf[0] = 0;
+    pthread_mutex_unlock(&lc_mu);
+}
+
 #endif

@@ -16,6 +16,14 @@
    Forked children: run checks in the child, then nt_child_exit(): the
    child's failures come back as its exit status, which the parent checks
    with CHECK_CHILD(pid).
+
+   Isolation: NT_RUN_ISOLATED(fn, seconds) runs a test in a child process
+   of its own with a time limit (a hang ends as one failure, a crash does
+   not take the suite down), its checks counted in the parent's totals.
+   NIXL_TEST_ISOLATE=1 makes every NT_RUN do that (NIXL_TEST_TIMEOUT
+   seconds, default 300); NIXL_TEST_TIMEOUT_SCALE stretches every limit
+   (valgrind). nt_process_start/nt_process_end give other children (a test's
+   peer process) the same counting and limit.
 */
 #ifndef NIXL_TEST_H
 #define NIXL_TEST_H
@@ -26,6 +34,8 @@
 #include <stdarg.h>
 #include <sys/types.h>
 #include <sys/wait.h>
+#include <signal.h>
+#include <errno.h>
 #include <unistd.h>
 #include <time.h>
 
@@ -35,8 +45,15 @@ static int nt_passed, nt_failed, nt_skipped;
 static int nt_argc;
 static char **nt_argv;
 static const char *nt_current = "";
+static int nt_count_fd = -1;  /* where a test's child process reports its check counts */
+static double nt_scale = 1;   /* NIXL_TEST_TIMEOUT_SCALE: longer limits (valgrind) */
 
-NT_FN void nt_init(int argc, char **argv) { nt_argc = argc; nt_argv = argv; }
+NT_FN void nt_init(int argc, char **argv) {
+    const char *scale = getenv("NIXL_TEST_TIMEOUT_SCALE");
+    nt_argc = argc;
+    nt_argv = argv;
+    if (scale && atof(scale) >= 1) nt_scale = atof(scale);
+}
 
 NT_FN int nt_selected(const char *name) {
     int i;
@@ -83,16 +100,26 @@ NT_FN int nt_check(int ok, const char *file, int line, const char *expr, const c
         printf("skip %s: %s\n", nt_current, why);                    \
     } while (0)
 
-#define NT_RUN(fn)                              \
-    do {                                        \
-        if (nt_selected(#fn)) {                 \
-            nt_current = #fn;                   \
-            if (getenv("NIXL_TEST_VERBOSE"))    \
-                printf("== %s\n", #fn);         \
-            fflush(stdout);                     \
-            fn();                               \
-        }                                       \
+static void nt_run_isolated(void (*fn)(void), const char *name, unsigned timeout_s);
+
+#define NT_RUN(fn)                                                            \
+    do {                                                                      \
+        if (getenv("NIXL_TEST_ISOLATE") && atoi(getenv("NIXL_TEST_ISOLATE"))) \
+            nt_run_isolated(fn, #fn, nt_default_timeout());                   \
+        else if (nt_selected(#fn)) {                                          \
+            nt_current = #fn;                                                 \
+            if (getenv("NIXL_TEST_VERBOSE"))                                  \
+                printf("== %s\n", #fn);                                       \
+            fflush(stdout);                                                   \
+            fn();                                                             \
+        }                                                                     \
     } while (0)
+#define NT_RUN_ISOLATED(fn, timeout_s) nt_run_isolated(fn, #fn, timeout_s)
+
+NT_FN unsigned nt_default_timeout(void) {
+    const char *t = getenv("NIXL_TEST_TIMEOUT");
+    return t && atoi(t) > 0 ? (unsigned)atoi(t) : 300u;
+}
 
 /* In a forked child: exit with the number of failures (capped). */
 /* this process's resident memory in KiB (VmRSS), -1 if unknown */
@@ -122,6 +149,64 @@ NT_FN void nt_child_exit(void) {
                  WIFEXITED(nt_ws_), WIFEXITED(nt_ws_) ? WEXITSTATUS(nt_ws_) : -1,                \
                  WIFSIGNALED(nt_ws_) ? WTERMSIG(nt_ws_) : 0);                                    \
     } while (0)
+
+/* a test's child sends its counts to the parent (nt_count_fd) */
+NT_FN void nt_report_counts(void) {
+    int v[2];
+    v[0] = nt_passed;
+    v[1] = nt_failed;
+    if (nt_count_fd >= 0 && write(nt_count_fd, v, sizeof v) != (ssize_t)sizeof v) _exit(101);
+}
+
+static void nt_on_alarm(int sig) {
+    static const char msg[] = "FAIL timeout: the test process hung and was stopped\n";
+    (void)sig;
+    if (write(1, msg, sizeof msg - 1) < 0) _exit(99);
+    nt_failed++;
+    nt_report_counts();
+    _exit(99);
+}
+
+/* In a fresh child: counts start at zero, a hang ends in a failure. */
+NT_FN void nt_process_start(unsigned timeout_s) {
+    nt_passed = nt_failed = 0;
+    signal(SIGALRM, nt_on_alarm);
+    alarm((unsigned)(timeout_s * nt_scale));
+}
+
+NT_FN void nt_process_end(void) {
+    nt_report_counts();
+    nt_child_exit();
+}
+
+/* Runs fn in a child; adds the child's (and its peers') checks to ours. */
+static void nt_run_isolated(void (*fn)(void), const char *name, unsigned timeout_s) {
+    int fds[2], v[2];
+    pid_t pid;
+    if (!nt_selected(name)) return;
+    nt_current = name;
+    if (getenv("NIXL_TEST_VERBOSE")) printf("== %s\n", name);
+    fflush(stdout);
+    if (pipe(fds) != 0) {
+        CHECKF(0, "pipe: %s", strerror(errno));
+        return;
+    }
+    pid = fork();
+    if (pid == 0) {
+        close(fds[0]);
+        nt_count_fd = fds[1];
+        nt_process_start(timeout_s);
+        fn();
+        nt_process_end();
+    }
+    close(fds[1]);
+    while (read(fds[0], v, sizeof v) == (ssize_t)sizeof v) {
+        nt_passed += v[0];
+        nt_failed += v[1];
+    }
+    close(fds[0]);
+    CHECK_CHILD(pid);
+}
 
 NT_FN int nt_finish(void) {
     if (nt_skipped)

@@ -31,68 +31,10 @@
 
 static char g_params[1024];
 static const char *g_tls;
-static int g_count_fd = -1; /* where a test process reports its check counts */
-static double g_scale = 1;  /* NIXL_TEST_TIMEOUT_SCALE: longer limits (valgrind) */
 
 // >>harness
 
-static void report_counts(void) {
-    int v[2];
-    v[0] = nt_passed;
-    v[1] = nt_failed;
-    if (g_count_fd >= 0 && write(g_count_fd, v, sizeof v) != (ssize_t)sizeof v) _exit(101);
-}
-
-static void on_alarm(int sig) {
-    static const char msg[] = "FAIL timeout: the test process hung and was stopped\n";
-    (void)sig;
-    if (write(1, msg, sizeof msg - 1) < 0) _exit(99);
-    nt_failed++;
-    report_counts();
-    _exit(99);
-}
-
-/* In a fresh process: counts start at zero, a hang ends in a failure. */
-static void process_start(unsigned timeout_s) {
-    nt_passed = nt_failed = 0;
-    signal(SIGALRM, on_alarm);
-    alarm((unsigned)(timeout_s * g_scale));
-}
-
-static void process_end(void) {
-    report_counts();
-    nt_child_exit();
-}
-
-/* Runs fn in a child; adds the child's (and its peers') checks to ours. */
-static void run_isolated(void (*fn)(void), const char *name, unsigned timeout_s) {
-    int fds[2], v[2];
-    pid_t pid;
-    if (!nt_selected(name)) return;
-    nt_current = name;
-    if (getenv("NIXL_TEST_VERBOSE")) printf("== %s\n", name);
-    fflush(stdout);
-    if (pipe(fds) != 0) {
-        CHECKF(0, "pipe: %s", strerror(errno));
-        return;
-    }
-    pid = fork();
-    if (pid == 0) {
-        close(fds[0]);
-        g_count_fd = fds[1];
-        process_start(timeout_s);
-        fn();
-        process_end();
-    }
-    close(fds[1]);
-    while (read(fds[0], v, sizeof v) == (ssize_t)sizeof v) {
-        nt_passed += v[0];
-        nt_failed += v[1];
-    }
-    close(fds[0]);
-    CHECK_CHILD(pid);
-}
-#define RUN(fn, t) run_isolated(fn, #fn, t)
+#define RUN(fn, t) NT_RUN_ISOLATED(fn, t) /* each test in its own process, with a limit */
 
 /* Forks the peer process of a two-process test; fn gets its socket end. */
 static pid_t spawn_peer(void (*fn)(int sock), int *sock, unsigned timeout_s) {
@@ -103,9 +45,9 @@ static pid_t spawn_peer(void (*fn)(int sock), int *sock, unsigned timeout_s) {
     pid = fork();
     if (pid == 0) {
         close(sv[0]);
-        process_start(timeout_s);
+        nt_process_start(timeout_s);
         fn(sv[1]);
-        process_end();
+        nt_process_end();
     }
     close(sv[1]);
     *sock = sv[0];
@@ -267,7 +209,7 @@ static nixl_status_t make_req1(nixl_agent_t *a, nixl_xfer_op_t op, void *lbuf, u
 /* Waits for a request while also driving `other` (the target in this
    process, if any). Bounded: IN_PROG back means it timed out. */
 static nixl_status_t wait_xfer(nixl_agent_t *a, nixl_xfer_req_t *r, nixl_agent_t *other, double timeout_s) {
-    uint64_t until = nixl_now_us() + (uint64_t)(timeout_s * g_scale * 1e6);
+    uint64_t until = nixl_now_us() + (uint64_t)(timeout_s * nt_scale * 1e6);
     nixl_status_t st;
     do {
         st = nixl_get_xfer_status(a, r);
@@ -334,7 +276,7 @@ static void notes_free(notes_t *q) {
 
 /* Collects notifications on `a` (driving `other` too) until there are n. */
 static size_t wait_notes(nixl_agent_t *a, nixl_agent_t *other, notes_t *q, size_t n, double timeout_s) {
-    uint64_t until = nixl_now_us() + (uint64_t)(timeout_s * g_scale * 1e6);
+    uint64_t until = nixl_now_us() + (uint64_t)(timeout_s * nt_scale * 1e6);
     while (q->n < n && nixl_now_us() < until) {
         nixl_get_notifs(a, notes_cb, q);
         if (other) nixl_progress(other);
@@ -344,7 +286,7 @@ static size_t wait_notes(nixl_agent_t *a, nixl_agent_t *other, notes_t *q, size_
 
 /* Drives an agent until a byte arrives on fd (a step of the other process). */
 static int progress_until_readable(nixl_agent_t *a, int fd, double timeout_s) {
-    uint64_t until = nixl_now_us() + (uint64_t)(timeout_s * g_scale * 1e6);
+    uint64_t until = nixl_now_us() + (uint64_t)(timeout_s * nt_scale * 1e6);
     struct pollfd p;
     p.fd = fd;
     p.events = POLLIN;
@@ -629,7 +571,7 @@ static void test_progress_only(void) {
     if (!req) goto out;
     st = nixl_post_xfer_req(a, req, NULL);
     CHECK(st == NIXL_IN_PROG || st == NIXL_SUCCESS);
-    until = nixl_now_us() + (uint64_t)(20e6 * g_scale);
+    until = nixl_now_us() + (uint64_t)(20e6 * nt_scale);
     while (q.n == 0 && nixl_now_us() < until) {
         nixl_progress(a);
         nixl_get_notifs(b, notes_cb, &q);
@@ -679,7 +621,7 @@ static void test_invalidate_after_notif(void) {
        later: let that settle first, or it would undo the reload (and
        without a token the target then cannot verify ini's new session) */
     {
-        uint64_t until = nixl_now_us() + (uint64_t)(2e6 * g_scale);
+        uint64_t until = nixl_now_us() + (uint64_t)(2e6 * nt_scale);
         while (nixl_now_us() < until && nixl_check_remote_md(b, "ini", NULL) == NIXL_SUCCESS) {
             nixl_progress(a);
             nixl_progress(b);
@@ -1270,7 +1212,7 @@ static void test_peer_killed(void) {
     CHECK(waitpid(pid, &ws, 0) == pid && WIFSIGNALED(ws));
     pid = -1;
     t0 = nixl_now_us();
-    until = t0 + (uint64_t)(30e6 * g_scale);
+    until = t0 + (uint64_t)(30e6 * nt_scale);
     /* keep the pipe full: a transfer that finished before the kill is posted again */
     while (nixl_now_us() < until) {
         if (st == NIXL_IN_PROG) st = nixl_get_xfer_status(x.a, req);
@@ -1623,7 +1565,7 @@ static void test_claimed_session_verified_on_load(void) {
     }
     CHECK(wait_notes(tgt, ini, &q, 5, 20) == 5);
     CHECK_ST(load_md_of(ini, tgt), NIXL_SUCCESS); /* now it does: the session is verified anew */
-    until = nixl_now_us() + (uint64_t)(7e6 * g_scale);
+    until = nixl_now_us() + (uint64_t)(7e6 * nt_scale);
     for (i = 0; nixl_now_us() < until; i++) { /* across the switch and past the old session's end */
         snprintf(m, sizeof m, "after-%d", i);
         if (i < 200) {
@@ -1661,7 +1603,7 @@ static void test_claimed_impostor_ends(void) {
     CHECK_ST(nixl_gen_notif(mallory, "tgt", "claimed", 7, NULL), NIXL_SUCCESS);
     CHECK(wait_notes(tgt, mallory, &q, 1, 20) == 1); /* taken on its word: nobody else is "ini" yet */
     CHECK_ST(load_md_of(ini, tgt), NIXL_SUCCESS);     /* the real ini's metadata arrives */
-    until = nixl_now_us() + (uint64_t)(6e6 * g_scale); /* past _NIXL_UCX_SUPERSEDED_US */
+    until = nixl_now_us() + (uint64_t)(6e6 * nt_scale); /* past _NIXL_UCX_SUPERSEDED_US */
     while (nixl_now_us() < until) {
         nixl_get_notifs(tgt, notes_cb, &q);
         nixl_progress(mallory);
@@ -1672,7 +1614,7 @@ static void test_claimed_impostor_ends(void) {
     memset(&q, 0, sizeof q);
     CHECK_ST(nixl_gen_notif(mallory, "tgt", "forged", 6, NULL), NIXL_SUCCESS);
     CHECK_ST(nixl_gen_notif(ini, "tgt", "honest", 6, NULL), NIXL_SUCCESS);
-    until = nixl_now_us() + (uint64_t)(3e6 * g_scale);
+    until = nixl_now_us() + (uint64_t)(3e6 * nt_scale);
     while (nixl_now_us() < until) {
         nixl_get_notifs(tgt, notes_cb, &q);
         nixl_progress(mallory);
@@ -1718,7 +1660,7 @@ static void test_forged_notifications(void) {
         CHECK_ST(nixl_gen_notif(mallory, "tgt", "req-17 done", 11, NULL), NIXL_SUCCESS);
         CHECK_ST(nixl_gen_notif(ghost, "tgt", "boo", 3, NULL), NIXL_SUCCESS);
         CHECK_ST(nixl_gen_notif(ini, "tgt", "honest", 6, NULL), NIXL_SUCCESS);
-        until = nixl_now_us() + (uint64_t)(2e6 * g_scale);
+        until = nixl_now_us() + (uint64_t)(2e6 * nt_scale);
         while (nixl_now_us() < until) {
             nixl_get_notifs(tgt, notes_cb, &q);
             nixl_progress(ini);
@@ -1854,7 +1796,7 @@ static void raw_victim(int s) {
     send_u64(s, (uint64_t)(uintptr_t)raw_secret);
     {   /* serve until the attacker is done, collecting notifications */
         notes_t q;
-        uint64_t until = nixl_now_us() + (uint64_t)(60e6 * g_scale);
+        uint64_t until = nixl_now_us() + (uint64_t)(60e6 * nt_scale);
         struct pollfd pf;
         memset(&q, 0, sizeof q);
         pf.fd = s;
@@ -1933,7 +1875,7 @@ static void test_raw_ucx_attacker(void) {
     {
         ucp_request_param_t rp;
         ucs_status_ptr_t put, get, fl;
-        uint64_t until = nixl_now_us() + (uint64_t)(2e6 * g_scale);
+        uint64_t until = nixl_now_us() + (uint64_t)(2e6 * nt_scale);
         memset(&rp, 0, sizeof rp);
         put = ucp_put_nbx(ep, mine, 64, secret, rkey, &rp);
         get = ucp_get_nbx(ep, got, 64, secret + 1024, rkey, &rp);
@@ -1961,7 +1903,7 @@ static void test_raw_ucx_attacker(void) {
             ep_eager.flags = UCP_AM_SEND_FLAG_EAGER; /* as the backend's own notifications travel */
             a1 = ucp_am_send_nbx(ep, _NIXL_UCX_AM_ID, NULL, 0, m, big, &ep_eager);
             a2 = ucp_am_send_nbx(ep, _NIXL_UCX_AM_ID, NULL, 0, m, 4 + sizeof who - 1 + 5, &rp);
-            until = nixl_now_us() + (uint64_t)(2e6 * g_scale);
+            until = nixl_now_us() + (uint64_t)(2e6 * nt_scale);
             for (i = 0; nixl_now_us() < until; i++) {
                 int busy = 0;
                 if (a1 && !UCS_PTR_IS_ERR(a1) && ucp_request_check_status(a1) == UCS_INPROGRESS) busy = 1;
@@ -2061,7 +2003,7 @@ static void test_notif_flood_bounded(void) {
         nixl_progress(a);
     }
     {   /* let it all go out */
-        uint64_t until = nixl_now_us() + (uint64_t)(5e6 * g_scale);
+        uint64_t until = nixl_now_us() + (uint64_t)(5e6 * nt_scale);
         while (nixl_now_us() < until) nixl_progress(a);
     }
     CHECK(refused == 0);
@@ -2129,9 +2071,7 @@ static int run_all(void) {
 
 int main(int argc, char **argv) {
     const char *extra = getenv("NIXL_TEST_UCX_EXTRA");
-    const char *scale = getenv("NIXL_TEST_TIMEOUT_SCALE");
-    if (scale && atof(scale) >= 1) g_scale = atof(scale);
-    nt_init(argc, argv);
+    nt_init(argc, argv); /* reads NIXL_TEST_TIMEOUT_SCALE too */
     g_tls = getenv("NIXL_TEST_UCX_TLS");
     if (!g_tls || !*g_tls) g_tls = "tcp";
     snprintf(g_params, sizeof g_params, "tls=%s%s%s", g_tls, extra && *extra ? "," : "", extra ? extra : "");

@@ -1,7 +1,11 @@
 /* xfer_util.h — helpers shared by the transfer tests (any backend): agents,
    registration, metadata exchange in one process or over a socket between
    processes, waiting for requests and notifications with a deadline.
-   Include after nixl.h (with its implementation) and nixl_test.h. */
+   Include after nixl.h (with its implementation) and nixl_test.h.
+   One convention for every helper of the tests: a helper that wraps a nixl
+   call returns its nixl_status_t (NIXL_SUCCESS = 0 is success); a helper
+   that answers a question (did it work, did it arrive) returns int, 1 for
+   yes; a helper that finds something returns it, 0/NULL for none. */
 #ifndef NIXL_XFER_UTIL_H
 #define NIXL_XFER_UTIL_H
 
