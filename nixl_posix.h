@@ -73,8 +73,8 @@
    ------
    VRAM <-> FILE (staging through pinned host buffers with the CUDA copy
    engine, or GPUDirect Storage through cuFile) is not implemented yet:
-   VRAM is not in this backend's memory types, so such requests find no
-   backend (NOT_SUPPORTED, logged by the core).
+   registering VRAM with this backend is NOT_SUPPORTED, with a log line
+   that says so (or, without a GPU, that VRAM needs the CUDA driver).
    io_uring: no registered files or buffers yet (plain readv/writev-free
    IORING_OP_READ/WRITE on the descriptor).
 
@@ -90,7 +90,7 @@ extern "C" {
 #endif
 
 /* The file backend's vtable, for nixl_create_backend. Name "POSIX", memory
-   DRAM, FILE and BLK, caps LOCAL. Never fails (errors come from
+   DRAM, FILE and BLK (VRAM: refused at registration, see LIMITS), caps LOCAL. Never fails (errors come from
    nixl_create_backend: INVALID_PARAM for a bad param, NOT_SUPPORTED for
    engine=uring where io_uring cannot run). Any thread. */
 NIXL_API const nixl_backend_ops_t *nixl_posix_backend(void);
@@ -189,6 +189,7 @@ typedef struct _nixl_posix_engine {
     int kind; /* NIXL_POSIX_ENGINE_* */
     uint32_t qd, nthreads, max_io, align;
     uint32_t inflight; /* I/Os handed to the kernel or the pool */
+    _nixl_cuda_t cuda; /* VRAM: the driver, loaded on the first VRAM registration */
     _nixl_posix_md_t *mds;
     _nixl_posix_req_t *reqs;
     _nixl_posix_req_t *pend_head, *pend_tail;
@@ -567,6 +568,7 @@ static void _nixl_posix_destroy(void *engine) {
         for (i = 0; i < e->nthr_started; i++) pthread_join(e->thr[i], NULL);
     }
     if (e->ring_ok) io_uring_queue_exit(&e->ring);
+    _nixl_cuda_close(&e->cuda);
     while (e->mds) {
         _nixl_posix_md_t *m = e->mds;
         e->mds = m->next;
@@ -614,10 +616,28 @@ static nixl_status_t _nixl_posix_check_fd(_nixl_posix_engine_t *e, nixl_mem_t me
     return NIXL_SUCCESS;
 }
 
+/* VRAM: refused, saying why (no driver; or the staging and GPUDirect
+   Storage paths, which are not written yet) */
+static nixl_status_t _nixl_posix_vram_refused(_nixl_posix_engine_t *e, const nixl_desc_t *r) {
+    int gpu;
+    uintptr_t base;
+    size_t size;
+    nixl_status_t st;
+    if (_nixl_cuda_load(&e->cuda, e->be, "posix") != 0) return NIXL_ERR_NOT_SUPPORTED;
+    if ((st = _nixl_vram_check(e->be, "posix", _nixl_cuda_query, &e->cuda, r, &gpu, &base, &size)) != NIXL_SUCCESS)
+        return st;
+    nixl_backend_log(e->be, NIXL_LOG_ERROR, "posix: register_mem: VRAM %p+%zu on GPU %d: files to and from GPU "
+                     "memory (staging through host buffers, GPUDirect Storage with cuFile) are not implemented yet; "
+                     "stage through registered host memory", (void *)r->addr, r->len, gpu);
+    return NIXL_ERR_NOT_SUPPORTED;
+}
+
 static nixl_status_t _nixl_posix_register_mem(void *engine, nixl_mem_t mem, const nixl_desc_t *region, void **md) {
     _nixl_posix_engine_t *e = (_nixl_posix_engine_t *)engine;
-    _nixl_posix_md_t *m = (_nixl_posix_md_t *)nixl_backend_alloc(e->be, sizeof *m);
+    _nixl_posix_md_t *m;
     nixl_status_t st;
+    if (mem == NIXL_VRAM) return _nixl_posix_vram_refused(e, region);
+    m = (_nixl_posix_md_t *)nixl_backend_alloc(e->be, sizeof *m);
     if (!m) return NIXL_ERR_BACKEND;
     m->mem = mem;
     m->addr = region->addr;
@@ -803,7 +823,8 @@ static void _nixl_posix_init_ops(void) {
     nixl_backend_ops_t *o = &_nixl_posix_ops;
     o->name = "POSIX";
     o->abi = NIXL_BACKEND_ABI;
-    o->mem_mask = NIXL_MEM_BIT(NIXL_DRAM) | NIXL_MEM_BIT(NIXL_FILE) | NIXL_MEM_BIT(NIXL_BLK);
+    /* VRAM is listed so that its registration says why it is refused */
+    o->mem_mask = NIXL_MEM_BIT(NIXL_DRAM) | NIXL_MEM_BIT(NIXL_VRAM) | NIXL_MEM_BIT(NIXL_FILE) | NIXL_MEM_BIT(NIXL_BLK);
     o->caps = NIXL_CAP_LOCAL;
     o->param_keys = _nixl_posix_param_keys;
     o->create = _nixl_posix_create;

@@ -393,6 +393,21 @@ static void test_engine_choice(void) {
     unlink(path);
 }
 
+/* VRAM with files is not implemented: registering it says so (without a
+   GPU: that VRAM needs the CUDA driver), and DRAM still registers */
+static void test_vram_refused(void) {
+    posix_env v;
+    unsigned char host[4096];
+    nixl_status_t st;
+    if (!CHECK(env_up(&v, NULL))) return;
+    st = reg1(v.a, NIXL_VRAM, (uintptr_t)host, sizeof host, 0);
+    CHECKF(st == NIXL_ERR_NOT_SUPPORTED || st == NIXL_ERR_INVALID_PARAM, "%s", nixl_status_str(st));
+    CHECK(seen("VRAM needs the CUDA driver") || seen("is not device memory"));
+    logged("");
+    CHECK_ST(reg1(v.a, NIXL_DRAM, (uintptr_t)host, sizeof host, 0), NIXL_SUCCESS);
+    env_down(&v);
+}
+
 /* the core never shows a local-only backend's files to peers */
 static void test_files_not_in_metadata(void) {
     posix_env v;
@@ -458,6 +473,7 @@ int main(int argc, char **argv) {
     }
     NT_RUN(test_engine_choice);
     NT_RUN(test_files_not_in_metadata);
+    NT_RUN(test_vram_refused);
     rmdir(g_dir);
     return nt_finish();
 }
