@@ -373,6 +373,18 @@ class nixl_agent:
             name = ""
         return self.agent.prepXferDlist(name, descs, self._backend_handles(backends))
 
+    def prep_xfer_dlist_strided(self, agent_name, mem_type: str, base: int, length: int, stride: int, count: int,
+                                dev_id: int = 0, backends: list = []):  # noqa: B006
+        """nixl.h's own (not in NIXL): prepares count blocks of `length`
+        bytes every `stride` bytes from `base` (one region) without a
+        descriptor each, for make_prepped_xfer by block index like any
+        prepared list. A KV cache of 1.4 M blocks costs one entry."""
+        name = _name_str(agent_name)
+        if name == "NIXL_INIT_AGENT":
+            name = ""
+        return self.agent.prepXferDlistStrided(name, self._mem_type(mem_type), base, length, stride, count, dev_id,
+                                               self._backend_handles(backends))
+
     def make_prepped_xfer(self, operation: str, local_xfer_side, local_indices, remote_xfer_side, remote_indices,
                           notif_msg: bytes = b"", backends: list = [], skip_desc_merge: bool = False):  # noqa: B006
         """A request from two prepared lists by indices (lists of ints or 1-D

@@ -1634,6 +1634,39 @@ static PyObject *_pynixl_prep_xfer_dlist(PyObject *obj, PyObject *args) {
     return _pynixl_handle_new(self, h, _PYNIXL_H_DLIST);
 }
 
+/* prepXferDlistStrided(agent_name, mem, base, len, stride, count, dev_id=0,
+   backends=None): "count blocks of len bytes every stride bytes from base"
+   prepared in O(1) memory (nixl_prep_xfer_dlist_strided); ours, not NIXL's */
+static PyObject *_pynixl_prep_xfer_dlist_strided(PyObject *obj, PyObject *args) {
+    _pynixl_agent *self = (_pynixl_agent *)obj;
+    PyObject *n, *bes = NULL;
+    const char *name;
+    int mem;
+    unsigned long long base, len, stride, count, dev = 0;
+    nixl_strided_t layout;
+    _pynixl_bes b;
+    nixl_opt_args_t opt;
+    nixl_dlist_handle_t *h = NULL;
+    nixl_status_t st;
+    if (!PyArg_ParseTuple(args, "OiKKKK|KO:prepXferDlistStrided", &n, &mem, &base, &len, &stride, &count, &dev,
+                          &bes) ||
+        _pynixl_agent_live(self) || !(name = _pynixl_name(n, "the agent name")) || _pynixl_backends(self, bes, &b))
+        return NULL;
+    if (!strcmp(name, "NIXL_INIT_AGENT")) name = NULL;
+    memset(&layout, 0, sizeof layout);
+    layout.mem = (nixl_mem_t)mem;
+    layout.base = (uintptr_t)base;
+    layout.len = (size_t)len;
+    layout.stride = (size_t)stride;
+    layout.count = (size_t)count;
+    layout.dev_id = dev;
+    _pynixl_opt(&opt, &b);
+    Py_BEGIN_ALLOW_THREADS st = nixl_prep_xfer_dlist_strided(self->a, name && *name ? name : NULL, &layout, &opt, &h);
+    Py_END_ALLOW_THREADS if (st != NIXL_SUCCESS) return _pynixl_raise(st, "prepXferDlistStrided failed (the log line "
+                                                                           "says why)");
+    return _pynixl_handle_new(self, h, _PYNIXL_H_DLIST);
+}
+
 /* indices: a list/tuple of ints or a 1-D integer buffer (numpy) */
 static int *_pynixl_indices(PyObject *o, size_t *n) {
     int *v = NULL;
@@ -1988,6 +2021,9 @@ static PyMethodDef _pynixl_agent_methods[] = {
      "sendLocalPartialMD(reg_dlist, inc_conn_info, backends, ip_addr, port, label=None)"},
     {"fetchRemoteMD", _pynixl_fetch_remote_md, METH_VARARGS, "fetchRemoteMD(remote, ip_addr, port, label=None)"},
     {"invalidateLocalMD", _pynixl_invalidate_local_md, METH_VARARGS, "invalidateLocalMD(ip_addr, port)"},
+    {"prepXferDlistStrided", _pynixl_prep_xfer_dlist_strided, METH_VARARGS,
+     "prepXferDlistStrided(agent_name, mem, base, len, stride, count, dev_id=0, backends=None) -> handle: count "
+     "blocks of len bytes every stride bytes, O(1) memory (nixl.h's own, not in NIXL)"},
     {"prepXferDlist", _pynixl_prep_xfer_dlist, METH_VARARGS,
      "prepXferDlist(agent_name, xfer_dlist, backends=[]) -> handle ('NIXL_INIT_AGENT' or '' = local side)"},
     {"makeXferReq", (PyCFunction)(void (*)(void))_pynixl_make_xfer_req, METH_VARARGS | METH_KEYWORDS,

@@ -62,6 +62,31 @@ def test_vllm_flow_target_never_loads_the_initiator(make_agent):
     wait_for(lambda: prefill.check_remote_xfer_done(decode.name, b"req-7"), what="the decode's notification")
 
 
+def test_strided_layout(make_agent):
+    """A strided layout (nixl.h's own) prepared in O(1) is usable by index
+    like a list: scattered blocks of the target's layout, gaps untouched."""
+    p = Pair(make_agent, size=64 * 1024)
+    blk, stride, n = 512, 1024, 64
+    local = p.ini.prep_xfer_dlist("", [(p.src.ctypes.data + i * blk, blk, 0) for i in range(n)], "DRAM")
+    remote = p.ini.prep_xfer_dlist_strided(p.tgt_name, "DRAM", p.dst.ctypes.data, blk, stride, n)
+    order = [(i * 37) % n for i in range(n)]
+    h = p.ini.make_prepped_xfer("WRITE", local, list(range(n)), remote, order)
+    p.ini.transfer(h)
+    assert wait_xfer(p.ini, h) == "DONE"
+    for i, r in enumerate(order):
+        assert (p.dst[r * stride:r * stride + blk] == p.src[i * blk:(i + 1) * blk]).all()
+        assert not p.dst[r * stride + blk:(r + 1) * stride].any()  # the gap after each block
+    with pytest.raises(nb.nixlInvalidParamError):
+        p.ini.make_prepped_xfer("WRITE", local, [0], remote, [n])  # past the layout
+    with pytest.raises(nb.nixlNotFoundError):  # the span runs past the region
+        p.ini.prep_xfer_dlist_strided(p.tgt_name, "DRAM", p.dst.ctypes.data, blk, stride, n + 1)
+    with pytest.raises(nb.nixlInvalidParamError):
+        p.ini.prep_xfer_dlist_strided(p.tgt_name, "DRAM", p.dst.ctypes.data, 0, stride, n)
+    p.ini.release_xfer_handle(h)
+    p.ini.release_dlist_handle(local)
+    p.ini.release_dlist_handle(remote)
+
+
 def test_prepped_lists_by_index(make_agent):
     p = Pair(make_agent, size=64 * 1024)
     blk = 1024
