@@ -64,16 +64,16 @@ $(B):
 $(B)/test_core: tests/test_core.c tests/log_capture.h tests/test_backend.h tests/nixl_test.h nixl.h | $(B)
 	$(CC) $(WARN) $(CFLAGS) -I. $< -o $@ $(LIBS)
 
-$(B)/test_metadata: tests/test_metadata.c tests/log_capture.h tests/test_backend.h tests/nixl_test.h nixl.h | $(B)
+$(B)/test_metadata: tests/test_metadata.c tests/log_capture.h tests/xfer_util.h tests/test_backend.h tests/nixl_test.h nixl.h | $(B)
 	$(CC) $(WARN) $(CFLAGS) -I. $< -o $@ $(LIBS)
 
-$(B)/test_etcd: tests/test_etcd.c tests/log_capture.h tests/test_backend.h tests/nixl_test.h nixl.h nixl_ucx.h | $(B)
+$(B)/test_etcd: tests/test_etcd.c tests/log_capture.h tests/xfer_util.h tests/test_backend.h tests/nixl_test.h nixl.h nixl_ucx.h | $(B)
 	$(CC) $(WARN) $(CFLAGS) -I. $< -o $@ -lcurl $(UCX_LIBS) $(LIBS)
 
-$(B)/%_asan: tests/%.c tests/log_capture.h tests/test_backend.h tests/nixl_test.h nixl.h | $(B)
+$(B)/%_asan: tests/%.c tests/log_capture.h tests/xfer_util.h tests/test_backend.h tests/nixl_test.h nixl.h | $(B)
 	$(CC) $(WARN) $(SAN) -I. $< -o $@ $(LIBS)
 
-$(B)/%_tsan: tests/%.c tests/log_capture.h tests/test_backend.h tests/nixl_test.h nixl.h | $(B)
+$(B)/%_tsan: tests/%.c tests/log_capture.h tests/xfer_util.h tests/test_backend.h tests/nixl_test.h nixl.h | $(B)
 	$(CC) $(WARN) $(TSAN) -I. $< -o $@ $(LIBS)
 
 $(B)/core_bench: tests/bench/core_bench.c tests/bench/bench_util.h tests/test_backend.h nixl.h nixl_verbs.h | $(B)

@@ -9,6 +9,7 @@
 #include "nixl_test.h"
 #include "test_backend.h"
 #include "log_capture.h"
+#include "xfer_util.h"
 
 #include <signal.h>
 #include <sys/stat.h>
@@ -78,17 +79,13 @@ static void stop_etcd(void) {
 static nixl_agent_t *mk(const char *name, const char *ns, int timeout_ms, const nixl_backend_ops_t *ops,
                         const char *params) {
     nixl_agent_config_t cfg;
-    nixl_agent_t *a = NULL;
-    nixl_backend_t *b;
     memset(&cfg, 0, sizeof cfg);
     cfg.name = name;
     cfg.etcd_endpoints = endpoint;
     cfg.etcd_namespace = ns;
     cfg.sc_timeout_ms = timeout_ms;
     cfg.log_fn = capture_log;
-    if (nixl_agent_create(&cfg, &a) != NIXL_SUCCESS) return NULL;
-    if (nixl_create_backend(a, ops, params, &b) != NIXL_SUCCESS) return NULL;
-    return a;
+    return xu_agent_cfg(&cfg, ops, params, NULL, NULL);
 }
 
 static int reg(nixl_agent_t *a, void *p, size_t n) {

@@ -7,6 +7,7 @@
 #include "nixl_test.h"
 #include "test_backend.h"
 #include "log_capture.h"
+#include "xfer_util.h"
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
@@ -30,13 +31,7 @@ static nixl_agent_config_t mk_cfg(const char *name, int listen, const char *toke
 }
 
 /* An agent with the in-process test backend. */
-static nixl_agent_t *mk_from(const nixl_agent_config_t *cfg) {
-    nixl_agent_t *a = NULL;
-    nixl_backend_t *b;
-    if (nixl_agent_create(cfg, &a) != NIXL_SUCCESS) return NULL;
-    if (nixl_create_backend(a, &OPS, NULL, &b) != NIXL_SUCCESS) return NULL;
-    return a;
-}
+static nixl_agent_t *mk_from(const nixl_agent_config_t *cfg) { return xu_agent_cfg(cfg, &OPS, NULL, NULL, NULL); }
 
 static nixl_agent_t *mk(const char *name, int listen, const char *token, int timeout_ms) {
     nixl_agent_config_t cfg = mk_cfg(name, listen, token, timeout_ms);

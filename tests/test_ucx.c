@@ -147,22 +147,12 @@ static void test_log(void *user, int level, const char *msg) {
 static nixl_agent_t *make_agent_cfg(const char *name, const char *params, int progress_thread,
                                     nixl_status_t *backend_st) {
     nixl_agent_config_t cfg;
-    nixl_agent_t *a = NULL;
-    nixl_backend_t *be = NULL;
-    nixl_status_t st;
     memset(&cfg, 0, sizeof cfg);
     cfg.name = name;
     cfg.progress_thread = progress_thread;
     cfg.log_fn = test_log;
     cfg.auth_token = g_token;
-    if (nixl_agent_create(&cfg, &a) != NIXL_SUCCESS) return NULL;
-    st = nixl_create_backend(a, nixl_ucx_backend(), params, &be);
-    if (backend_st) *backend_st = st;
-    if (st != NIXL_SUCCESS) {
-        nixl_agent_destroy(a);
-        return NULL;
-    }
-    return a;
+    return xu_agent_cfg(&cfg, nixl_ucx_backend(), params, NULL, backend_st);
 }
 
 /* An agent with a UCX backend on the transport list under test. */

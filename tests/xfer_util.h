@@ -25,26 +25,36 @@ XU_FN void xu_log(void *user, int level, const char *msg) {
     if (level <= xu_log_level) fprintf(stderr, "    [log %d] %s\n", level, msg);
 }
 
-/* an agent logging to log_fn with one backend of `ops` and `params`;
-   *be_out (may be NULL) gets the backend */
-/* An agent with one backend; token: its auth_token (NULL: none). */
-XU_FN nixl_agent_t *xu_agent_tok(const char *name, const nixl_backend_ops_t *ops, const char *params,
-                                 void (*log_fn)(void *, int, const char *), const char *token,
-                                 nixl_backend_t **be_out) {
-    nixl_agent_config_t cfg;
+/* The one agent maker of the tests: an agent from cfg (name, logger,
+   token, threads, limits...) with one backend of `ops` and `params`.
+   *be_out (may be NULL) gets the backend, *st_out (may be NULL) the status
+   of nixl_create_backend; NULL when either step failed. */
+XU_FN nixl_agent_t *xu_agent_cfg(const nixl_agent_config_t *cfg, const nixl_backend_ops_t *ops, const char *params,
+                                 nixl_backend_t **be_out, nixl_status_t *st_out) {
     nixl_agent_t *a = NULL;
     nixl_backend_t *be = NULL;
-    memset(&cfg, 0, sizeof cfg);
-    cfg.name = name;
-    cfg.log_fn = log_fn;
-    cfg.auth_token = token;
-    if (nixl_agent_create(&cfg, &a) != NIXL_SUCCESS) return NULL;
-    if (nixl_create_backend(a, ops, params, &be) != NIXL_SUCCESS) {
+    nixl_status_t st;
+    if (nixl_agent_create(cfg, &a) != NIXL_SUCCESS) return NULL;
+    st = nixl_create_backend(a, ops, params, &be);
+    if (st_out) *st_out = st;
+    if (st != NIXL_SUCCESS) {
         nixl_agent_destroy(a);
         return NULL;
     }
     if (be_out) *be_out = be;
     return a;
+}
+
+/* An agent logging to log_fn with one backend; token: its auth_token (NULL: none). */
+XU_FN nixl_agent_t *xu_agent_tok(const char *name, const nixl_backend_ops_t *ops, const char *params,
+                                 void (*log_fn)(void *, int, const char *), const char *token,
+                                 nixl_backend_t **be_out) {
+    nixl_agent_config_t cfg;
+    memset(&cfg, 0, sizeof cfg);
+    cfg.name = name;
+    cfg.log_fn = log_fn;
+    cfg.auth_token = token;
+    return xu_agent_cfg(&cfg, ops, params, be_out, NULL);
 }
 
 XU_FN nixl_agent_t *xu_agent_log(const char *name, const nixl_backend_ops_t *ops, const char *params,
