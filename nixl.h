@@ -1016,9 +1016,8 @@ static size_t _nixl_max_md_bytes(const nixl_agent_t *a) {
     return a->cfg.remote_md_bytes ? a->cfg.remote_md_bytes : (size_t)1 << 30;
 }
 
-/* valid: non-empty, addr + len does not wrap */
-/* A descriptor of memory type mem: addresses of DRAM and VRAM are never
-   0; for FILE, BLK and OBJ addr is an offset, and 0 is the first byte. */
+/* valid: non-empty, addr + len does not wrap; addresses of DRAM and VRAM
+   are never 0 (for FILE, BLK and OBJ addr is an offset: 0 is the first byte) */
 static nixl_status_t _nixl_check_desc(nixl_agent_t *a, const char *what, nixl_mem_t mem, const nixl_desc_t *d,
                                       size_t i) {
     if (d->len == 0) {
@@ -4781,17 +4780,9 @@ static void _nixl_desc_put(nixl_xfer_desc_t *d, size_t *k, const _nixl_hent *le,
     p->rmd = rmd;
 }
 
-/* The backend's md of pair i's regions (b's remote md, or for loopback the
-   md load_local_md gave). */
-static void *_nixl_pair_lmd(const nixl_xfer_req_t *r, const nixl_backend_t *b, size_t i) {
-    return _nixl_hent_region(r->lh, (size_t)r->lidx[i])->md[b->idx];
-}
-static void *_nixl_pair_rmd(const nixl_xfer_req_t *r, const nixl_backend_t *b, size_t i) {
-    const _nixl_region *rr = _nixl_hent_region(r->rh, (size_t)r->ridx[i]);
-    return r->rh->loopback ? rr->lmd[b->idx] : rr->md[b->idx];
-}
-
-/* Lays out every pair for backend b into the scratch (*k descriptors). */
+/* Lays out every pair for backend b into the scratch (*k descriptors):
+   b's md of each side's region (of the remote side, for loopback, the md
+   load_local_md gave). */
 static void _nixl_descs_fill(nixl_agent_t *a, const nixl_xfer_req_t *r, const nixl_backend_t *b, int merge,
                              size_t *k) {
     size_t i;
@@ -4800,7 +4791,8 @@ static void _nixl_descs_fill(nixl_agent_t *a, const nixl_xfer_req_t *r, const ni
         _nixl_hent lt, rt;
         const _nixl_hent *le = _nixl_hent_at(r->lh, (size_t)r->lidx[i], &lt);
         const _nixl_hent *re = _nixl_hent_at(r->rh, (size_t)r->ridx[i], &rt);
-        _nixl_desc_put(a->scratch, k, le, re, _nixl_pair_lmd(r, b, i), _nixl_pair_rmd(r, b, i), merge);
+        void *rmd = r->rh->loopback ? re->region->lmd[b->idx] : re->region->md[b->idx];
+        _nixl_desc_put(a->scratch, k, le, re, le->region->md[b->idx], rmd, merge);
     }
 }
 
