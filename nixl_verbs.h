@@ -73,11 +73,11 @@
    prep resolves keys and addresses, slices, and lays the WRs out lane by
    lane (lane q of a request = QP q) in 32 bytes each; post turns them
    into ibv_send_wr chains in one small array of the engine (no lookup, no
-   allocation) and posts them, as chains bounded by free send-queue slots; the rest goes out from progress as
-   completions free slots (a request of 100,000 descriptors is fine). Posts
-   before the connection exists are queued. Releasing a request in flight
-   aborts it (returns SUCCESS): its WRs already on the wire complete into
-   records that no longer name it.
+   allocation) and posts them, as chains bounded by free send-queue slots;
+   the rest goes out from progress as completions free slots (a request of
+   100,000 descriptors is fine). Posts before the connection exists are
+   queued. Releasing a request in flight aborts it (returns SUCCESS): its
+   WRs already on the wire complete into records that no longer name it.
 
    CONNECTIONS
    -----------
@@ -1174,16 +1174,16 @@ static int _nixl_verbs_notif_rides(const _nixl_verbs_conn_t *c, const _nixl_verb
     return 1;
 }
 
-/* An ibv_send_wr (and its SGE) for compact WR c; next, wr_id and
+/* An ibv_send_wr (and its SGE) for r's compact WR c; next, wr_id and
    send_flags are the caller's. */
-static void _nixl_verbs_wr_fill(struct ibv_send_wr *w, struct ibv_sge *sge, const _nixl_verbs_cwr_t *c,
-                                enum ibv_wr_opcode opcode) {
+static void _nixl_verbs_wr_fill(struct ibv_send_wr *w, struct ibv_sge *sge, const _nixl_verbs_req_t *r,
+                                const _nixl_verbs_cwr_t *c) {
     sge->addr = c->laddr;
     sge->length = c->len;
     sge->lkey = c->lkey;
     w->sg_list = sge;
     w->num_sge = 1;
-    w->opcode = opcode;
+    w->opcode = r->op == NIXL_WRITE ? IBV_WR_RDMA_WRITE : IBV_WR_RDMA_READ;
     w->imm_data = 0;
     w->wr.rdma.remote_addr = c->raddr;
     w->wr.rdma.rkey = c->rkey;
@@ -1195,12 +1195,11 @@ static void _nixl_verbs_wr_fill(struct ibv_send_wr *w, struct ibv_sge *sge, cons
    go inline (the NIC takes the bytes from the WR: no DMA read first). */
 static void _nixl_verbs_link_chain(_nixl_verbs_engine_t *e, _nixl_verbs_qp_t *qp, _nixl_verbs_req_t *r, int q,
                                    uint32_t first, uint32_t n, struct ibv_send_wr *then) {
-    enum ibv_wr_opcode opcode = r->op == NIXL_WRITE ? IBV_WR_RDMA_WRITE : IBV_WR_RDMA_READ;
     uint32_t i, max_inline = r->host_src ? qp->conn->max_inline : 0;
     for (i = 0; i < n; i++) {
         struct ibv_send_wr *w = &e->wrs[i];
         int last = r->qposted[q] + i + 1 == r->qcount[q] && !then;
-        _nixl_verbs_wr_fill(w, &e->sges[i], &r->cw[first + i], opcode);
+        _nixl_verbs_wr_fill(w, &e->sges[i], r, &r->cw[first + i]);
         w->next = i + 1 < n ? w + 1 : then;
         w->wr_id = ((uint64_t)qp->index << 2) | _NIXL_VERBS_WRID_SEND;
         if (last || qp->unsig + 1 >= e->sig_every) {
@@ -1441,7 +1440,7 @@ static int _nixl_verbs_stage_post(_nixl_verbs_engine_t *e, _nixl_verbs_conn_t *c
     struct ibv_send_wr *w = &e->wrs[0], *bad = NULL;
     _nixl_verbs_stage_t *st = r->peer->stage;
     int rc;
-    _nixl_verbs_wr_fill(w, &e->sges[0], &r->cw[k], r->op == NIXL_WRITE ? IBV_WR_RDMA_WRITE : IBV_WR_RDMA_READ);
+    _nixl_verbs_wr_fill(w, &e->sges[0], r, &r->cw[k]);
     if (slot >= 0) {
         e->sges[0].addr = (uint64_t)(uintptr_t)_nixl_verbs_slot_buf(st, (uint32_t)slot);
         e->sges[0].lkey = st->mr->lkey;
