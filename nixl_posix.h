@@ -702,13 +702,30 @@ static nixl_status_t _nixl_posix_disconnect(void *engine, const char *remote) {
 
 // >>transfers (vtable)
 
+/* the size of the file behind f, asked of the kernel once per file of a
+   request (its descriptors mostly share one): *last remembers the answer */
+typedef struct _nixl_posix_size_memo {
+    const _nixl_posix_md_t *f;
+    int64_t size; /* -1: fstat failed (the I/O will say why) */
+} _nixl_posix_size_memo;
+
+static int64_t _nixl_posix_file_size(const _nixl_posix_md_t *f, _nixl_posix_size_memo *last) {
+    struct stat sb;
+    if (last->f != f) {
+        last->f = f;
+        last->size = fstat(f->fd, &sb) == 0 ? (int64_t)sb.st_size : -1;
+    }
+    return last->size;
+}
+
 /* One descriptor pair checked before anything moves: which side is the
    file, its mode, O_DIRECT alignment, a READ past the end. */
-static nixl_status_t _nixl_posix_check_pair(_nixl_posix_engine_t *e, const nixl_xfer_args_t *a, size_t i) {
+static nixl_status_t _nixl_posix_check_pair(_nixl_posix_engine_t *e, const nixl_xfer_args_t *a, size_t i,
+                                            _nixl_posix_size_memo *size) {
     const nixl_xfer_desc_t *d = &a->descs[i];
     const _nixl_posix_md_t *f = (const _nixl_posix_md_t *)d->rmd;
     int write = a->op == NIXL_WRITE;
-    struct stat sb;
+    int64_t fsize;
     if (write ? f->acc == O_RDONLY : f->acc == O_WRONLY) {
         nixl_backend_log(e->be, NIXL_LOG_ERROR, "posix: prep_xfer: descriptor %zu: a %s needs fd %d open for %s, it "
                          "is %s", i, write ? "WRITE" : "READ", f->fd, write ? "writing" : "reading",
@@ -721,10 +738,10 @@ static nixl_status_t _nixl_posix_check_pair(_nixl_posix_engine_t *e, const nixl_
                          (void *)d->laddr, (unsigned long long)d->raddr, d->len, (unsigned)e->align);
         return NIXL_ERR_INVALID_PARAM;
     }
-    if (!write && f->mem == NIXL_FILE && fstat(f->fd, &sb) == 0 && d->raddr + d->len > (uint64_t)sb.st_size) {
+    if (!write && f->mem == NIXL_FILE && (fsize = _nixl_posix_file_size(f, size)) >= 0 &&
+        d->raddr + d->len > (uint64_t)fsize) {
         nixl_backend_log(e->be, NIXL_LOG_ERROR, "posix: prep_xfer: descriptor %zu: READ of [%llu, +%zu) past the end "
-                         "of fd %d (%lld bytes)", i, (unsigned long long)d->raddr, d->len, f->fd,
-                         (long long)sb.st_size);
+                         "of fd %d (%lld bytes)", i, (unsigned long long)d->raddr, d->len, f->fd, (long long)fsize);
         return NIXL_ERR_INVALID_PARAM;
     }
     return NIXL_SUCCESS;
@@ -733,6 +750,7 @@ static nixl_status_t _nixl_posix_check_pair(_nixl_posix_engine_t *e, const nixl_
 static nixl_status_t _nixl_posix_prep_xfer(void *engine, const nixl_xfer_args_t *a, void **handle) {
     _nixl_posix_engine_t *e = (_nixl_posix_engine_t *)engine;
     _nixl_posix_req_t *r;
+    _nixl_posix_size_memo size = {NULL, -1};
     size_t i, nio = 0, k = 0;
     nixl_status_t st;
     if (a->lmem != NIXL_DRAM || (a->rmem != NIXL_FILE && a->rmem != NIXL_BLK)) {
@@ -741,7 +759,7 @@ static nixl_status_t _nixl_posix_prep_xfer(void *engine, const nixl_xfer_args_t 
         return NIXL_ERR_NOT_SUPPORTED;
     }
     for (i = 0; i < a->count; i++) {
-        if ((st = _nixl_posix_check_pair(e, a, i)) != NIXL_SUCCESS) return st;
+        if ((st = _nixl_posix_check_pair(e, a, i, &size)) != NIXL_SUCCESS) return st;
         nio += (a->descs[i].len + e->max_io - 1) / e->max_io;
     }
     r = (_nixl_posix_req_t *)nixl_backend_alloc(e->be, sizeof *r);

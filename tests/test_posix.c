@@ -53,6 +53,13 @@ static nixl_status_t reg1(nixl_agent_t *a, nixl_mem_t mem, uintptr_t addr, size_
     return nixl_register_mem(a, &l, NULL);
 }
 
+/* src and dst (bytes each) as host memory, and [0, bytes) of fd as a file */
+static void reg_src_dst_file(posix_env *v, unsigned char *src, unsigned char *dst, size_t bytes, int fd) {
+    CHECK_ST(reg1(v->a, NIXL_DRAM, (uintptr_t)src, bytes, 0), NIXL_SUCCESS);
+    CHECK_ST(reg1(v->a, NIXL_DRAM, (uintptr_t)dst, bytes, 0), NIXL_SUCCESS);
+    CHECK_ST(reg1(v->a, NIXL_FILE, 0, bytes, (uint64_t)fd), NIXL_SUCCESS); /* offset 0: a valid start */
+}
+
 static nixl_status_t wait_done(nixl_agent_t *a, nixl_xfer_req_t *r) {
     nixl_status_t st;
     uint64_t end = nixl_now_us() + 60000000u;
@@ -99,9 +106,7 @@ static void test_write_read_back(void) {
     int fd = tmp_file("wr.bin", O_RDWR, path, sizeof path), ok = 1;
     if (!CHECK(env_up(&v, NULL)) || !CHECK(fd >= 0)) goto out;
     nt_fill(src, N * BS, 3);
-    CHECK_ST(reg1(v.a, NIXL_DRAM, (uintptr_t)src, N * BS, 0), NIXL_SUCCESS);
-    CHECK_ST(reg1(v.a, NIXL_DRAM, (uintptr_t)dst, N * BS, 0), NIXL_SUCCESS);
-    CHECK_ST(reg1(v.a, NIXL_FILE, 0, N * BS, (uint64_t)fd), NIXL_SUCCESS); /* offset 0: a valid start */
+    reg_src_dst_file(&v, src, dst, N * BS, fd);
     CHECK_ST(move_blocks(&v, NIXL_WRITE, src, fd, BS, N, NULL), NIXL_SUCCESS);
     file = (unsigned char *)malloc(N * BS);
     CHECK(pread(fd, file, N * BS, 0) == (ssize_t)(N * BS) && memcmp(file, src, N * BS) == 0);
@@ -129,9 +134,7 @@ static void test_100k_descriptors(void) {
     uint64_t t0;
     if (!CHECK(env_up(&v, NULL)) || !CHECK(fd >= 0)) goto out;
     nt_fill(src, (size_t)N * BS, 9);
-    CHECK_ST(reg1(v.a, NIXL_DRAM, (uintptr_t)src, (size_t)N * BS, 0), NIXL_SUCCESS);
-    CHECK_ST(reg1(v.a, NIXL_DRAM, (uintptr_t)dst, (size_t)N * BS, 0), NIXL_SUCCESS);
-    CHECK_ST(reg1(v.a, NIXL_FILE, 0, (size_t)N * BS, (uint64_t)fd), NIXL_SUCCESS);
+    reg_src_dst_file(&v, src, dst, (size_t)N * BS, fd);
     t0 = nixl_now_us();
     CHECK_ST(move_blocks(&v, NIXL_WRITE, src, fd, BS, N, NULL), NIXL_SUCCESS);
     CHECK_ST(move_blocks(&v, NIXL_READ, dst, fd, BS, N, NULL), NIXL_SUCCESS);
