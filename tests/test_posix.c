@@ -10,6 +10,7 @@
 #include "../nixl_posix.h"
 #include "log_capture.h"
 #include "nixl_test.h"
+#include "test_backend.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -396,6 +397,70 @@ static void test_engine_choice(void) {
     unlink(path);
 }
 
+/* A peer whose metadata claims a "POSIX" section with FILE regions (its
+   own backend of that name, or a forgery) reaches nothing here: a region at
+   offset 0 makes the whole blob refused (the metadata decoder stays strict:
+   no remote backend serves files); at another offset our file backend
+   refuses its connection info (logged), so its regions never reach it, a
+   request toward its "files" finds no backend, and our own offload still
+   works. */
+static void test_peer_claiming_posix_files(void) {
+    enum { BS = 4096 };
+    nixl_backend_ops_t fake = tb_make_ops("POSIX", NIXL_MEM_BIT(NIXL_DRAM) | NIXL_MEM_BIT(NIXL_FILE));
+    nixl_agent_config_t cfg;
+    nixl_agent_t *evil = NULL;
+    nixl_backend_t *eb = NULL;
+    posix_env v;
+    char path[300];
+    unsigned char *src = (unsigned char *)malloc(2 * BS), *dst = (unsigned char *)calloc(2, BS);
+    int fd = tmp_file("victim.bin", O_RDWR, path, sizeof path);
+    void *blob = NULL;
+    size_t len = 0;
+    nixl_desc_t ld = {0, BS, 0}, rd = {BS, BS, 0};
+    nixl_dlist_t ll = {NIXL_DRAM, &ld, 1}, rl = {NIXL_FILE, &rd, 1};
+    nixl_xfer_req_t *r = NULL;
+    if (!CHECK(env_up(&v, NULL)) || !CHECK(fd >= 0)) goto out;
+    memset(&cfg, 0, sizeof cfg);
+    cfg.name = "evil";
+    cfg.log_fn = capture_log;
+    if (!CHECK(nixl_agent_create(&cfg, &evil) == NIXL_SUCCESS)) goto out;
+    CHECK_ST(nixl_create_backend(evil, &fake, NULL, &eb), NIXL_SUCCESS);
+    CHECK_ST(reg1(evil, NIXL_FILE, 0, BS, (uint64_t)fd), NIXL_SUCCESS); /* "its" file: our fd number */
+    CHECK_ST(nixl_get_local_md(evil, &blob, &len), NIXL_SUCCESS);
+    CHECK_ST(nixl_load_remote_md(v.a, blob, len, NULL, 0), NIXL_ERR_INVALID_PARAM);
+    CHECK(logged("bad region"));
+    nixl_free_md(evil, blob);
+    blob = NULL;
+    {
+        nixl_desc_t d0 = {0, BS, (uint64_t)fd};
+        nixl_dlist_t l0 = {NIXL_FILE, &d0, 1};
+        CHECK_ST(nixl_deregister_mem(evil, &l0, NULL), NIXL_SUCCESS);
+    }
+    CHECK_ST(reg1(evil, NIXL_FILE, BS, BS, (uint64_t)fd), NIXL_SUCCESS);
+    CHECK_ST(nixl_get_local_md(evil, &blob, &len), NIXL_SUCCESS);
+    logged("");
+    CHECK_ST(nixl_load_remote_md(v.a, blob, len, NULL, 0), NIXL_SUCCESS);
+    CHECK(seen("POSIX refused evil's connection info")); /* so none of its regions reach our file backend */
+    logged("");
+    ld.addr = (uintptr_t)src;
+    rd.dev_id = (uint64_t)fd;
+    nt_fill(src, 2 * BS, 8);
+    reg_src_dst_file(&v, src, dst, 2 * BS, fd);
+    CHECK_ST(nixl_create_xfer_req(v.a, NIXL_WRITE, &ll, &rl, "evil", NULL, &r), NIXL_ERR_NOT_SUPPORTED);
+    CHECK(r == NULL && logged("no backend holds both sides"));
+    CHECK_ST(move_blocks(&v, NIXL_WRITE, src, fd, BS, 2, NULL), NIXL_SUCCESS); /* ours still moves */
+    CHECK_ST(move_blocks(&v, NIXL_READ, dst, fd, BS, 2, NULL), NIXL_SUCCESS);
+    CHECK(memcmp(src, dst, 2 * BS) == 0);
+    env_down(&v);
+out:
+    if (blob) nixl_free_md(evil, blob);
+    nixl_agent_destroy(evil);
+    if (fd >= 0) close(fd);
+    unlink(path);
+    free(src);
+    free(dst);
+}
+
 /* VRAM with files is not implemented: registering it says so (without a
    GPU: that VRAM needs the CUDA driver), and DRAM still registers */
 static void test_vram_refused(void) {
@@ -477,6 +542,7 @@ int main(int argc, char **argv) {
     NT_RUN(test_engine_choice);
     NT_RUN(test_files_not_in_metadata);
     NT_RUN(test_vram_refused);
+    NT_RUN(test_peer_claiming_posix_files);
     rmdir(g_dir);
     return nt_finish();
 }
