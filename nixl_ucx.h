@@ -1483,6 +1483,10 @@ static int _nixl_ucx_sessions_progress(_nixl_ucx_engine_t *eng) {
 #define _NIXL_UCXA_TL_SYSV           0x538du
 #define _NIXL_UCXA_TL_CMA            0x8b47u
 
+/* Top byte of a posix fifo segment id: 0x80 = procfs fd, 0x40 = shm_open
+ * name.  With neither, the iface address must carry a directory path. */
+#define _NIXL_UCXA_POSIX_SEG_NAMED   0xc0u
+
 
 /* IEEE-754 single: exponent all-ones means inf/NaN.  NaN or inf in the
  * performance attributes poisons UCX's lane scoring, so reject them. */
@@ -1532,6 +1536,12 @@ static const char *_nixl_ucx_addr_tl_check(uint16_t csum, const uint8_t *dev,
         } else if (if_len != 8) {
             /* 64-bit shared memory fifo segment id */
             return "shm: bad iface address length";
+        } else if (csum == _NIXL_UCXA_TL_POSIX &&
+                   !(ifa[7] & _NIXL_UCXA_POSIX_SEG_NAMED)) {
+            /* a posix segment that is neither a procfs fd nor shm_open'ed
+             * is a file under a directory whose name would follow the id;
+             * without it UCX asserts while attaching (mm_posix.c: dir) */
+            return "posix: segment id names a file without its directory";
         }
         return NULL;
     case _NIXL_UCXA_TL_TCP:

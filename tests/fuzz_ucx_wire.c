@@ -13,11 +13,14 @@
  *   rkey:    ucp_ep_rkey_unpack on a loopback ep to a worker in the child,
  *            ucp_rkey_destroy.
  * The parent counts children that die by a signal (or exit abnormally) and
- * children that hang (killed after 5 s).
+ * children that hang (killed after 5 s).  Before the random cases, fixed
+ * regression cases (mutations that once got through) run on the live seed.
  *
  * Usage: fuzz_ucx_wire [cases] [seed]       (env NIXL_FUZZ_CASES,
  *        NIXL_FUZZ_SEED, NIXL_FUZZ_JOBS, NIXL_FUZZ_NO_CHECK=1 bypasses the
  *        validator, NIXL_FUZZ_VERBOSE=1 keeps UCX stderr)
+ *        fuzz_ucx_wire --replay addr|rkey "HEX BYTES"   (one case as a CRASH
+ *        line printed it, checked, then handed to UCX with its output kept)
  * Build: gcc -std=c99 -D_GNU_SOURCE -Wall -Wextra -Werror -I. \
  *        [-DNIXL_FUZZ_WIRE_STANDALONE] tests/fuzz_ucx_wire.c -lucp -luct -lucs
  * Prints: FIGURE ucx_wire_fuzz cases=N accepted=A rejected=R aborts=K timeouts=T
@@ -380,19 +383,107 @@ static void fz_dump_case(const char *what, long index, int is_rkey,
     printf("%s\n", len > 512 ? " ..." : "");
 }
 
+/* Runs one case in a child, as the main loop does; 1 if the child died. */
+static int fz_run_one(const uint8_t *buf, size_t len, int is_rkey, uint64_t rkey_map)
+{
+    int status;
+    pid_t pid;
+    fflush(stdout);
+    pid = fork();
+    if (pid < 0) return 1;
+    if (pid == 0) fz_child(buf, len, is_rkey, rkey_map, 0);
+    waitpid(pid, &status, 0);
+    return WIFSIGNALED(status) ||
+           (WIFEXITED(status) && WEXITSTATUS(status) != FZ_RC_RAN &&
+            WEXITSTATUS(status) != FZ_RC_REJECTED && WEXITSTATUS(status) != FZ_RC_SETUP);
+}
+
+/* Mutations that once got past the checks and aborted UCX, applied to the
+ * live seed (so segment ids, ports and pids are real and UCX gets as far as
+ * attaching): each must be refused, or at least not kill the process.
+ * Returns the number of cases that killed their child. */
+static int fz_regressions(const fz_seed_t *seed, uint64_t rkey_map, int *ran_out)
+{
+    static const uint8_t posix_flags[] = {0x00, 0x20}; /* no procfs, no shm_open */
+    static uint8_t buf[FZ_MAX_LEN];
+    size_t i, k;
+    int bad = 0, ran = 0;
+
+    /* posix iface: tl csum, 16 bytes of v1 attributes, a length byte, then
+     * the 8-byte fifo segment id whose top byte holds the mode flags */
+    for (i = 0; i + 2 + 16 + 1 + 8 <= seed->addr_len; ++i) {
+        if (seed->addr[i] != (_NIXL_UCXA_TL_POSIX & 0xff) ||
+            seed->addr[i + 1] != (_NIXL_UCXA_TL_POSIX >> 8) ||
+            (seed->addr[i + 2 + 16] & _NIXL_UCXA_IF_LEN_MASK) != 8)
+            continue;
+        for (k = 0; k < sizeof(posix_flags); ++k) {
+            memcpy(buf, seed->addr, seed->addr_len);
+            buf[i + 2 + 16 + 1 + 7] = posix_flags[k];
+            ++ran;
+            if (fz_run_one(buf, seed->addr_len, 0, rkey_map)) {
+                ++bad;
+                fz_dump_case("CRASH(regression posix flags)", (long)k, 0, buf, seed->addr_len);
+            }
+        }
+    }
+    printf("fuzz_ucx_wire: %d regression case(s), %d killed their process\n", ran, bad);
+    *ran_out = ran;
+    return bad;
+}
+
+/* --replay addr|rkey HEX: one case as printed by a CRASH line, in a child,
+ * with UCX's own output kept; exits with the child's fate. */
+static int fz_replay(const char *kind, const char *hex)
+{
+    static uint8_t buf[FZ_MAX_LEN];
+    static fz_seed_t seed;
+    uint64_t own_rkey_map = 0;
+    size_t len = 0;
+    unsigned v;
+    int n, status, is_rkey = strcmp(kind, "rkey") == 0;
+    const char *why;
+    pid_t peer, pid;
+
+    while (len < FZ_MAX_LEN && sscanf(hex, " %2x%n", &v, &n) == 1) {
+        buf[len++] = (uint8_t)v;
+        hex += n;
+    }
+    peer = fz_start_peer(&seed, &own_rkey_map);
+    if (peer < 0) return 2;
+    setenv("NIXL_FUZZ_VERBOSE", "1", 1);
+    why = is_rkey ? _nixl_ucx_rkey_check(buf, len, own_rkey_map)
+                  : _nixl_ucx_addr_check(buf, len);
+    printf("replay %s, %zu bytes: validator says %s\n", kind, len,
+           why != NULL ? why : "accept");
+    fflush(stdout);
+    pid = fork();
+    if (pid == 0) fz_child(buf, len, is_rkey, own_rkey_map, 0);
+    waitpid(pid, &status, 0);
+    kill(peer, SIGKILL);
+    waitpid(peer, NULL, 0);
+    if (WIFSIGNALED(status)) {
+        printf("replay: child died by signal %d\n", WTERMSIG(status));
+        return 1;
+    }
+    printf("replay: child exit %d\n", WEXITSTATUS(status));
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     const char *env;
     long cases = 2000, i, done = 0;
     uint64_t seed_val = 1, own_rkey_map = 0;
     long accepted = 0, rejected = 0, aborts = 0, timeouts = 0, setup = 0;
-    int no_check = 0, jobs = 2, running = 0, j, shown = 0;
+    int no_check = 0, jobs = 2, running = 0, j, shown = 0, regressions = 0;
     fz_job_t slot[FZ_MAX_JOBS];
     static fz_seed_t seed;
     static uint8_t cases_buf[FZ_MAX_JOBS][FZ_MAX_LEN];
     static size_t cases_len[FZ_MAX_JOBS];
     pid_t peer;
 
+    if (argc == 4 && strcmp(argv[1], "--replay") == 0)
+        return fz_replay(argv[2], argv[3]);
     if ((env = getenv("NIXL_FUZZ_CASES")) != NULL) cases = atol(env);
     if ((env = getenv("NIXL_FUZZ_SEED")) != NULL) seed_val = strtoull(env, NULL, 0);
     if ((env = getenv("NIXL_FUZZ_JOBS")) != NULL) jobs = atoi(env);
@@ -425,6 +516,7 @@ int main(int argc, char **argv)
         waitpid(peer, NULL, 0);
         return 1;
     }
+    aborts = fz_regressions(&seed, own_rkey_map, &regressions);
     fflush(stdout);
 
     for (j = 0; j < FZ_MAX_JOBS; ++j) slot[j].pid = 0;
@@ -518,6 +610,6 @@ int main(int argc, char **argv)
     if (setup) printf("fuzz_ucx_wire: %ld cases could not set up UCX\n", setup);
     printf("FIGURE ucx_wire_fuzz cases=%ld accepted=%ld rejected=%ld aborts=%ld "
            "timeouts=%ld\n", cases, accepted, rejected, aborts, timeouts);
-    printf("%ld passed, %ld failed\n", cases - aborts - timeouts, aborts + timeouts);
+    printf("%ld passed, %ld failed\n", cases + regressions - aborts - timeouts, aborts + timeouts);
     return (aborts + timeouts) > 0 ? 1 : 0;
 }
