@@ -104,13 +104,15 @@
      request header with the right MAC) and, under pressure, the oldest
      unproven connections (of the same address first) make room.
    - verbs: passive connections from peers not loaded (max_unknown_peers).
-   - flow control: on verbs a receiver whose queue has no room for a
-     sender's notification holds it in its receive buffer and returns no
-     credit for it, so the sender slows down (its requests stay IN_PROG)
-     instead of being dropped (backends: nixl_backend_notif_room).
-   Not built yet: flow control on UCX (there a receiver over its queue
-   limits drops and logs), cutting off a flooding peer, per-agent keys (a
-   shared secret is one trust domain).
+   - flow control: a receiver whose queue has no room for a sender's
+     notifications returns no credit for them (verbs: it keeps them in its
+     receive buffers; UCX: it withholds the window, see nixl_ucx.h), so the
+     sender slows down instead of being dropped: its requests stay IN_PROG,
+     and nixl_gen_notif returns IN_PROG (nothing queued: progress and call
+     again) once the backend holds a window's worth for that peer. A peer
+     that sends past its window anyway is cut off with a log line
+     (backends: nixl_backend_notif_room, nixl_backend_notif_queued).
+   Not built yet: per-agent keys (a shared secret is one trust domain).
 
    Loopback: a request whose remote agent is the agent's own name transfers
    within the agent (no metadata to load), on backends that support it.
@@ -524,7 +526,10 @@ NIXL_API nixl_status_t nixl_get_xfer_telemetry(nixl_agent_t *agent, const nixl_x
 /* ======================================================================== */
 
 /* Sends a notification bound to no transfer, on the first backend (in order)
-   that has the peer's connection info and supports notifications. Errors:
+   that has the peer's connection info and supports notifications. SUCCESS:
+   sent or queued to go. IN_PROG: flow control, nothing was queued: the
+   peer has not drained what it already holds and the backend holds a
+   window's worth for it; call nixl_progress and try again. Errors:
    NOT_FOUND (unknown peer), NOT_SUPPORTED, INVALID_PARAM (too large for the
    backend: see its manual). */
 NIXL_API nixl_status_t nixl_gen_notif(nixl_agent_t *agent, const char *remote, const void *msg,
@@ -637,7 +642,8 @@ struct nixl_backend_ops {
     nixl_status_t (*release_xfer)(void *engine, void *handle);
     nixl_status_t (*estimate_cost)(void *engine, void *handle, int64_t *duration_us, int64_t *err_margin_us); /* may be NULL */
 
-    /* notifications: gen_notif sends one; received ones go to the core with
+    /* notifications: gen_notif sends one (IN_PROG: flow control, nothing
+       queued, the caller retries); received ones go to the core with
        nixl_backend_notif() (the "get" half), from inside progress */
     nixl_status_t (*gen_notif)(void *engine, const char *remote, const void *msg, size_t len);
 
@@ -655,6 +661,9 @@ NIXL_API void nixl_backend_notif(nixl_backend_t *be, const char *remote, const v
    control of its own holds the message, and the sender's credit for it,
    while it does not: the sender slows down instead of being dropped. */
 NIXL_API int nixl_backend_notif_room(nixl_backend_t *be, const char *remote, size_t len);
+/* Bytes of `remote`'s notifications in the receive queue now (as the
+   limits count them): 0 once the application drained them. */
+NIXL_API size_t nixl_backend_notif_queued(nixl_backend_t *be, const char *remote);
 /* Report that `remote` died or disconnected: after the current vtable call
    returns, the core invalidates its metadata (unload_md, disconnect) with
    NIXL_ERR_REMOTE_DISCONNECT as the reason. */
@@ -2078,6 +2087,11 @@ NIXL_API void nixl_backend_notif(nixl_backend_t *be, const char *remote, const v
 NIXL_API int nixl_backend_notif_room(nixl_backend_t *be, const char *remote, size_t len) {
     nixl_agent_t *a = be->agent;
     return remote && _nixl_nq_fits(a, _nixl_nq_account(a, remote), _nixl_nq_cost(remote, len));
+}
+
+NIXL_API size_t nixl_backend_notif_queued(nixl_backend_t *be, const char *remote) {
+    const _nixl_nq_acct *c = remote ? _nixl_nq_account(be->agent, remote) : NULL;
+    return c ? c->bytes : 0;
 }
 
 NIXL_API void nixl_backend_peer_down(nixl_backend_t *be, const char *remote) {
@@ -5135,7 +5149,7 @@ NIXL_API nixl_status_t nixl_gen_notif(nixl_agent_t *agent, const char *remote, c
         if (st < 0) _nixl_log(agent, NIXL_LOG_ERROR, "gen_notif to %s: %s: %s", remote, b->ops->name,
                               nixl_status_str(st));
         _nixl_unlock(agent);
-        return st < 0 ? st : NIXL_SUCCESS;
+        return st < 0 || st == NIXL_IN_PROG ? st : NIXL_SUCCESS;
     }
     if (st == NIXL_SUCCESS) {
         _nixl_log(agent, NIXL_LOG_ERROR, "gen_notif: no backend with notifications reaches %s", remote);

@@ -102,6 +102,21 @@
      NOT_ALLOWED (logged). Notifications without an open session are
      dropped at the receiver (logged: the 1st, 2nd, 4th, ...). Sessions are
      bounded (4096; unproven ones make room first).
+   - Flow control: a session gives its sender a window of
+     NIXL_UCX_NOTIF_WINDOW bytes (4 MiB; a notification costs its bytes,
+     the sender's name and 65). The receiver gives window back (a CREDIT
+     message to the reply endpoint of the sender's latest notification, or
+     in answer to the sender's request for it, sent every 10 ms while it
+     waits) only while its queue can take a whole window more from that
+     sender (or holds nothing of it). Out of window, a request's
+     notification waits and the request stays IN_PROG; gen_notif queues up
+     to a window's worth per peer and then returns IN_PROG (nothing
+     queued: progress and retry). Nothing is dropped for a sender that
+     keeps to its window while the per-sender queue limit is at least the
+     window and the total limit covers the senders' windows (defaults: 64
+     MiB per sender, 256 MiB in all: 64 senders at once). A sender that
+     sends past its window is cut off (logged once): what it sends is
+     dropped and counted, and its name opens no session for 10 s.
    - A peer's worker addresses and packed rkeys are checked against UCX
      1.13's layouts before ucp_ep_create / ucp_ep_rkey_unpack see them
      (section "wire checks"; tests/fuzz_ucx_wire.c mutates real ones and
@@ -192,6 +207,9 @@
    --------------------
        NIXL_UCX_MAX_NOTIF   largest notification / gen_notif in bytes
                             (default 1 MiB); larger ones: INVALID_PARAM
+       NIXL_UCX_NOTIF_WINDOW  notification bytes a sender may have
+                            unacknowledged (default 4 MiB); both ends must
+                            agree, and it must hold a largest notification
 
    LIMITS
    ------
@@ -212,7 +230,7 @@
    machinery) ..., lifecycle (vtable), memory (vtable), peers' memory
    (vtable), connections (vtable), transfers (vtable), notifications
    (vtable), progress, public. Its own machinery: liveness, params, am (the
-   notification channel and its identity handshake), wire checks (a peer's
+   notification channel, its identity handshake and its window), wire checks (a peer's
    UCX address and keys, checked before UCX parses them), workers, peers,
    requests, checked (the target-checked data path: its registrations,
    accesses in flight, the initiator's side, requests).
@@ -226,6 +244,12 @@
 
 #ifndef NIXL_UCX_MAX_NOTIF
 #define NIXL_UCX_MAX_NOTIF (1u << 20)
+#endif
+#ifndef NIXL_UCX_NOTIF_WINDOW
+#define NIXL_UCX_NOTIF_WINDOW (4u << 20)
+#endif
+#if NIXL_UCX_NOTIF_WINDOW < NIXL_UCX_MAX_NOTIF + 512
+#error "NIXL_UCX_NOTIF_WINDOW must hold a notification of NIXL_UCX_MAX_NOTIF bytes (and its name)"
 #endif
 
 #ifdef __cplusplus
@@ -267,7 +291,7 @@ NIXL_API const nixl_backend_ops_t *nixl_ucx_backend(void);
 
 #define _NIXL_UCX_AM_ID 0x4e58u          /* "NX": notifications */
 #define _NIXL_UCX_AM_DATA_ID 0x4e59u     /* "NY": the checked data path */
-#define _NIXL_UCX_WIRE_VERSION 3u
+#define _NIXL_UCX_WIRE_VERSION 4u
 /* notification-channel kinds (payload of _NIXL_UCX_AM_ID): u8 version, u8
    kind, u16le name length (HELLO) or 0, then by kind */
 #define _NIXL_UCX_AM_NOTIF 1u            /* u64le session, then the notification bytes */
@@ -275,6 +299,15 @@ NIXL_API const nixl_backend_ops_t *nixl_ucx_backend(void);
 #define _NIXL_UCX_AM_WELCOME 3u          /* nonce, u64le session (0 = refused), MAC with a secret, the
                                             receiver's name */
 #define _NIXL_UCX_AM_PROOF 4u            /* u64le session, MAC: the sender knows the secret */
+#define _NIXL_UCX_AM_CREDIT 5u           /* u16 field = flags, u64le session, u64le bytes: the receiver
+                                            gives back window (sent to the sender's reply endpoint) */
+#define _NIXL_UCX_AM_CREDIT_ASK 6u       /* u64le session: a sender out of window asks for it back */
+#define _NIXL_UCX_CREDIT_NO_SESSION 1u   /* CREDIT flag: the receiver knows no such open session */
+#define _NIXL_UCX_CREDIT_MSG 20u
+#define _NIXL_UCX_ASK_MSG 12u
+#define _NIXL_UCX_NOTIF_COST 64u         /* window bytes a notification costs beyond its own and the name's */
+#define _NIXL_UCX_ASK_US 10000u          /* a sender out of window asks again this often */
+#define _NIXL_UCX_CUTOFF_US 10000000u    /* a peer that flooded opens no new session for this long */
 #define _NIXL_UCX_NONCE 16u
 #define _NIXL_UCX_MAC 32u
 #define _NIXL_UCX_NOTIF_HDR 12u
@@ -336,7 +369,13 @@ typedef struct _nixl_ucx_conn {
     uint64_t sess;
     int sess_state;         /* _NIXL_UCX_SESS_* */
     uint64_t hello_at;
-    struct _nixl_ucx_held *held, *held_tail; /* gen_notif messages waiting for the session */
+    struct _nixl_ucx_held *held, *held_tail; /* gen_notif messages waiting for the session or window */
+    size_t held_bytes;
+    /* flow control: window bytes sent on the session and not given back */
+    uint64_t unacked;
+    int starved;            /* a notification waits for window: ask for it */
+    uint64_t ask_at;
+    int rehello;            /* the peer forgot our session: say HELLO again */
 } _nixl_ucx_conn_t;
 
 enum { _NIXL_UCX_SESS_WAIT = 0, _NIXL_UCX_SESS_OPEN = 1, _NIXL_UCX_SESS_PROVE = 2, _NIXL_UCX_SESS_REFUSED = -1 };
@@ -359,6 +398,9 @@ typedef struct _nixl_ucx_sess {
                                then) so notifications already sent on it count */
     uint64_t born;
     unsigned char nonce[_NIXL_UCX_NONCE];
+    uint64_t unacked;       /* window bytes received and not given back */
+    int cut;                /* sent past its window: cut off (born = then) */
+    unsigned long cut_drops;
     char name[256];
 } _nixl_ucx_sess_t;
 
@@ -977,6 +1019,7 @@ static int _nixl_ucx_sess_admit(_nixl_ucx_engine_t *eng, const unsigned char *no
     for (s = eng->sessions; s; s = s->next) {
         if (!memcmp(s->nonce, nonce, _NIXL_UCX_NONCE)) return -1;
         if (strlen(s->name) != nl || memcmp(s->name, name, nl) != 0) continue;
+        if (s->cut) return -1; /* flooded: no new session until the cut-off ends */
         same++;
         if (!oldest || s->born < oldest->born) oldest = s;
     }
@@ -1112,6 +1155,7 @@ static void _nixl_ucx_on_welcome(_nixl_ucx_engine_t *eng, const unsigned char *p
     } else {
         c->sess = id;
         c->sess_state = auth ? _NIXL_UCX_SESS_PROVE : _NIXL_UCX_SESS_OPEN;
+        c->unacked = 0; /* a new session starts with the whole window */
     }
     eng->sess_work = 1; /* progress() sends the proof and what was held */
 }
@@ -1142,10 +1186,114 @@ static void _nixl_ucx_on_proof(_nixl_ucx_engine_t *eng, const unsigned char *p, 
     s->state = _NIXL_UCX_RS_OPEN;
 }
 
-/* A notification: delivered under the name its session proved. */
-static void _nixl_ucx_on_notif(_nixl_ucx_engine_t *eng, const unsigned char *p, size_t len) {
+// >>am: flow control (the notification window)
+
+/* What a notification of len bytes from a sender named with name_len
+   bytes costs against its window; both sides compute the same, and it is
+   at least what the core's queue charges for it. */
+static uint64_t _nixl_ucx_notif_cost(size_t len, size_t name_len) {
+    return (uint64_t)len + name_len + 1 + _NIXL_UCX_NOTIF_COST;
+}
+
+static ucp_ep_h _nixl_ucx_reply_ep(const ucp_am_recv_param_t *param) {
+    return (param->recv_attr & UCP_AM_RECV_ATTR_FIELD_REPLY_EP) ? param->reply_ep : NULL;
+}
+
+static ucs_status_t _nixl_ucx_credit_send(_nixl_ucx_engine_t *eng, ucp_ep_h ep, uint64_t id, unsigned flags,
+                                          uint64_t bytes) {
+    unsigned char m[_NIXL_UCX_CREDIT_MSG];
+    m[0] = (unsigned char)_NIXL_UCX_WIRE_VERSION;
+    m[1] = (unsigned char)_NIXL_UCX_AM_CREDIT;
+    _nixl_put16(m + 2, flags);
+    _nixl_put64(m + 4, id);
+    _nixl_put64(m + 12, bytes);
+    return _nixl_ucx_send_ctl(eng, ep, m, sizeof m, 0);
+}
+
+/* The receiver gives s's window back, through the endpoint a message of
+   the sender just came on, once at least `least` bytes are owed and the
+   queue can take a whole window more of the sender's notifications (or
+   holds none of them: a queue limit below the window still moves). */
+static void _nixl_ucx_credit_return(_nixl_ucx_engine_t *eng, _nixl_ucx_sess_t *s, ucp_ep_h ep, uint64_t least) {
+    if (!ep || s->unacked == 0 || s->unacked < least) return;
+    if (!nixl_backend_notif_room(eng->be, s->name, NIXL_UCX_NOTIF_WINDOW) &&
+        nixl_backend_notif_queued(eng->be, s->name) != 0)
+        return; /* withheld: the sender waits until the application drains */
+    if (_nixl_ucx_credit_send(eng, ep, s->id, 0, s->unacked) == UCS_OK) s->unacked = 0;
+}
+
+/* A sender that ignored its window: its session stays, marked, so what it
+   sends is dropped (and counted), and its name opens no new session for
+   _NIXL_UCX_CUTOFF_US. */
+static void _nixl_ucx_cut_off(_nixl_ucx_engine_t *eng, _nixl_ucx_sess_t *s, uint64_t cost) {
+    s->cut = 1;
+    s->born = nixl_now_us();
+    nixl_backend_log(eng->be, NIXL_LOG_ERROR, "flow control: %s sent a notification of %llu window bytes with %llu "
+                     "already unacknowledged (window %u): it floods; cut off, its notifications are dropped and its "
+                     "name opens no session for %u s", s->name, (unsigned long long)cost,
+                     (unsigned long long)s->unacked, (unsigned)NIXL_UCX_NOTIF_WINDOW, _NIXL_UCX_CUTOFF_US / 1000000u);
+}
+
+/* A sender out of window asks; the answer goes to its reply endpoint. */
+static void _nixl_ucx_on_credit_ask(_nixl_ucx_engine_t *eng, const unsigned char *p, size_t len,
+                                    const ucp_am_recv_param_t *param) {
+    ucp_ep_h ep = _nixl_ucx_reply_ep(param);
+    _nixl_ucx_sess_t *s;
+    if (len != _NIXL_UCX_ASK_MSG || !ep) {
+        if (_nixl_ucx_noisy(eng))
+            nixl_backend_log(eng->be, NIXL_LOG_WARN, "flow control: malformed window request (%zu bytes), dropped", len);
+        return;
+    }
+    s = _nixl_ucx_sess_find(eng, _nixl_get64(p + 4));
+    if (!s || s->state != _NIXL_UCX_RS_OPEN || s->cut) {
+        _nixl_ucx_credit_send(eng, ep, _nixl_get64(p + 4), _NIXL_UCX_CREDIT_NO_SESSION, 0);
+        return;
+    }
+    _nixl_ucx_credit_return(eng, s, ep, 1);
+}
+
+/* The sender's side: window given back for the session of one of our
+   endpoints (a forged one needs the session id, and gives at most the
+   window: the receiver still counts). */
+static void _nixl_ucx_on_credit(_nixl_ucx_engine_t *eng, const unsigned char *p, size_t len) {
+    uint64_t id, bytes;
+    _nixl_ucx_conn_t *c;
+    if (len != _NIXL_UCX_CREDIT_MSG) {
+        if (_nixl_ucx_noisy(eng))
+            nixl_backend_log(eng->be, NIXL_LOG_WARN, "flow control: malformed window grant (%zu bytes), dropped", len);
+        return;
+    }
+    id = _nixl_get64(p + 4);
+    bytes = _nixl_get64(p + 12);
+    for (c = eng->conns; c; c = c->next)
+        if (c->peer && c->sess == id && c->sess_state == _NIXL_UCX_SESS_OPEN) break;
+    if (!c) return; /* an old session, or not ours */
+    if (_nixl_get16(p + 2) & _NIXL_UCX_CREDIT_NO_SESSION) {
+        nixl_backend_log(eng->be, NIXL_LOG_WARN, "flow control: %s no longer holds our session: HELLO again",
+                         c->peer->name);
+        c->sess_state = _NIXL_UCX_SESS_WAIT;
+        c->rehello = 1;
+    } else {
+        c->unacked -= bytes < c->unacked ? bytes : c->unacked;
+    }
+    c->starved = 0;
+    eng->sess_work = 1;
+}
+
+/* A notification: delivered under the name its session proved, within
+   the window its sender was given. */
+static void _nixl_ucx_on_notif(_nixl_ucx_engine_t *eng, const unsigned char *p, size_t len,
+                               const ucp_am_recv_param_t *param) {
     _nixl_ucx_sess_t *s = len >= _NIXL_UCX_NOTIF_HDR ? _nixl_ucx_sess_find(eng, _nixl_get64(p + 4)) : NULL;
+    uint64_t cost;
     len -= len >= _NIXL_UCX_NOTIF_HDR ? _NIXL_UCX_NOTIF_HDR : len;
+    if (s && s->cut) {
+        unsigned long n = ++s->cut_drops;
+        if ((n & (n - 1)) == 0)
+            nixl_backend_log(eng->be, NIXL_LOG_WARN, "flow control: a notification from %s, cut off for flooding, "
+                             "dropped (%lu so far)", s->name, n);
+        return;
+    }
     if (!s || s->state != _NIXL_UCX_RS_OPEN) {
         unsigned long n = ++eng->dropped_notifs;
         if ((n & (n - 1)) == 0) /* the 1st, 2nd, 4th, ...: a flood does not flood the log */
@@ -1158,7 +1306,14 @@ static void _nixl_ucx_on_notif(_nixl_ucx_engine_t *eng, const unsigned char *p, 
                          "(%u): dropped", len, s->name, (unsigned)NIXL_UCX_MAX_NOTIF);
         return;
     }
+    cost = _nixl_ucx_notif_cost(len, strlen(s->name));
+    if (s->unacked + cost > NIXL_UCX_NOTIF_WINDOW) {
+        _nixl_ucx_cut_off(eng, s, cost);
+        return;
+    }
+    s->unacked += cost;
     nixl_backend_notif(eng->be, s->name, p + _NIXL_UCX_NOTIF_HDR, len);
+    _nixl_ucx_credit_return(eng, s, _nixl_ucx_reply_ep(param), NIXL_UCX_NOTIF_WINDOW / 4);
 }
 
 /* The notification channel's handler: every message checked. */
@@ -1182,10 +1337,12 @@ static ucs_status_t _nixl_ucx_am_cb(void *arg, const void *header, size_t header
         return UCS_OK;
     }
     switch (p[1]) {
-    case _NIXL_UCX_AM_NOTIF: _nixl_ucx_on_notif(eng, p, length); break;
+    case _NIXL_UCX_AM_NOTIF: _nixl_ucx_on_notif(eng, p, length, param); break;
     case _NIXL_UCX_AM_HELLO: _nixl_ucx_on_hello(eng, p, length, param); break;
     case _NIXL_UCX_AM_WELCOME: _nixl_ucx_on_welcome(eng, p, length); break;
     case _NIXL_UCX_AM_PROOF: _nixl_ucx_on_proof(eng, p, length); break;
+    case _NIXL_UCX_AM_CREDIT: _nixl_ucx_on_credit(eng, p, length); break;
+    case _NIXL_UCX_AM_CREDIT_ASK: _nixl_ucx_on_credit_ask(eng, p, length, param); break;
     default:
         if (_nixl_ucx_noisy(eng)) nixl_backend_log(eng->be, NIXL_LOG_WARN, "am: unknown kind %u, dropped", (unsigned)p[1]);
     }
@@ -1231,6 +1388,13 @@ static void _nixl_ucx_am_param(ucp_request_param_t *prm, ucp_send_nbx_callback_t
     prm->flags = UCP_AM_SEND_FLAG_EAGER;
 }
 
+/* A notification: eager, and with our reply endpoint, which the receiver
+   gives the window back through. */
+static void _nixl_ucx_notif_param(ucp_request_param_t *prm, ucp_send_nbx_callback_t cb, void *user) {
+    _nixl_ucx_am_param(prm, cb, user);
+    prm->flags |= UCP_AM_SEND_FLAG_REPLY;
+}
+
 /* Sends an engine-owned message (gen_notif) on c. Takes ownership of buf. */
 static nixl_status_t _nixl_ucx_send_msg_on(_nixl_ucx_engine_t *eng, _nixl_ucx_conn_t *c, unsigned am_id,
                                            const void *hdr, size_t hdr_len, unsigned char *buf, size_t len,
@@ -1246,7 +1410,8 @@ static nixl_status_t _nixl_ucx_send_msg_on(_nixl_ucx_engine_t *eng, _nixl_ucx_co
     m->conn = c;
     m->buf = buf;
     m->len = len;
-    _nixl_ucx_am_param(&prm, _nixl_ucx_msg_sent_cb, m);
+    if (am_id == _NIXL_UCX_AM_ID) _nixl_ucx_notif_param(&prm, _nixl_ucx_msg_sent_cb, m);
+    else _nixl_ucx_am_param(&prm, _nixl_ucx_msg_sent_cb, m);
     sp = ucp_am_send_nbx(c->ep, am_id, hdr, hdr_len, buf, len, &prm);
     if (sp == NULL) {
         _nixl_ucx_msg_free(eng, m);
@@ -1272,18 +1437,35 @@ static nixl_status_t _nixl_ucx_send_msg(_nixl_ucx_engine_t *eng, _nixl_ucx_conn_
     return _nixl_ucx_send_msg_on(eng, c, _NIXL_UCX_AM_ID, NULL, 0, buf, len, what);
 }
 
-/* Sends a gen_notif message now that c's session is open (takes buf). */
+/* Window bytes a notification message (header included) costs us. */
+static uint64_t _nixl_ucx_msg_cost(const _nixl_ucx_engine_t *eng, size_t msg_len) {
+    return _nixl_ucx_notif_cost(msg_len - _NIXL_UCX_NOTIF_HDR, eng->name_len);
+}
+
+/* Whether c's window takes a notification message of msg_len bytes now;
+   if not, c asks the receiver for its window back (from progress()). */
+static int _nixl_ucx_window_takes(_nixl_ucx_engine_t *eng, _nixl_ucx_conn_t *c, size_t msg_len) {
+    if (c->unacked + _nixl_ucx_msg_cost(eng, msg_len) <= NIXL_UCX_NOTIF_WINDOW) return 1;
+    c->starved = 1;
+    eng->sess_work = 1;
+    return 0;
+}
+
+/* Sends a gen_notif message now that c's session is open and its window
+   takes it (takes buf). */
 static nixl_status_t _nixl_ucx_send_notif_msg(_nixl_ucx_engine_t *eng, _nixl_ucx_conn_t *c, unsigned char *buf,
                                               size_t len) {
     _nixl_put64(buf + 4, c->sess);
+    c->unacked += _nixl_ucx_msg_cost(eng, len);
     return _nixl_ucx_send_msg(eng, c, buf, len, "gen_notif");
 }
 
 static void _nixl_ucx_flush_held(_nixl_ucx_engine_t *eng, _nixl_ucx_conn_t *c) {
-    while (c->held) {
+    while (c->held && _nixl_ucx_window_takes(eng, c, c->held->len)) {
         _nixl_ucx_held_t *h = c->held;
         c->held = h->next;
         if (!c->held) c->held_tail = NULL;
+        c->held_bytes -= h->len;
         _nixl_ucx_send_notif_msg(eng, c, h->buf, h->len);
         _nixl_ucx_free(eng, h);
     }
@@ -1299,6 +1481,7 @@ static void _nixl_ucx_drop_held(_nixl_ucx_engine_t *eng, _nixl_ucx_conn_t *c, co
         n++;
     }
     c->held_tail = NULL;
+    c->held_bytes = 0;
     if (n)
         nixl_backend_log(eng->be, NIXL_LOG_ERROR, "gen_notif: %u notification(s) to %s dropped: %s", n,
                          c->peer ? c->peer->name : "?", why);
@@ -1346,6 +1529,10 @@ static void _nixl_ucx_sessions_receiver(_nixl_ucx_engine_t *eng, uint64_t now) {
     for (s = eng->sessions; s; s = next) {
         _nixl_ucx_peer_t *p;
         next = s->next;
+        if (s->cut) {
+            if (now - s->born > _NIXL_UCX_CUTOFF_US) _nixl_ucx_sess_drop(eng, s);
+            continue;
+        }
         if (s->superseded) {
             if (now - s->born > _NIXL_UCX_SUPERSEDED_US) _nixl_ucx_sess_drop(eng, s);
             continue;
@@ -1372,10 +1559,31 @@ static void _nixl_ucx_sessions_receiver(_nixl_ucx_engine_t *eng, uint64_t now) {
     }
 }
 
+/* Out of window: ask the receiver for it back every _NIXL_UCX_ASK_US (it
+   answers when its queue has room), and come back next pass. */
+static void _nixl_ucx_window_ask(_nixl_ucx_engine_t *eng, _nixl_ucx_conn_t *c, uint64_t now) {
+    unsigned char m[_NIXL_UCX_ASK_MSG];
+    eng->sess_work = 1;
+    if (now - c->ask_at < _NIXL_UCX_ASK_US) return;
+    c->ask_at = now;
+    memset(m, 0, sizeof m);
+    m[0] = (unsigned char)_NIXL_UCX_WIRE_VERSION;
+    m[1] = (unsigned char)_NIXL_UCX_AM_CREDIT_ASK;
+    _nixl_put64(m + 4, c->sess);
+    if (_nixl_ucx_send_ctl(eng, c->ep, m, sizeof m, 1) != UCS_OK)
+        nixl_backend_log(eng->be, NIXL_LOG_DEBUG, "flow control: window request to %s not sent", c->peer->name);
+}
+
 static void _nixl_ucx_sessions_sender(_nixl_ucx_engine_t *eng, uint64_t now) {
     _nixl_ucx_conn_t *c;
     for (c = eng->conns; c; c = c->next) {
         if (!c->peer || c->close_wanted) continue;
+        if (c->rehello) {
+            c->rehello = 0;
+            c->unacked = 0;
+            _nixl_ucx_conn_hello(eng, c);
+        }
+        if (c->sess_state == _NIXL_UCX_SESS_OPEN && c->starved) _nixl_ucx_window_ask(eng, c, now);
         if (c->sess_state == _NIXL_UCX_SESS_PROVE) {
             unsigned char m[4 + 8 + _NIXL_UCX_MAC];
             memset(m, 0, sizeof m);
@@ -2247,7 +2455,8 @@ static nixl_status_t _nixl_ucx_req_send_notif(_nixl_ucx_req_t *r) {
         return r->status;
     }
     _nixl_put64(r->notif + 4, r->conn->sess);
-    _nixl_ucx_am_param(&prm, _nixl_ucx_notif_sent_cb, r);
+    r->conn->unacked += _nixl_ucx_msg_cost(r->eng, r->notif_len);
+    _nixl_ucx_notif_param(&prm, _nixl_ucx_notif_sent_cb, r);
     sp = ucp_am_send_nbx(r->conn->ep, _NIXL_UCX_AM_ID, NULL, 0, r->notif, r->notif_len, &prm);
     if (sp == NULL) {
         _nixl_ucx_req_finish(r, NIXL_SUCCESS);
@@ -2287,7 +2496,9 @@ static void _nixl_ucx_flush_cb(void *request, ucs_status_t status, void *user_da
 
 /* Sends the notifications whose data landed; one whose endpoint has no
    open session at the peer yet waits (in order), up to
-   _NIXL_UCX_SESSION_WAIT_US, then fails NOT_ALLOWED. */
+   _NIXL_UCX_SESSION_WAIT_US, then fails NOT_ALLOWED; one the session's
+   window does not take now waits as long as the receiver withholds it
+   (flow control: the request stays IN_PROG). */
 static int _nixl_ucx_send_ready_notifs(_nixl_ucx_engine_t *eng) {
     _nixl_ucx_req_t *r = eng->ready_head, *wait_head = NULL, *wait_tail = NULL;
     int did = 0;
@@ -2295,8 +2506,10 @@ static int _nixl_ucx_send_ready_notifs(_nixl_ucx_engine_t *eng) {
     while (r) {
         _nixl_ucx_req_t *next = r->ready_next;
         int ready = r->state == _NIXL_UCX_REQ_NOTIF_READY && r->conn ? _nixl_ucx_sess_ready(eng, r->conn, 0) : 1;
+        int windowed = ready == 1 && r->state == _NIXL_UCX_REQ_NOTIF_READY && r->conn &&
+                       !_nixl_ucx_window_takes(eng, r->conn, r->notif_len);
         r->ready_next = NULL;
-        if (ready == 0 && nixl_now_us() - r->conn->hello_at <= _NIXL_UCX_SESSION_WAIT_US) {
+        if (windowed || (ready == 0 && nixl_now_us() - r->conn->hello_at <= _NIXL_UCX_SESSION_WAIT_US)) {
             if (wait_tail) wait_tail->ready_next = r;
             else wait_head = r;
             wait_tail = r;
@@ -3515,7 +3728,8 @@ static nixl_status_t _nixl_ucx_post_xfer(void *engine, void *handle, const void 
         _nixl_ucx_req_finish(r, NIXL_SUCCESS);
         return NIXL_SUCCESS;
     }
-    if (_nixl_ucx_sess_ready(eng, r->conn, 0) != 1) { /* waits for the session in progress() */
+    if (_nixl_ucx_sess_ready(eng, r->conn, 0) != 1 || !_nixl_ucx_window_takes(eng, r->conn, r->notif_len)) {
+        /* waits for the session, or the window, in progress() */
         _nixl_ucx_req_landed(r);
         return NIXL_IN_PROG;
     }
@@ -3563,16 +3777,24 @@ static nixl_status_t _nixl_ucx_gen_notif(void *engine, const char *remote, const
     }
     st = _nixl_ucx_peer_connect(eng, p, "gen_notif");
     if (st != NIXL_SUCCESS) return st;
+    c = p->conns[0];
+    if (c->held_bytes + hl + len > NIXL_UCX_NOTIF_WINDOW) {
+        /* a window's worth already waits for this peer: the caller retries */
+        nixl_backend_log(eng->be, NIXL_LOG_DEBUG, "gen_notif(%s): flow control: %zu bytes wait for the peer's "
+                         "window; not queued", remote, c->held_bytes);
+        _nixl_ucx_sess_ready(eng, c, 1);
+        return NIXL_IN_PROG;
+    }
     buf = (unsigned char *)_nixl_ucx_alloc(eng, hl + len);
     if (!buf) return NIXL_ERR_BACKEND;
     _nixl_ucx_am_hdr_write(eng, buf, _NIXL_UCX_AM_NOTIF);
     if (len) memcpy(buf + hl, msg, len);
-    c = p->conns[0];
     switch (c->held ? 0 : _nixl_ucx_sess_ready(eng, c, 1)) {
     case 1:
+        if (!_nixl_ucx_window_takes(eng, c, hl + len)) goto hold;
         st = _nixl_ucx_send_notif_msg(eng, c, buf, hl + len);
         return st == NIXL_IN_PROG ? NIXL_SUCCESS : st;
-    case 0: { /* held until the peer accepts our session (in order) */
+    case 0: hold: { /* held until the peer accepts our session and its window takes it (in order) */
         _nixl_ucx_held_t *h = (_nixl_ucx_held_t *)_nixl_ucx_alloc(eng, sizeof *h);
         if (!h) break;
         h->buf = buf;
@@ -3580,6 +3802,7 @@ static nixl_status_t _nixl_ucx_gen_notif(void *engine, const char *remote, const
         if (c->held_tail) c->held_tail->next = h;
         else c->held = h;
         c->held_tail = h;
+        c->held_bytes += h->len;
         eng->sess_work = 1;
         return NIXL_SUCCESS;
     }

@@ -62,7 +62,8 @@
    receiver keeps them in their buffers, in order, and returns no credit:
    the sender runs out and waits (requests with notifications stay
    IN_PROG) until the application drains with nixl_get_notifs. Nothing is
-   dropped.
+   dropped. gen_notif queues up to 4 MiB per peer waiting for credit, then
+   returns IN_PROG (nothing queued: progress and retry).
    Fixed: rnr_retry 7 (never needed: credits), max_rd_atomic and
    max_dest_rd_atomic at the device maximum, a signaled WR every sq_depth/4
    WRs per QP (and the last of every request on each QP), ibv_poll_cq in
@@ -296,6 +297,7 @@ NIXL_API nixl_status_t nixl_verbs_set_copy_ops(nixl_backend_t *be, const nixl_ve
 #define _NIXL_VERBS_CM_EVERY 256 /* progress passes between reads of an idle CM channel */
 #define _NIXL_VERBS_INFO_MAX 64
 #define _NIXL_VERBS_AM_HDR 8
+#define _NIXL_VERBS_AM_BACKLOG (4u << 20) /* gen_notif bytes waiting for one peer's credit, at most */
 #define _NIXL_VERBS_PDATA_LEN 40      /* a REQ's (56 at most through rdma_cm) */
 #define _NIXL_VERBS_PDATA_ACC_LEN 72  /* a REP's: plus the acceptor's MAC */
 #define _NIXL_VERBS_PDATA_MAGIC 0x4e56u /* "NV" */
@@ -452,6 +454,7 @@ typedef struct _nixl_verbs_peer {
     uint64_t wait_since;
     struct _nixl_verbs_req *bl_head, *bl_tail; /* posted, not fully on the wire */
     _nixl_verbs_am_t *am_head, *am_tail;       /* messages waiting to be sent */
+    size_t am_bytes;                           /* their bytes (gen_notif stops at _NIXL_VERBS_AM_BACKLOG) */
     struct _nixl_verbs_stage *stage;           /* bounce buffers, made on first staged request */
 } _nixl_verbs_peer_t;
 
@@ -653,6 +656,7 @@ static void _nixl_verbs_am_push(_nixl_verbs_peer_t *p, _nixl_verbs_am_t *m) {
     m->next = NULL;
     if (p->am_tail) p->am_tail->next = m; else p->am_head = m;
     p->am_tail = m;
+    p->am_bytes += m->len;
 }
 
 static _nixl_verbs_am_t *_nixl_verbs_am_pop(_nixl_verbs_peer_t *p) {
@@ -661,6 +665,7 @@ static _nixl_verbs_am_t *_nixl_verbs_am_pop(_nixl_verbs_peer_t *p) {
     p->am_head = m->next;
     if (!p->am_head) p->am_tail = NULL;
     m->next = NULL;
+    p->am_bytes -= m->len;
     return m;
 }
 
@@ -674,6 +679,7 @@ static void _nixl_verbs_am_unlink(_nixl_verbs_peer_t *p, _nixl_verbs_am_t *m) {
     if (prev) prev->next = m->next; else p->am_head = m->next;
     if (p->am_tail == m) p->am_tail = prev;
     m->next = NULL;
+    p->am_bytes -= m->len;
 }
 
 /* Frees a queued message (gen_notif copies) or detaches a request's own. */
@@ -3138,6 +3144,12 @@ static nixl_status_t _nixl_verbs_gen_notif(void *engine, const char *remote, con
         return NIXL_ERR_INVALID_PARAM;
     }
     if (p->conn && p->conn->state == _NIXL_VERBS_CONN_FAILED) return NIXL_ERR_REMOTE_DISCONNECT;
+    if (p->am_bytes + len > _NIXL_VERBS_AM_BACKLOG) {
+        /* the peer returns no credit (it does not drain): the caller retries */
+        nixl_backend_log(e->be, NIXL_LOG_DEBUG, "verbs: gen_notif to %s: flow control: %zu bytes wait for the "
+                         "peer's credit; not queued", remote, p->am_bytes);
+        return NIXL_IN_PROG;
+    }
     m = (_nixl_verbs_am_t *)nixl_backend_alloc(e->be, sizeof *m + len);
     if (!m) return NIXL_ERR_BACKEND;
     m->id = _NIXL_VERBS_AM_NOTIF;

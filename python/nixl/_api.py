@@ -470,6 +470,9 @@ class nixl_agent:
         return False
 
     def send_notif(self, remote_agent_name, notif_msg: bytes, backend: str = None):
+        """Sends a notification. While the peer has not drained what it already
+        holds, flow control holds this one back: send_notif drives progress and
+        retries for up to 30 s, then raises nixlBackendError (nothing sent)."""
         self.agent.genNotif(remote_agent_name, notif_msg, self._backend_handles([backend] if backend else []))
 
 

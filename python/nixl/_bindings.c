@@ -1970,6 +1970,18 @@ static PyObject *_pynixl_get_notifs(PyObject *obj, PyObject *args) {
     return d;
 }
 
+/* NIXL's send_notif does not return "try again": while flow control holds
+   the notification back (IN_PROG: the peer has not drained), drive progress
+   and retry, for at most 30 s. Runs without the GIL. */
+static nixl_status_t _pynixl_gen_notif_retry(nixl_agent_t *a, const char *name, const void *msg, size_t len,
+                                             const nixl_opt_args_t *opt) {
+    uint64_t until = nixl_now_us() + 30000000u;
+    nixl_status_t st;
+    while ((st = nixl_gen_notif(a, name, msg, len, opt)) == NIXL_IN_PROG && nixl_now_us() < until)
+        nixl_progress(a);
+    return st;
+}
+
 static PyObject *_pynixl_gen_notif(PyObject *obj, PyObject *args) {
     _pynixl_agent *self = (_pynixl_agent *)obj;
     PyObject *n, *msg, *bes = NULL;
@@ -1983,8 +1995,12 @@ static PyObject *_pynixl_gen_notif(PyObject *obj, PyObject *args) {
         !(name = _pynixl_name(n, "the remote agent")) || _pynixl_msg(msg, &p, &len) || _pynixl_backends(self, bes, &b))
         return NULL;
     _pynixl_opt(&opt, &b);
-    Py_BEGIN_ALLOW_THREADS st = nixl_gen_notif(self->a, name, p ? p : "", (size_t)len, &opt);
-    Py_END_ALLOW_THREADS return _pynixl_status(st, "genNotif failed (the log line says why)");
+    Py_BEGIN_ALLOW_THREADS st = _pynixl_gen_notif_retry(self->a, name, p ? p : "", (size_t)len, &opt);
+    Py_END_ALLOW_THREADS
+    if (st == NIXL_IN_PROG)
+        return _pynixl_raise(NIXL_ERR_BACKEND, "genNotif: the peer has not drained its notifications for 30 s "
+                                               "(flow control held this one back; nothing was sent)");
+    return _pynixl_status(st, "genNotif failed (the log line says why)");
 }
 
 static PyObject *_pynixl_progress(PyObject *obj, PyObject *unused) {

@@ -249,6 +249,35 @@ def test_notifications(pair):
         p.ini.send_notif(p.tgt_name, 123)
 
 
+def test_send_notif_waits_for_a_slow_receiver(make_agent):
+    """Flow control: 80 notifications of 1 MiB (more than the receiver's
+    64 MiB queue) to a receiver that drains only every 0.2 s: send_notif
+    waits for room instead of the receiver dropping any; all arrive, whole
+    and in order."""
+    if BACKEND != "UCX":
+        pytest.skip("1 MiB notifications are UCX's; verbs credits: test_verbs test_notif_backpressure")
+    p = Pair(make_agent, enable_prog_thread=True)
+    n, size = 80, 1 << 20
+    got, stop = [], threading.Event()
+
+    def drain():
+        while not stop.is_set():
+            time.sleep(0.2)
+            got.extend(p.tgt.get_new_notifs().get(p.ini.name, []))
+
+    t = threading.Thread(target=drain)
+    t.start()
+    try:
+        for i in range(n):
+            p.ini.send_notif(p.tgt_name, i.to_bytes(4, "little") * (size // 4))
+        wait_for(lambda: len(got) >= n, timeout=60, what="all %d notifications" % n)
+    finally:
+        stop.set()
+        t.join()
+    assert [int.from_bytes(m[:4], "little") for m in got] == list(range(n))
+    assert all(len(m) == size and m[-4:] == m[:4] for m in got)
+
+
 def test_threads_share_one_agent(make_agent):
     """vLLM's shape: a handshake thread loads peers and prepares their lists
     while the main thread and a writer thread post, poll and notify."""
