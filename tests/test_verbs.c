@@ -1297,8 +1297,9 @@ out:
 
 /* A receiver whose queue for one sender is full (notif_queue_peer_bytes 8
    KiB here) and that does not drain it: the sender is slowed (credits stop
-   coming back; its request with a notification stays IN_PROG), nothing is
-   dropped, and once the receiver drains, everything arrives in order. */
+   coming back; its request with a notification stays IN_PROG, and
+   gen_notif says IN_PROG once 4 MiB wait), nothing is dropped, and once
+   the receiver drains, everything arrives in order. */
 static void test_notif_backpressure(void) {
     enum { N = 200 };
     nixl_agent_config_t cfg;
@@ -1309,7 +1310,7 @@ static void test_notif_backpressure(void) {
     char msg[1024];
     xu_notes n;
     uint64_t until;
-    int i;
+    int i, extra;
     nixl_status_t st = NIXL_ERR_UNKNOWN;
     memset(&cfg, 0, sizeof cfg);
     cfg.name = "receiver";
@@ -1326,6 +1327,15 @@ static void test_notif_backpressure(void) {
         memset(msg + strlen(msg) + 1, 'x', sizeof msg - strlen(msg) - 1);
         CHECK_ST(nixl_gen_notif(a, "receiver", msg, strlen(msg), NULL), NIXL_SUCCESS);
     }
+    /* more, until the sender's backlog for the peer is full: gen_notif then
+       says IN_PROG and queues nothing */
+    for (extra = 0; extra < 10000; extra++) {
+        snprintf(msg, sizeof msg, "extra %d", extra);
+        st = nixl_gen_notif(a, "receiver", msg, sizeof msg, NULL);
+        if (st != NIXL_SUCCESS) break;
+    }
+    CHECKF(st == NIXL_IN_PROG && extra > 0, "gen_notif said IN_PROG after %d more (%s)", extra, nixl_status_str(st));
+    st = NIXL_ERR_UNKNOWN;
     nt_fill(l, 4096, 51);
     CHECK_ST(one_xfer(a, b, NIXL_WRITE, l, r, 4096, "last", &req), NIXL_SUCCESS);
     if (req) st = nixl_post_xfer_req(a, req, NULL);
@@ -1338,12 +1348,12 @@ static void test_notif_backpressure(void) {
     CHECKF(st == NIXL_IN_PROG, "the sender was slowed: its request waits for credits (%s)", nixl_status_str(st));
     xu_notes_init(&n);
     until = nixl_now_us() + WAIT_US;
-    while (n.n < N + 1 && nixl_now_us() < until) {
+    while (n.n < N + extra + 1 && nixl_now_us() < until) {
         nixl_get_notifs(b, xu_on_note, &n);
         nixl_progress(a);
         if (req) st = nixl_get_xfer_status(a, req);
     }
-    CHECKF(n.n == N + 1, "%ld of %d notifications arrived: none dropped", n.n, N + 1);
+    CHECKF(n.n == N + extra + 1, "%ld of %d notifications arrived: none dropped", n.n, N + extra + 1);
     CHECK(n.last_len == 4 && memcmp(n.last, "last", 4) == 0);
     if (req) {
         if (st == NIXL_IN_PROG) st = xu_wait(a, req, b, 0);
