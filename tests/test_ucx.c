@@ -2050,6 +2050,7 @@ static void window_receiver(int s) {
     cfg.name = "sink";
     cfg.progress_thread = 1;
     cfg.log_fn = count_cut_log;
+    cfg.auth_token = g_token;
     /* a small queue: the receiver withholds the flooder's window early */
     cfg.notif_queue_peer_bytes = 3 * FLOOD_SZ;
     memset(&q, 0, sizeof q);
@@ -2066,8 +2067,9 @@ static void window_receiver(int s) {
         if (!strcmp(q.from[i], "flooder")) from_flooder++;
         if (!strcmp(q.from[i], "honest") && !strcmp(q.msg[i], "still here")) from_honest++;
     }
-    printf("FIGURE ucx_window_flood tls=%s flooder_sent=40x1MiB flooder_delivered=%zu honest_delivered=%zu "
-           "rss_growth_mib=%.1f\n", g_tls, from_flooder, from_honest, (after - before) / 1024.0);
+    printf("FIGURE ucx_window_flood tls=%s token=%s flooder_sent=40x1MiB flooder_delivered=%zu honest_delivered=%zu "
+           "rss_growth_mib=%.1f\n", g_tls, g_token ? "yes" : "no", from_flooder, from_honest,
+           (after - before) / 1024.0);
     CHECKF(__atomic_load_n(&g_cut_logs, __ATOMIC_RELAXED) == 1, "one log line says the flooder was cut off (%d)",
            g_cut_logs);
     CHECKF(from_flooder >= 1 && from_flooder <= 4, "only a window of the flood arrived (%zu of 40)", from_flooder);
@@ -2076,6 +2078,14 @@ static void window_receiver(int s) {
     notes_free(&q);
     send_u32(s, 2);
     nixl_agent_destroy(a);
+}
+
+/* The same with a shared secret: proven sessions get the same window. */
+static void test_notif_window_flood(void);
+static void test_notif_window_flood_token(void) {
+    g_token = "shared-secret";
+    test_notif_window_flood();
+    g_token = NULL;
 }
 
 /* Forget what the window owes on every endpoint of the agent's UCX backend. */
@@ -2098,6 +2108,7 @@ static void test_notif_window_flood(void) {
     memset(&cfg, 0, sizeof cfg);
     cfg.name = "flooder";
     cfg.log_fn = test_log;
+    cfg.auth_token = g_token;
     a = xu_agent_cfg(&cfg, nixl_ucx_backend(), g_params, &be, NULL);
     h = make_agent("honest");
     if (!a || !h) goto out;
@@ -2170,6 +2181,7 @@ static int run_all(void) {
     RUN(test_malformed_worker_address, 30);
     RUN(test_notif_flood_bounded, 200);
     RUN(test_notif_window_flood, 200);
+    RUN(test_notif_window_flood_token, 200);
     /* not in `make test`: UCX 1.13 itself fails it now and then (see the
        README's known limits); `make test-ucx-death` runs it */
     if (getenv("NIXL_TEST_DEATH_ROUNDS")) RUN(test_peer_death_100, 400);
