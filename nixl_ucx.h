@@ -371,8 +371,9 @@ typedef struct _nixl_ucx_conn {
     uint64_t hello_at;
     struct _nixl_ucx_held *held, *held_tail; /* gen_notif messages waiting for the session or window */
     size_t held_bytes;
-    /* flow control: window bytes sent on the session and not given back */
-    uint64_t unacked;
+    /* flow control: window bytes sent on the session, and how many of them
+       the receiver gave back (both running totals: a grant is idempotent) */
+    uint64_t sent_total, acked_total;
     int starved;            /* a notification waits for window: ask for it */
     uint64_t ask_at;
     int rehello;            /* the peer forgot our session: say HELLO again */
@@ -398,7 +399,8 @@ typedef struct _nixl_ucx_sess {
                                then) so notifications already sent on it count */
     uint64_t born;
     unsigned char nonce[_NIXL_UCX_NONCE];
-    uint64_t unacked;       /* window bytes received and not given back */
+    uint64_t recv_total;    /* window bytes received (running total) */
+    uint64_t acked_total;   /* of them, given back to the sender */
     int cut;                /* sent past its window: cut off (born = then) */
     unsigned long cut_drops;
     char name[256];
@@ -1155,7 +1157,7 @@ static void _nixl_ucx_on_welcome(_nixl_ucx_engine_t *eng, const unsigned char *p
     } else {
         c->sess = id;
         c->sess_state = auth ? _NIXL_UCX_SESS_PROVE : _NIXL_UCX_SESS_OPEN;
-        c->unacked = 0; /* a new session starts with the whole window */
+        c->sent_total = c->acked_total = 0; /* a new session starts with the whole window */
     }
     eng->sess_work = 1; /* progress() sends the proof and what was held */
 }
@@ -1199,6 +1201,7 @@ static ucp_ep_h _nixl_ucx_reply_ep(const ucp_am_recv_param_t *param) {
     return (param->recv_attr & UCP_AM_RECV_ATTR_FIELD_REPLY_EP) ? param->reply_ep : NULL;
 }
 
+/* CREDIT: the running total of window bytes given back on session id. */
 static ucs_status_t _nixl_ucx_credit_send(_nixl_ucx_engine_t *eng, ucp_ep_h ep, uint64_t id, unsigned flags,
                                           uint64_t bytes) {
     unsigned char m[_NIXL_UCX_CREDIT_MSG];
@@ -1210,16 +1213,21 @@ static ucs_status_t _nixl_ucx_credit_send(_nixl_ucx_engine_t *eng, ucp_ep_h ep, 
     return _nixl_ucx_send_ctl(eng, ep, m, sizeof m, 0);
 }
 
-/* The receiver gives s's window back, through the endpoint a message of
-   the sender just came on, once at least `least` bytes are owed and the
-   queue can take a whole window more of the sender's notifications (or
-   holds none of them: a queue limit below the window still moves). */
-static void _nixl_ucx_credit_return(_nixl_ucx_engine_t *eng, _nixl_ucx_sess_t *s, ucp_ep_h ep, uint64_t least) {
-    if (!ep || s->unacked == 0 || s->unacked < least) return;
-    if (!nixl_backend_notif_room(eng->be, s->name, NIXL_UCX_NOTIF_WINDOW) &&
-        nixl_backend_notif_queued(eng->be, s->name) != 0)
-        return; /* withheld: the sender waits until the application drains */
-    if (_nixl_ucx_credit_send(eng, ep, s->id, 0, s->unacked) == UCS_OK) s->unacked = 0;
+/* Whether the receiver may give s's window back: its queue can take a
+   whole window more of the sender's notifications (or holds none of them:
+   a queue limit below the window still moves). */
+static int _nixl_ucx_credit_due(_nixl_ucx_engine_t *eng, const _nixl_ucx_sess_t *s) {
+    return nixl_backend_notif_room(eng->be, s->name, NIXL_UCX_NOTIF_WINDOW) ||
+           nixl_backend_notif_queued(eng->be, s->name) == 0;
+}
+
+/* After a notification: give the window back through the endpoint it came
+   on once a quarter of it is owed and the queue has room; otherwise it is
+   withheld and the sender waits (and asks) until the application drains. */
+static void _nixl_ucx_credit_return(_nixl_ucx_engine_t *eng, _nixl_ucx_sess_t *s, ucp_ep_h ep) {
+    if (!ep || s->recv_total - s->acked_total < NIXL_UCX_NOTIF_WINDOW / 4 || !_nixl_ucx_credit_due(eng, s)) return;
+    s->acked_total = s->recv_total;
+    _nixl_ucx_credit_send(eng, ep, s->id, 0, s->acked_total);
 }
 
 /* A sender that ignored its window: its session stays, marked, so what it
@@ -1231,7 +1239,8 @@ static void _nixl_ucx_cut_off(_nixl_ucx_engine_t *eng, _nixl_ucx_sess_t *s, uint
     nixl_backend_log(eng->be, NIXL_LOG_ERROR, "flow control: %s sent a notification of %llu window bytes with %llu "
                      "already unacknowledged (window %u): it floods; cut off, its notifications are dropped and its "
                      "name opens no session for %u s", s->name, (unsigned long long)cost,
-                     (unsigned long long)s->unacked, (unsigned)NIXL_UCX_NOTIF_WINDOW, _NIXL_UCX_CUTOFF_US / 1000000u);
+                     (unsigned long long)(s->recv_total - s->acked_total), (unsigned)NIXL_UCX_NOTIF_WINDOW,
+                     _NIXL_UCX_CUTOFF_US / 1000000u);
 }
 
 /* A sender out of window asks; the answer goes to its reply endpoint. */
@@ -1249,12 +1258,16 @@ static void _nixl_ucx_on_credit_ask(_nixl_ucx_engine_t *eng, const unsigned char
         _nixl_ucx_credit_send(eng, ep, _nixl_get64(p + 4), _NIXL_UCX_CREDIT_NO_SESSION, 0);
         return;
     }
-    _nixl_ucx_credit_return(eng, s, ep, 1);
+    /* always answered with the running total: a grant that went astray
+       (or to someone who knew the session id) is made good here */
+    if (_nixl_ucx_credit_due(eng, s)) s->acked_total = s->recv_total;
+    _nixl_ucx_credit_send(eng, ep, s->id, 0, s->acked_total);
 }
 
 /* The sender's side: window given back for the session of one of our
-   endpoints (a forged one needs the session id, and gives at most the
-   window: the receiver still counts). */
+   endpoints, as a running total (stale or repeated grants change nothing;
+   a forged one needs the session id and cannot exceed what we sent: the
+   receiver still counts). */
 static void _nixl_ucx_on_credit(_nixl_ucx_engine_t *eng, const unsigned char *p, size_t len) {
     uint64_t id, bytes;
     _nixl_ucx_conn_t *c;
@@ -1274,7 +1287,14 @@ static void _nixl_ucx_on_credit(_nixl_ucx_engine_t *eng, const unsigned char *p,
         c->sess_state = _NIXL_UCX_SESS_WAIT;
         c->rehello = 1;
     } else {
-        c->unacked -= bytes < c->unacked ? bytes : c->unacked;
+        if (bytes > c->sent_total) {
+            if (_nixl_ucx_noisy(eng))
+                nixl_backend_log(eng->be, NIXL_LOG_WARN, "flow control: %s granted back %llu bytes of %llu sent: "
+                                 "ignored", c->peer->name, (unsigned long long)bytes,
+                                 (unsigned long long)c->sent_total);
+            return;
+        }
+        if (bytes > c->acked_total) c->acked_total = bytes;
     }
     c->starved = 0;
     eng->sess_work = 1;
@@ -1307,13 +1327,13 @@ static void _nixl_ucx_on_notif(_nixl_ucx_engine_t *eng, const unsigned char *p, 
         return;
     }
     cost = _nixl_ucx_notif_cost(len, strlen(s->name));
-    if (s->unacked + cost > NIXL_UCX_NOTIF_WINDOW) {
+    if (s->recv_total - s->acked_total + cost > NIXL_UCX_NOTIF_WINDOW) {
         _nixl_ucx_cut_off(eng, s, cost);
         return;
     }
-    s->unacked += cost;
+    s->recv_total += cost;
     nixl_backend_notif(eng->be, s->name, p + _NIXL_UCX_NOTIF_HDR, len);
-    _nixl_ucx_credit_return(eng, s, _nixl_ucx_reply_ep(param), NIXL_UCX_NOTIF_WINDOW / 4);
+    _nixl_ucx_credit_return(eng, s, _nixl_ucx_reply_ep(param));
 }
 
 /* The notification channel's handler: every message checked. */
@@ -1445,7 +1465,7 @@ static uint64_t _nixl_ucx_msg_cost(const _nixl_ucx_engine_t *eng, size_t msg_len
 /* Whether c's window takes a notification message of msg_len bytes now;
    if not, c asks the receiver for its window back (from progress()). */
 static int _nixl_ucx_window_takes(_nixl_ucx_engine_t *eng, _nixl_ucx_conn_t *c, size_t msg_len) {
-    if (c->unacked + _nixl_ucx_msg_cost(eng, msg_len) <= NIXL_UCX_NOTIF_WINDOW) return 1;
+    if (c->sent_total - c->acked_total + _nixl_ucx_msg_cost(eng, msg_len) <= NIXL_UCX_NOTIF_WINDOW) return 1;
     c->starved = 1;
     eng->sess_work = 1;
     return 0;
@@ -1456,7 +1476,7 @@ static int _nixl_ucx_window_takes(_nixl_ucx_engine_t *eng, _nixl_ucx_conn_t *c, 
 static nixl_status_t _nixl_ucx_send_notif_msg(_nixl_ucx_engine_t *eng, _nixl_ucx_conn_t *c, unsigned char *buf,
                                               size_t len) {
     _nixl_put64(buf + 4, c->sess);
-    c->unacked += _nixl_ucx_msg_cost(eng, len);
+    c->sent_total += _nixl_ucx_msg_cost(eng, len);
     return _nixl_ucx_send_msg(eng, c, buf, len, "gen_notif");
 }
 
@@ -1580,7 +1600,7 @@ static void _nixl_ucx_sessions_sender(_nixl_ucx_engine_t *eng, uint64_t now) {
         if (!c->peer || c->close_wanted) continue;
         if (c->rehello) {
             c->rehello = 0;
-            c->unacked = 0;
+            c->sent_total = c->acked_total = 0;
             _nixl_ucx_conn_hello(eng, c);
         }
         if (c->sess_state == _NIXL_UCX_SESS_OPEN && c->starved) _nixl_ucx_window_ask(eng, c, now);
@@ -2455,7 +2475,7 @@ static nixl_status_t _nixl_ucx_req_send_notif(_nixl_ucx_req_t *r) {
         return r->status;
     }
     _nixl_put64(r->notif + 4, r->conn->sess);
-    r->conn->unacked += _nixl_ucx_msg_cost(r->eng, r->notif_len);
+    r->conn->sent_total += _nixl_ucx_msg_cost(r->eng, r->notif_len);
     _nixl_ucx_notif_param(&prm, _nixl_ucx_notif_sent_cb, r);
     sp = ucp_am_send_nbx(r->conn->ep, _NIXL_UCX_AM_ID, NULL, 0, r->notif, r->notif_len, &prm);
     if (sp == NULL) {

@@ -2092,7 +2092,7 @@ static void test_notif_window_flood_token(void) {
 static void forget_window(nixl_backend_t *be) {
     _nixl_ucx_conn_t *c;
     for (c = ((_nixl_ucx_engine_t *)be->engine)->conns; c; c = c->next) {
-        c->unacked = 0;
+        c->acked_total = c->sent_total;
         c->starved = 0;
     }
 }
