@@ -88,14 +88,14 @@ $(B)/kv_offload: examples/kv_offload.c nixl.h nixl_posix.h | $(B)
 $(B)/posix_bench: tests/bench/posix_bench.c tests/bench/bench_util.h nixl.h nixl_posix.h | $(B)
 	$(CC) $(WARN) $(CFLAGS) -I. $< -o $@ $(POSIX_LIBS) $(LIBS)
 
-$(B)/test_posix: tests/test_posix.c tests/log_capture.h tests/nixl_test.h tests/test_backend.h nixl.h nixl_posix.h | $(B)
+$(B)/test_posix: tests/test_posix.c tests/fake_gpu.h tests/log_capture.h tests/nixl_test.h tests/test_backend.h nixl.h nixl_posix.h | $(B)
 	$(CC) $(WARN) $(CFLAGS) -I. $< -o $@ $(POSIX_LIBS) $(LIBS)
 
 $(B)/test_verbs: tests/test_verbs.c tests/xfer_util.h tests/nixl_test.h nixl.h nixl_verbs.h | $(B)
 	$(CC) $(WARN) $(CFLAGS) -I. $< -o $@ $(VERBS_LIBS) $(LIBS)
 
-$(B)/test_gpu: tests/test_gpu.c tests/xfer_util.h tests/log_capture.h tests/nixl_test.h nixl.h nixl_verbs.h | $(B)
-	$(CC) $(WARN) $(CFLAGS) -I. $< -o $@ $(VERBS_LIBS) $(LIBS)
+$(B)/test_gpu: tests/test_gpu.c tests/fake_gpu.h tests/xfer_util.h tests/log_capture.h tests/nixl_test.h nixl.h nixl_verbs.h nixl_posix.h | $(B)
+	$(CC) $(WARN) $(CFLAGS) -I. $< -o $@ $(VERBS_LIBS) $(POSIX_LIBS) $(LIBS)
 
 $(B)/test_faults: tests/test_faults.c tests/xfer_util.h tests/nixl_test.h nixl.h nixl_verbs.h nixl_ucx.h | $(B)
 	$(CC) $(WARN) $(CFLAGS) -I. $< -o $@ $(VERBS_LIBS) $(UCX_LIBS) $(LIBS)

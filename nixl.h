@@ -542,6 +542,35 @@ typedef void (*nixl_notif_fn)(void *user, const char *remote_agent, const void *
 NIXL_API nixl_status_t nixl_get_notifs(nixl_agent_t *agent, nixl_notif_fn fn, void *user);
 
 /* ======================================================================== */
+/* copy engines (device memory staged through host buffers)                 */
+/* ======================================================================== */
+
+/* How device memory is recognised and copied to and from host bounce
+   buffers, for backends that stage VRAM (verbs without GPUDirect, the file
+   backend). Each such backend uses the CUDA driver's by default and takes
+   another through its own setter (nixl_verbs_set_copy_ops,
+   nixl_posix_set_copy_ops): an inference runtime with its own copy engine,
+   or a test with host memory standing in for a GPU. Every function returns
+   0 on success, -1 on failure, unless said. */
+typedef struct nixl_copy_ops {
+    /* Is [addr, addr+len) device memory? If so: its device ordinal and the
+       allocation holding it. -1: not device memory (a host pointer). */
+    int (*query)(void *ctx, uintptr_t addr, size_t len, int *dev, uintptr_t *base, size_t *size);
+    /* Pins a host bounce buffer for fast copies on device dev (may be NULL). */
+    int (*pin)(void *ctx, int dev, void *host, size_t len);
+    void (*unpin)(void *ctx, int dev, void *host);
+    /* A completion marker for copies on device dev. */
+    int (*event_create)(void *ctx, int dev, void **ev);
+    void (*event_destroy)(void *ctx, void *ev);
+    /* Starts a copy (to_device: host -> device, else device -> host) and
+       arms ev to complete when it has. Copies of one device may run in order. */
+    int (*copy)(void *ctx, int dev, int to_device, void *host, uintptr_t device, size_t len, void *ev);
+    /* 1: done, 0: not yet, -1: the copy failed. */
+    int (*event_done)(void *ctx, void *ev);
+    void *ctx;
+} nixl_copy_ops_t;
+
+/* ======================================================================== */
 /* backend plugin contract                                                  */
 /* ======================================================================== */
 /* A backend is a vtable plus an engine (its private state). The core:
@@ -1445,6 +1474,72 @@ static _NIXL_CUDA_UNUSED int _nixl_cuda_load(_nixl_cuda_t *cu, nixl_backend_t *b
     }
     if (!cu->ok) nixl_backend_log(be, NIXL_LOG_ERROR, "%s: VRAM needs the CUDA driver: %s", who, cu->why);
     return cu->ok ? 0 : -1;
+}
+
+/* The CUDA driver as a copy engine (nixl_copy_ops_t): what the verbs and
+   file backends stage VRAM with unless the application installs another. */
+
+static _NIXL_CUDA_UNUSED int _nixl_cuda_pin(void *ctx, int dev, void *host, size_t len) {
+    _nixl_cuda_t *cu = (_nixl_cuda_t *)ctx;
+    if (_nixl_cuda_enter(cu, dev) != 0) return -1;
+    return _nixl_cuda_leave(
+        cu, cu->cuMemHostRegister(host, len, _NIXL_CU_MEMHOSTREGISTER_PORTABLE) == _NIXL_CUDA_SUCCESS ? 0 : -1);
+}
+
+static _NIXL_CUDA_UNUSED void _nixl_cuda_unpin(void *ctx, int dev, void *host) {
+    _nixl_cuda_t *cu = (_nixl_cuda_t *)ctx;
+    if (_nixl_cuda_enter(cu, dev) != 0) return;
+    cu->cuMemHostUnregister(host);
+    _nixl_cuda_leave(cu, 0);
+}
+
+static _NIXL_CUDA_UNUSED int _nixl_cuda_event_create(void *ctx, int dev, void **ev) {
+    _nixl_cuda_t *cu = (_nixl_cuda_t *)ctx;
+    _nixl_CUevent e = NULL;
+    if (_nixl_cuda_enter(cu, dev) != 0) return -1;
+    if (cu->cuEventCreate(&e, _NIXL_CU_EVENT_DISABLE_TIMING) != _NIXL_CUDA_SUCCESS) return _nixl_cuda_leave(cu, -1);
+    *ev = (void *)e;
+    return _nixl_cuda_leave(cu, 0);
+}
+
+static _NIXL_CUDA_UNUSED void _nixl_cuda_event_destroy(void *ctx, void *ev) {
+    ((_nixl_cuda_t *)ctx)->cuEventDestroy((_nixl_CUevent)ev);
+}
+
+static _NIXL_CUDA_UNUSED int _nixl_cuda_copy(void *ctx, int dev, int to_device, void *host, uintptr_t device, size_t len,
+                                 void *ev) {
+    _nixl_cuda_t *cu = (_nixl_cuda_t *)ctx;
+    _nixl_CUresult rc;
+    if (_nixl_cuda_enter(cu, dev) != 0) return -1;
+    rc = to_device ? cu->cuMemcpyHtoDAsync((_nixl_CUdeviceptr)device, host, len, cu->stream[dev])
+                   : cu->cuMemcpyDtoHAsync(host, (_nixl_CUdeviceptr)device, len, cu->stream[dev]);
+    if (rc != _NIXL_CUDA_SUCCESS) return _nixl_cuda_leave(cu, -1);
+    if (cu->cuEventRecord((_nixl_CUevent)ev, cu->stream[dev]) != _NIXL_CUDA_SUCCESS) {
+        /* the copy is queued but nothing would tell its end: wait for it
+           here, so the caller may reuse the buffer when we fail */
+        cu->cuStreamSynchronize(cu->stream[dev]);
+        return _nixl_cuda_leave(cu, -1);
+    }
+    return _nixl_cuda_leave(cu, 0);
+}
+
+static _NIXL_CUDA_UNUSED int _nixl_cuda_event_done(void *ctx, void *ev) {
+    _nixl_CUresult rc = ((_nixl_cuda_t *)ctx)->cuEventQuery((_nixl_CUevent)ev);
+    if (rc == _NIXL_CUDA_SUCCESS) return 1;
+    return rc == _NIXL_CUDA_ERROR_NOT_READY ? 0 : -1;
+}
+
+static _NIXL_CUDA_UNUSED nixl_copy_ops_t _nixl_cuda_copy_ops(_nixl_cuda_t *cu) {
+    nixl_copy_ops_t o;
+    o.query = _nixl_cuda_query;
+    o.pin = _nixl_cuda_pin;
+    o.unpin = _nixl_cuda_unpin;
+    o.event_create = _nixl_cuda_event_create;
+    o.event_destroy = _nixl_cuda_event_destroy;
+    o.copy = _nixl_cuda_copy;
+    o.event_done = _nixl_cuda_event_done;
+    o.ctx = cu;
+    return o;
 }
 
 typedef int (*_nixl_cuda_query_fn)(void *ctx, uintptr_t addr, size_t len, int *dev, uintptr_t *base, size_t *size);

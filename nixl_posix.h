@@ -43,10 +43,15 @@
                           descriptor must be multiples of this, 512..65536
                           (default 4096, what every Linux filesystem takes);
                           checked at prep with a clear error.
+       stage_bufs=N       VRAM: bounce buffers, 1..1024 (default 16).
+       stage_size=N       VRAM: bytes per bounce buffer (and per staged
+                          I/O), a multiple of direct_align, 4096..1 GiB
+                          (default 2 MiB).
 
    REGISTRATION
    ------------
-   NIXL_DRAM: any host memory (recorded; nothing pinned). NIXL_FILE: dev_id
+   NIXL_DRAM: any host memory (recorded; nothing pinned). NIXL_VRAM: see
+   VRAM below. NIXL_FILE: dev_id
    must be an open descriptor of a regular file; NIXL_BLK: of a block device
    (the range must lie within it). The open mode is recorded: a WRITE needs
    the file open for writing, a READ for reading (NOT_ALLOWED otherwise, at
@@ -69,14 +74,26 @@
    runs `threads` workers of its own that only take I/Os from a queue and
    put results back (their own lock); completions are handled in progress.
 
+   VRAM
+   ----
+   GPU memory registered with this backend (NIXL_VRAM, dev_id = the GPU)
+   moves to and from files through pinned host bounce buffers (stage_bufs
+   of stage_size bytes, made on the first VRAM registration): a WRITE
+   copies a piece from the GPU into a buffer with the copy engine, then
+   writes it to the file; a READ reads into a buffer, then copies it to the
+   GPU. Pieces are cut at stage_size and run concurrently, one per buffer.
+   The copy engine is the CUDA driver's (opened with dlopen: without it,
+   VRAM registration is NOT_SUPPORTED with the reason), or one installed
+   with nixl_posix_set_copy_ops (nixl_copy_ops_t, shared with the verbs
+   backend). A failed copy fails the request like a failed I/O. O_DIRECT
+   files: offsets and lengths must be aligned; the GPU address need not be
+   (the bounce buffers are).
+
    LIMITS
    ------
-   VRAM <-> FILE (staging through pinned host buffers with the CUDA copy
-   engine, or GPUDirect Storage through cuFile) is not implemented yet:
-   registering VRAM with this backend is NOT_SUPPORTED, with a log line
-   that says so (or, without a GPU, that VRAM needs the CUDA driver).
-   io_uring: no registered files or buffers yet (plain readv/writev-free
-   IORING_OP_READ/WRITE on the descriptor).
+   GPUDirect Storage (cuFile) is not used: VRAM is always staged.
+   io_uring: no registered files or buffers (plain IORING_OP_READ/WRITE on
+   the descriptor).
 
    LICENSE: MIT (see nixl.h).
 */
@@ -90,7 +107,7 @@ extern "C" {
 #endif
 
 /* The file backend's vtable, for nixl_create_backend. Name "POSIX", memory
-   DRAM, FILE and BLK (VRAM: refused at registration, see LIMITS), caps LOCAL. Never fails (errors come from
+   DRAM, VRAM (staged, see VRAM), FILE and BLK, caps LOCAL. Never fails (errors come from
    nixl_create_backend: INVALID_PARAM for a bad param, NOT_SUPPORTED for
    engine=uring where io_uring cannot run). Any thread. */
 NIXL_API const nixl_backend_ops_t *nixl_posix_backend(void);
@@ -113,6 +130,13 @@ typedef struct nixl_posix_file_info {
    registered), BACKEND (fstat failed: the descriptor was closed; logged).
    Any thread. */
 NIXL_API nixl_status_t nixl_posix_query(nixl_backend_t *be, int fd, nixl_posix_file_info_t *info);
+
+/* Installs the copy engine VRAM is staged with (nixl_copy_ops_t, copied;
+   ops->ctx must outlive the backend); NULL restores the CUDA driver's.
+   Errors: INVALID_PARAM (be not POSIX, a required function missing),
+   NOT_ALLOWED while VRAM is registered with be or staged I/O is in flight.
+   Any thread (under the agent's lock). */
+NIXL_API nixl_status_t nixl_posix_set_copy_ops(nixl_backend_t *be, const nixl_copy_ops_t *ops);
 
 #ifdef __cplusplus
 }
@@ -159,11 +183,15 @@ typedef struct _nixl_posix_md {
     uint64_t addr, len;
     int acc;    /* O_RDONLY, O_WRONLY or O_RDWR */
     int direct; /* opened with O_DIRECT */
+    int gpu;    /* VRAM: the GPU's ordinal */
 } _nixl_posix_md_t;
 
 struct _nixl_posix_req;
 
-/* one I/O: up to max_io bytes between buf and (fd, off) */
+/* one I/O: up to max_io bytes between buf and (fd, off). A staged one
+   (VRAM) moves between the file and a bounce buffer (buf, while it holds
+   one), and between that and the GPU with the copy engine: a WRITE copies
+   first, a READ after. */
 typedef struct _nixl_posix_io {
     struct _nixl_posix_req *req;
     int fd;
@@ -171,7 +199,19 @@ typedef struct _nixl_posix_io {
     unsigned char *buf;
     uint32_t len, done; /* done: bytes moved so far (io_uring may move fewer) */
     int64_t res;        /* thread engine: bytes moved, or -errno */
+    int gpu;            /* staged: the GPU; -1: host memory */
+    uintptr_t dptr;     /* staged: the device address */
+    int stage;          /* staged: its bounce buffer while it holds one, else -1 */
+    struct _nixl_posix_io *copy_next; /* the engine's copies in flight */
 } _nixl_posix_io_t;
+
+/* a pinned host buffer VRAM I/Os are staged through */
+typedef struct _nixl_posix_bounce {
+    unsigned char *host;
+    void *ev;   /* the copy engine's completion marker, made on first use */
+    int ev_gpu; /* the GPU it was made for */
+    int pinned;
+} _nixl_posix_bounce_t;
 
 typedef struct _nixl_posix_req {
     struct _nixl_posix_req *prev, *next;         /* engine's requests */
@@ -188,8 +228,16 @@ typedef struct _nixl_posix_engine {
     nixl_backend_t *be;
     int kind; /* NIXL_POSIX_ENGINE_* */
     uint32_t qd, nthreads, max_io, align;
-    uint32_t inflight; /* I/Os handed to the kernel or the pool */
-    _nixl_cuda_t cuda; /* VRAM: the driver, loaded on the first VRAM registration */
+    uint32_t inflight; /* I/Os handed to the kernel or the pool, or copying */
+    /* VRAM: the copy engine (the CUDA driver's unless set), its bounce
+       buffers (made on the first VRAM registration) and copies in flight */
+    _nixl_cuda_t cuda;
+    nixl_copy_ops_t copy;
+    int copy_custom;
+    uint32_t stage_bufs, stage_size, nvram;
+    _nixl_posix_bounce_t *bounce;
+    uint32_t *bounce_free, nbounce_free;
+    _nixl_posix_io_t *copy_head;
     _nixl_posix_md_t *mds;
     _nixl_posix_req_t *reqs;
     _nixl_posix_req_t *pend_head, *pend_tail;
@@ -266,29 +314,110 @@ static void _nixl_posix_req_fail(_nixl_posix_engine_t *e, _nixl_posix_req_t *r, 
 }
 
 static void _nixl_posix_submit_one(_nixl_posix_engine_t *e, _nixl_posix_io_t *io);
+static void _nixl_posix_copy_start(_nixl_posix_engine_t *e, _nixl_posix_io_t *io);
 
-/* An I/O came back having moved res more bytes (or -errno). A short
-   transfer goes out again for the rest; a READ that finds the end of the
-   file fails its request. */
-static void _nixl_posix_io_done(_nixl_posix_engine_t *e, _nixl_posix_io_t *io, int64_t res) {
+/* A staged I/O takes a free bounce buffer (0: none free, it waits). */
+static int _nixl_posix_bounce_get(_nixl_posix_engine_t *e, _nixl_posix_io_t *io) {
+    if (!e->nbounce_free) return 0;
+    io->stage = (int)e->bounce_free[--e->nbounce_free];
+    io->buf = e->bounce[io->stage].host;
+    return 1;
+}
+
+static void _nixl_posix_bounce_put(_nixl_posix_engine_t *e, _nixl_posix_io_t *io) {
+    e->bounce_free[e->nbounce_free++] = (uint32_t)io->stage;
+    io->stage = -1;
+    io->buf = NULL;
+}
+
+/* The I/O is over (every byte moved, or it failed): its bounce buffer goes
+   back and its request may be final. */
+static void _nixl_posix_io_end(_nixl_posix_engine_t *e, _nixl_posix_io_t *io, int moved) {
     _nixl_posix_req_t *r = io->req;
+    if (io->stage >= 0) _nixl_posix_bounce_put(e, io);
     e->inflight--;
     r->inflight--;
-    if (res < 0) {
-        _nixl_posix_req_fail(e, r, io, (int)-res, NULL);
-    } else if (res == 0 && io->done < io->len) {
-        _nixl_posix_req_fail(e, r, io, 0, r->write ? "the device took no bytes" : "end of file");
-    } else {
-        io->done += (uint32_t)res;
-        if (io->done < io->len && !r->failed) { /* short: the rest goes out again */
-            e->inflight++;
-            r->inflight++;
-            _nixl_posix_submit_one(e, io);
-            return;
-        }
-        r->ndone++;
-    }
+    if (moved) r->ndone++;
     _nixl_posix_req_settle(e, r);
+}
+
+/* A file I/O came back having moved res more bytes (or -errno). A short
+   transfer goes out again for the rest; a READ that finds the end of the
+   file fails its request; a staged READ goes on to the GPU. */
+static void _nixl_posix_io_done(_nixl_posix_engine_t *e, _nixl_posix_io_t *io, int64_t res) {
+    _nixl_posix_req_t *r = io->req;
+    if (res < 0 || (res == 0 && io->done < io->len)) {
+        _nixl_posix_req_fail(e, r, io, res < 0 ? (int)-res : 0,
+                             res < 0 ? NULL : r->write ? "the device took no bytes" : "end of file");
+        _nixl_posix_io_end(e, io, 0);
+        return;
+    }
+    io->done += (uint32_t)res;
+    if (io->done < io->len && !r->failed) { /* short: the rest goes out again */
+        _nixl_posix_submit_one(e, io);
+        return;
+    }
+    if (io->stage >= 0 && !r->write && !r->failed) {
+        _nixl_posix_copy_start(e, io);
+        return;
+    }
+    _nixl_posix_io_end(e, io, 1);
+}
+
+// >>staging (VRAM through bounce buffers, with the copy engine)
+
+/* The bounce buffer's completion marker, for this I/O's GPU. */
+static int _nixl_posix_bounce_event(_nixl_posix_engine_t *e, _nixl_posix_bounce_t *b, int gpu) {
+    if (b->ev && b->ev_gpu == gpu) return 0;
+    if (b->ev) e->copy.event_destroy(e->copy.ctx, b->ev);
+    b->ev = NULL;
+    if (e->copy.event_create(e->copy.ctx, gpu, &b->ev) != 0) return -1;
+    b->ev_gpu = gpu;
+    return 0;
+}
+
+/* Starts the GPU side of a staged I/O: device -> bounce before a WRITE's
+   file I/O, bounce -> device after a READ's. Ends in _nixl_posix_copies_poll. */
+static void _nixl_posix_copy_start(_nixl_posix_engine_t *e, _nixl_posix_io_t *io) {
+    _nixl_posix_req_t *r = io->req;
+    _nixl_posix_bounce_t *b = &e->bounce[io->stage];
+    if (_nixl_posix_bounce_event(e, b, io->gpu) != 0 ||
+        e->copy.copy(e->copy.ctx, io->gpu, !r->write, b->host, io->dptr, io->len, b->ev) != 0) {
+        _nixl_posix_req_fail(e, r, io, 0, r->write ? "the copy out of GPU memory did not start"
+                                                   : "the copy into GPU memory did not start");
+        _nixl_posix_io_end(e, io, 0);
+        return;
+    }
+    io->copy_next = e->copy_head;
+    e->copy_head = io;
+}
+
+/* Copies that finished: a WRITE's bytes go to the file, a READ is done.
+   Returns how many finished. */
+static int _nixl_posix_copies_poll(_nixl_posix_engine_t *e) {
+    _nixl_posix_io_t **pp = &e->copy_head;
+    int n = 0;
+    while (*pp) {
+        _nixl_posix_io_t *io = *pp;
+        _nixl_posix_req_t *r = io->req;
+        int rc = e->copy.event_done(e->copy.ctx, e->bounce[io->stage].ev);
+        if (rc == 0) {
+            pp = &io->copy_next;
+            continue;
+        }
+        *pp = io->copy_next;
+        n++;
+        if (rc < 0) {
+            _nixl_posix_req_fail(e, r, io, 0, "the copy between GPU and host memory failed");
+            _nixl_posix_io_end(e, io, 0);
+        } else if (r->write && !r->failed) {
+            io->done = 0;
+            _nixl_posix_submit_one(e, io);
+        } else {
+            _nixl_posix_io_end(e, io, !r->write); /* a WRITE of a failed request stops here */
+        }
+    }
+    return n;
 }
 
 // >>io_uring engine
@@ -300,10 +429,8 @@ static void _nixl_posix_uring_prep(_nixl_posix_engine_t *e, _nixl_posix_io_t *io
         e->unsubmitted = 0;
         sqe = io_uring_get_sqe(&e->ring);
         if (!sqe) {
-            e->inflight--;
-            io->req->inflight--;
             _nixl_posix_req_fail(e, io->req, io, EAGAIN, "io_uring has no free submission entry");
-            _nixl_posix_req_settle(e, io->req);
+            _nixl_posix_io_end(e, io, 0);
             return;
         }
     }
@@ -415,24 +542,38 @@ static void _nixl_posix_submit_one(_nixl_posix_engine_t *e, _nixl_posix_io_t *io
     pthread_mutex_unlock(&e->mu);
 }
 
-/* Starts I/Os of pending requests, in posting order, while the queue has room. */
+/* Starts the next I/O of r; 0 when it must wait for a bounce buffer. */
+static int _nixl_posix_start_io(_nixl_posix_engine_t *e, _nixl_posix_req_t *r) {
+    _nixl_posix_io_t *io = &r->io[r->cursor];
+    if (io->gpu >= 0 && !_nixl_posix_bounce_get(e, io)) return 0;
+    r->cursor++;
+    io->done = 0;
+    e->inflight++;
+    r->inflight++;
+    if (io->gpu >= 0 && r->write) _nixl_posix_copy_start(e, io);
+    else _nixl_posix_submit_one(e, io);
+    return 1;
+}
+
+/* Starts I/Os of pending requests, in posting order, while the queue (and,
+   for VRAM, the bounce buffers) have room. */
 static void _nixl_posix_pump(_nixl_posix_engine_t *e) {
     while (e->pend_head && e->inflight < e->qd) {
         _nixl_posix_req_t *r = e->pend_head;
-        while (r->cursor < r->nio && e->inflight < e->qd) {
-            _nixl_posix_io_t *io = &r->io[r->cursor++];
-            io->done = 0;
-            e->inflight++;
-            r->inflight++;
-            _nixl_posix_submit_one(e, io);
-        }
+        while (r->cursor < r->nio && e->inflight < e->qd)
+            if (!_nixl_posix_start_io(e, r)) goto out;
         if (r->cursor == r->nio) _nixl_posix_pend_remove(e, r);
     }
+out:
     if (e->kind == NIXL_POSIX_ENGINE_URING) _nixl_posix_uring_flush(e);
 }
 
+/* Completions of copies and file I/Os; wait: block for file I/O (10 ms at
+   most) when no copy is in flight. Returns how many. */
 static int _nixl_posix_reap(_nixl_posix_engine_t *e, int wait) {
-    if (e->kind == NIXL_POSIX_ENGINE_THREADS) return _nixl_posix_pool_reap(e, wait);
+    int n = e->copy_head ? _nixl_posix_copies_poll(e) : 0;
+    if (e->copy_head || n) wait = 0;
+    if (e->kind == NIXL_POSIX_ENGINE_THREADS) return n + _nixl_posix_pool_reap(e, wait);
     if (wait && e->inflight) {
         struct io_uring_cqe *cqe;
         struct __kernel_timespec ts;
@@ -440,7 +581,7 @@ static int _nixl_posix_reap(_nixl_posix_engine_t *e, int wait) {
         ts.tv_nsec = _NIXL_POSIX_WAIT_NS;
         io_uring_wait_cqe_timeout(&e->ring, &cqe, &ts);
     }
-    return _nixl_posix_uring_reap(e);
+    return n + _nixl_posix_uring_reap(e);
 }
 
 /* Blocks until none of r's I/Os is in flight (its unsubmitted ones were
@@ -452,10 +593,11 @@ static void _nixl_posix_drain(_nixl_posix_engine_t *e, _nixl_posix_req_t *r) {
 
 // >>lifecycle (vtable)
 
-static const char *const _nixl_posix_param_keys[] = {"engine", "queue_depth", "threads", "max_io", "direct_align",
-                                                     NULL};
+static const char *const _nixl_posix_param_keys[] = {"engine",       "queue_depth", "threads",    "max_io",
+                                                     "direct_align", "stage_bufs",  "stage_size", NULL};
 
 static void _nixl_posix_destroy(void *engine);
+static void _nixl_posix_stage_destroy(_nixl_posix_engine_t *e);
 
 static nixl_status_t _nixl_posix_params(_nixl_posix_engine_t *e, const nixl_backend_init_t *init, int *want) {
     const char *eng = nixl_param_get(init, "engine");
@@ -474,6 +616,15 @@ static nixl_status_t _nixl_posix_params(_nixl_posix_engine_t *e, const nixl_back
         return NIXL_ERR_INVALID_PARAM;
     }
     e->align = (uint32_t)v;
+    if ((st = nixl_param_u64(init, "stage_bufs", 16, 1, 1024, &v)) != NIXL_SUCCESS) return st;
+    e->stage_bufs = (uint32_t)v;
+    if ((st = nixl_param_u64(init, "stage_size", 2u << 20, 4096, 1u << 30, &v)) != NIXL_SUCCESS) return st;
+    if (v % e->align) {
+        nixl_backend_log(e->be, NIXL_LOG_ERROR, "posix: stage_size=%llu: want a multiple of direct_align (%u)",
+                         (unsigned long long)v, (unsigned)e->align);
+        return NIXL_ERR_INVALID_PARAM;
+    }
+    e->stage_size = (uint32_t)v;
     *want = 0;
     if (!eng || !strcmp(eng, "auto")) return NIXL_SUCCESS;
     if (!strcmp(eng, "uring")) *want = NIXL_POSIX_ENGINE_URING;
@@ -568,6 +719,7 @@ static void _nixl_posix_destroy(void *engine) {
         for (i = 0; i < e->nthr_started; i++) pthread_join(e->thr[i], NULL);
     }
     if (e->ring_ok) io_uring_queue_exit(&e->ring);
+    _nixl_posix_stage_destroy(e);
     _nixl_cuda_close(&e->cuda);
     while (e->mds) {
         _nixl_posix_md_t *m = e->mds;
@@ -616,34 +768,84 @@ static nixl_status_t _nixl_posix_check_fd(_nixl_posix_engine_t *e, nixl_mem_t me
     return NIXL_SUCCESS;
 }
 
-/* VRAM: refused, saying why (no driver; or the staging and GPUDirect
-   Storage paths, which are not written yet) */
-static nixl_status_t _nixl_posix_vram_refused(_nixl_posix_engine_t *e, const nixl_desc_t *r) {
-    int gpu;
+/* The bounce buffers VRAM I/Os are staged through: stage_bufs of
+   stage_size bytes, aligned for O_DIRECT, pinned by the copy engine (for
+   gpu, portably) where it can. */
+static nixl_status_t _nixl_posix_stage_setup(_nixl_posix_engine_t *e, int gpu) {
+    uint32_t i, unpinned = 0;
+    e->bounce = (_nixl_posix_bounce_t *)nixl_backend_alloc(e->be, e->stage_bufs * sizeof *e->bounce);
+    e->bounce_free = (uint32_t *)nixl_backend_alloc(e->be, e->stage_bufs * sizeof *e->bounce_free);
+    if (!e->bounce || !e->bounce_free) {
+        _nixl_posix_stage_destroy(e);
+        return NIXL_ERR_BACKEND;
+    }
+    for (i = 0; i < e->stage_bufs; i++) {
+        _nixl_posix_bounce_t *b = &e->bounce[i];
+        void *host = NULL;
+        if (posix_memalign(&host, e->align, e->stage_size) != 0) {
+            nixl_backend_log(e->be, NIXL_LOG_ERROR, "posix: %u bounce buffers of %u bytes: out of memory",
+                             (unsigned)e->stage_bufs, (unsigned)e->stage_size);
+            _nixl_posix_stage_destroy(e);
+            return NIXL_ERR_BACKEND;
+        }
+        b->host = (unsigned char *)host;
+        b->ev_gpu = -1;
+        b->pinned = e->copy.pin && e->copy.pin(e->copy.ctx, gpu, host, e->stage_size) == 0;
+        unpinned += !b->pinned;
+        e->bounce_free[e->nbounce_free++] = e->stage_bufs - 1 - i;
+    }
+    if (unpinned)
+        nixl_backend_log(e->be, NIXL_LOG_WARN, "posix: %u of %u bounce buffers could not be pinned: their copies "
+                         "are slower", (unsigned)unpinned, (unsigned)e->stage_bufs);
+    return NIXL_SUCCESS;
+}
+
+static void _nixl_posix_stage_destroy(_nixl_posix_engine_t *e) {
+    uint32_t i;
+    for (i = 0; e->bounce && i < e->stage_bufs; i++) {
+        _nixl_posix_bounce_t *b = &e->bounce[i];
+        if (!b->host) continue;
+        if (b->ev) e->copy.event_destroy(e->copy.ctx, b->ev);
+        if (b->pinned && e->copy.unpin) e->copy.unpin(e->copy.ctx, b->ev_gpu >= 0 ? b->ev_gpu : 0, b->host);
+        free(b->host);
+    }
+    nixl_backend_free(e->be, e->bounce);
+    nixl_backend_free(e->be, e->bounce_free);
+    e->bounce = NULL;
+    e->bounce_free = NULL;
+    e->nbounce_free = 0;
+}
+
+/* VRAM: device memory of the GPU dev_id names (the copy engine says so),
+   moved to and from files through the bounce buffers. */
+static nixl_status_t _nixl_posix_vram_register(_nixl_posix_engine_t *e, const nixl_desc_t *r, _nixl_posix_md_t *m) {
     uintptr_t base;
     size_t size;
     nixl_status_t st;
-    if (_nixl_cuda_load(&e->cuda, e->be, "posix") != 0) return NIXL_ERR_NOT_SUPPORTED;
-    if ((st = _nixl_vram_check(e->be, "posix", _nixl_cuda_query, &e->cuda, r, &gpu, &base, &size)) != NIXL_SUCCESS)
-        return st;
-    nixl_backend_log(e->be, NIXL_LOG_ERROR, "posix: register_mem: VRAM %p+%zu on GPU %d: files to and from GPU "
-                     "memory (staging through host buffers, GPUDirect Storage with cuFile) are not implemented yet; "
-                     "stage through registered host memory", (void *)r->addr, r->len, gpu);
-    return NIXL_ERR_NOT_SUPPORTED;
+    if (!e->copy_custom) {
+        if (_nixl_cuda_load(&e->cuda, e->be, "posix") != 0) return NIXL_ERR_NOT_SUPPORTED;
+        if (!e->copy.query) e->copy = _nixl_cuda_copy_ops(&e->cuda);
+    }
+    st = _nixl_vram_check(e->be, "posix", e->copy.query, e->copy.ctx, r, &m->gpu, &base, &size);
+    if (st == NIXL_SUCCESS && !e->bounce) st = _nixl_posix_stage_setup(e, m->gpu);
+    if (st == NIXL_SUCCESS) e->nvram++;
+    return st;
 }
 
 static nixl_status_t _nixl_posix_register_mem(void *engine, nixl_mem_t mem, const nixl_desc_t *region, void **md) {
     _nixl_posix_engine_t *e = (_nixl_posix_engine_t *)engine;
     _nixl_posix_md_t *m;
     nixl_status_t st;
-    if (mem == NIXL_VRAM) return _nixl_posix_vram_refused(e, region);
     m = (_nixl_posix_md_t *)nixl_backend_alloc(e->be, sizeof *m);
     if (!m) return NIXL_ERR_BACKEND;
     m->mem = mem;
     m->addr = region->addr;
     m->len = region->len;
     m->fd = -1;
-    if (mem != NIXL_DRAM && (st = _nixl_posix_check_fd(e, mem, region, m)) != NIXL_SUCCESS) {
+    m->gpu = -1;
+    st = mem == NIXL_VRAM ? _nixl_posix_vram_register(e, region, m)
+         : mem != NIXL_DRAM ? _nixl_posix_check_fd(e, mem, region, m) : NIXL_SUCCESS;
+    if (st != NIXL_SUCCESS) {
         nixl_backend_free(e->be, m);
         return st;
     }
@@ -657,6 +859,7 @@ static nixl_status_t _nixl_posix_register_mem(void *engine, nixl_mem_t mem, cons
 static void _nixl_posix_deregister_mem(void *engine, void *md) {
     _nixl_posix_engine_t *e = (_nixl_posix_engine_t *)engine;
     _nixl_posix_md_t *m = (_nixl_posix_md_t *)md;
+    if (m->mem == NIXL_VRAM) e->nvram--;
     if (m->prev) m->prev->next = m->next;
     else e->mds = m->next;
     if (m->next) m->next->prev = m->prev;
@@ -732,7 +935,8 @@ static nixl_status_t _nixl_posix_check_pair(_nixl_posix_engine_t *e, const nixl_
                          _nixl_posix_mode_str(f->acc));
         return NIXL_ERR_NOT_ALLOWED;
     }
-    if (f->direct && ((d->laddr | d->raddr | d->len) & (e->align - 1))) {
+    /* (a VRAM side moves through an aligned bounce buffer: its address is free) */
+    if (f->direct && (((a->lmem == NIXL_VRAM ? 0 : d->laddr) | d->raddr | d->len) & (e->align - 1))) {
         nixl_backend_log(e->be, NIXL_LOG_ERROR, "posix: prep_xfer: descriptor %zu: fd %d is O_DIRECT: memory address "
                          "%p, offset %llu and length %zu must be multiples of %u (direct_align)", i, f->fd,
                          (void *)d->laddr, (unsigned long long)d->raddr, d->len, (unsigned)e->align);
@@ -752,15 +956,17 @@ static nixl_status_t _nixl_posix_prep_xfer(void *engine, const nixl_xfer_args_t 
     _nixl_posix_req_t *r;
     _nixl_posix_size_memo size = {NULL, -1};
     size_t i, nio = 0, k = 0;
+    /* a staged I/O fits one bounce buffer */
+    size_t cut = a->lmem == NIXL_VRAM && e->stage_size < e->max_io ? e->stage_size : e->max_io;
     nixl_status_t st;
-    if (a->lmem != NIXL_DRAM || (a->rmem != NIXL_FILE && a->rmem != NIXL_BLK)) {
-        nixl_backend_log(e->be, NIXL_LOG_ERROR, "posix: prep_xfer: want host memory (DRAM) as the local list and "
+    if ((a->lmem != NIXL_DRAM && a->lmem != NIXL_VRAM) || (a->rmem != NIXL_FILE && a->rmem != NIXL_BLK)) {
+        nixl_backend_log(e->be, NIXL_LOG_ERROR, "posix: prep_xfer: want memory (DRAM or VRAM) as the local list and "
                          "FILE or BLK as the other, got %s and %s", nixl_mem_str(a->lmem), nixl_mem_str(a->rmem));
         return NIXL_ERR_NOT_SUPPORTED;
     }
     for (i = 0; i < a->count; i++) {
         if ((st = _nixl_posix_check_pair(e, a, i, &size)) != NIXL_SUCCESS) return st;
-        nio += (a->descs[i].len + e->max_io - 1) / e->max_io;
+        nio += (a->descs[i].len + cut - 1) / cut;
     }
     r = (_nixl_posix_req_t *)nixl_backend_alloc(e->be, sizeof *r);
     if (r) r->io = (_nixl_posix_io_t *)nixl_backend_alloc(e->be, (nio ? nio : 1) * sizeof *r->io);
@@ -774,13 +980,17 @@ static nixl_status_t _nixl_posix_prep_xfer(void *engine, const nixl_xfer_args_t 
     for (i = 0; i < a->count; i++) {
         const nixl_xfer_desc_t *d = &a->descs[i];
         size_t off;
-        for (off = 0; off < d->len; off += e->max_io, k++) {
+        int gpu = ((const _nixl_posix_md_t *)d->lmd)->gpu;
+        for (off = 0; off < d->len; off += cut, k++) {
             _nixl_posix_io_t *io = &r->io[k];
             io->req = r;
             io->fd = ((const _nixl_posix_md_t *)d->rmd)->fd;
             io->off = d->raddr + off;
-            io->buf = (unsigned char *)(d->laddr + off);
-            io->len = (uint32_t)(d->len - off < e->max_io ? d->len - off : e->max_io);
+            io->len = (uint32_t)(d->len - off < cut ? d->len - off : cut);
+            io->gpu = gpu;
+            io->stage = -1;
+            if (gpu >= 0) io->dptr = d->laddr + off; /* buf: a bounce buffer, from start to end */
+            else io->buf = (unsigned char *)(d->laddr + off);
         }
     }
     r->next = e->reqs;
@@ -841,7 +1051,6 @@ static void _nixl_posix_init_ops(void) {
     nixl_backend_ops_t *o = &_nixl_posix_ops;
     o->name = "POSIX";
     o->abi = NIXL_BACKEND_ABI;
-    /* VRAM is listed so that its registration says why it is refused */
     o->mem_mask = NIXL_MEM_BIT(NIXL_DRAM) | NIXL_MEM_BIT(NIXL_VRAM) | NIXL_MEM_BIT(NIXL_FILE) | NIXL_MEM_BIT(NIXL_BLK);
     o->caps = NIXL_CAP_LOCAL;
     o->param_keys = _nixl_posix_param_keys;
@@ -909,6 +1118,29 @@ NIXL_API nixl_status_t nixl_posix_query(nixl_backend_t *be, int fd, nixl_posix_f
         info->writable = m->acc != O_RDONLY;
         info->direct = m->direct;
         st = NIXL_SUCCESS;
+    }
+    _nixl_unlock(be->agent);
+    return st;
+}
+
+NIXL_API nixl_status_t nixl_posix_set_copy_ops(nixl_backend_t *be, const nixl_copy_ops_t *ops) {
+    _nixl_posix_engine_t *e;
+    nixl_status_t st = NIXL_SUCCESS;
+    if (!(e = _nixl_posix_lock_engine(be))) return NIXL_ERR_INVALID_PARAM;
+    if (ops && (!ops->query || !ops->event_create || !ops->event_destroy || !ops->copy || !ops->event_done)) {
+        nixl_backend_log(be, NIXL_LOG_ERROR, "nixl_posix_set_copy_ops: query, event_create, event_destroy, copy and "
+                         "event_done are required");
+        st = NIXL_ERR_INVALID_PARAM;
+    } else if (e->nvram || (e->bounce && e->nbounce_free != e->stage_bufs)) {
+        nixl_backend_log(be, NIXL_LOG_ERROR, "nixl_posix_set_copy_ops: the current copy engine is in use (%u VRAM "
+                         "regions, or staged I/O in flight): deregister them first", (unsigned)e->nvram);
+        st = NIXL_ERR_NOT_ALLOWED;
+    } else {
+        _nixl_posix_stage_destroy(e); /* pinned and marked by the old engine */
+        e->copy_custom = ops != NULL;
+        if (ops) e->copy = *ops;
+        else if (e->cuda.ok) e->copy = _nixl_cuda_copy_ops(&e->cuda);
+        else memset(&e->copy, 0, sizeof e->copy);
     }
     _nixl_unlock(be->agent);
     return st;

@@ -233,29 +233,12 @@ NIXL_API nixl_verbs_mem_path_t nixl_verbs_mem_path(nixl_backend_t *be, const voi
    value (never NULL). Pure: any thread. */
 NIXL_API const char *nixl_verbs_mem_path_str(nixl_verbs_mem_path_t path);
 
-/* The copy engine of the staging path: how device memory is recognised and
-   copied to and from host bounce buffers. The default is the CUDA driver's
-   (a stream per GPU, an event per bounce buffer). An inference runtime with
-   its own copy engine, or a test with host memory standing in for a GPU,
-   installs another with nixl_verbs_set_copy_ops before registering VRAM.
-   Every function returns 0 on success, -1 on failure, unless said. */
-typedef struct nixl_verbs_copy_ops {
-    /* Is [addr, addr+len) device memory? If so: its device ordinal and the
-       allocation holding it. -1: not device memory (a host pointer). */
-    int (*query)(void *ctx, uintptr_t addr, size_t len, int *dev, uintptr_t *base, size_t *size);
-    /* Pins a host bounce buffer for fast copies on device dev (may be NULL). */
-    int (*pin)(void *ctx, int dev, void *host, size_t len);
-    void (*unpin)(void *ctx, int dev, void *host);
-    /* A completion marker for copies on device dev. */
-    int (*event_create)(void *ctx, int dev, void **ev);
-    void (*event_destroy)(void *ctx, void *ev);
-    /* Starts a copy (to_device: host -> device, else device -> host) and
-       arms ev to complete when it has. Copies of one device may run in order. */
-    int (*copy)(void *ctx, int dev, int to_device, void *host, uintptr_t device, size_t len, void *ev);
-    /* 1: done, 0: not yet, -1: the copy failed. */
-    int (*event_done)(void *ctx, void *ev);
-    void *ctx;
-} nixl_verbs_copy_ops_t;
+/* The copy engine of the staging path (nixl_copy_ops_t in nixl.h, shared
+   with the file backend). The default is the CUDA driver's (a stream per
+   GPU, an event per bounce buffer). An inference runtime with its own copy
+   engine, or a test with host memory standing in for a GPU, installs
+   another with nixl_verbs_set_copy_ops before registering VRAM. */
+typedef nixl_copy_ops_t nixl_verbs_copy_ops_t;
 
 /* Installs `ops` (copied; ops->ctx must outlive the backend) for regions
    registered from now on. NULL restores the CUDA driver's. INVALID_PARAM if
@@ -2353,76 +2336,11 @@ static nixl_status_t _nixl_verbs_listen(_nixl_verbs_engine_t *e, const char *add
 
 // >>cuda
 
-/* the CUDA driver as the staging copy engine (nixl_verbs_copy_ops_t) */
-
-static int _nixl_verbs_cuda_pin(void *ctx, int dev, void *host, size_t len) {
-    _nixl_cuda_t *cu = (_nixl_cuda_t *)ctx;
-    if (_nixl_cuda_enter(cu, dev) != 0) return -1;
-    return _nixl_cuda_leave(
-        cu, cu->cuMemHostRegister(host, len, _NIXL_CU_MEMHOSTREGISTER_PORTABLE) == _NIXL_CUDA_SUCCESS ? 0 : -1);
-}
-
-static void _nixl_verbs_cuda_unpin(void *ctx, int dev, void *host) {
-    _nixl_cuda_t *cu = (_nixl_cuda_t *)ctx;
-    if (_nixl_cuda_enter(cu, dev) != 0) return;
-    cu->cuMemHostUnregister(host);
-    _nixl_cuda_leave(cu, 0);
-}
-
-static int _nixl_verbs_cuda_event_create(void *ctx, int dev, void **ev) {
-    _nixl_cuda_t *cu = (_nixl_cuda_t *)ctx;
-    _nixl_CUevent e = NULL;
-    if (_nixl_cuda_enter(cu, dev) != 0) return -1;
-    if (cu->cuEventCreate(&e, _NIXL_CU_EVENT_DISABLE_TIMING) != _NIXL_CUDA_SUCCESS) return _nixl_cuda_leave(cu, -1);
-    *ev = (void *)e;
-    return _nixl_cuda_leave(cu, 0);
-}
-
-static void _nixl_verbs_cuda_event_destroy(void *ctx, void *ev) {
-    ((_nixl_cuda_t *)ctx)->cuEventDestroy((_nixl_CUevent)ev);
-}
-
-static int _nixl_verbs_cuda_copy(void *ctx, int dev, int to_device, void *host, uintptr_t device, size_t len,
-                                 void *ev) {
-    _nixl_cuda_t *cu = (_nixl_cuda_t *)ctx;
-    _nixl_CUresult rc;
-    if (_nixl_cuda_enter(cu, dev) != 0) return -1;
-    rc = to_device ? cu->cuMemcpyHtoDAsync((_nixl_CUdeviceptr)device, host, len, cu->stream[dev])
-                   : cu->cuMemcpyDtoHAsync(host, (_nixl_CUdeviceptr)device, len, cu->stream[dev]);
-    if (rc != _NIXL_CUDA_SUCCESS) return _nixl_cuda_leave(cu, -1);
-    if (cu->cuEventRecord((_nixl_CUevent)ev, cu->stream[dev]) != _NIXL_CUDA_SUCCESS) {
-        /* the copy is queued but nothing would tell its end: wait for it
-           here, so the caller may reuse the buffer when we fail */
-        cu->cuStreamSynchronize(cu->stream[dev]);
-        return _nixl_cuda_leave(cu, -1);
-    }
-    return _nixl_cuda_leave(cu, 0);
-}
-
-static int _nixl_verbs_cuda_event_done(void *ctx, void *ev) {
-    _nixl_CUresult rc = ((_nixl_cuda_t *)ctx)->cuEventQuery((_nixl_CUevent)ev);
-    if (rc == _NIXL_CUDA_SUCCESS) return 1;
-    return rc == _NIXL_CUDA_ERROR_NOT_READY ? 0 : -1;
-}
-
-static nixl_verbs_copy_ops_t _nixl_verbs_cuda_copy_ops(_nixl_cuda_t *cu) {
-    nixl_verbs_copy_ops_t o;
-    o.query = _nixl_cuda_query;
-    o.pin = _nixl_verbs_cuda_pin;
-    o.unpin = _nixl_verbs_cuda_unpin;
-    o.event_create = _nixl_verbs_cuda_event_create;
-    o.event_destroy = _nixl_verbs_cuda_event_destroy;
-    o.copy = _nixl_verbs_cuda_copy;
-    o.event_done = _nixl_verbs_cuda_event_done;
-    o.ctx = cu;
-    return o;
-}
-
 /* The driver for this engine, opened once; absent is not an error until
    VRAM is registered. */
 static int _nixl_verbs_cuda_load(_nixl_verbs_engine_t *e) {
     if (_nixl_cuda_load(&e->cuda, e->be, "verbs") != 0) return -1;
-    if (!e->copy.query) e->copy = _nixl_verbs_cuda_copy_ops(&e->cuda);
+    if (!e->copy.query) e->copy = _nixl_cuda_copy_ops(&e->cuda);
     return 0;
 }
 
@@ -3328,7 +3246,7 @@ NIXL_API nixl_status_t nixl_verbs_set_copy_ops(nixl_backend_t *be, const nixl_ve
         e->self->stage = NULL;
         e->copy_custom = ops != NULL;
         if (ops) e->copy = *ops;
-        else if (e->cuda.ok) e->copy = _nixl_verbs_cuda_copy_ops(&e->cuda);
+        else if (e->cuda.ok) e->copy = _nixl_cuda_copy_ops(&e->cuda);
         else memset(&e->copy, 0, sizeof e->copy);
     }
     _nixl_unlock(be->agent);

@@ -1,5 +1,6 @@
-/* test_gpu.c — GPU memory in the verbs backend: the CUDA driver loader, the
-   staging pipeline, and (where there is a GPU) real device memory.
+/* test_gpu.c — GPU memory in the verbs backend (and the file backend's
+   staging on a real GPU): the CUDA driver loader, the staging pipeline, and
+   (where there is a GPU) real device memory.
 
    Three groups, each skipping with a printed reason where its machine part
    is missing, so the program never fails for lack of a GPU or an RDMA NIC:
@@ -19,9 +20,11 @@
    Build: see the Makefile (build/test_gpu). Run: build/test_gpu [test...]. */
 #define NIXL_IMPLEMENTATION
 #include "nixl_verbs.h"
+#include "nixl_posix.h"
 #include "nixl_test.h"
 #include "xfer_util.h"
 #include "log_capture.h"
+#include "fake_gpu.h"
 
 #include <sys/mman.h>
 
@@ -33,118 +36,7 @@ static nixl_agent_t *mk_agent(const char *name, const char *params, nixl_backend
     return xu_agent_log(name, nixl_verbs_backend(), params, capture_log, be);
 }
 
-// >>a stand-in GPU: host memory behind the copy-ops table
-
-typedef struct fake_ev {
-    int pending, polls, to_device, fail;
-    void *host;
-    uintptr_t dev;
-    size_t len;
-} fake_ev;
-
-typedef struct fake_gpu {
-    unsigned char *mem; /* "device memory" */
-    size_t size;
-    int ordinal;
-    int delay;          /* polls before a copy completes */
-    long copies, events;
-    long fail_copy_at;  /* copy number that fails to start (0: none) */
-    long fail_done_at;  /* copy number whose completion reports failure */
-    int pinned;
-} fake_gpu;
-
-static int fake_query(void *ctx, uintptr_t addr, size_t len, int *dev, uintptr_t *base, size_t *size) {
-    fake_gpu *g = (fake_gpu *)ctx;
-    (void)len;
-    if (addr < (uintptr_t)g->mem || addr >= (uintptr_t)g->mem + g->size) return -1;
-    *dev = g->ordinal;
-    *base = (uintptr_t)g->mem;
-    *size = g->size;
-    return 0;
-}
-
-static int fake_pin(void *ctx, int dev, void *host, size_t len) {
-    (void)dev, (void)host, (void)len;
-    ((fake_gpu *)ctx)->pinned++;
-    return 0;
-}
-
-static void fake_unpin(void *ctx, int dev, void *host) {
-    (void)dev, (void)host;
-    ((fake_gpu *)ctx)->pinned--;
-}
-
-static int fake_event_create(void *ctx, int dev, void **ev) {
-    fake_gpu *g = (fake_gpu *)ctx;
-    if (dev != g->ordinal) return -1;
-    *ev = calloc(1, sizeof(fake_ev));
-    if (*ev) g->events++;
-    return *ev ? 0 : -1;
-}
-
-static void fake_event_destroy(void *ctx, void *ev) {
-    ((fake_gpu *)ctx)->events--;
-    free(ev);
-}
-
-static int fake_copy(void *ctx, int dev, int to_device, void *host, uintptr_t device, size_t len, void *ev) {
-    fake_gpu *g = (fake_gpu *)ctx;
-    fake_ev *e = (fake_ev *)ev;
-    g->copies++;
-    if (g->fail_copy_at && g->copies == g->fail_copy_at) return -1;
-    /* the pipeline must stay inside the device allocation and one buffer */
-    if (dev != g->ordinal || device < (uintptr_t)g->mem || device + len > (uintptr_t)g->mem + g->size || e->pending)
-        return -1;
-    e->pending = 1;
-    e->polls = 0;
-    e->to_device = to_device;
-    e->host = host;
-    e->dev = device;
-    e->len = len;
-    e->fail = g->fail_done_at && g->copies == g->fail_done_at;
-    return 0;
-}
-
-/* the copy happens when it is seen complete: bytes move late, as a DMA
-   engine's would, so a pipeline that reads too early sees stale data */
-static int fake_event_done(void *ctx, void *ev) {
-    fake_gpu *g = (fake_gpu *)ctx;
-    fake_ev *e = (fake_ev *)ev;
-    if (!e->pending) return 1;
-    if (++e->polls < g->delay) return 0;
-    e->pending = 0;
-    if (e->fail) return -1;
-    if (e->to_device) memcpy((void *)e->dev, e->host, e->len);
-    else memcpy(e->host, (const void *)e->dev, e->len);
-    return 1;
-}
-
-static nixl_verbs_copy_ops_t fake_ops(fake_gpu *g) {
-    nixl_verbs_copy_ops_t o;
-    o.query = fake_query;
-    o.pin = fake_pin;
-    o.unpin = fake_unpin;
-    o.event_create = fake_event_create;
-    o.event_destroy = fake_event_destroy;
-    o.copy = fake_copy;
-    o.event_done = fake_event_done;
-    o.ctx = g;
-    return o;
-}
-
-static void fake_init(fake_gpu *g, size_t size, int ordinal) {
-    memset(g, 0, sizeof *g);
-    g->mem = (unsigned char *)mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (g->mem == MAP_FAILED) {
-        fprintf(stderr, "mmap of %zu bytes failed\n", size);
-        exit(2);
-    }
-    g->size = size;
-    g->ordinal = ordinal;
-    g->delay = 3;
-}
-
-static void fake_free(fake_gpu *g) { munmap(g->mem, g->size); }
+// >>a stand-in GPU: tests/fake_gpu.h
 
 /* one agent with a stand-in GPU installed */
 typedef struct gpu_agent {
@@ -154,7 +46,7 @@ typedef struct gpu_agent {
 } gpu_agent;
 
 static int gpu_agent_make(gpu_agent *ga, const char *name, const char *params, size_t gpu_bytes, int ordinal) {
-    nixl_verbs_copy_ops_t ops;
+    nixl_copy_ops_t ops;
     fake_init(&ga->gpu, gpu_bytes, ordinal);
     ga->a = mk_agent(name, params, &ga->be);
     ops = fake_ops(&ga->gpu);
@@ -269,7 +161,7 @@ static void test_vram_without_driver(void) {
 static void test_stage_register(void) {
     gpu_agent ga;
     unsigned char *host = (unsigned char *)malloc(64 * KiB);
-    nixl_verbs_copy_ops_t ops;
+    nixl_copy_ops_t ops;
     nixl_agent_t *forced;
     nixl_backend_t *fbe = NULL;
     CHECK(gpu_agent_make(&ga, "reg", NULL, 1 * MiB, 1));
@@ -595,7 +487,7 @@ static void test_stage_release_in_flight(void) {
     }
     if (p.b) {
         /* the copy engine cannot change while released requests' copies run */
-        nixl_verbs_copy_ops_t ops = fake_ops(&p.g.gpu);
+        nixl_copy_ops_t ops = fake_ops(&p.g.gpu);
         uint64_t end = nixl_now_us() + XU_WAIT_US;
         _nixl_verbs_stage_t *st = peer_stage(&p);
         CHECK_ST(xu_reg_mem(p.g.a, NIXL_VRAM, (uintptr_t)p.g.gpu.mem, p.g.gpu.size, 0, 1), NIXL_SUCCESS);
@@ -771,7 +663,7 @@ static void test_gpu_detect(void) {
 static void test_gpu_copy_engine(void) {
     enum { NB = 8 };
     const size_t slice = 1 * MiB, total = 256 * MiB;
-    nixl_verbs_copy_ops_t o = _nixl_verbs_cuda_copy_ops(&g_cu);
+    nixl_copy_ops_t o = _nixl_cuda_copy_ops(&g_cu);
     _nixl_CUdeviceptr d = 0;
     unsigned char *bounce, *src;
     void *ev[NB];
@@ -815,6 +707,68 @@ static void test_gpu_copy_engine(void) {
     free(src);
 }
 
+/* GPU memory to a file and back through the file backend's staging with
+   the CUDA copy engine (its default): bytes checked, GB/s printed */
+static void test_gpu_posix_file(void) {
+    const size_t n = 64 * MiB;
+    nixl_copy_ops_t o;
+    nixl_agent_t *a = NULL;
+    nixl_backend_t *be = NULL;
+    _nixl_CUdeviceptr d = 0;
+    unsigned char *host = NULL, *file = NULL;
+    void *ev = NULL;
+    char path[] = "/var/tmp/nixl-gpu-posix-XXXXXX";
+    int fd = -1, dir;
+    if (!gpu_ready()) return;
+    o = _nixl_cuda_copy_ops(&g_cu);
+    host = (unsigned char *)malloc(n);
+    file = (unsigned char *)malloc(n);
+    fd = mkstemp(path);
+    a = xu_agent_log("gpu-file", nixl_posix_backend(), "stage_bufs=16,stage_size=2097152", capture_log, &be);
+    if (!CHECK(host && file && fd >= 0 && a && cu_alloc(&d, n) == 0 && o.event_create(o.ctx, 0, &ev) == 0)) goto out;
+    unlink(path);
+    nt_fill(host, n, 21); /* the device gets the pattern through the copy engine itself */
+    CHECK(o.copy(o.ctx, 0, 1, host, (uintptr_t)d, n, ev) == 0);
+    while (o.event_done(o.ctx, ev) == 0) {
+    }
+    CHECK_ST(xu_reg_mem(a, NIXL_VRAM, (uintptr_t)d, n, 0, 0), NIXL_SUCCESS);
+    {
+        nixl_desc_t fdsc = {0, n, (uint64_t)fd};
+        nixl_dlist_t fl = {NIXL_FILE, &fdsc, 1};
+        CHECK_ST(nixl_register_mem(a, &fl, NULL), NIXL_SUCCESS);
+    }
+    for (dir = 0; dir < 2; dir++) { /* WRITE device -> file, then READ it back into the zeroed device */
+        nixl_desc_t md = {(uintptr_t)d, n, 0}, fdsc = {0, n, (uint64_t)fd};
+        nixl_dlist_t ml = {NIXL_VRAM, &md, 1}, fl = {NIXL_FILE, &fdsc, 1};
+        nixl_xfer_req_t *r = NULL;
+        uint64_t t0 = nixl_now_us();
+        CHECK_ST(nixl_create_xfer_req(a, dir ? NIXL_READ : NIXL_WRITE, &ml, &fl, "gpu-file", NULL, &r), NIXL_SUCCESS);
+        if (!r) break;
+        CHECK_ST(run_req(a, r, NULL), NIXL_SUCCESS);
+        printf("FIGURE gpu_posix_%s GB/s=%.2f\n", dir ? "read" : "write",
+               (double)n / 1e3 / (double)(nixl_now_us() - t0 + 1));
+        nixl_release_xfer_req(a, r);
+        if (!dir) {
+            CHECK(pread(fd, file, n, 0) == (ssize_t)n && memcmp(file, host, n) == 0);
+            memset(file, 0, n);
+            CHECK(o.copy(o.ctx, 0, 1, file, (uintptr_t)d, n, ev) == 0); /* zero the device */
+            while (o.event_done(o.ctx, ev) == 0) {
+            }
+        }
+    }
+    CHECK(o.copy(o.ctx, 0, 0, file, (uintptr_t)d, n, ev) == 0);
+    while (o.event_done(o.ctx, ev) == 0) {
+    }
+    CHECKF(memcmp(file, host, n) == 0, "64 MiB came back from the file into GPU memory intact");
+out:
+    if (a) nixl_agent_destroy(a);
+    if (ev) o.event_destroy(o.ctx, ev);
+    if (d) cu_free(d);
+    if (fd >= 0) close(fd);
+    free(host);
+    free(file);
+}
+
 /* the whole staging pipeline on real device memory (GPU + RDMA device) */
 static void test_gpu_staging_rdma(void) {
     nixl_backend_t *be = NULL;
@@ -822,7 +776,7 @@ static void test_gpu_staging_rdma(void) {
     _nixl_CUdeviceptr d = 0;
     unsigned char *host, *check;
     const size_t n = 64 * MiB;
-    nixl_verbs_copy_ops_t o;
+    nixl_copy_ops_t o;
     void *ev = NULL;
     if (!gpu_ready()) return;
     if (!xu_have_rdma()) {
@@ -832,7 +786,7 @@ static void test_gpu_staging_rdma(void) {
     a = mk_agent("gpu-self", "vram_path=staging", &be);
     host = (unsigned char *)malloc(n);
     check = (unsigned char *)malloc(n);
-    o = _nixl_verbs_cuda_copy_ops(&g_cu);
+    o = _nixl_cuda_copy_ops(&g_cu);
     CHECK(a && host && check && cu_alloc(&d, n) == 0 && o.event_create(o.ctx, 0, &ev) == 0);
     if (a && d) {
         uintptr_t l = (uintptr_t)d, r = (uintptr_t)host;
@@ -891,6 +845,7 @@ int main(int argc, char **argv) {
     NT_RUN(test_gpu_detect);
     NT_RUN(test_gpu_copy_engine);
     NT_RUN(test_gpu_staging_rdma);
+    NT_RUN(test_gpu_posix_file);
     if (g_have_gpu) _nixl_cuda_close(&g_cu);
     return nt_finish();
 }

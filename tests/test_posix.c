@@ -11,6 +11,7 @@
 #include "log_capture.h"
 #include "nixl_test.h"
 #include "test_backend.h"
+#include "fake_gpu.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -69,11 +70,12 @@ static nixl_status_t wait_done(nixl_agent_t *a, nixl_xfer_req_t *r) {
     return st;
 }
 
-/* n blocks of bs bytes: memory block i <-> file block idx[i], one request */
-static nixl_status_t move_blocks(posix_env *v, nixl_xfer_op_t op, unsigned char *mem, int fd, size_t bs, size_t n,
-                                 const size_t *fidx) {
+/* n blocks of bs bytes: memory (of type mt) block i <-> file block
+   fidx[i], one request */
+static nixl_status_t move_blocks_mem(posix_env *v, nixl_xfer_op_t op, nixl_mem_t mt, unsigned char *mem, int fd,
+                                     size_t bs, size_t n, const size_t *fidx) {
     nixl_desc_t *md = (nixl_desc_t *)malloc(n * sizeof *md), *fdsc = (nixl_desc_t *)malloc(n * sizeof *fdsc);
-    nixl_dlist_t ml = {NIXL_DRAM, md, n}, fl = {NIXL_FILE, fdsc, n};
+    nixl_dlist_t ml = {mt, md, n}, fl = {NIXL_FILE, fdsc, n};
     nixl_xfer_req_t *r = NULL;
     nixl_status_t st;
     size_t i;
@@ -94,6 +96,11 @@ static nixl_status_t move_blocks(posix_env *v, nixl_xfer_op_t op, unsigned char 
     free(md);
     free(fdsc);
     return st;
+}
+
+static nixl_status_t move_blocks(posix_env *v, nixl_xfer_op_t op, unsigned char *mem, int fd, size_t bs, size_t n,
+                                 const size_t *fidx) {
+    return move_blocks_mem(v, op, NIXL_DRAM, mem, fd, bs, n, fidx);
 }
 
 /* WRITE blocks to a file, READ them back in another order into other
@@ -461,9 +468,9 @@ out:
     free(dst);
 }
 
-/* VRAM with files is not implemented: registering it says so (without a
-   GPU: that VRAM needs the CUDA driver), and DRAM still registers */
-static void test_vram_refused(void) {
+/* VRAM with the default copy engine and no CUDA driver: registering it
+   says VRAM needs the driver; DRAM still registers */
+static void test_vram_without_driver(void) {
     posix_env v;
     unsigned char host[4096];
     nixl_status_t st;
@@ -474,6 +481,187 @@ static void test_vram_refused(void) {
     logged("");
     CHECK_ST(reg1(v.a, NIXL_DRAM, (uintptr_t)host, sizeof host, 0), NIXL_SUCCESS);
     env_down(&v);
+}
+
+// >>tests: VRAM staged through bounce buffers (a stand-in GPU)
+
+/* an env whose backend stages VRAM with the stand-in GPU's copy engine */
+static int env_gpu(posix_env *v, const char *extra, fake_gpu *g, size_t gpu_bytes) {
+    nixl_copy_ops_t ops;
+    fake_init(g, gpu_bytes, 0);
+    if (!env_up(v, extra)) return 0;
+    ops = fake_ops(g);
+    return nixl_posix_set_copy_ops(v->be, &ops) == NIXL_SUCCESS;
+}
+
+/* every bounce buffer is back (nothing staged in flight): the copy engine
+   can be swapped once the VRAM is deregistered */
+static int staging_idle(posix_env *v, fake_gpu *g) {
+    nixl_desc_t d = {(uintptr_t)g->mem, g->size, 0};
+    nixl_dlist_t l = {NIXL_VRAM, &d, 1};
+    return nixl_deregister_mem(v->a, &l, NULL) == NIXL_SUCCESS && nixl_posix_set_copy_ops(v->be, NULL) == NIXL_SUCCESS;
+}
+
+/* GPU -> file in blocks larger than a bounce buffer (cut into pieces, more
+   pieces than buffers), then file -> GPU in another order: every byte where
+   it belongs, in the file and in "device memory" */
+static void test_vram_write_read_back(void) {
+    enum { BS = 192 << 10, N = 16 };
+    posix_env v;
+    fake_gpu g;
+    char path[300];
+    unsigned char *file = (unsigned char *)malloc((size_t)N * BS), *src, *dst;
+    size_t order[N], i;
+    int fd = tmp_file("vram.bin", O_RDWR, path, sizeof path), ok = 1;
+    if (!CHECK(env_gpu(&v, "stage_bufs=4,stage_size=65536", &g, 2 * (size_t)N * BS)) || !CHECK(fd >= 0)) goto out;
+    src = g.mem;
+    dst = g.mem + (size_t)N * BS;
+    nt_fill(src, (size_t)N * BS, 11);
+    CHECK_ST(reg1(v.a, NIXL_VRAM, (uintptr_t)g.mem, g.size, 0), NIXL_SUCCESS);
+    CHECK_ST(reg1(v.a, NIXL_FILE, 0, (size_t)N * BS, (uint64_t)fd), NIXL_SUCCESS);
+    CHECKF(g.pinned == 4, "4 bounce buffers pinned (%d)", g.pinned);
+    CHECK_ST(move_blocks_mem(&v, NIXL_WRITE, NIXL_VRAM, src, fd, BS, N, NULL), NIXL_SUCCESS);
+    CHECK(pread(fd, file, (size_t)N * BS, 0) == (ssize_t)((size_t)N * BS) && memcmp(file, src, (size_t)N * BS) == 0);
+    CHECKF(g.copies == N * (BS / 65536), "one copy per 64 KiB piece (%ld)", g.copies);
+    for (i = 0; i < N; i++) order[i] = (i * 7) % N;
+    CHECK_ST(move_blocks_mem(&v, NIXL_READ, NIXL_VRAM, dst, fd, BS, N, order), NIXL_SUCCESS);
+    for (i = 0; i < N && ok; i++) ok = !memcmp(dst + i * BS, src + order[i] * BS, BS);
+    CHECKF(ok, "GPU block %zu differs", i - 1);
+    CHECKF(g.events <= 4, "a completion marker per bounce buffer at most (%ld)", g.events);
+    CHECK(staging_idle(&v, &g));
+    env_down(&v);
+    CHECKF(g.pinned == 0 && g.events == 0, "bounce buffers unpinned (%d) and markers gone (%ld)", g.pinned, g.events);
+out:
+    if (fd >= 0) close(fd);
+    unlink(path);
+    fake_free(&g);
+    free(file);
+}
+
+/* a copy that fails to finish, and one that fails to start: the request
+   fails with a log line, nothing else is affected, the next one moves */
+static void test_vram_copy_failure(void) {
+    enum { BS = 64 << 10, N = 8 };
+    posix_env v;
+    fake_gpu g;
+    char path[300];
+    int fd = tmp_file("vramfail.bin", O_RDWR, path, sizeof path);
+    if (!CHECK(env_gpu(&v, "stage_bufs=2,stage_size=65536", &g, (size_t)N * BS)) || !CHECK(fd >= 0)) goto out;
+    nt_fill(g.mem, g.size, 5);
+    CHECK_ST(reg1(v.a, NIXL_VRAM, (uintptr_t)g.mem, g.size, 0), NIXL_SUCCESS);
+    CHECK_ST(reg1(v.a, NIXL_FILE, 0, (size_t)N * BS, (uint64_t)fd), NIXL_SUCCESS);
+    g.fail_done_at = 3;
+    CHECK_ST(move_blocks_mem(&v, NIXL_WRITE, NIXL_VRAM, g.mem, fd, BS, N, NULL), NIXL_ERR_BACKEND);
+    CHECK(logged("the copy between GPU and host memory failed"));
+    g.fail_done_at = 0;
+    CHECK_ST(move_blocks_mem(&v, NIXL_WRITE, NIXL_VRAM, g.mem, fd, BS, N, NULL), NIXL_SUCCESS);
+    g.fail_copy_at = g.copies + 2;
+    CHECK_ST(move_blocks_mem(&v, NIXL_READ, NIXL_VRAM, g.mem, fd, BS, N, NULL), NIXL_ERR_BACKEND);
+    CHECK(logged("the copy into GPU memory did not start"));
+    g.fail_copy_at = 0;
+    memset(g.mem, 0, g.size);
+    CHECK_ST(move_blocks_mem(&v, NIXL_READ, NIXL_VRAM, g.mem, fd, BS, N, NULL), NIXL_SUCCESS);
+    CHECK(nt_verify(g.mem, g.size, 5));
+    CHECK(staging_idle(&v, &g));
+    env_down(&v);
+out:
+    if (fd >= 0) close(fd);
+    unlink(path);
+    fake_free(&g);
+}
+
+/* what VRAM registration and the copy-engine setter refuse, and why */
+static void test_vram_rules(void) {
+    posix_env v;
+    fake_gpu g;
+    unsigned char host[4096];
+    nixl_copy_ops_t ops;
+    if (!CHECK(env_gpu(&v, NULL, &g, 1 << 20))) goto out;
+    CHECK_ST(reg1(v.a, NIXL_VRAM, (uintptr_t)host, sizeof host, 0), NIXL_ERR_INVALID_PARAM);
+    CHECK(logged("is not device memory"));
+    CHECK_ST(reg1(v.a, NIXL_VRAM, (uintptr_t)g.mem, g.size, 1), NIXL_ERR_INVALID_PARAM);
+    CHECK(logged("not on dev_id 1"));
+    CHECK_ST(reg1(v.a, NIXL_VRAM, (uintptr_t)g.mem, g.size, 0), NIXL_SUCCESS);
+    ops = fake_ops(&g);
+    CHECK_ST(nixl_posix_set_copy_ops(v.be, &ops), NIXL_ERR_NOT_ALLOWED);
+    CHECK(logged("the current copy engine is in use"));
+    ops.copy = NULL;
+    CHECK_ST(nixl_posix_set_copy_ops(v.be, &ops), NIXL_ERR_INVALID_PARAM);
+    CHECK_ST(nixl_posix_set_copy_ops(NULL, &ops), NIXL_ERR_INVALID_PARAM);
+    CHECK(staging_idle(&v, &g));
+    env_down(&v);
+    CHECK(!env_up(&v, "stage_size=6000")); /* not a multiple of direct_align */
+    CHECK(logged("want a multiple of direct_align"));
+    env_down(&v);
+out:
+    fake_free(&g);
+}
+
+/* O_DIRECT with VRAM: the GPU address need not be aligned (the bounce
+   buffers are); offsets and lengths must be */
+static void test_vram_o_direct(void) {
+    enum { BS = 4096, N = 8 };
+    posix_env v;
+    fake_gpu g;
+    char path[300];
+    int fd = tmp_file("vramdirect.bin", O_RDWR | O_DIRECT, path, sizeof path);
+    nixl_desc_t md = {0, BS, 0}, fdsc = {100, BS, 0};
+    nixl_dlist_t ml = {NIXL_VRAM, &md, 1}, fl = {NIXL_FILE, &fdsc, 1};
+    nixl_xfer_req_t *r = NULL;
+    if (fd < 0) {
+        SKIP("this filesystem refuses O_DIRECT");
+        return;
+    }
+    if (!CHECK(env_gpu(&v, "stage_size=8192", &g, 2 * (size_t)N * BS + 4096))) goto out;
+    nt_fill(g.mem, g.size, 9);
+    CHECK_ST(reg1(v.a, NIXL_VRAM, (uintptr_t)g.mem, g.size, 0), NIXL_SUCCESS);
+    CHECK_ST(reg1(v.a, NIXL_FILE, 0, (size_t)N * BS + 4096, (uint64_t)fd), NIXL_SUCCESS);
+    md.addr = (uintptr_t)g.mem + 512;
+    fdsc.dev_id = (uint64_t)fd;
+    CHECK_ST(nixl_create_xfer_req(v.a, NIXL_WRITE, &ml, &fl, "offload", NULL, &r), NIXL_ERR_INVALID_PARAM);
+    CHECK(logged("must be multiples of 4096"));
+    CHECK_ST(move_blocks_mem(&v, NIXL_WRITE, NIXL_VRAM, g.mem + 512, fd, BS, N, NULL), NIXL_SUCCESS);
+    CHECK_ST(move_blocks_mem(&v, NIXL_READ, NIXL_VRAM, g.mem + (size_t)N * BS + 1000, fd, BS, N, NULL),
+             NIXL_SUCCESS);
+    CHECK(memcmp(g.mem + (size_t)N * BS + 1000, g.mem + 512, (size_t)N * BS) == 0);
+    CHECK(staging_idle(&v, &g));
+    env_down(&v);
+out:
+    close(fd);
+    unlink(path);
+    fake_free(&g);
+}
+
+/* release while staged I/Os (copies and file I/Os) are in flight: it
+   waits for them, every bounce buffer comes back, the agent goes on */
+static void test_vram_release_in_flight(void) {
+    enum { BS = 1 << 20, N = 16 };
+    posix_env v;
+    fake_gpu g;
+    char path[300];
+    int fd = tmp_file("vraminflight.bin", O_RDWR, path, sizeof path), k;
+    if (!CHECK(env_gpu(&v, "stage_bufs=4,stage_size=262144", &g, (size_t)N * BS)) || !CHECK(fd >= 0)) goto out;
+    nt_fill(g.mem, g.size, 4);
+    CHECK_ST(reg1(v.a, NIXL_VRAM, (uintptr_t)g.mem, g.size, 0), NIXL_SUCCESS);
+    CHECK_ST(reg1(v.a, NIXL_FILE, 0, (size_t)N * BS, (uint64_t)fd), NIXL_SUCCESS);
+    CHECK(ftruncate(fd, (off_t)N * BS) == 0); /* the READs find bytes to read */
+    for (k = 0; k < 4; k++) {
+        nixl_desc_t md = {(uintptr_t)g.mem, (size_t)N * BS, 0}, fdsc = {0, (size_t)N * BS, (uint64_t)fd};
+        nixl_dlist_t ml = {NIXL_VRAM, &md, 1}, fl = {NIXL_FILE, &fdsc, 1};
+        nixl_xfer_req_t *r = NULL;
+        CHECK_ST(nixl_create_xfer_req(v.a, k & 1 ? NIXL_READ : NIXL_WRITE, &ml, &fl, "offload", NULL, &r),
+                 NIXL_SUCCESS);
+        if (!r) break;
+        CHECK(nixl_post_xfer_req(v.a, r, NULL) >= 0);
+        CHECK_ST(nixl_release_xfer_req(v.a, r), NIXL_SUCCESS);
+    }
+    CHECK_ST(move_blocks_mem(&v, NIXL_WRITE, NIXL_VRAM, g.mem, fd, BS, N, NULL), NIXL_SUCCESS);
+    CHECK(staging_idle(&v, &g));
+    env_down(&v);
+out:
+    if (fd >= 0) close(fd);
+    unlink(path);
+    fake_free(&g);
 }
 
 /* the core never shows a local-only backend's files to peers */
@@ -538,10 +726,15 @@ int main(int argc, char **argv) {
         NT_RUN(test_o_direct);
         NT_RUN(test_release_in_flight);
         NT_RUN(test_enospc);
+        NT_RUN(test_vram_write_read_back);
+        NT_RUN(test_vram_copy_failure);
+        NT_RUN(test_vram_o_direct);
+        NT_RUN(test_vram_release_in_flight);
     }
     NT_RUN(test_engine_choice);
     NT_RUN(test_files_not_in_metadata);
-    NT_RUN(test_vram_refused);
+    NT_RUN(test_vram_without_driver);
+    NT_RUN(test_vram_rules);
     NT_RUN(test_peer_claiming_posix_files);
     rmdir(g_dir);
     return nt_finish();
