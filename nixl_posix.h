@@ -57,8 +57,10 @@
    the file open for writing, a READ for reading (NOT_ALLOWED otherwise, at
    prep). A READ past the end of a file is INVALID_PARAM at prep; a file that
    shrinks later fails the request (end of file) when it is reached.
-   A descriptor closed (or reused) after registration fails its I/O with
-   EBADF (or reads the new file: the application owns its descriptors).
+   The backend keeps its own duplicate of each registered descriptor (one
+   per descriptor, shared by its regions) until the last region goes: I/O
+   reaches the file that was registered even if the application closes the
+   number or reuses it for another file.
    nixl_posix_query tells a registered file's size, mode and mtime (NIXL's
    query_memory).
 
@@ -92,8 +94,11 @@
    LIMITS
    ------
    GPUDirect Storage (cuFile) is not used: VRAM is always staged.
-   io_uring: no registered files or buffers (plain IORING_OP_READ/WRITE on
-   the descriptor).
+   io_uring registers each file (a slot per descriptor, 1024 slots, Linux
+   5.19+) and the bounce buffers (where RLIMIT_MEMLOCK allows), logged when
+   it cannot; host memory is not registered with io_uring (its regions are
+   the application's, of any size: pinning them all would take the
+   locked-memory limit).
 
    LICENSE: MIT (see nixl.h).
 */
@@ -172,6 +177,7 @@ NIXL_API nixl_status_t nixl_posix_set_copy_ops(nixl_backend_t *be, const nixl_co
 // >>constants
 
 #define _NIXL_POSIX_WAIT_NS 10000000 /* release/destroy: one wait for completions, 10 ms */
+#define _NIXL_POSIX_FIXED_FILES 1024u /* io_uring: registered file slots */
 
 // >>structs
 
@@ -184,7 +190,16 @@ typedef struct _nixl_posix_md {
     int acc;    /* O_RDONLY, O_WRONLY or O_RDWR */
     int direct; /* opened with O_DIRECT */
     int gpu;    /* VRAM: the GPU's ordinal */
+    int file;   /* FILE/BLK: its entry in the engine's file table */
 } _nixl_posix_md_t;
+
+/* A registered descriptor: our own duplicate of it (I/O reaches the file
+   that was registered even if the application closes or reuses the
+   number) and its io_uring slot, shared by the regions naming fd. */
+typedef struct _nixl_posix_file {
+    int fd, iofd, slot; /* slot: io_uring's registered file, or -1 */
+    uint32_t refs;      /* regions; 0: a free entry */
+} _nixl_posix_file_t;
 
 struct _nixl_posix_req;
 
@@ -194,7 +209,8 @@ struct _nixl_posix_req;
    first, a READ after. */
 typedef struct _nixl_posix_io {
     struct _nixl_posix_req *req;
-    int fd;
+    int fd, slot;       /* fd: our duplicate; slot: io_uring's registered file, or -1 */
+    int user_fd;        /* the application's number, for log lines */
     uint64_t off;
     unsigned char *buf;
     uint32_t len, done; /* done: bytes moved so far (io_uring may move fewer) */
@@ -244,6 +260,12 @@ typedef struct _nixl_posix_engine {
     /* io_uring */
     struct io_uring ring;
     int ring_ok;
+    /* registered descriptors; io_uring's file slots (where the kernel has
+       them: slots_ok) and registered bounce buffers (bufs_ok) */
+    _nixl_posix_file_t *files;
+    uint32_t nfiles, files_cap;
+    unsigned char *slot_used;
+    int bufs_ok;
     uint32_t unsubmitted; /* SQEs filled since the last io_uring_submit */
     /* thread pool: work queue and done queue (qd slots each), own lock */
     pthread_t *thr;
@@ -306,7 +328,7 @@ static void _nixl_posix_req_fail(_nixl_posix_engine_t *e, _nixl_posix_req_t *r, 
                                  int err, const char *what) {
     if (!r->failed)
         nixl_backend_log(e->be, NIXL_LOG_ERROR, "posix: %s of %u bytes at offset %llu of fd %d failed: %s",
-                         r->write ? "WRITE" : "READ", (unsigned)io->len, (unsigned long long)io->off, io->fd,
+                         r->write ? "WRITE" : "READ", (unsigned)io->len, (unsigned long long)io->off, io->user_fd,
                          what ? what : strerror(err));
     if (!r->failed) r->fail_status = what ? NIXL_ERR_BACKEND : _nixl_posix_errno_status(err);
     r->failed = 1;
@@ -424,6 +446,7 @@ static int _nixl_posix_copies_poll(_nixl_posix_engine_t *e) {
 
 static void _nixl_posix_uring_prep(_nixl_posix_engine_t *e, _nixl_posix_io_t *io) {
     struct io_uring_sqe *sqe = io_uring_get_sqe(&e->ring);
+    int fixed;
     if (!sqe) { /* cannot happen (in flight <= queue depth): make room all the same */
         io_uring_submit(&e->ring);
         e->unsubmitted = 0;
@@ -434,10 +457,20 @@ static void _nixl_posix_uring_prep(_nixl_posix_engine_t *e, _nixl_posix_io_t *io
             return;
         }
     }
-    if (io->req->write)
-        io_uring_prep_write(sqe, io->fd, io->buf + io->done, io->len - io->done, io->off + io->done);
-    else
-        io_uring_prep_read(sqe, io->fd, io->buf + io->done, io->len - io->done, io->off + io->done);
+    fixed = io->slot >= 0;
+    if (io->stage >= 0 && e->bufs_ok) {
+        if (io->req->write)
+            io_uring_prep_write_fixed(sqe, fixed ? io->slot : io->fd, io->buf + io->done, io->len - io->done,
+                                      io->off + io->done, io->stage);
+        else
+            io_uring_prep_read_fixed(sqe, fixed ? io->slot : io->fd, io->buf + io->done, io->len - io->done,
+                                     io->off + io->done, io->stage);
+    } else if (io->req->write) {
+        io_uring_prep_write(sqe, fixed ? io->slot : io->fd, io->buf + io->done, io->len - io->done, io->off + io->done);
+    } else {
+        io_uring_prep_read(sqe, fixed ? io->slot : io->fd, io->buf + io->done, io->len - io->done, io->off + io->done);
+    }
+    if (fixed) sqe->flags |= IOSQE_FIXED_FILE;
     io_uring_sqe_set_data(sqe, io);
     e->unsubmitted++;
 }
@@ -466,6 +499,35 @@ static int _nixl_posix_uring_reap(_nixl_posix_engine_t *e) {
     }
     _nixl_posix_uring_flush(e); /* short I/Os sent out again */
     return n;
+}
+
+/* An io_uring slot holding fd; -1 where the kernel has none to give (the
+   I/Os then name the descriptor). */
+static int _nixl_posix_slot_get(_nixl_posix_engine_t *e, int fd) {
+    uint32_t i;
+    if (!e->slot_used) return -1;
+    for (i = 0; i < _NIXL_POSIX_FIXED_FILES && e->slot_used[i]; i++) {
+    }
+    if (i == _NIXL_POSIX_FIXED_FILES || io_uring_register_files_update(&e->ring, i, &fd, 1) != 1) return -1;
+    e->slot_used[i] = 1;
+    return (int)i;
+}
+
+static void _nixl_posix_slot_put(_nixl_posix_engine_t *e, int slot) {
+    int none = -1;
+    if (slot < 0) return;
+    /* I/Os in flight hold the file themselves */
+    io_uring_register_files_update(&e->ring, (unsigned)slot, &none, 1);
+    e->slot_used[slot] = 0;
+}
+
+/* The file table, where the kernel allows it (5.19+: sparse). */
+static void _nixl_posix_files_setup(_nixl_posix_engine_t *e) {
+    int rc = io_uring_register_files_sparse(&e->ring, _NIXL_POSIX_FIXED_FILES);
+    if (rc == 0) e->slot_used = (unsigned char *)nixl_backend_alloc(e->be, _NIXL_POSIX_FIXED_FILES);
+    if (rc != 0 || !e->slot_used)
+        nixl_backend_log(e->be, NIXL_LOG_INFO, "posix: io_uring registered files unavailable (%s): I/Os name "
+                         "descriptors", rc ? strerror(-rc) : "out of memory");
 }
 
 // >>thread engine
@@ -661,6 +723,7 @@ static nixl_status_t _nixl_posix_start_engine(_nixl_posix_engine_t *e, int want)
         if (rc == 0) {
             e->ring_ok = 1;
             e->kind = NIXL_POSIX_ENGINE_URING;
+            _nixl_posix_files_setup(e);
             nixl_backend_log(e->be, NIXL_LOG_INFO, "posix: io_uring, queue depth %u", (unsigned)e->qd);
             return NIXL_SUCCESS;
         }
@@ -718,18 +781,22 @@ static void _nixl_posix_destroy(void *engine) {
         pthread_mutex_unlock(&e->mu);
         for (i = 0; i < e->nthr_started; i++) pthread_join(e->thr[i], NULL);
     }
-    if (e->ring_ok) io_uring_queue_exit(&e->ring);
     _nixl_posix_stage_destroy(e);
+    if (e->ring_ok) io_uring_queue_exit(&e->ring); /* drops registered files and buffers too */
     _nixl_cuda_close(&e->cuda);
     while (e->mds) {
         _nixl_posix_md_t *m = e->mds;
         e->mds = m->next;
         nixl_backend_free(e->be, m);
     }
+    for (i = 0; i < e->nfiles; i++)
+        if (e->files[i].refs) close(e->files[i].iofd);
     if (e->mu_ok) {
         pthread_mutex_destroy(&e->mu);
         pthread_cond_destroy(&e->cv);
     }
+    nixl_backend_free(e->be, e->files);
+    nixl_backend_free(e->be, e->slot_used);
     nixl_backend_free(e->be, e->work);
     nixl_backend_free(e->be, e->done);
     nixl_backend_free(e->be, e->thr);
@@ -737,6 +804,47 @@ static void _nixl_posix_destroy(void *engine) {
 }
 
 // >>memory (vtable)
+
+/* The file table entry of fd, made on its first region: our duplicate and
+   its io_uring slot. -1 with a log line when the duplicate cannot be had. */
+static int _nixl_posix_file_get(_nixl_posix_engine_t *e, int fd) {
+    uint32_t i, free_i = e->nfiles;
+    _nixl_posix_file_t *f;
+    for (i = 0; i < e->nfiles; i++) {
+        if (e->files[i].refs && e->files[i].fd == fd) {
+            e->files[i].refs++;
+            return (int)i;
+        }
+        if (!e->files[i].refs && free_i == e->nfiles) free_i = i;
+    }
+    if (free_i == e->nfiles && e->nfiles == e->files_cap) {
+        uint32_t cap = e->files_cap ? 2 * e->files_cap : 16;
+        _nixl_posix_file_t *n = (_nixl_posix_file_t *)nixl_backend_alloc(e->be, cap * sizeof *n);
+        if (!n) return -1;
+        if (e->nfiles) memcpy(n, e->files, e->nfiles * sizeof *n);
+        nixl_backend_free(e->be, e->files);
+        e->files = n;
+        e->files_cap = cap;
+    }
+    f = &e->files[free_i];
+    f->iofd = fcntl(fd, F_DUPFD_CLOEXEC, 0);
+    if (f->iofd < 0) {
+        nixl_backend_log(e->be, NIXL_LOG_ERROR, "posix: register_mem: cannot duplicate fd %d: %s", fd, strerror(errno));
+        return -1;
+    }
+    f->fd = fd;
+    f->refs = 1;
+    f->slot = _nixl_posix_slot_get(e, f->iofd);
+    if (free_i == e->nfiles) e->nfiles++;
+    return (int)free_i;
+}
+
+static void _nixl_posix_file_put(_nixl_posix_engine_t *e, int i) {
+    _nixl_posix_file_t *f = &e->files[i];
+    if (--f->refs) return;
+    _nixl_posix_slot_put(e, f->slot);
+    close(f->iofd);
+}
 
 /* a FILE/BLK region: an open descriptor of the right kind, range inside a device */
 static nixl_status_t _nixl_posix_check_fd(_nixl_posix_engine_t *e, nixl_mem_t mem, const nixl_desc_t *r,
@@ -765,7 +873,29 @@ static nixl_status_t _nixl_posix_check_fd(_nixl_posix_engine_t *e, nixl_mem_t me
     m->fd = fd;
     m->acc = fl & O_ACCMODE;
     m->direct = (fl & O_DIRECT) != 0;
-    return NIXL_SUCCESS;
+    m->file = _nixl_posix_file_get(e, fd);
+    return m->file < 0 ? NIXL_ERR_BACKEND : NIXL_SUCCESS;
+}
+
+/* io_uring: the bounce buffers as registered buffers (no page pinning per
+   I/O), where RLIMIT_MEMLOCK allows; else plain reads and writes. */
+static void _nixl_posix_stage_register(_nixl_posix_engine_t *e) {
+    struct iovec *iov;
+    uint32_t i;
+    int rc;
+    if (e->kind != NIXL_POSIX_ENGINE_URING) return;
+    iov = (struct iovec *)nixl_backend_alloc(e->be, e->stage_bufs * sizeof *iov);
+    if (!iov) return;
+    for (i = 0; i < e->stage_bufs; i++) {
+        iov[i].iov_base = e->bounce[i].host;
+        iov[i].iov_len = e->stage_size;
+    }
+    rc = io_uring_register_buffers(&e->ring, iov, e->stage_bufs);
+    nixl_backend_free(e->be, iov);
+    e->bufs_ok = rc == 0;
+    if (rc != 0)
+        nixl_backend_log(e->be, NIXL_LOG_INFO, "posix: bounce buffers not registered with io_uring (%s): plain "
+                         "reads and writes", strerror(-rc));
 }
 
 /* The bounce buffers VRAM I/Os are staged through: stage_bufs of
@@ -797,11 +927,14 @@ static nixl_status_t _nixl_posix_stage_setup(_nixl_posix_engine_t *e, int gpu) {
     if (unpinned)
         nixl_backend_log(e->be, NIXL_LOG_WARN, "posix: %u of %u bounce buffers could not be pinned: their copies "
                          "are slower", (unsigned)unpinned, (unsigned)e->stage_bufs);
+    _nixl_posix_stage_register(e);
     return NIXL_SUCCESS;
 }
 
 static void _nixl_posix_stage_destroy(_nixl_posix_engine_t *e) {
     uint32_t i;
+    if (e->bufs_ok) io_uring_unregister_buffers(&e->ring);
+    e->bufs_ok = 0;
     for (i = 0; e->bounce && i < e->stage_bufs; i++) {
         _nixl_posix_bounce_t *b = &e->bounce[i];
         if (!b->host) continue;
@@ -843,6 +976,7 @@ static nixl_status_t _nixl_posix_register_mem(void *engine, nixl_mem_t mem, cons
     m->len = region->len;
     m->fd = -1;
     m->gpu = -1;
+    m->file = -1;
     st = mem == NIXL_VRAM ? _nixl_posix_vram_register(e, region, m)
          : mem != NIXL_DRAM ? _nixl_posix_check_fd(e, mem, region, m) : NIXL_SUCCESS;
     if (st != NIXL_SUCCESS) {
@@ -860,6 +994,7 @@ static void _nixl_posix_deregister_mem(void *engine, void *md) {
     _nixl_posix_engine_t *e = (_nixl_posix_engine_t *)engine;
     _nixl_posix_md_t *m = (_nixl_posix_md_t *)md;
     if (m->mem == NIXL_VRAM) e->nvram--;
+    if (m->file >= 0) _nixl_posix_file_put(e, m->file);
     if (m->prev) m->prev->next = m->next;
     else e->mds = m->next;
     if (m->next) m->next->prev = m->prev;
@@ -912,11 +1047,12 @@ typedef struct _nixl_posix_size_memo {
     int64_t size; /* -1: fstat failed (the I/O will say why) */
 } _nixl_posix_size_memo;
 
-static int64_t _nixl_posix_file_size(const _nixl_posix_md_t *f, _nixl_posix_size_memo *last) {
+static int64_t _nixl_posix_file_size(const _nixl_posix_engine_t *e, const _nixl_posix_md_t *f,
+                                      _nixl_posix_size_memo *last) {
     struct stat sb;
     if (last->f != f) {
         last->f = f;
-        last->size = fstat(f->fd, &sb) == 0 ? (int64_t)sb.st_size : -1;
+        last->size = fstat(e->files[f->file].iofd, &sb) == 0 ? (int64_t)sb.st_size : -1;
     }
     return last->size;
 }
@@ -942,7 +1078,7 @@ static nixl_status_t _nixl_posix_check_pair(_nixl_posix_engine_t *e, const nixl_
                          (void *)d->laddr, (unsigned long long)d->raddr, d->len, (unsigned)e->align);
         return NIXL_ERR_INVALID_PARAM;
     }
-    if (!write && f->mem == NIXL_FILE && (fsize = _nixl_posix_file_size(f, size)) >= 0 &&
+    if (!write && f->mem == NIXL_FILE && (fsize = _nixl_posix_file_size(e, f, size)) >= 0 &&
         d->raddr + d->len > (uint64_t)fsize) {
         nixl_backend_log(e->be, NIXL_LOG_ERROR, "posix: prep_xfer: descriptor %zu: READ of [%llu, +%zu) past the end "
                          "of fd %d (%lld bytes)", i, (unsigned long long)d->raddr, d->len, f->fd, (long long)fsize);
@@ -981,10 +1117,13 @@ static nixl_status_t _nixl_posix_prep_xfer(void *engine, const nixl_xfer_args_t 
         const nixl_xfer_desc_t *d = &a->descs[i];
         size_t off;
         int gpu = ((const _nixl_posix_md_t *)d->lmd)->gpu;
+        const _nixl_posix_md_t *f = (const _nixl_posix_md_t *)d->rmd;
         for (off = 0; off < d->len; off += cut, k++) {
             _nixl_posix_io_t *io = &r->io[k];
             io->req = r;
-            io->fd = ((const _nixl_posix_md_t *)d->rmd)->fd;
+            io->fd = e->files[f->file].iofd;
+            io->user_fd = f->fd;
+            io->slot = e->files[f->file].slot;
             io->off = d->raddr + off;
             io->len = (uint32_t)(d->len - off < cut ? d->len - off : cut);
             io->gpu = gpu;
@@ -1102,14 +1241,16 @@ NIXL_API nixl_status_t nixl_posix_query(nixl_backend_t *be, int fd, nixl_posix_f
     struct stat sb;
     nixl_status_t st = NIXL_ERR_NOT_FOUND;
     if (!info || !(e = _nixl_posix_lock_engine(be))) return NIXL_ERR_INVALID_PARAM;
-    for (m = e->mds; m && !(m->mem != NIXL_DRAM && m->fd == fd); m = m->next) {
+    for (m = e->mds; m && !((m->mem == NIXL_FILE || m->mem == NIXL_BLK) && m->fd == fd); m = m->next) {
     }
-    if (m && fstat(fd, &sb) != 0) {
+    /* the registered file, through our duplicate (the application's number
+       may be closed or reused by now) */
+    if (m && fstat(e->files[m->file].iofd, &sb) != 0) {
         nixl_backend_log(e->be, NIXL_LOG_ERROR, "posix: query: fstat(fd %d): %s", fd, strerror(errno));
         st = NIXL_ERR_BACKEND;
     } else if (m) {
         uint64_t size = (uint64_t)sb.st_size;
-        if (m->mem == NIXL_BLK && ioctl(fd, BLKGETSIZE64, &size) != 0) size = 0;
+        if (m->mem == NIXL_BLK && ioctl(e->files[m->file].iofd, BLKGETSIZE64, &size) != 0) size = 0;
         memset(info, 0, sizeof *info);
         info->size = size;
         info->mode = (uint32_t)sb.st_mode;
