@@ -142,7 +142,10 @@
    Fallible calls return nixl_status_t (NIXL's codes and values). The code
    says what class of failure; the log line says what and why. Default
    logger: stderr, warnings and errors only (NIXL_LOG_LEVEL=debug|info|warn|
-   error|none in the environment changes the level).
+   error|none in the environment changes the level). Messages a program may
+   want to recognise carry a stable id (NIXL_LOG_ITEMS, nixl_log_item_str):
+   set log_item_fn in the config to receive it with each line; the wording
+   may change between versions, the ids do not. The tests match ids.
 
    WRITING A BACKEND
    -----------------
@@ -242,6 +245,101 @@ typedef struct nixl_backend_ops nixl_backend_ops_t;   /* backend vtable (plugin 
 /* Log levels for nixl_agent_config_t.log_fn. */
 enum { NIXL_LOG_ERROR = 0, NIXL_LOG_WARN = 1, NIXL_LOG_INFO = 2, NIXL_LOG_DEBUG = 3 };
 
+/* Log items: a stable id for each message a program (or a test) may want to
+   recognise. The text of a message may change between versions; its id
+   does not. Messages without one carry NIXL_LOGITEM_NONE. Receive them with
+   nixl_agent_config_t.log_item_fn. X(NAME, text): for a reason that ends a
+   message ("...: <reason>") the text is that reason, else what it means. */
+#define NIXL_LOG_ITEMS(X)                                                                                          \
+    X(NONE, "a message without an id")                                                                            \
+    /* agent and backends */                                                                                      \
+    X(AGENT_NAME_REQUIRED, "agent_create: the config has no name")                                                \
+    X(ETCD_NOT_BUILT, "NIXL_ETCD_ENDPOINTS is set in a build without etcd: ignored")                              \
+    X(ETCD_NOT_COMPILED, "etcd was asked for (etcd_endpoints) in a build without NIXL_WITH_ETCD")                 \
+    X(PARAM_UNKNOWN_KEY, "create_backend: a param key the backend does not take")                                 \
+    X(PARAM_BAD_VALUE, "create_backend: a param value out of range or of the wrong form")                         \
+    X(PEER_DOWN_UNNAMED, "a backend reported an unnamed peer down: ignored")                                      \
+    /* descriptors and registration */                                                                            \
+    X(DESC_WRAPS, "a descriptor wraps the address space")                                                         \
+    X(MEM_REGISTERED_ALREADY, "register_mem: the region is registered already")                                   \
+    /* requests */                                                                                                \
+    X(XFER_ARGS_MISSING, "create_xfer_req: a list or the remote agent is missing")                                \
+    X(DESC_NOT_IN_REGION, "prep: a descriptor lies in no region registered here (or loaded from that peer)")    \
+    X(XFER_NO_BACKEND, "make_xfer_req: no backend holds both sides")                                              \
+    X(STRIDED_NOT_IN_REGION, "a strided layout's span lies in no one region")                                     \
+    X(STRIDED_OVERFLOW, "the span overflows the address space")                                                   \
+    /* notifications */                                                                                           \
+    X(NOTIF_NO_SENDER, "a backend delivered a notification without sender or data: dropped")                      \
+    X(NOTIF_DROPS_BEGIN, "a sender's notifications are dropped from now on: its queue is full")                   \
+    X(NOTIF_DROPS_COUNTED, "how many notifications were dropped while the queue was full")                        \
+    /* peers' metadata */                                                                                         \
+    X(MD_BAD_MAGIC, "bad magic (not nixl.h metadata)")                                                            \
+    X(MD_BAD_REGION, "bad region")                                                                                \
+    X(MD_MALFORMED, "load_remote_md: the blob is refused (the reason follows)")                                   \
+    X(MD_DIFFERENT_PUBLIC, "load_remote_md: a known region came back with different public data")               \
+    X(MD_CONN_INFO_REFUSED, "load_remote_md: a backend refused the peer's connection info")                       \
+    X(MD_CONN_INFO_CHANGED, "load_remote_md: a known peer came back with other connection info")                  \
+    X(MD_REGIONS_LIMIT, "more regions than remote_regions_max allows")                                            \
+    X(MD_BYTES_LIMIT, "load_remote_md: over remote_md_bytes")                                                     \
+    X(MD_NAME_OWNED, "a name belongs to the address that brought it (without a token)")                          \
+    X(FETCH_WRONG_NAME, "fetch_remote_md: the peer answered under another name")                                  \
+    X(FETCH_FAILED, "fetch_remote_md: a fetch (side channel or etcd) failed")                                     \
+    X(ETCD_FAILED, "etcd: a request failed (the URL and reason follow)")                                          \
+    /* the side channel (listener and client) */                                                                  \
+    X(SC_CANNOT_LISTEN, "listener: cannot listen on the address")                                                 \
+    X(SC_UNAUTHENTICATED, "listener: started without an auth token (its address follows)")                       \
+    X(SC_CONN_DROPPED, "listener: a connection was dropped (the reason follows)")                                 \
+    X(SC_EXCHANGE_FAILED, "side channel: an exchange with a listener failed (the reason follows)")                \
+    X(SC_MAKES_ROOM, "every slot is taken: the oldest connection that has not proven itself makes room")          \
+    X(SC_ADDR_LIMIT, "its address has listen_conns_per_addr connections open: the oldest that has not proven "    \
+                     "itself makes room")                                                                         \
+    X(SC_BAD_MAGIC, "bad magic (not a nixl.h side-channel frame)")                                                \
+    X(SC_PAYLOAD_LIMIT, "payload over the 64 MiB limit")                                                          \
+    X(SC_CLOSED_MID_FRAME, "closed mid-frame")                                                                    \
+    X(SC_TOO_SLOW, "too slow (timeout)")                                                                          \
+    X(SC_NO_HELLO, "no HELLO first")                                                                              \
+    X(SC_NO_AUTH, "no authentication, and this listener requires an auth token")                                 \
+    X(SC_WRONG_TOKEN, "wrong auth token (the request's header MAC does not verify)")                              \
+    X(SC_PEER_NEEDS_TOKEN, "the listener requires an auth token (auth_token / NIXL_AUTH_TOKEN)")                  \
+    X(SC_PEER_OTHER_TOKEN, "wrong MAC: the listener does not know our auth token")                                \
+    /* GPU memory (the CUDA driver and copy engines) */                                                           \
+    X(CUDA_NO_DRIVER, "VRAM needs the CUDA driver (the reason follows)")                                          \
+    X(VRAM_NOT_DEVICE, "register_mem: a VRAM region is not device memory")                                        \
+    X(VRAM_WRONG_GPU, "register_mem: a VRAM region is on another GPU than its dev_id")                            \
+    X(VRAM_PAST_ALLOCATION, "register_mem: a VRAM region runs past its allocation")                               \
+    X(COPY_OPS_INCOMPLETE, "set_copy_ops: a required function is missing")                                        \
+    X(COPY_ENGINE_BUSY, "set_copy_ops: the current copy engine is in use")                                        \
+    /* verbs */                                                                                                   \
+    X(VERBS_BAD_VRAM_PATH, "verbs: vram_path is not auto, dmabuf, peermem or staging")                            \
+    X(VERBS_VRAM_PATH_UNAVAILABLE, "verbs: the vram_path asked for is not available for this memory")             \
+    X(VERBS_STAGED, "verbs: GPU memory is staged through host buffers (no GPUDirect RDMA)")                       \
+    X(VERBS_REMOTE_STAGED, "verbs: the peer's memory is staged there: start the transfer at that peer")           \
+    /* UCX */                                                                                                     \
+    X(UCX_FLOOD_CUT_OFF, "ucx: a sender past its notification window is cut off")                                 \
+    /* posix (files) */                                                                                           \
+    X(POSIX_BAD_ENGINE, "posix: engine is not auto, uring or threads")                                            \
+    X(POSIX_URING_UNAVAILABLE, "posix: io_uring is unavailable: the thread pool runs")                            \
+    X(POSIX_NOT_FD, "posix: register_mem: dev_id is not an open file descriptor")                                 \
+    X(POSIX_WRONG_KIND, "posix: register_mem: the descriptor is not a regular file (FILE) or block device (BLK)") \
+    X(POSIX_MODE, "posix: prep_xfer: the file is not open for what the request does")                             \
+    X(POSIX_DIRECT_ALIGN, "posix: prep_xfer: an O_DIRECT descriptor is not aligned to direct_align")              \
+    X(POSIX_READ_PAST_EOF, "posix: prep_xfer: a READ past the end of the file")                                   \
+    X(POSIX_STAGE_SIZE, "posix: stage_size is not a multiple of direct_align")                                    \
+    X(POSIX_IO_FAILED, "posix: an I/O failed (fd, offset and errno follow)")                                      \
+    X(POSIX_EOF, "end of file")                                                                                   \
+    X(POSIX_DEVICE_FULL, "the device took no bytes")                                                              \
+    X(POSIX_COPY_FAILED, "the copy between GPU and host memory failed")                                           \
+    X(POSIX_COPY_OUT_NOT_STARTED, "the copy out of GPU memory did not start")                                     \
+    X(POSIX_COPY_IN_NOT_STARTED, "the copy into GPU memory did not start")
+
+#define _NIXL_LOG_ITEM_ENUM(name, text) NIXL_LOGITEM_##name,
+typedef enum nixl_log_item { NIXL_LOG_ITEMS(_NIXL_LOG_ITEM_ENUM) NIXL_LOGITEM_COUNT } nixl_log_item_t;
+#undef _NIXL_LOG_ITEM_ENUM
+
+/* "DESC_WRAPS" for NIXL_LOGITEM_DESC_WRAPS; "?" for an unknown value (never
+   NULL). Pure: any thread. */
+NIXL_API const char *nixl_log_item_str(nixl_log_item_t item);
+
 /* ======================================================================== */
 /* agent                                                                    */
 /* ======================================================================== */
@@ -256,6 +354,9 @@ typedef struct nixl_agent_config {
     /* logger: NULL = stderr at warn and above (NIXL_LOG_LEVEL overrides) */
     void (*log_fn)(void *user, int level, const char *msg);
     void *log_user;
+    /* logger with the message's id (nixl_log_item_t): when set, called
+       instead of log_fn (same user, same levels) */
+    void (*log_item_fn)(void *user, int level, nixl_log_item_t item, const char *msg);
     /* allocator: NULL = malloc/free; used for every allocation of nixl.h and its
        backends (thread-safe: the progress, listener and etcd threads call it).
        Not for the libraries underneath (libcurl, libibverbs, UCX, libcrypto),
@@ -683,6 +784,14 @@ struct nixl_backend_ops {
 
 /* Helpers for backends (call only from inside a vtable call). */
 NIXL_API void nixl_backend_log(nixl_backend_t *be, int level, const char *fmt, ...) NIXL_PRINTF(3, 4);
+/* The same with the message's stable id (NIXL_LOG_ITEMS). */
+NIXL_API void nixl_backend_log_item(nixl_backend_t *be, int level, nixl_log_item_t item, const char *fmt, ...)
+    NIXL_PRINTF(4, 5);
+/* A reason that is a log item's text (the text itself, so a backend's
+   functions can return it as their explanation), and back: the id of such
+   a reason (NONE for any other string). */
+NIXL_API const char *nixl_backend_why(nixl_log_item_t item);
+NIXL_API nixl_log_item_t nixl_backend_why_item(const char *why);
 /* Queue a received notification from `remote` (copied). */
 NIXL_API void nixl_backend_notif(nixl_backend_t *be, const char *remote, const void *msg, size_t len);
 /* Whether a notification of len bytes from `remote` fits the receive queue
@@ -1019,20 +1128,54 @@ static void *_nixl_memdup(nixl_agent_t *a, const void *p, size_t len) {
     return d;
 }
 
-static void _nixl_vlog(nixl_agent_t *a, int level, const char *fmt, va_list ap) {
+// >>log
+
+#define _NIXL_LOG_ITEM_NAME(name, text) #name,
+#define _NIXL_LOG_ITEM_TEXT(name, text) text,
+static const char *const _nixl_log_item_names[] = {NIXL_LOG_ITEMS(_NIXL_LOG_ITEM_NAME)};
+static const char *const _nixl_log_item_texts[] = {NIXL_LOG_ITEMS(_NIXL_LOG_ITEM_TEXT)};
+#undef _NIXL_LOG_ITEM_NAME
+#undef _NIXL_LOG_ITEM_TEXT
+
+NIXL_API const char *nixl_log_item_str(nixl_log_item_t item) {
+    return (unsigned)item < NIXL_LOGITEM_COUNT ? _nixl_log_item_names[item] : "?";
+}
+
+/* A reason string that is a log item's text: functions that explain a
+   refusal return _NIXL_WHY(NAME), and whoever logs the reason finds its id
+   with _nixl_why_item (by address: the same text, the same pointer). */
+#define _NIXL_WHY(name) (_nixl_log_item_texts[NIXL_LOGITEM_##name])
+static nixl_log_item_t _nixl_why_item(const char *why, nixl_log_item_t otherwise) {
+    unsigned i;
+    for (i = 1; why && i < NIXL_LOGITEM_COUNT; i++)
+        if (why == _nixl_log_item_texts[i]) return (nixl_log_item_t)i;
+    return otherwise;
+}
+
+static void _nixl_vlog_item(nixl_agent_t *a, int level, nixl_log_item_t item, const char *fmt, va_list ap) {
     char msg[768];
     static const char *const lv[] = {"ERROR", "WARN", "INFO", "DEBUG"};
     if (level > a->log_level) return;
     vsnprintf(msg, sizeof msg, fmt, ap);
-    if (a->cfg.log_fn) a->cfg.log_fn(a->cfg.log_user, level, msg);
+    if (a->cfg.log_item_fn) a->cfg.log_item_fn(a->cfg.log_user, level, item, msg);
+    else if (a->cfg.log_fn) a->cfg.log_fn(a->cfg.log_user, level, msg);
     else fprintf(stderr, "nixl[%s] %s: %s\n", a->name ? a->name : "?", lv[level < 0 ? 0 : level > 3 ? 3 : level], msg);
+}
+
+/* A message with an id (_nixl_logi) or without (_nixl_log). */
+static void _nixl_logi(nixl_agent_t *a, int level, nixl_log_item_t item, const char *fmt, ...) NIXL_PRINTF(4, 5);
+static void _nixl_logi(nixl_agent_t *a, int level, nixl_log_item_t item, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    _nixl_vlog_item(a, level, item, fmt, ap);
+    va_end(ap);
 }
 
 static void _nixl_log(nixl_agent_t *a, int level, const char *fmt, ...) NIXL_PRINTF(3, 4);
 static void _nixl_log(nixl_agent_t *a, int level, const char *fmt, ...) {
     va_list ap;
     va_start(ap, fmt);
-    _nixl_vlog(a, level, fmt, ap);
+    _nixl_vlog_item(a, level, NIXL_LOGITEM_NONE, fmt, ap);
     va_end(ap);
 }
 
@@ -1067,7 +1210,7 @@ static nixl_status_t _nixl_check_desc(nixl_agent_t *a, const char *what, nixl_me
         return NIXL_ERR_INVALID_PARAM;
     }
     if (d->addr + d->len < d->addr) {
-        _nixl_log(a, NIXL_LOG_ERROR, "%s: descriptor %zu wraps the address space (0x%llx + %zu)", what, i,
+        _nixl_logi(a, NIXL_LOG_ERROR, NIXL_LOGITEM_DESC_WRAPS, "%s: descriptor %zu wraps the address space (0x%llx + %zu)", what, i,
                   (unsigned long long)d->addr, d->len);
         return NIXL_ERR_INVALID_PARAM;
     }
@@ -1472,7 +1615,7 @@ static _NIXL_CUDA_UNUSED int _nixl_cuda_load(_nixl_cuda_t *cu, nixl_backend_t *b
         cu->ok = ok;
         memcpy(cu->why, why, sizeof why);
     }
-    if (!cu->ok) nixl_backend_log(be, NIXL_LOG_ERROR, "%s: VRAM needs the CUDA driver: %s", who, cu->why);
+    if (!cu->ok) nixl_backend_log_item(be, NIXL_LOG_ERROR, NIXL_LOGITEM_CUDA_NO_DRIVER, "%s: VRAM needs the CUDA driver: %s", who, cu->why);
     return cu->ok ? 0 : -1;
 }
 
@@ -1551,17 +1694,17 @@ static _NIXL_CUDA_UNUSED nixl_status_t _nixl_vram_check(nixl_backend_t *be, cons
                                                         void *ctx, const nixl_desc_t *r, int *gpu, uintptr_t *base,
                                                         size_t *size) {
     if (query(ctx, r->addr, r->len, gpu, base, size) != 0) {
-        nixl_backend_log(be, NIXL_LOG_ERROR, "%s: register_mem: VRAM region %p+%zu is not device memory (a host "
+        nixl_backend_log_item(be, NIXL_LOG_ERROR, NIXL_LOGITEM_VRAM_NOT_DEVICE, "%s: register_mem: VRAM region %p+%zu is not device memory (a host "
                          "pointer passed as VRAM?)", who, (void *)r->addr, r->len);
         return NIXL_ERR_INVALID_PARAM;
     }
     if ((uint64_t)*gpu != r->dev_id) {
-        nixl_backend_log(be, NIXL_LOG_ERROR, "%s: register_mem: VRAM region %p+%zu is on GPU %d, not on dev_id %llu",
+        nixl_backend_log_item(be, NIXL_LOG_ERROR, NIXL_LOGITEM_VRAM_WRONG_GPU, "%s: register_mem: VRAM region %p+%zu is on GPU %d, not on dev_id %llu",
                          who, (void *)r->addr, r->len, *gpu, (unsigned long long)r->dev_id);
         return NIXL_ERR_INVALID_PARAM;
     }
     if (r->addr < *base || r->addr + r->len > *base + *size) {
-        nixl_backend_log(be, NIXL_LOG_ERROR, "%s: register_mem: VRAM region %p+%zu runs past its allocation %p+%zu",
+        nixl_backend_log_item(be, NIXL_LOG_ERROR, NIXL_LOGITEM_VRAM_PAST_ALLOCATION, "%s: register_mem: VRAM region %p+%zu runs past its allocation %p+%zu",
                          who, (void *)r->addr, r->len, (void *)*base, *size);
         return NIXL_ERR_INVALID_PARAM;
     }
@@ -1721,14 +1864,16 @@ static void _nixl_nq_drained(nixl_agent_t *a);
 // >>agent
 
 /* before an agent exists: the config's logger, or stderr */
-static void _nixl_cfg_log(const nixl_agent_config_t *cfg, const char *fmt, ...) NIXL_PRINTF(2, 3);
-static void _nixl_cfg_log(const nixl_agent_config_t *cfg, const char *fmt, ...) {
+static void _nixl_cfg_log(const nixl_agent_config_t *cfg, nixl_log_item_t item, const char *fmt, ...)
+    NIXL_PRINTF(3, 4);
+static void _nixl_cfg_log(const nixl_agent_config_t *cfg, nixl_log_item_t item, const char *fmt, ...) {
     char msg[512];
     va_list ap;
     va_start(ap, fmt);
     vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
-    if (cfg && cfg->log_fn) cfg->log_fn(cfg->log_user, NIXL_LOG_ERROR, msg);
+    if (cfg && cfg->log_item_fn) cfg->log_item_fn(cfg->log_user, NIXL_LOG_ERROR, item, msg);
+    else if (cfg && cfg->log_fn) cfg->log_fn(cfg->log_user, NIXL_LOG_ERROR, msg);
     else if (_nixl_level_from_env() >= NIXL_LOG_ERROR) fprintf(stderr, "nixl: %s\n", msg);
 }
 
@@ -1754,7 +1899,7 @@ static const char *_nixl_etcd_endpoints(nixl_agent_t *a, const nixl_agent_config
     if (!env || !*env) return NULL;
 #ifndef NIXL_WITH_ETCD
     if (!__atomic_exchange_n(&warned, 1, __ATOMIC_RELAXED))
-        _nixl_log(a, NIXL_LOG_WARN, "NIXL_ETCD_ENDPOINTS is set but this build has no etcd support "
+        _nixl_logi(a, NIXL_LOG_WARN, NIXL_LOGITEM_ETCD_NOT_BUILT, "NIXL_ETCD_ENDPOINTS is set but this build has no etcd support "
                   "(NIXL_WITH_ETCD): ignored, metadata goes over the side channel only");
     return NULL;
 #else
@@ -1772,26 +1917,26 @@ NIXL_API nixl_status_t nixl_agent_create(const nixl_agent_config_t *cfg, nixl_ag
     if (!agent) return NIXL_ERR_INVALID_PARAM;
     *agent = NULL;
     if (!cfg || !cfg->name) {
-        _nixl_cfg_log(cfg, "agent_create: a name is required");
+        _nixl_cfg_log(cfg, NIXL_LOGITEM_AGENT_NAME_REQUIRED, "agent_create: a name is required");
         return NIXL_ERR_INVALID_PARAM;
     }
     nlen = strlen(cfg->name);
     if (nlen == 0 || nlen > NIXL_MD_MAX_NAME) {
-        _nixl_cfg_log(cfg, "agent_create: name must be 1..%d bytes (got %zu)", NIXL_MD_MAX_NAME, nlen);
+        _nixl_cfg_log(cfg, NIXL_LOGITEM_NONE, "agent_create: name must be 1..%d bytes (got %zu)", NIXL_MD_MAX_NAME, nlen);
         return NIXL_ERR_INVALID_PARAM;
     }
     if (!cfg->alloc_fn != !cfg->free_fn) {
-        _nixl_cfg_log(cfg, "agent_create: alloc_fn and free_fn go together");
+        _nixl_cfg_log(cfg, NIXL_LOGITEM_NONE, "agent_create: alloc_fn and free_fn go together");
         return NIXL_ERR_INVALID_PARAM;
     }
     token = cfg->auth_token ? cfg->auth_token : getenv("NIXL_AUTH_TOKEN");
     if (token && !cfg->auth_token && !*token) token = NULL; /* NIXL_AUTH_TOKEN= means none */
     if (token && (!*token || strlen(token) > NIXL_SC_MAX_TOKEN)) {
-        _nixl_cfg_log(cfg, "agent_create(%s): the auth token must be 1..%d bytes", cfg->name, NIXL_SC_MAX_TOKEN);
+        _nixl_cfg_log(cfg, NIXL_LOGITEM_NONE, "agent_create(%s): the auth token must be 1..%d bytes", cfg->name, NIXL_SC_MAX_TOKEN);
         return NIXL_ERR_INVALID_PARAM;
     }
     if (token && (why = _nixl_crypto_ready()) != NULL) {
-        _nixl_cfg_log(cfg, "agent_create(%s): an auth token needs OpenSSL's libcrypto for HMAC-SHA256: %s", cfg->name,
+        _nixl_cfg_log(cfg, NIXL_LOGITEM_NONE, "agent_create(%s): an auth token needs OpenSSL's libcrypto for HMAC-SHA256: %s", cfg->name,
                       why);
         return NIXL_ERR_NOT_SUPPORTED;
     }
@@ -1985,7 +2130,7 @@ static nixl_status_t _nixl_parse_params(nixl_agent_t *a, const nixl_backend_ops_
         }
         *eq = '\0';
         if (!_nixl_param_key_allowed(ops, p)) {
-            _nixl_log(a, NIXL_LOG_ERROR, "create_backend(%s): unknown param key '%s'", ops->name, p);
+            _nixl_logi(a, NIXL_LOG_ERROR, NIXL_LOGITEM_PARAM_UNKNOWN_KEY, "create_backend(%s): unknown param key '%s'", ops->name, p);
             return NIXL_ERR_INVALID_PARAM;
         }
         for (i = 0; i < *n; i++)
@@ -2070,14 +2215,32 @@ fail:
     return st;
 }
 
+static void _nixl_backend_vlog(nixl_backend_t *be, int level, nixl_log_item_t item, const char *fmt, va_list ap) {
+    char full[640];
+    vsnprintf(full, sizeof full, fmt, ap);
+    _nixl_logi(be->agent, level, item, "%s: %s", be->ops->name, full);
+}
+
 NIXL_API void nixl_backend_log(nixl_backend_t *be, int level, const char *fmt, ...) {
     va_list ap;
-    char full[640];
     if (!be || level > be->agent->log_level) return;
     va_start(ap, fmt);
-    vsnprintf(full, sizeof full, fmt, ap);
+    _nixl_backend_vlog(be, level, NIXL_LOGITEM_NONE, fmt, ap);
     va_end(ap);
-    _nixl_log(be->agent, level, "%s: %s", be->ops->name, full);
+}
+
+NIXL_API void nixl_backend_log_item(nixl_backend_t *be, int level, nixl_log_item_t item, const char *fmt, ...) {
+    va_list ap;
+    if (!be || level > be->agent->log_level) return;
+    va_start(ap, fmt);
+    _nixl_backend_vlog(be, level, item, fmt, ap);
+    va_end(ap);
+}
+
+NIXL_API nixl_log_item_t nixl_backend_why_item(const char *why) { return _nixl_why_item(why, NIXL_LOGITEM_NONE); }
+
+NIXL_API const char *nixl_backend_why(nixl_log_item_t item) {
+    return (unsigned)item < NIXL_LOGITEM_COUNT ? _nixl_log_item_texts[item] : "?";
 }
 
 NIXL_API void *nixl_backend_alloc(nixl_backend_t *be, size_t size) { return _nixl_alloc(be->agent, size); }
@@ -2125,11 +2288,11 @@ static int _nixl_nq_admit(nixl_agent_t *a, const nixl_backend_t *be, const char 
         return 1;
     }
     if (c && !c->dropped++)
-        _nixl_log(a, NIXL_LOG_WARN, "%s: notifications from %s dropped from now on: %zu bytes of theirs queued "
+        _nixl_logi(a, NIXL_LOG_WARN, NIXL_LOGITEM_NOTIF_DROPS_BEGIN, "%s: notifications from %s dropped from now on: %zu bytes of theirs queued "
                   "(limit %zu), %zu in all (limit %zu); call nixl_get_notifs", be->ops->name, sender, c->bytes, per,
                   a->nq_bytes, total);
     if (!c && !a->nq_dropped_other++)
-        _nixl_log(a, NIXL_LOG_WARN, "%s: notifications dropped from now on: %zu bytes queued in all (limit %zu); "
+        _nixl_logi(a, NIXL_LOG_WARN, NIXL_LOGITEM_NOTIF_DROPS_BEGIN, "%s: notifications dropped from now on: %zu bytes queued in all (limit %zu); "
                   "call nixl_get_notifs", be->ops->name, a->nq_bytes, total);
     return 0;
 }
@@ -2140,12 +2303,12 @@ static void _nixl_nq_drained(nixl_agent_t *a) {
         _nixl_nq_acct *c = a->nq_accts;
         a->nq_accts = c->next;
         if (c->dropped)
-            _nixl_log(a, NIXL_LOG_WARN, "notifications: %lu from %s were dropped while the queue was full",
+            _nixl_logi(a, NIXL_LOG_WARN, NIXL_LOGITEM_NOTIF_DROPS_COUNTED, "notifications: %lu from %s were dropped while the queue was full",
                       c->dropped, c->name);
         _nixl_free(a, c);
     }
     if (a->nq_dropped_other)
-        _nixl_log(a, NIXL_LOG_WARN, "notifications: %lu from other senders were dropped while the queue was full",
+        _nixl_logi(a, NIXL_LOG_WARN, NIXL_LOGITEM_NOTIF_DROPS_COUNTED, "notifications: %lu from other senders were dropped while the queue was full",
                   a->nq_dropped_other);
     a->nq_dropped_other = 0;
     a->nq_bytes = 0;
@@ -2155,7 +2318,7 @@ NIXL_API void nixl_backend_notif(nixl_backend_t *be, const char *remote, const v
     nixl_agent_t *a = be->agent;
     size_t nlen = remote ? strlen(remote) : 0;
     if (!remote || (len && !msg)) {
-        _nixl_log(a, NIXL_LOG_ERROR, "%s delivered a notification without sender or data: dropped", be->ops->name);
+        _nixl_logi(a, NIXL_LOG_ERROR, NIXL_LOGITEM_NOTIF_NO_SENDER, "%s delivered a notification without sender or data: dropped", be->ops->name);
         return;
     }
     /* one block: entry, sender name, message */
@@ -2193,7 +2356,7 @@ NIXL_API void nixl_backend_peer_down(nixl_backend_t *be, const char *remote) {
     nixl_agent_t *a = be->agent;
     _nixl_down *d;
     if (!remote) { /* a backend bug, but never a crash of the core */
-        _nixl_log(a, NIXL_LOG_ERROR, "%s reported an unnamed peer down: ignored", be->ops->name);
+        _nixl_logi(a, NIXL_LOG_ERROR, NIXL_LOGITEM_PEER_DOWN_UNNAMED, "%s reported an unnamed peer down: ignored", be->ops->name);
         return;
     }
     for (d = a->downs; d; d = d->next)
@@ -2226,12 +2389,14 @@ NIXL_API nixl_status_t nixl_param_u64(const nixl_backend_init_t *init, const cha
     errno = 0;
     x = strtoull(v, &end, 0);
     if (!*v || *v == '-' || errno || !end || *end) {
-        nixl_backend_log(init->self, NIXL_LOG_ERROR, "param %s='%s' is not an unsigned number", key, v);
+        nixl_backend_log_item(init->self, NIXL_LOG_ERROR, NIXL_LOGITEM_PARAM_BAD_VALUE,
+                              "param %s='%s' is not an unsigned number", key, v);
         return NIXL_ERR_INVALID_PARAM;
     }
     if (x < min || x > max) {
-        nixl_backend_log(init->self, NIXL_LOG_ERROR, "param %s=%llu out of range [%llu, %llu]", key, x,
-                         (unsigned long long)min, (unsigned long long)max);
+        nixl_backend_log_item(init->self, NIXL_LOG_ERROR, NIXL_LOGITEM_PARAM_BAD_VALUE,
+                              "param %s=%llu out of range [%llu, %llu]", key, x, (unsigned long long)min,
+                              (unsigned long long)max);
         return NIXL_ERR_INVALID_PARAM;
     }
     *out = x;
@@ -2343,7 +2508,7 @@ static nixl_status_t _nixl_register_locked(nixl_agent_t *a, const nixl_dlist_t *
         if ((st = _nixl_check_desc(a, "register_mem", l->mem, &l->descs[i], i)) != NIXL_SUCCESS) return st;
         _nixl_span_from(&s, l->mem, &l->descs[i]);
         if (_nixl_table_find_exact(&a->local, &s) >= 0 || _nixl_desc_list_has_dup(l, i)) {
-            _nixl_log(a, NIXL_LOG_ERROR, "register_mem: %s 0x%llx+%zu (dev %llu) is registered already",
+            _nixl_logi(a, NIXL_LOG_ERROR, NIXL_LOGITEM_MEM_REGISTERED_ALREADY, "register_mem: %s 0x%llx+%zu (dev %llu) is registered already",
                       nixl_mem_str(l->mem), (unsigned long long)s.addr, s.len, (unsigned long long)s.dev_id);
             return NIXL_ERR_INVALID_PARAM;
         }
@@ -2542,7 +2707,7 @@ static nixl_status_t _nixl_md_parse(const unsigned char *p, size_t len, _nixl_md
     r.ok = 1;
     *why = NULL;
     if (!p || len < 16) return (*why = "shorter than a header"), NIXL_ERR_INVALID_PARAM;
-    if (_nixl_rle(&r, 4) != NIXL_MD_MAGIC) return (*why = "bad magic"), NIXL_ERR_INVALID_PARAM;
+    if (_nixl_rle(&r, 4) != NIXL_MD_MAGIC) return (*why = _NIXL_WHY(MD_BAD_MAGIC)), NIXL_ERR_INVALID_PARAM;
     if (_nixl_rle(&r, 2) != NIXL_MD_VERSION) return (*why = "unsupported format version"), NIXL_ERR_MISMATCH;
     md->flags = (unsigned)_nixl_rle(&r, 2);
     if (_nixl_rle(&r, 4) != len || len > NIXL_MD_MAX_BLOB_BYTES)
@@ -2592,7 +2757,7 @@ static nixl_status_t _nixl_md_parse(const unsigned char *p, size_t len, _nixl_md
         g.first_key = md->nkeys;
         if (!r.ok || mem >= NIXL_MEM_COUNT || g.s.len == 0 || g.s.addr == 0 || g.s.addr + g.s.len < g.s.addr ||
             g.nkeys > md->nbe)
-            return (*why = "bad region"), NIXL_ERR_INVALID_PARAM;
+            return (*why = _NIXL_WHY(MD_BAD_REGION)), NIXL_ERR_INVALID_PARAM;
         for (j = 0; j < g.nkeys && r.ok; j++) {
             _nixl_md_key k;
             k.be = (unsigned)_nixl_rle(&r, 1);
@@ -2631,7 +2796,7 @@ static nixl_status_t _nixl_md_decode(nixl_agent_t *a, const void *blob, size_t l
     if (!md) return NIXL_ERR_BACKEND;
     st = _nixl_md_parse((const unsigned char *)blob, len, md, why);
     if (st == NIXL_SUCCESS && md->nreg > _nixl_max_peer_regions(a)) {
-        *why = "more regions than remote_regions_max allows";
+        *why = _NIXL_WHY(MD_REGIONS_LIMIT);
         st = NIXL_ERR_NOT_ALLOWED;
     }
     if (st == NIXL_SUCCESS) {
@@ -2888,7 +3053,8 @@ static nixl_status_t _nixl_md_check_conflicts(nixl_agent_t *a, const _nixl_remot
         int i = map[j];
         if (i < 0 || md->be[j].conn_len == 0 || !(rm->conn_mask & (1u << i))) continue;
         if (!_nixl_bytes_eq(rm->conn[i], rm->conn_len[i], md->be[j].conn, md->be[j].conn_len)) {
-            _nixl_log(a, NIXL_LOG_ERROR, "load_remote_md: %s: connection info for %s changed; invalidate it first",
+            _nixl_logi(a, NIXL_LOG_ERROR, NIXL_LOGITEM_MD_CONN_INFO_CHANGED,
+                       "load_remote_md: %s: connection info for %s changed; invalidate it first",
                       md->name, a->be[i]->ops->name);
             return NIXL_ERR_NOT_ALLOWED;
         }
@@ -2904,8 +3070,7 @@ static nixl_status_t _nixl_md_check_conflicts(nixl_agent_t *a, const _nixl_remot
             int i = map[key->be];
             if (i < 0 || !(r->key_mask & (1u << i))) continue;
             if (!_nixl_bytes_eq(r->key[i], r->key_len[i], key->p, key->len)) {
-                _nixl_log(a, NIXL_LOG_ERROR,
-                          "load_remote_md: %s: region 0x%llx+%zu came back with different %s public data",
+                _nixl_logi(a, NIXL_LOG_ERROR, NIXL_LOGITEM_MD_DIFFERENT_PUBLIC, "load_remote_md: %s: region 0x%llx+%zu came back with different %s public data",
                           md->name, (unsigned long long)g->s.addr, g->s.len, a->be[i]->ops->name);
                 return NIXL_ERR_NOT_ALLOWED;
             }
@@ -2951,7 +3116,7 @@ static void _nixl_remote_sync_backends(nixl_agent_t *a, _nixl_remote *rm) {
                                                                           rm->conn_len[i])
                                            : NIXL_SUCCESS;
         if (st == NIXL_SUCCESS) rm->loaded_mask |= 1u << i;
-        else _nixl_log(a, NIXL_LOG_ERROR, "load_remote_md: %s refused %s's connection info: %s", b->ops->name,
+        else _nixl_logi(a, NIXL_LOG_ERROR, NIXL_LOGITEM_MD_CONN_INFO_REFUSED, "load_remote_md: %s refused %s's connection info: %s", b->ops->name,
                        rm->name, nixl_status_str(st));
     }
     for (k = 0; k < rm->regions.n; k++) {
@@ -3113,7 +3278,7 @@ static nixl_status_t _nixl_md_check_limits(nixl_agent_t *a, const _nixl_remote *
         bytes += r->bytes;
     }
     if (rm && rm->regions.n + _nixl_md_new_regions(rm, md) > _nixl_max_peer_regions(a)) {
-        _nixl_log(a, NIXL_LOG_ERROR, "load_remote_md(%s): %zu regions loaded + %zu new would pass remote_regions_max "
+        _nixl_logi(a, NIXL_LOG_ERROR, NIXL_LOGITEM_MD_REGIONS_LIMIT, "load_remote_md(%s): %zu regions loaded + %zu new would pass remote_regions_max "
                   "(%zu)", md->name, rm->regions.n, _nixl_md_new_regions(rm, md), _nixl_max_peer_regions(a));
         return NIXL_ERR_NOT_ALLOWED;
     }
@@ -3123,7 +3288,7 @@ static nixl_status_t _nixl_md_check_limits(nixl_agent_t *a, const _nixl_remote *
         return NIXL_ERR_NOT_ALLOWED;
     }
     if (bytes + cost > _nixl_max_md_bytes(a)) {
-        _nixl_log(a, NIXL_LOG_ERROR, "load_remote_md(%s): %zu bytes of remote metadata held + %zu would pass "
+        _nixl_logi(a, NIXL_LOG_ERROR, NIXL_LOGITEM_MD_BYTES_LIMIT, "load_remote_md(%s): %zu bytes of remote metadata held + %zu would pass "
                   "remote_md_bytes (%zu)", md->name, bytes, cost, _nixl_max_md_bytes(a));
         return NIXL_ERR_NOT_ALLOWED;
     }
@@ -3134,7 +3299,7 @@ static nixl_status_t _nixl_md_check_limits(nixl_agent_t *a, const _nixl_remote *
    address it came from: another address may not add to it. */
 static nixl_status_t _nixl_md_check_origin(nixl_agent_t *a, const _nixl_remote *rm, const char *origin) {
     if (a->token || !origin || !strcmp(rm->origin, origin)) return NIXL_SUCCESS;
-    _nixl_log(a, NIXL_LOG_ERROR, "load_remote_md: %s pushed metadata of %s, which %s: refused (without an auth "
+    _nixl_logi(a, NIXL_LOG_ERROR, NIXL_LOGITEM_MD_NAME_OWNED, "load_remote_md: %s pushed metadata of %s, which %s: refused (without an auth "
               "token a name belongs to whoever brought it)", origin, rm->name,
               rm->origin[0] ? "came from another address" : "the application loaded");
     return NIXL_ERR_NOT_ALLOWED;
@@ -3196,10 +3361,11 @@ static nixl_status_t _nixl_load_md(nixl_agent_t *a, const void *blob, size_t len
     nixl_status_t st = _nixl_md_decode(a, blob, len, &md, &why);
     _nixl_lock(a);
     if (st != NIXL_SUCCESS) {
-        _nixl_log(a, NIXL_LOG_ERROR, "load_remote_md: refusing a %zu-byte blob%s%s: %s", len, origin ? " from " : "",
+        _nixl_logi(a, NIXL_LOG_ERROR, _nixl_why_item(why, NIXL_LOGITEM_MD_MALFORMED),
+                   "load_remote_md: refusing a %zu-byte blob%s%s: %s", len, origin ? " from " : "",
                   origin ? origin : "", why);
     } else if (want_name && strcmp(md->name, want_name) != 0) {
-        _nixl_log(a, NIXL_LOG_ERROR, "fetch_remote_md: %s answered as '%s', not '%s'", origin ? origin : "etcd",
+        _nixl_logi(a, NIXL_LOG_ERROR, NIXL_LOGITEM_FETCH_WRONG_NAME, "fetch_remote_md: %s answered as '%s', not '%s'", origin ? origin : "etcd",
                   md->name, want_name);
         st = NIXL_ERR_MISMATCH;
     } else {
@@ -3359,7 +3525,7 @@ static const char *_nixl_sc_parse_header(const unsigned char *h, unsigned *cmd, 
     r.len = NIXL_SC_HDR;
     r.pos = 0;
     r.ok = 1;
-    if (_nixl_rle(&r, 4) != NIXL_SC_MAGIC) return "bad magic";
+    if (_nixl_rle(&r, 4) != NIXL_SC_MAGIC) return _NIXL_WHY(SC_BAD_MAGIC);
     if (_nixl_rle(&r, 2) != NIXL_SC_VERSION) return "unsupported version";
     *cmd = (unsigned)_nixl_rle(&r, 1);
     if (_nixl_rle(&r, 1) != 0) return "reserved byte set";
@@ -3367,7 +3533,7 @@ static const char *_nixl_sc_parse_header(const unsigned char *h, unsigned *cmd, 
     *pay = (size_t)_nixl_rle(&r, 4);
     if (*cmd < NIXL_SC_SEND_MD || *cmd > NIXL_SC_CHALLENGE) return "unknown command";
     if (*mac != 0 && *mac != NIXL_MAC_LEN) return "bad MAC length";
-    if (*pay > NIXL_SC_MAX_PAYLOAD) return "payload over the 64 MiB limit";
+    if (*pay > NIXL_SC_MAX_PAYLOAD) return _NIXL_WHY(SC_PAYLOAD_LIMIT);
     return NULL;
 }
 
@@ -3533,7 +3699,7 @@ static const char *_nixl_sc_recv_frame(nixl_agent_t *a, int fd, _nixl_sc_nonces 
     if ((why = _nixl_sc_parse_header(h, &cmd, &mac, len)) != NULL) return why;
     if (cmd != want) return want == NIXL_SC_CHALLENGE ? "no challenge: not a listener of this version" : "not a reply";
     if (a->token && !mac) return "the listener has no auth token: refusing to trust it";
-    if (!a->token && mac) return "the listener requires an auth token (auth_token / NIXL_AUTH_TOKEN)";
+    if (!a->token && mac) return _NIXL_WHY(SC_PEER_NEEDS_TOKEN);
     if (want == NIXL_SC_CHALLENGE && *len != NIXL_SC_NONCE) return "malformed challenge";
     *pay = (unsigned char *)_nixl_alloc(a, *len);
     if (!*pay || _nixl_sc_io(fd, mac1, mac, 0, deadline) || _nixl_sc_io(fd, *pay, *len, 0, deadline) ||
@@ -3542,7 +3708,7 @@ static const char *_nixl_sc_recv_frame(nixl_agent_t *a, int fd, _nixl_sc_nonces 
     if (want == NIXL_SC_CHALLENGE) memcpy(n->s, *pay, NIXL_SC_NONCE);
     if (mac && (!_nixl_sc_mac_ok(a, _NIXL_SC_S2C, n, h, NULL, mac1) ||
                 !_nixl_sc_body_mac_ok(a, _NIXL_SC_S2C, n, h, *pay, *len, mac2)))
-        return "wrong MAC: the listener does not know our auth token";
+        return _NIXL_WHY(SC_PEER_OTHER_TOKEN);
     return NULL;
 }
 
@@ -3574,7 +3740,8 @@ static nixl_status_t _nixl_sc_request(nixl_agent_t *a, const char *ip, uint16_t 
     close(fd);
     _nixl_free(a, chal);
     if (st != NIXL_SUCCESS || why) {
-        _nixl_log(a, NIXL_LOG_ERROR, "side channel: exchange with %s:%u failed: %s", ip, (unsigned)port,
+        _nixl_logi(a, NIXL_LOG_ERROR, _nixl_why_item(why, NIXL_LOGITEM_SC_EXCHANGE_FAILED),
+                   "side channel: exchange with %s:%u failed: %s", ip, (unsigned)port,
                   why ? why : st == NIXL_ERR_BACKEND ? "out of memory" : "closed or timed out");
         _nixl_free(a, rep);
         return st == NIXL_SUCCESS ? NIXL_ERR_REMOTE_DISCONNECT : st;
@@ -3678,7 +3845,7 @@ static void *_nixl_fetch_main(void *arg) {
     if (st == NIXL_SUCCESS) st = _nixl_load_md(a, blob, len, f->ip[0] ? f->ip : NULL, f->remote, name, sizeof name);
     if (st != NIXL_SUCCESS) {
         _nixl_lock(a);
-        _nixl_log(a, NIXL_LOG_ERROR, "fetch_remote_md(%s) from %s:%u failed: %s", f->remote,
+        _nixl_logi(a, NIXL_LOG_ERROR, NIXL_LOGITEM_FETCH_FAILED, "fetch_remote_md(%s) from %s:%u failed: %s", f->remote,
                   f->ip[0] ? f->ip : "etcd", (unsigned)f->port, nixl_status_str(st));
         _nixl_unlock(a);
     }
@@ -3783,7 +3950,8 @@ static void _nixl_sc_conn_close(nixl_agent_t *a, _nixl_sc_conn *c) {
 
 static void _nixl_sc_drop(nixl_agent_t *a, _nixl_sc_conn *c, const char *why) {
     _nixl_lock(a);
-    _nixl_log(a, NIXL_LOG_WARN, "listener: dropping %s: %s", c->peer, why);
+    _nixl_logi(a, NIXL_LOG_WARN, _nixl_why_item(why, NIXL_LOGITEM_SC_CONN_DROPPED), "listener: dropping %s: %s",
+               c->peer, why);
     _nixl_unlock(a);
     _nixl_sc_conn_close(a, c);
 }
@@ -3864,9 +4032,9 @@ static const char *_nixl_sc_check_header(nixl_agent_t *a, _nixl_sc_conn *c) {
     const char *why = _nixl_sc_parse_header(c->hdr, &c->cmd, &c->mac_len, &c->pay_len);
     if (why) return why;
     if (c->phase == _NIXL_SC_AWAIT_HELLO)
-        return c->cmd != NIXL_SC_HELLO || c->mac_len || c->pay_len != NIXL_SC_NONCE ? "no HELLO first" : NULL;
+        return c->cmd != NIXL_SC_HELLO || c->mac_len || c->pay_len != NIXL_SC_NONCE ? _NIXL_WHY(SC_NO_HELLO) : NULL;
     if (c->cmd < NIXL_SC_SEND_MD || c->cmd > NIXL_SC_INVALIDATE) return "not a request";
-    if (a->token && !c->mac_len) return "no authentication, and this listener requires an auth token";
+    if (a->token && !c->mac_len) return _NIXL_WHY(SC_NO_AUTH);
     if (!a->token && c->mac_len) return "authenticated with a token, and this listener has none";
     return NULL;
 }
@@ -3906,7 +4074,7 @@ static const char *_nixl_sc_part_done(nixl_agent_t *a, _nixl_sc_conn *c) {
         break;
     case _NIXL_SC_HEADER_MAC:
         if (!_nixl_sc_mac_ok(a, _NIXL_SC_C2S, &c->n, c->hdr, NULL, c->mac1))
-            return "wrong auth token (the request's header MAC does not verify)";
+            return _NIXL_WHY(SC_WRONG_TOKEN);
         _nixl_sc_proven(a, c);
         c->part = _NIXL_SC_PAYLOAD;
         break;
@@ -3984,7 +4152,7 @@ static void _nixl_sc_conn_step(nixl_agent_t *a, _nixl_sc_conn *c) {
             k = recv(c->fd, dst + c->got, room, 0);
             if (k == 0) {
                 _nixl_sc_drop(a, c, c->phase == _NIXL_SC_AWAIT_HELLO && c->got == 0 ? "closed without a request"
-                                                                                   : "closed mid-frame");
+                                                                                   : _NIXL_WHY(SC_CLOSED_MID_FRAME));
                 return;
             }
             if (k < 0) {
@@ -4042,11 +4210,9 @@ static int _nixl_sc_slot_for(nixl_agent_t *a, _nixl_sc_conn *conns, const char *
         }
     }
     if (same >= _nixl_sc_per_addr(a))
-        return _nixl_sc_evict_unproven(a, conns, ip, "its address has listen_conns_per_addr connections open: the "
-                                                     "oldest that has not proven itself makes room");
+        return _nixl_sc_evict_unproven(a, conns, ip, _NIXL_WHY(SC_ADDR_LIMIT));
     if (free_slot < NIXL_SC_MAX_CONNS) return free_slot;
-    return _nixl_sc_evict_unproven(a, conns, NULL, "every slot is taken: the oldest connection that has not proven "
-                                                   "itself makes room");
+    return _nixl_sc_evict_unproven(a, conns, NULL, _NIXL_WHY(SC_MAKES_ROOM));
 }
 
 static void _nixl_sc_accept(nixl_agent_t *a, _nixl_sc_conn *conns) {
@@ -4110,7 +4276,7 @@ static void *_nixl_listener_main(void *arg) {
         if (pf[1].revents & POLLIN) _nixl_sc_accept(a, conns);
         now = nixl_now_us();
         for (i = 0; i < NIXL_SC_MAX_CONNS; i++)
-            if (conns[i].fd >= 0 && now > conns[i].deadline) _nixl_sc_drop(a, &conns[i], "too slow (timeout)");
+            if (conns[i].fd >= 0 && now > conns[i].deadline) _nixl_sc_drop(a, &conns[i], _NIXL_WHY(SC_TOO_SLOW));
     }
     for (i = 0; i < NIXL_SC_MAX_CONNS; i++)
         if (conns[i].fd >= 0) _nixl_sc_conn_close(a, &conns[i]);
@@ -4129,7 +4295,7 @@ static void _nixl_listener_announce(nixl_agent_t *a, const struct sockaddr_in *s
         _nixl_log(a, NIXL_LOG_INFO, "listener: on %s:%u, authenticated (HMAC-SHA256 challenge-response)", ip,
                   (unsigned)a->sc_port);
     else
-        _nixl_log(a, local ? NIXL_LOG_INFO : NIXL_LOG_WARN,
+        _nixl_logi(a, local ? NIXL_LOG_INFO : NIXL_LOG_WARN, NIXL_LOGITEM_SC_UNAUTHENTICATED,
                   "listener: on %s:%u, UNAUTHENTICATED: whoever reaches it can push metadata under a name not yet "
                   "loaded (set auth_token or NIXL_AUTH_TOKEN)", ip, (unsigned)a->sc_port);
 }
@@ -4153,7 +4319,7 @@ static nixl_status_t _nixl_listener_start(nixl_agent_t *a, const char *addr) {
         bind(a->sc_listen_fd, (struct sockaddr *)&sa, sizeof sa) != 0 || listen(a->sc_listen_fd, 128) != 0 ||
         _nixl_sc_nonblock(a->sc_listen_fd) != 0 ||
         getsockname(a->sc_listen_fd, (struct sockaddr *)&sa, &sl) != 0) {
-        _nixl_log(a, NIXL_LOG_ERROR, "listener: cannot listen on %s:%u: %s",
+        _nixl_logi(a, NIXL_LOG_ERROR, NIXL_LOGITEM_SC_CANNOT_LISTEN, "listener: cannot listen on %s:%u: %s",
                   addr ? addr : a->token ? "0.0.0.0" : "127.0.0.1", (unsigned)a->cfg.listen_port, strerror(errno));
         return NIXL_ERR_BACKEND;
     }
@@ -4357,14 +4523,14 @@ static nixl_status_t _nixl_etcd_post(nixl_agent_t *a, const char *path, const ch
     if (rc != CURLE_OK) {
         if (rc != CURLE_OPERATION_TIMEDOUT && rc != CURLE_ABORTED_BY_CALLBACK) {
             _nixl_lock(a);
-            _nixl_log(a, NIXL_LOG_ERROR, "etcd: %s: %s", url, curl_easy_strerror(rc));
+            _nixl_logi(a, NIXL_LOG_ERROR, NIXL_LOGITEM_ETCD_FAILED, "etcd: %s: %s", url, curl_easy_strerror(rc));
             _nixl_unlock(a);
         }
         return rc == CURLE_OPERATION_TIMEDOUT ? NIXL_ERR_NOT_FOUND : NIXL_ERR_REMOTE_DISCONNECT;
     }
     if (code != 200) {
         _nixl_lock(a);
-        _nixl_log(a, NIXL_LOG_ERROR, "etcd: %s answered HTTP %ld: %.200s", url, code, io->buf ? io->buf : "");
+        _nixl_logi(a, NIXL_LOG_ERROR, NIXL_LOGITEM_ETCD_FAILED, "etcd: %s answered HTTP %ld: %.200s", url, code, io->buf ? io->buf : "");
         _nixl_unlock(a);
         return NIXL_ERR_BACKEND;
     }
@@ -4561,7 +4727,8 @@ static nixl_status_t _nixl_etcd_start(nixl_agent_t *a, const char *endpoints, co
 
 static nixl_status_t _nixl_etcd_missing(nixl_agent_t *a) {
     _nixl_lock(a);
-    _nixl_log(a, NIXL_LOG_ERROR, "etcd: not compiled in (define NIXL_WITH_ETCD and link -lcurl)");
+    _nixl_logi(a, NIXL_LOG_ERROR, NIXL_LOGITEM_ETCD_NOT_COMPILED,
+               "etcd: not compiled in (define NIXL_WITH_ETCD and link -lcurl)");
     _nixl_unlock(a);
     return NIXL_ERR_NOT_SUPPORTED;
 }
@@ -4671,8 +4838,7 @@ static nixl_status_t _nixl_prep_locked(nixl_agent_t *a, const char *agent_name, 
         if ((st = _nixl_check_desc(a, "prep_xfer_dlist", l->mem, d, i)) != NIXL_SUCCESS) break;
         r = _nixl_table_find_containing_from(t, l->mem, d->addr, d->len, d->dev_id, &hint);
         if (!r) {
-            _nixl_log(a, NIXL_LOG_ERROR,
-                      "prep_xfer_dlist: descriptor %zu (%s 0x%llx+%zu dev %llu) lies in no region %s %s", i,
+            _nixl_logi(a, NIXL_LOG_ERROR, NIXL_LOGITEM_DESC_NOT_IN_REGION, "prep_xfer_dlist: descriptor %zu (%s 0x%llx+%zu dev %llu) lies in no region %s %s", i,
                       nixl_mem_str(l->mem), (unsigned long long)d->addr, d->len, (unsigned long long)d->dev_id,
                       rm ? "loaded from" : "registered by", rm ? rm->name : "this agent");
             st = NIXL_ERR_NOT_FOUND;
@@ -4715,9 +4881,9 @@ static nixl_status_t _nixl_check_strided(nixl_agent_t *a, const nixl_strided_t *
     else if (!s->base) why = "NULL base";
     else if (s->count - 1 > (SIZE_MAX - s->len) / (s->stride ? s->stride : 1) ||
              (uintptr_t)((s->count - 1) * s->stride + s->len) > UINTPTR_MAX - s->base)
-        why = "the span overflows the address space";
+        why = _NIXL_WHY(STRIDED_OVERFLOW);
     if (!why) return NIXL_SUCCESS;
-    _nixl_log(a, NIXL_LOG_ERROR, "prep_xfer_dlist_strided: %s", why);
+    _nixl_logi(a, NIXL_LOG_ERROR, _nixl_why_item(why, NIXL_LOGITEM_NONE), "prep_xfer_dlist_strided: %s", why);
     return NIXL_ERR_INVALID_PARAM;
 }
 
@@ -4736,7 +4902,7 @@ static nixl_status_t _nixl_prep_strided_locked(nixl_agent_t *a, const char *agen
     span = (s->count - 1) * s->stride + s->len;
     r = _nixl_table_find_containing(t, s->mem, s->base, span, s->dev_id);
     if (!r) {
-        _nixl_log(a, NIXL_LOG_ERROR, "prep_xfer_dlist_strided: %zu blocks of %zu every %zu bytes from %s 0x%llx dev "
+        _nixl_logi(a, NIXL_LOG_ERROR, NIXL_LOGITEM_STRIDED_NOT_IN_REGION, "prep_xfer_dlist_strided: %zu blocks of %zu every %zu bytes from %s 0x%llx dev "
                   "%llu (%zu bytes) lie in no one region %s %s", s->count, s->len, s->stride, nixl_mem_str(s->mem),
                   (unsigned long long)s->base, (unsigned long long)s->dev_id, span,
                   rm ? "loaded from" : "registered by", rm ? rm->name : "this agent");
@@ -4982,7 +5148,7 @@ static nixl_status_t _nixl_make_resolve(nixl_agent_t *a, nixl_xfer_req_t *r, con
                                                     _nixl_hent_region(r->rh, (size_t)r->ridx[0])->mask);
     if ((st = _nixl_pairs_scan(a, r, guess, merge, &common, &k)) != NIXL_SUCCESS) return st;
     if (!(r->be = _nixl_pick_backend(r, order, n, common))) {
-        _nixl_log(a, NIXL_LOG_ERROR, "make_xfer_req: no backend holds both sides of this request (to %s)",
+        _nixl_logi(a, NIXL_LOG_ERROR, NIXL_LOGITEM_XFER_NO_BACKEND, "make_xfer_req: no backend holds both sides of this request (to %s)",
                   r->rh->loopback ? a->name : r->rh->remote->name);
         return NIXL_ERR_NOT_SUPPORTED;
     }
@@ -5068,7 +5234,7 @@ NIXL_API nixl_status_t nixl_create_xfer_req(nixl_agent_t *agent, nixl_xfer_op_t 
     *req = NULL;
     _nixl_lock(agent);
     if (!local || !remote || !remote_agent || !*remote_agent) {
-        _nixl_log(agent, NIXL_LOG_ERROR, "create_xfer_req: local list, remote list and remote agent are required");
+        _nixl_logi(agent, NIXL_LOG_ERROR, NIXL_LOGITEM_XFER_ARGS_MISSING, "create_xfer_req: local list, remote list and remote agent are required");
         st = NIXL_ERR_INVALID_PARAM;
     } else if (local->count != remote->count) {
         _nixl_log(agent, NIXL_LOG_ERROR, "create_xfer_req: %zu local and %zu remote descriptors", local->count,

@@ -326,10 +326,11 @@ static void _nixl_posix_req_settle(_nixl_posix_engine_t *e, _nixl_posix_req_t *r
 
 static void _nixl_posix_req_fail(_nixl_posix_engine_t *e, _nixl_posix_req_t *r, const _nixl_posix_io_t *io,
                                  int err, const char *what) {
+    nixl_log_item_t item = nixl_backend_why_item(what); /* what: an item's text, or NULL for errno */
     if (!r->failed)
-        nixl_backend_log(e->be, NIXL_LOG_ERROR, "posix: %s of %u bytes at offset %llu of fd %d failed: %s",
-                         r->write ? "WRITE" : "READ", (unsigned)io->len, (unsigned long long)io->off, io->user_fd,
-                         what ? what : strerror(err));
+        nixl_backend_log_item(e->be, NIXL_LOG_ERROR, item ? item : NIXL_LOGITEM_POSIX_IO_FAILED,
+                              "posix: %s of %u bytes at offset %llu of fd %d failed: %s", r->write ? "WRITE" : "READ",
+                              (unsigned)io->len, (unsigned long long)io->off, io->user_fd, what ? what : strerror(err));
     if (!r->failed) r->fail_status = what ? NIXL_ERR_BACKEND : _nixl_posix_errno_status(err);
     r->failed = 1;
     _nixl_posix_pend_remove(e, r);
@@ -370,7 +371,9 @@ static void _nixl_posix_io_done(_nixl_posix_engine_t *e, _nixl_posix_io_t *io, i
     _nixl_posix_req_t *r = io->req;
     if (res < 0 || (res == 0 && io->done < io->len)) {
         _nixl_posix_req_fail(e, r, io, res < 0 ? (int)-res : 0,
-                             res < 0 ? NULL : r->write ? "the device took no bytes" : "end of file");
+                             res < 0                    ? NULL
+                             : r->write ? nixl_backend_why(NIXL_LOGITEM_POSIX_DEVICE_FULL)
+                                        : nixl_backend_why(NIXL_LOGITEM_POSIX_EOF));
         _nixl_posix_io_end(e, io, 0);
         return;
     }
@@ -405,8 +408,9 @@ static void _nixl_posix_copy_start(_nixl_posix_engine_t *e, _nixl_posix_io_t *io
     _nixl_posix_bounce_t *b = &e->bounce[io->stage];
     if (_nixl_posix_bounce_event(e, b, io->gpu) != 0 ||
         e->copy.copy(e->copy.ctx, io->gpu, !r->write, b->host, io->dptr, io->len, b->ev) != 0) {
-        _nixl_posix_req_fail(e, r, io, 0, r->write ? "the copy out of GPU memory did not start"
-                                                   : "the copy into GPU memory did not start");
+        _nixl_posix_req_fail(e, r, io, 0,
+                             nixl_backend_why(r->write ? NIXL_LOGITEM_POSIX_COPY_OUT_NOT_STARTED
+                                                       : NIXL_LOGITEM_POSIX_COPY_IN_NOT_STARTED));
         _nixl_posix_io_end(e, io, 0);
         return;
     }
@@ -430,7 +434,7 @@ static int _nixl_posix_copies_poll(_nixl_posix_engine_t *e) {
         *pp = io->copy_next;
         n++;
         if (rc < 0) {
-            _nixl_posix_req_fail(e, r, io, 0, "the copy between GPU and host memory failed");
+            _nixl_posix_req_fail(e, r, io, 0, nixl_backend_why(NIXL_LOGITEM_POSIX_COPY_FAILED));
             _nixl_posix_io_end(e, io, 0);
         } else if (r->write && !r->failed) {
             io->done = 0;
@@ -682,7 +686,7 @@ static nixl_status_t _nixl_posix_params(_nixl_posix_engine_t *e, const nixl_back
     e->stage_bufs = (uint32_t)v;
     if ((st = nixl_param_u64(init, "stage_size", 2u << 20, 4096, 1u << 30, &v)) != NIXL_SUCCESS) return st;
     if (v % e->align) {
-        nixl_backend_log(e->be, NIXL_LOG_ERROR, "posix: stage_size=%llu: want a multiple of direct_align (%u)",
+        nixl_backend_log_item(e->be, NIXL_LOG_ERROR, NIXL_LOGITEM_POSIX_STAGE_SIZE, "posix: stage_size=%llu: want a multiple of direct_align (%u)",
                          (unsigned long long)v, (unsigned)e->align);
         return NIXL_ERR_INVALID_PARAM;
     }
@@ -692,7 +696,7 @@ static nixl_status_t _nixl_posix_params(_nixl_posix_engine_t *e, const nixl_back
     if (!strcmp(eng, "uring")) *want = NIXL_POSIX_ENGINE_URING;
     else if (!strcmp(eng, "threads")) *want = NIXL_POSIX_ENGINE_THREADS;
     else {
-        nixl_backend_log(e->be, NIXL_LOG_ERROR, "posix: engine=%s: want auto, uring or threads", eng);
+        nixl_backend_log_item(e->be, NIXL_LOG_ERROR, NIXL_LOGITEM_POSIX_BAD_ENGINE, "posix: engine=%s: want auto, uring or threads", eng);
         return NIXL_ERR_INVALID_PARAM;
     }
     return NIXL_SUCCESS;
@@ -732,7 +736,7 @@ static nixl_status_t _nixl_posix_start_engine(_nixl_posix_engine_t *e, int want)
                              strerror(-rc));
             return NIXL_ERR_NOT_SUPPORTED;
         }
-        nixl_backend_log(e->be, NIXL_LOG_INFO, "posix: io_uring unavailable (%s): %u threads doing pread/pwrite",
+        nixl_backend_log_item(e->be, NIXL_LOG_INFO, NIXL_LOGITEM_POSIX_URING_UNAVAILABLE, "posix: io_uring unavailable (%s): %u threads doing pread/pwrite",
                          strerror(-rc), (unsigned)e->nthreads);
     }
     e->kind = NIXL_POSIX_ENGINE_THREADS;
@@ -852,12 +856,12 @@ static nixl_status_t _nixl_posix_check_fd(_nixl_posix_engine_t *e, nixl_mem_t me
     struct stat sb;
     int fd = (int)r->dev_id, fl;
     if (r->dev_id > 0x7fffffff || (fl = fcntl(fd, F_GETFL)) < 0 || fstat(fd, &sb) != 0) {
-        nixl_backend_log(e->be, NIXL_LOG_ERROR, "posix: register_mem: dev_id %llu is not an open file descriptor",
+        nixl_backend_log_item(e->be, NIXL_LOG_ERROR, NIXL_LOGITEM_POSIX_NOT_FD, "posix: register_mem: dev_id %llu is not an open file descriptor",
                          (unsigned long long)r->dev_id);
         return NIXL_ERR_INVALID_PARAM;
     }
     if (mem == NIXL_FILE ? !S_ISREG(sb.st_mode) : !S_ISBLK(sb.st_mode)) {
-        nixl_backend_log(e->be, NIXL_LOG_ERROR, "posix: register_mem: fd %d is not a %s", fd,
+        nixl_backend_log_item(e->be, NIXL_LOG_ERROR, NIXL_LOGITEM_POSIX_WRONG_KIND, "posix: register_mem: fd %d is not a %s", fd,
                          mem == NIXL_FILE ? "regular file (NIXL_FILE)" : "block device (NIXL_BLK)");
         return NIXL_ERR_INVALID_PARAM;
     }
@@ -1066,21 +1070,21 @@ static nixl_status_t _nixl_posix_check_pair(_nixl_posix_engine_t *e, const nixl_
     int write = a->op == NIXL_WRITE;
     int64_t fsize;
     if (write ? f->acc == O_RDONLY : f->acc == O_WRONLY) {
-        nixl_backend_log(e->be, NIXL_LOG_ERROR, "posix: prep_xfer: descriptor %zu: a %s needs fd %d open for %s, it "
+        nixl_backend_log_item(e->be, NIXL_LOG_ERROR, NIXL_LOGITEM_POSIX_MODE, "posix: prep_xfer: descriptor %zu: a %s needs fd %d open for %s, it "
                          "is %s", i, write ? "WRITE" : "READ", f->fd, write ? "writing" : "reading",
                          _nixl_posix_mode_str(f->acc));
         return NIXL_ERR_NOT_ALLOWED;
     }
     /* (a VRAM side moves through an aligned bounce buffer: its address is free) */
     if (f->direct && (((a->lmem == NIXL_VRAM ? 0 : d->laddr) | d->raddr | d->len) & (e->align - 1))) {
-        nixl_backend_log(e->be, NIXL_LOG_ERROR, "posix: prep_xfer: descriptor %zu: fd %d is O_DIRECT: memory address "
+        nixl_backend_log_item(e->be, NIXL_LOG_ERROR, NIXL_LOGITEM_POSIX_DIRECT_ALIGN, "posix: prep_xfer: descriptor %zu: fd %d is O_DIRECT: memory address "
                          "%p, offset %llu and length %zu must be multiples of %u (direct_align)", i, f->fd,
                          (void *)d->laddr, (unsigned long long)d->raddr, d->len, (unsigned)e->align);
         return NIXL_ERR_INVALID_PARAM;
     }
     if (!write && f->mem == NIXL_FILE && (fsize = _nixl_posix_file_size(e, f, size)) >= 0 &&
         d->raddr + d->len > (uint64_t)fsize) {
-        nixl_backend_log(e->be, NIXL_LOG_ERROR, "posix: prep_xfer: descriptor %zu: READ of [%llu, +%zu) past the end "
+        nixl_backend_log_item(e->be, NIXL_LOG_ERROR, NIXL_LOGITEM_POSIX_READ_PAST_EOF, "posix: prep_xfer: descriptor %zu: READ of [%llu, +%zu) past the end "
                          "of fd %d (%lld bytes)", i, (unsigned long long)d->raddr, d->len, f->fd, (long long)fsize);
         return NIXL_ERR_INVALID_PARAM;
     }
@@ -1269,11 +1273,11 @@ NIXL_API nixl_status_t nixl_posix_set_copy_ops(nixl_backend_t *be, const nixl_co
     nixl_status_t st = NIXL_SUCCESS;
     if (!(e = _nixl_posix_lock_engine(be))) return NIXL_ERR_INVALID_PARAM;
     if (ops && (!ops->query || !ops->event_create || !ops->event_destroy || !ops->copy || !ops->event_done)) {
-        nixl_backend_log(be, NIXL_LOG_ERROR, "nixl_posix_set_copy_ops: query, event_create, event_destroy, copy and "
+        nixl_backend_log_item(be, NIXL_LOG_ERROR, NIXL_LOGITEM_COPY_OPS_INCOMPLETE, "nixl_posix_set_copy_ops: query, event_create, event_destroy, copy and "
                          "event_done are required");
         st = NIXL_ERR_INVALID_PARAM;
     } else if (e->nvram || (e->bounce && e->nbounce_free != e->stage_bufs)) {
-        nixl_backend_log(be, NIXL_LOG_ERROR, "nixl_posix_set_copy_ops: the current copy engine is in use (%u VRAM "
+        nixl_backend_log_item(be, NIXL_LOG_ERROR, NIXL_LOGITEM_COPY_ENGINE_BUSY, "nixl_posix_set_copy_ops: the current copy engine is in use (%u VRAM "
                          "regions, or staged I/O in flight): deregister them first", (unsigned)e->nvram);
         st = NIXL_ERR_NOT_ALLOWED;
     } else {

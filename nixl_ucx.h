@@ -1236,7 +1236,7 @@ static void _nixl_ucx_credit_return(_nixl_ucx_engine_t *eng, _nixl_ucx_sess_t *s
 static void _nixl_ucx_cut_off(_nixl_ucx_engine_t *eng, _nixl_ucx_sess_t *s, uint64_t cost) {
     s->cut = 1;
     s->born = nixl_now_us();
-    nixl_backend_log(eng->be, NIXL_LOG_ERROR, "flow control: %s sent a notification of %llu window bytes with %llu "
+    nixl_backend_log_item(eng->be, NIXL_LOG_ERROR, NIXL_LOGITEM_UCX_FLOOD_CUT_OFF, "flow control: %s sent a notification of %llu window bytes with %llu "
                      "already unacknowledged (window %u): it floods; cut off, its notifications are dropped and its "
                      "name opens no session for %u s", s->name, (unsigned long long)cost,
                      (unsigned long long)(s->recv_total - s->acked_total), (unsigned)NIXL_UCX_NOTIF_WINDOW,

@@ -2393,7 +2393,7 @@ static nixl_status_t _nixl_verbs_param_vram_path(_nixl_verbs_engine_t *e, const 
             e->vram_path = v ? paths[i].path : NIXL_VERBS_PATH_NONE;
             return NIXL_SUCCESS;
         }
-    nixl_backend_log(e->be, NIXL_LOG_ERROR, "verbs: vram_path=%s: expected auto, dmabuf, peermem or staging", v);
+    nixl_backend_log_item(e->be, NIXL_LOG_ERROR, NIXL_LOGITEM_VERBS_BAD_VRAM_PATH, "verbs: vram_path=%s: expected auto, dmabuf, peermem or staging", v);
     return NIXL_ERR_INVALID_PARAM;
 }
 
@@ -2650,12 +2650,12 @@ static nixl_status_t _nixl_verbs_reg_vram(_nixl_verbs_engine_t *e, _nixl_verbs_m
     if (e->vram_path != NIXL_VERBS_PATH_STAGING && _nixl_verbs_reg_direct(e, m, r, base, size, e->vram_path, &why) == 0)
         return NIXL_SUCCESS;
     if (e->vram_path != NIXL_VERBS_PATH_NONE && e->vram_path != NIXL_VERBS_PATH_STAGING) {
-        nixl_backend_log(e->be, NIXL_LOG_ERROR, "verbs: register_mem: vram_path=%s is not available for %p: %s",
+        nixl_backend_log_item(e->be, NIXL_LOG_ERROR, NIXL_LOGITEM_VERBS_VRAM_PATH_UNAVAILABLE, "verbs: register_mem: vram_path=%s is not available for %p: %s",
                          nixl_verbs_mem_path_str((nixl_verbs_mem_path_t)e->vram_path), (void *)r->addr, why);
         return NIXL_ERR_NOT_SUPPORTED;
     }
     if (e->vram_path == NIXL_VERBS_PATH_NONE)
-        nixl_backend_log(e->be, NIXL_LOG_WARN, "verbs: GPU %d memory %p+%zu is staged through host buffers (%s): "
+        nixl_backend_log_item(e->be, NIXL_LOG_WARN, NIXL_LOGITEM_VERBS_STAGED, "verbs: GPU %d memory %p+%zu is staged through host buffers (%s): "
                          "slower than GPUDirect RDMA", gpu, (void *)r->addr, r->len, why);
     m->path = NIXL_VERBS_PATH_STAGING;
     e->nstaged++;
@@ -2892,7 +2892,7 @@ static int _nixl_verbs_prep_scan(_nixl_verbs_engine_t *e, const nixl_xfer_args_t
         const _nixl_verbs_md_t *lm = (const _nixl_verbs_md_t *)a->descs[i].lmd;
         const _nixl_verbs_rmd_t *rm = (const _nixl_verbs_rmd_t *)a->descs[i].rmd;
         if (rm->staged) {
-            nixl_backend_log(e->be, NIXL_LOG_ERROR, "verbs: prep_xfer: descriptor %zu: %s's memory at %p is GPU "
+            nixl_backend_log_item(e->be, NIXL_LOG_ERROR, NIXL_LOGITEM_VERBS_REMOTE_STAGED, "verbs: prep_xfer: descriptor %zu: %s's memory at %p is GPU "
                              "memory its NIC cannot reach (staged there, no GPUDirect RDMA): transfers must start "
                              "at %s", i, a->remote, (void *)a->descs[i].raddr, a->remote);
             return -1;
@@ -3228,11 +3228,11 @@ NIXL_API nixl_status_t nixl_verbs_set_copy_ops(nixl_backend_t *be, const nixl_ve
     nixl_status_t st = NIXL_SUCCESS;
     if (!e) return NIXL_ERR_INVALID_PARAM;
     if (ops && (!ops->query || !ops->event_create || !ops->event_destroy || !ops->copy || !ops->event_done)) {
-        nixl_backend_log(be, NIXL_LOG_ERROR, "nixl_verbs_set_copy_ops: query, event_create, event_destroy, copy "
+        nixl_backend_log_item(be, NIXL_LOG_ERROR, NIXL_LOGITEM_COPY_OPS_INCOMPLETE, "nixl_verbs_set_copy_ops: query, event_create, event_destroy, copy "
                          "and event_done are required");
         st = NIXL_ERR_INVALID_PARAM;
     } else if (e->nstaged || _nixl_verbs_staging_busy(e)) {
-        nixl_backend_log(be, NIXL_LOG_ERROR, "nixl_verbs_set_copy_ops: the current copy engine is in use (%u staged "
+        nixl_backend_log_item(be, NIXL_LOG_ERROR, NIXL_LOGITEM_COPY_ENGINE_BUSY, "nixl_verbs_set_copy_ops: the current copy engine is in use (%u staged "
                          "regions, or staged requests and copies): release and deregister them first",
                          (unsigned)e->nstaged);
         st = NIXL_ERR_NOT_ALLOWED;

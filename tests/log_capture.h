@@ -1,8 +1,10 @@
 /* log_capture.h — a thread-safe nixl logger for tests: every line since the
-   last logged() call is kept (oldest dropped when the buffer fills), and
-   logged(needle) says whether one of them contained needle, then clears;
-   seen(needle) asks the same and keeps them.
-   NIXL_TEST_VERBOSE=1 also echoes each line. */
+   last logged() call is kept (oldest dropped when the buffer fills), as
+   "[ITEM] message" when it comes through capture_log_item (config field
+   log_item_fn). Tests ask by stable id: logged_item(NIXL_LOGITEM_X) says
+   whether a line carried that id, then clears; seen_item asks the same and
+   keeps them. logged(needle)/seen(needle) match text (for values inside a
+   message). NIXL_TEST_VERBOSE=1 also echoes each line. */
 #ifndef NIXL_LOG_CAPTURE_H
 #define NIXL_LOG_CAPTURE_H
 
@@ -26,6 +28,13 @@ static __attribute__((unused)) void capture_log(void *user, int level, const cha
     if (getenv("NIXL_TEST_VERBOSE")) fprintf(stderr, "log: %s\n", msg);
 }
 
+/* the logger with ids: set cfg.log_item_fn = capture_log_item */
+static __attribute__((unused)) void capture_log_item(void *user, int level, nixl_log_item_t item, const char *msg) {
+    char line[1024];
+    snprintf(line, sizeof line, "[%s] %s", nixl_log_item_str(item), msg);
+    capture_log(user, level, line);
+}
+
 static __attribute__((unused)) int logged(const char *needle) {
     int hit;
     pthread_mutex_lock(&lc_mu);
@@ -43,6 +52,23 @@ static __attribute__((unused)) int seen(const char *needle) {
     hit = strstr(lc_buf, needle) != NULL;
     pthread_mutex_unlock(&lc_mu);
     return hit;
+}
+
+static __attribute__((unused)) const char *lc_item_tag(nixl_log_item_t item, char *buf, size_t cap) {
+    snprintf(buf, cap, "[%s]", nixl_log_item_str(item));
+    return buf;
+}
+
+/* whether a line since the last logged() carried item; then clears */
+static __attribute__((unused)) int logged_item(nixl_log_item_t item) {
+    char tag[96];
+    return logged(lc_item_tag(item, tag, sizeof tag));
+}
+
+/* the same, nothing cleared */
+static __attribute__((unused)) int seen_item(nixl_log_item_t item) {
+    char tag[96];
+    return seen(lc_item_tag(item, tag, sizeof tag));
 }
 
 /* forgets every line kept so far */

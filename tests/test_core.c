@@ -36,7 +36,7 @@ static nixl_agent_t *mk_agent(const char *name) {
     nixl_agent_t *a = NULL;
     memset(&cfg, 0, sizeof cfg);
     cfg.name = name;
-    cfg.log_fn = capture_log;
+    cfg.log_item_fn = capture_log_item;
     cfg.alloc_fn = count_alloc;
     cfg.free_fn = count_free;
     cfg.capture_telemetry = 1;
@@ -150,13 +150,13 @@ static void test_etcd_env_without_etcd(void) {
     nixl_agent_t *a = NULL, *b = NULL;
     memset(&cfg, 0, sizeof cfg);
     cfg.name = "no-etcd";
-    cfg.log_fn = capture_log;
+    cfg.log_item_fn = capture_log_item;
     lc_reset();
     setenv("NIXL_ETCD_ENDPOINTS", "http://127.0.0.1:1", 1);
     CHECK_ST(nixl_agent_create(&cfg, &a), NIXL_SUCCESS);
-    CHECK(logged("NIXL_ETCD_ENDPOINTS is set but this build has no etcd support"));
+    CHECK(logged_item(NIXL_LOGITEM_ETCD_NOT_BUILT));
     CHECK_ST(nixl_agent_create(&cfg, &b), NIXL_SUCCESS);
-    CHECK(!seen("NIXL_ETCD_ENDPOINTS")); /* once per process */
+    CHECK(!seen_item(NIXL_LOGITEM_ETCD_NOT_BUILT)); /* once per process */
     unsetenv("NIXL_ETCD_ENDPOINTS");
     nixl_agent_destroy(a);
     nixl_agent_destroy(b);
@@ -164,7 +164,7 @@ static void test_etcd_env_without_etcd(void) {
     a = NULL;
     CHECK_ST(nixl_agent_create(&cfg, &a), NIXL_ERR_NOT_SUPPORTED);
     CHECK(a == NULL);
-    CHECK(logged("etcd"));
+    CHECK(logged_item(NIXL_LOGITEM_ETCD_NOT_COMPILED));
 }
 
 static void test_agent_create(void) {
@@ -172,10 +172,10 @@ static void test_agent_create(void) {
     nixl_agent_t *a = NULL;
     char longname[300];
     memset(&cfg, 0, sizeof cfg);
-    cfg.log_fn = capture_log;
+    cfg.log_item_fn = capture_log_item;
     CHECK_ST(nixl_agent_create(NULL, &a), NIXL_ERR_INVALID_PARAM);
     CHECK_ST(nixl_agent_create(&cfg, &a), NIXL_ERR_INVALID_PARAM);
-    CHECK(logged("a name is required"));
+    CHECK(logged_item(NIXL_LOGITEM_AGENT_NAME_REQUIRED));
     cfg.name = "";
     CHECK_ST(nixl_agent_create(&cfg, &a), NIXL_ERR_INVALID_PARAM);
     memset(longname, 'x', sizeof longname - 1);
@@ -197,9 +197,9 @@ static void test_backend_params(void) {
     nixl_agent_t *a = mk_agent("params");
     nixl_backend_t *b = NULL;
     CHECK_ST(nixl_create_backend(a, &OPS_A, "bogus=1", &b), NIXL_ERR_INVALID_PARAM);
-    CHECK(logged("unknown param key 'bogus'"));
+    CHECK(logged_item(NIXL_LOGITEM_PARAM_UNKNOWN_KEY));
     CHECK_ST(nixl_create_backend(a, &OPS_A, "inline=7", &b), NIXL_ERR_INVALID_PARAM);
-    CHECK(logged("inline=7"));
+    CHECK(logged_item(NIXL_LOGITEM_PARAM_BAD_VALUE));
     CHECK_ST(nixl_create_backend(a, &OPS_A, "inline=abc", &b), NIXL_ERR_INVALID_PARAM);
     CHECK_ST(nixl_create_backend(a, &OPS_A, "inline", &b), NIXL_ERR_INVALID_PARAM);
     CHECK_ST(nixl_create_backend(a, &OPS_A, "inline=1,inline=0", &b), NIXL_ERR_INVALID_PARAM);
@@ -230,10 +230,10 @@ static void test_register_rules(void) {
     d[0].addr = UINTPTR_MAX - 10;
     d[0].len = 100;
     CHECK_ST(nixl_register_mem(a, &l, NULL), NIXL_ERR_INVALID_PARAM); /* wraps */
-    CHECK(logged("wraps"));
+    CHECK(logged_item(NIXL_LOGITEM_DESC_WRAPS));
     CHECK_ST(reg(a, buf, 4096), NIXL_SUCCESS);
     CHECK_ST(reg(a, buf, 4096), NIXL_ERR_INVALID_PARAM); /* second registration */
-    CHECK(logged("registered already"));
+    CHECK(logged_item(NIXL_LOGITEM_MEM_REGISTERED_ALREADY));
     CHECK_ST(reg(a, buf + 1024, 4096), NIXL_SUCCESS); /* overlap allowed */
     /* a list with a duplicate inside is refused whole */
     d[0].addr = d[1].addr = (uintptr_t)buf + 6000;
@@ -329,13 +329,13 @@ static void test_metadata_incremental_and_conflicts(void) {
     dereg(a, buf, 1024);
     reg(a, buf, 1024);
     CHECK_ST(exchange(a, b), NIXL_ERR_NOT_ALLOWED);
-    CHECK(logged("different"));
+    CHECK(logged_item(NIXL_LOGITEM_MD_DIFFERENT_PUBLIC));
     nixl_agent_destroy(a);
     /* an agent of the same name with other connection info: refused */
     a = mk_agent("alpha");
     mk_backend(a, &OPS_A, "conn=-restarted");
     CHECK_ST(exchange(a, b), NIXL_ERR_NOT_ALLOWED);
-    CHECK(logged("connection info"));
+    CHECK(logged_item(NIXL_LOGITEM_MD_CONN_INFO_CHANGED));
     CHECK_ST(nixl_invalidate_remote_md(b, "alpha"), NIXL_SUCCESS);
     CHECK_ST(exchange(a, b), NIXL_SUCCESS);
     nixl_agent_destroy(a);
@@ -561,7 +561,7 @@ static void test_request_validation(void) {
     rd.addr = (uintptr_t)p.dst + 1; /* runs one byte past the remote region */
     rd.len = 4096;
     CHECK_ST(nixl_create_xfer_req(p.init, NIXL_WRITE, &l, &r, "target", NULL, &req), NIXL_ERR_NOT_FOUND);
-    CHECK(logged("lies in no region loaded from target"));
+    CHECK(logged_item(NIXL_LOGITEM_DESC_NOT_IN_REGION));
     rd.addr = (uintptr_t)p.dst;
     ls.addr = (uintptr_t)p.src + 8; /* local past its region */
     CHECK_ST(nixl_create_xfer_req(p.init, NIXL_WRITE, &l, &r, "target", NULL, &req), NIXL_ERR_NOT_FOUND);
@@ -1180,12 +1180,12 @@ static void test_strided_layout(void) {
     /* errors */
     ls.count = NB + 1; /* the last block past the region */
     CHECK_ST(nixl_prep_xfer_dlist_strided(p.init, NULL, &ls, NULL, &lh), NIXL_ERR_NOT_FOUND);
-    CHECK(logged("lie in no one region"));
+    CHECK(logged_item(NIXL_LOGITEM_STRIDED_NOT_IN_REGION));
     ls.count = 0;
     CHECK_ST(nixl_prep_xfer_dlist_strided(p.init, NULL, &ls, NULL, &lh), NIXL_ERR_INVALID_PARAM);
     ls.count = SIZE_MAX;
     CHECK_ST(nixl_prep_xfer_dlist_strided(p.init, NULL, &ls, NULL, &lh), NIXL_ERR_INVALID_PARAM);
-    CHECK(logged("overflows"));
+    CHECK(logged_item(NIXL_LOGITEM_STRIDED_OVERFLOW));
     ls.count = NB;
     CHECK_ST(nixl_prep_xfer_dlist_strided(p.init, NULL, NULL, NULL, &lh), NIXL_ERR_INVALID_PARAM);
     CHECK_ST(nixl_prep_xfer_dlist_strided(p.init, "nobody", &ls, NULL, &lh), NIXL_ERR_NOT_FOUND);
@@ -1208,9 +1208,9 @@ static void test_backend_callbacks_hardened(void) {
     nixl_backend_t *b = mk_backend(a, &OPS_A, NULL);
     notes ns;
     nixl_backend_peer_down(b, NULL);
-    CHECK(logged("unnamed peer down"));
+    CHECK(logged_item(NIXL_LOGITEM_PEER_DOWN_UNNAMED));
     nixl_backend_notif(b, NULL, "x", 1);
-    CHECK(logged("without sender"));
+    CHECK(logged_item(NIXL_LOGITEM_NOTIF_NO_SENDER));
     memset(&ns, 0, sizeof ns);
     CHECK_ST(nixl_get_notifs(a, note_cb, &ns), NIXL_SUCCESS);
     CHECK(ns.n == 0);
@@ -1282,7 +1282,7 @@ static void test_notif_queue_bounded(void) {
     int i, from_flood = 0, from_calm = 0;
     memset(&cfg, 0, sizeof cfg);
     cfg.name = "sink";
-    cfg.log_fn = capture_log;
+    cfg.log_item_fn = capture_log_item;
     cfg.alloc_fn = count_alloc;
     cfg.free_fn = count_free;
     cfg.notif_queue_peer_bytes = 4096;
@@ -1299,9 +1299,9 @@ static void test_notif_queue_bounded(void) {
     for (i = 0; i < 5; i++) nixl_gen_notif(s2, "sink", "calm", 4, NULL);
     memset(&ns, 0, sizeof ns);
     nixl_get_notifs(t, note_cb, &ns);
-    CHECKF(seen("notifications from flood dropped from now on"),
+    CHECKF(seen_item(NIXL_LOGITEM_NOTIF_DROPS_BEGIN),
            "the drops were logged when they began");
-    CHECK(logged("from flood were dropped while the queue was full"));
+    CHECK(logged_item(NIXL_LOGITEM_NOTIF_DROPS_COUNTED));
     for (i = 0; i < ns.n && i < 64; i++) {
         from_flood += !strcmp(ns.sender[i], "flood");
         from_calm += !strcmp(ns.sender[i], "calm");

@@ -84,7 +84,7 @@ static nixl_agent_t *mk(const char *name, const char *ns, int timeout_ms, const 
     cfg.etcd_endpoints = endpoint;
     cfg.etcd_namespace = ns;
     cfg.sc_timeout_ms = timeout_ms;
-    cfg.log_fn = capture_log;
+    cfg.log_item_fn = capture_log_item;
     return xu_agent_cfg(&cfg, ops, params, NULL, NULL);
 }
 
@@ -164,7 +164,7 @@ static void test_fetch_waits_and_times_out(void) {
     CHECK_ST(nixl_fetch_remote_md(c, "nobody", NULL), NIXL_SUCCESS);
     usleep(900000);
     CHECK_ST(nixl_check_remote_md(c, "nobody", NULL), NIXL_ERR_NOT_FOUND);
-    CHECK(logged("fetch_remote_md(nobody) from etcd"));
+    CHECK(logged_item(NIXL_LOGITEM_FETCH_FAILED));
     nixl_agent_destroy(a);
     nixl_agent_destroy(b);
     nixl_agent_destroy(c);
@@ -203,10 +203,10 @@ static void test_no_etcd_reachable(void) {
     cfg.name = "unreachable";
     cfg.etcd_endpoints = "http://127.0.0.1:1"; /* nothing listens there */
     cfg.sc_timeout_ms = 500;
-    cfg.log_fn = capture_log;
+    cfg.log_item_fn = capture_log_item;
     CHECK_ST(nixl_agent_create(&cfg, &a), NIXL_SUCCESS);
     CHECK_ST(nixl_send_local_md(a, NULL), NIXL_ERR_REMOTE_DISCONNECT);
-    CHECK(logged("etcd: http://127.0.0.1:1/v3/kv/put"));
+    CHECK(logged_item(NIXL_LOGITEM_ETCD_FAILED));
     nixl_agent_destroy(a);
 }
 

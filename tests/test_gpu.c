@@ -33,7 +33,7 @@
 
 /* an agent logging into log_capture.h, with one VERBS backend */
 static nixl_agent_t *mk_agent(const char *name, const char *params, nixl_backend_t **be) {
-    return xu_agent_log(name, nixl_verbs_backend(), params, capture_log, be);
+    return xu_agent_item(name, nixl_verbs_backend(), params, capture_log_item, be);
 }
 
 // >>a stand-in GPU: tests/fake_gpu.h
@@ -144,11 +144,11 @@ static void test_vram_without_driver(void) {
     p = (unsigned char *)malloc(64 * KiB);
     CHECK(a != NULL);
     if (a) {
-        logged(""); /* clear */
+        lc_reset(); /* clear */
         CHECK_ST(xu_reg_mem(a, NIXL_VRAM, (uintptr_t)p, 64 * KiB, 0, 0), NIXL_ERR_NOT_SUPPORTED);
-        CHECK(logged("VRAM needs the CUDA driver: dlopen(libcuda.so.1)"));
+        CHECK(logged_item(NIXL_LOGITEM_CUDA_NO_DRIVER));
         CHECK_ST(xu_reg_mem(a, NIXL_VRAM, (uintptr_t)p, 4 * KiB, 0, 0), NIXL_ERR_NOT_SUPPORTED);
-        CHECK(logged("VRAM needs the CUDA driver")); /* every refusal says why, not just the first */
+        CHECK(logged_item(NIXL_LOGITEM_CUDA_NO_DRIVER)); /* every refusal says why, not just the first */
         /* DRAM still works */
         CHECK_ST(xu_reg(a, p, 64 * KiB), NIXL_SUCCESS);
         CHECK(nixl_verbs_mem_path(be, p + 100) == NIXL_VERBS_PATH_HOST);
@@ -166,27 +166,27 @@ static void test_stage_register(void) {
     nixl_backend_t *fbe = NULL;
     CHECK(gpu_agent_make(&ga, "reg", NULL, 1 * MiB, 1));
     if (!ga.a) return;
-    logged("");
+    lc_reset();
     /* device memory of GPU 1, registered as such: staged, and said so */
     CHECK_ST(xu_reg_mem(ga.a, NIXL_VRAM, (uintptr_t)ga.gpu.mem + 4096, 256 * KiB, 1, 0), NIXL_SUCCESS);
-    CHECK(logged("staged through host buffers"));
+    CHECK(logged_item(NIXL_LOGITEM_VERBS_STAGED));
     CHECK(nixl_verbs_mem_path(ga.be, ga.gpu.mem + 4096) == NIXL_VERBS_PATH_STAGING);
     CHECK(strcmp(nixl_verbs_mem_path_str(nixl_verbs_mem_path(ga.be, ga.gpu.mem + 8192)), "staging") == 0);
     CHECK(nixl_verbs_mem_path(ga.be, ga.gpu.mem) == NIXL_VERBS_PATH_NONE);
     /* a host pointer passed as VRAM, a dev_id that is not its GPU, a region
        past its allocation: errors that say so */
     CHECK_ST(xu_reg_mem(ga.a, NIXL_VRAM, (uintptr_t)host, 64 * KiB, 1, 0), NIXL_ERR_INVALID_PARAM);
-    CHECK(logged("is not device memory"));
+    CHECK(logged_item(NIXL_LOGITEM_VRAM_NOT_DEVICE));
     CHECK_ST(xu_reg_mem(ga.a, NIXL_VRAM, (uintptr_t)ga.gpu.mem + 512 * KiB, 64 * KiB, 0, 0), NIXL_ERR_INVALID_PARAM);
-    CHECK(logged("is on GPU 1, not on dev_id 0"));
+    CHECK(logged_item(NIXL_LOGITEM_VRAM_WRONG_GPU));
     CHECK_ST(xu_reg_mem(ga.a, NIXL_VRAM, (uintptr_t)ga.gpu.mem + 1 * MiB - 4096, 8192, 1, 0), NIXL_ERR_INVALID_PARAM);
-    CHECK(logged("runs past its allocation"));
+    CHECK(logged_item(NIXL_LOGITEM_VRAM_PAST_ALLOCATION));
     /* the copy engine cannot change under staged regions */
     ops = fake_ops(&ga.gpu);
     CHECK_ST(nixl_verbs_set_copy_ops(ga.be, &ops), NIXL_ERR_NOT_ALLOWED);
     ops.copy = NULL;
     CHECK_ST(nixl_verbs_set_copy_ops(ga.be, &ops), NIXL_ERR_INVALID_PARAM);
-    CHECK(logged("are required"));
+    CHECK(logged_item(NIXL_LOGITEM_COPY_OPS_INCOMPLETE));
     CHECK_ST(xu_reg_mem(ga.a, NIXL_VRAM, (uintptr_t)ga.gpu.mem + 4096, 256 * KiB, 1, 1), NIXL_SUCCESS);
     ops = fake_ops(&ga.gpu);
     CHECK_ST(nixl_verbs_set_copy_ops(ga.be, &ops), NIXL_SUCCESS);
@@ -200,14 +200,14 @@ static void test_stage_register(void) {
         fake_init(&g, 256 * KiB, 0);
         ops = fake_ops(&g);
         CHECK_ST(nixl_verbs_set_copy_ops(fbe, &ops), NIXL_SUCCESS);
-        logged("");
+        lc_reset();
         CHECK_ST(xu_reg_mem(forced, NIXL_VRAM, (uintptr_t)g.mem, 64 * KiB, 0, 0), NIXL_ERR_NOT_SUPPORTED);
-        CHECK(logged("vram_path=dma-buf is not available"));
+        CHECK(logged_item(NIXL_LOGITEM_VERBS_VRAM_PATH_UNAVAILABLE));
         nixl_agent_destroy(forced);
         fake_free(&g);
     }
     CHECK(mk_agent("badpath", "vram_path=fast", &fbe) == NULL);
-    CHECK(logged("vram_path=fast: expected auto, dmabuf, peermem or staging"));
+    CHECK(logged_item(NIXL_LOGITEM_VERBS_BAD_VRAM_PATH));
     free(host);
 }
 
@@ -382,9 +382,9 @@ static void test_stage_remote_refused(void) {
         CHECK_ST(xu_reg_mem(t.a, NIXL_VRAM, (uintptr_t)t.gpu.mem, 1 * MiB, 0, 0), NIXL_SUCCESS);
         CHECK_ST(xu_reg(a, buf, 64 * KiB), NIXL_SUCCESS);
         CHECK(xu_share_md(t.a, a));
-        logged("");
+        lc_reset();
         CHECK_ST(nixl_create_xfer_req(a, NIXL_WRITE, &ll, &rl, "gpu-target", NULL, &req), NIXL_ERR_NOT_SUPPORTED);
-        CHECK(logged("its NIC cannot reach"));
+        CHECK(logged_item(NIXL_LOGITEM_VERBS_REMOTE_STAGED));
         CHECK(req == NULL);
         /* its own staged VRAM as the remote of a loopback transfer: the same */
         {
@@ -444,7 +444,7 @@ static void test_stage_copy_failures(void) {
         p.g.gpu.copies = 0;
         p.g.gpu.fail_copy_at = op < 2 ? 5 : 0;
         p.g.gpu.fail_done_at = op < 2 ? 0 : 3;
-        logged("");
+        lc_reset();
         CHECK_ST(mk_req(p.g.a, "host-b", xop, NIXL_VRAM, &l, &r, &len, 1, 0, "never", &req), NIXL_SUCCESS);
         if (!req) continue;
         CHECKF(run_req(p.g.a, req, p.b) == NIXL_ERR_BACKEND, "case %d fails", op);
@@ -493,7 +493,7 @@ static void test_stage_release_in_flight(void) {
         CHECK_ST(xu_reg_mem(p.g.a, NIXL_VRAM, (uintptr_t)p.g.gpu.mem, p.g.gpu.size, 0, 1), NIXL_SUCCESS);
         CHECK(st->nfree < st->count);
         CHECK_ST(nixl_verbs_set_copy_ops(p.g.be, &ops), NIXL_ERR_NOT_ALLOWED);
-        CHECK(logged("the current copy engine is in use"));
+        CHECK(logged_item(NIXL_LOGITEM_COPY_ENGINE_BUSY));
         while (st->nfree < st->count && nixl_now_us() < end) {
             nixl_progress(p.g.a);
             nixl_progress(p.b);
@@ -724,7 +724,7 @@ static void test_gpu_posix_file(void) {
     host = (unsigned char *)malloc(n);
     file = (unsigned char *)malloc(n);
     fd = mkstemp(path);
-    a = xu_agent_log("gpu-file", nixl_posix_backend(), "stage_bufs=16,stage_size=2097152", capture_log, &be);
+    a = xu_agent_item("gpu-file", nixl_posix_backend(), "stage_bufs=16,stage_size=2097152", capture_log_item, &be);
     if (!CHECK(host && file && fd >= 0 && a && cu_alloc(&d, n) == 0 && o.event_create(o.ctx, 0, &ev) == 0)) goto out;
     unlink(path);
     nt_fill(host, n, 21); /* the device gets the pattern through the copy engine itself */

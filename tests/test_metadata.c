@@ -26,7 +26,7 @@ static nixl_agent_config_t mk_cfg(const char *name, int listen, const char *toke
     cfg.listen_addr = listen ? "127.0.0.1" : NULL;
     cfg.auth_token = token;
     cfg.sc_timeout_ms = timeout_ms;
-    cfg.log_fn = capture_log;
+    cfg.log_item_fn = capture_log_item;
     return cfg;
 }
 
@@ -192,7 +192,7 @@ static void test_send_fetch_invalidate(void) {
     usleep(300000);
     CHECK_ST(nixl_check_remote_md(ini, "someone-else", NULL), NIXL_ERR_NOT_FOUND);
     CHECK_ST(nixl_check_remote_md(ini, "target", NULL), NIXL_ERR_NOT_FOUND);
-    CHECK(logged("answered as 'target'"));
+    CHECK(logged_item(NIXL_LOGITEM_FETCH_WRONG_NAME));
     /* partial metadata over the side channel */
     {
         nixl_desc_t d = {(uintptr_t)src, 16, 0};
@@ -252,7 +252,7 @@ static void test_hostile_frames(void) {
         usleep(100000);
         close(fd);
     }
-    CHECK(logged("bad magic"));
+    CHECK(logged_item(NIXL_LOGITEM_SC_BAD_MAGIC));
     /* through all of that the listener kept serving */
     for (i = 0; i < 3; i++) CHECK_ST(nixl_send_local_md(ini, &to_tgt), NIXL_SUCCESS);
     CHECK_ST(nixl_check_remote_md(tgt, "initiator", NULL), NIXL_SUCCESS);
@@ -272,25 +272,25 @@ static void test_hostile_frames_logged(void) {
     send_raw(fd, hdr, sizeof hdr);
     usleep(150000);
     close(fd);
-    CHECK(logged("no HELLO first"));
+    CHECK(logged_item(NIXL_LOGITEM_SC_NO_HELLO));
     fd = raw_session(NULL, port, &n);
     CHECK(fd >= 0);
     send_raw(fd, hdr, sizeof hdr);
     close(fd);
     usleep(150000);
-    CHECK(logged("closed mid-frame"));
+    CHECK(logged_item(NIXL_LOGITEM_SC_CLOSED_MID_FRAME));
     _nixl_sc_put_header(hdr, NIXL_SC_SEND_MD, 0, 0);
     hdr[12] = hdr[13] = hdr[14] = hdr[15] = 0xff;
     fd = raw_connect(port);
     send_raw(fd, hdr, sizeof hdr);
     usleep(150000);
     close(fd);
-    CHECK(logged("64 MiB limit"));
+    CHECK(logged_item(NIXL_LOGITEM_SC_PAYLOAD_LIMIT));
     fd = raw_connect(port);
     send_raw(fd, hdr, 5);
     usleep(600000);
     close(fd);
-    CHECK(logged("too slow"));
+    CHECK(logged_item(NIXL_LOGITEM_SC_TOO_SLOW));
     nixl_agent_destroy(tgt);
 }
 
@@ -300,7 +300,7 @@ static void test_auth_token(void) {
     nixl_agent_t *none = mk("anonymous", 0, NULL, 0);
     nixl_opt_args_t to_tgt = peer_of(tgt);
     CHECK_ST(nixl_send_local_md(bad, &to_tgt), NIXL_ERR_REMOTE_DISCONNECT);
-    CHECK(logged("does not know our auth token"));
+    CHECK(logged_item(NIXL_LOGITEM_SC_PEER_OTHER_TOKEN));
     CHECK_ST(nixl_send_local_md(none, &to_tgt), NIXL_ERR_REMOTE_DISCONNECT);
     CHECK_ST(nixl_check_remote_md(tgt, "stranger", NULL), NIXL_ERR_NOT_FOUND);
     CHECK_ST(nixl_check_remote_md(tgt, "anonymous", NULL), NIXL_ERR_NOT_FOUND);
@@ -368,7 +368,7 @@ static void test_listener_config(void) {
     char tok[300];
     memset(&cfg, 0, sizeof cfg);
     cfg.name = "cfg";
-    cfg.log_fn = capture_log;
+    cfg.log_item_fn = capture_log_item;
     cfg.listen_thread = 1;
     cfg.listen_addr = "not-an-ip";
     CHECK_ST(nixl_agent_create(&cfg, &a), NIXL_ERR_INVALID_PARAM);
@@ -383,7 +383,7 @@ static void test_listener_config(void) {
     cfg.listen_port = nixl_agent_listen_port(a);
     cfg.name = "cfg2";
     CHECK_ST(nixl_agent_create(&cfg, &b), NIXL_ERR_BACKEND);
-    CHECK(logged("cannot listen"));
+    CHECK(logged_item(NIXL_LOGITEM_SC_CANNOT_LISTEN));
     nixl_agent_destroy(a);
 }
 
@@ -435,7 +435,7 @@ static void test_idle_connections_evicted(void) {
     CHECK(tgt && ini);
     if (!tgt || !ini) goto out;
     to_tgt = peer_of(tgt);
-    logged(""); /* start from an empty log */
+    lc_reset(); /* start from an empty log */
     for (i = 0; i < N; i++) {
         fds[i] = raw_connect(to_tgt.port);
         opened += fds[i] >= 0;
@@ -448,7 +448,7 @@ static void test_idle_connections_evicted(void) {
     CHECK(wait_loaded(ini, "target", 1));
     took = nixl_now_us() - t0;
     printf("FIGURE listener_fetch_with_idle idle_connections=%d fetch_ms=%.1f evicted_logged=%d (sc_timeout_ms=20000)\n",
-           opened, took / 1000.0, seen("makes room"));
+           opened, took / 1000.0, seen_item(NIXL_LOGITEM_SC_MAKES_ROOM));
     for (i = 0; i < N; i++)
         if (fds[i] >= 0) close(fds[i]);
 out:
@@ -482,14 +482,14 @@ static void test_token_not_sent_and_no_replay(void) {
     close(fd);
     CHECK(wait_loaded(tgt, "friend", 1));
     CHECK_ST(nixl_invalidate_remote_md(tgt, "friend"), NIXL_SUCCESS);
-    logged("");
+    lc_reset();
     /* the same bytes on a new connection: refused before the payload */
     fd = raw_session(NULL, nixl_agent_listen_port(tgt), &n2);
     CHECK(fd >= 0 && memcmp(n1.s, n2.s, sizeof n1.s) != 0);
     send_raw(fd, frame, flen);
     usleep(200000);
     close(fd);
-    CHECK(logged("wrong auth token"));
+    CHECK(logged_item(NIXL_LOGITEM_SC_WRONG_TOKEN));
     CHECK_ST(nixl_check_remote_md(tgt, "friend", NULL), NIXL_ERR_NOT_FOUND);
     /* the honest peer still gets through */
     {
@@ -543,12 +543,12 @@ static void test_name_hijack(void) {
         if (with_token) { /* without the secret, not even first */
             hijack_attempt(tgt, fake, "127.0.0.3");
             hijack_attempt(tgt, wrong, "127.0.0.3");
-            CHECK(logged("wrong auth token") || seen("requires an auth token") || seen("no authentication"));
+            CHECK(logged_item(NIXL_LOGITEM_SC_WRONG_TOKEN) || seen_item(NIXL_LOGITEM_SC_PEER_NEEDS_TOKEN) || seen_item(NIXL_LOGITEM_SC_NO_AUTH));
             CHECK_ST(nixl_check_remote_md(tgt, "prefill-0", NULL), NIXL_ERR_NOT_FOUND);
         }
         CHECK_ST(nixl_send_local_md(real, &to), NIXL_SUCCESS);
         hijack_attempt(tgt, fake, "127.0.0.3");
-        if (!with_token) CHECK(logged("a name belongs to whoever brought it"));
+        if (!with_token) CHECK(logged_item(NIXL_LOGITEM_MD_NAME_OWNED));
         CHECK(transfer_ok(tgt, real, "prefill-0", src, dst, sizeof src));
         CHECK_ST(nixl_invalidate_local_md(real, &to), NIXL_SUCCESS);
         CHECK_ST(nixl_check_remote_md(tgt, "prefill-0", NULL), NIXL_ERR_NOT_FOUND);
@@ -572,7 +572,7 @@ static void test_default_bind(void) {
         cfg.name = "binder";
         cfg.listen_thread = 1;
         cfg.auth_token = with_token ? "t" : NULL;
-        cfg.log_fn = capture_log;
+        cfg.log_item_fn = capture_log_item;
         CHECK_ST(nixl_agent_create(&cfg, &a), NIXL_SUCCESS);
         if (!a) continue;
         CHECK(getsockname(a->sc_listen_fd, (struct sockaddr *)&sa, &sl) == 0);
@@ -595,10 +595,10 @@ static void test_per_address_limit(void) {
     tgt = mk_from(&cfg);
     CHECK(tgt && ini);
     if (!tgt || !ini) goto out;
-    logged("");
+    lc_reset();
     for (i = 0; i < N; i++) fds[i] = raw_connect_from("127.0.0.4", nixl_agent_listen_port(tgt));
     usleep(200000);
-    CHECK(seen("listen_conns_per_addr"));
+    CHECK(seen_item(NIXL_LOGITEM_SC_ADDR_LIMIT));
     to = peer_of(tgt);
     CHECK_ST(nixl_fetch_remote_md(ini, "target", &to), NIXL_SUCCESS);
     CHECK(wait_loaded(ini, "target", 1));
@@ -691,7 +691,7 @@ static void test_hostile_md_push(void) {
     printf("FIGURE hostile_md_push blob_mib=%.1f regions=%zu rss_after_mib=%.1f rss_growth_mib=%.1f "
            "longest_progress_ms=%.2f\n", len / 1048576.0, (len - 4096) / 29, after / 1024.0, (after - before) / 1024.0,
            pp.longest_us / 1000.0);
-    CHECK(logged("remote_regions_max"));
+    CHECK(logged_item(NIXL_LOGITEM_MD_REGIONS_LIMIT));
     CHECK_ST(nixl_check_remote_md(tgt, "mallory", NULL), NIXL_ERR_NOT_FOUND);
 #if defined(__SANITIZE_ADDRESS__)
     (void)before; /* ASan's quarantine keeps what was freed: resident memory says nothing here */
@@ -709,7 +709,7 @@ static void test_hostile_md_push(void) {
         free(bl);
     }
     CHECKF(loaded >= 1 && loaded < 8, "%d of 8 fresh names loaded under remote_md_bytes", loaded);
-    CHECK(logged("remote_md_bytes"));
+    CHECK(logged_item(NIXL_LOGITEM_MD_BYTES_LIMIT));
     {   /* an honest peer still loads once a name goes */
         unsigned char mem[256];
         nixl_opt_args_t to = peer_of(tgt);

@@ -36,7 +36,7 @@ static int env_up(posix_env *v, const char *extra) {
     memset(v, 0, sizeof *v);
     memset(&cfg, 0, sizeof cfg);
     cfg.name = "offload";
-    cfg.log_fn = capture_log;
+    cfg.log_item_fn = capture_log_item;
     if (nixl_agent_create(&cfg, &v->a) != NIXL_SUCCESS) return 0;
     snprintf(params, sizeof params, "engine=%s%s%s", g_engine, extra ? "," : "", extra ? extra : "");
     return nixl_create_backend(v->a, nixl_posix_backend(), params, &v->be) == NIXL_SUCCESS;
@@ -171,14 +171,14 @@ static void test_bad_registrations(void) {
     int fd = tmp_file("reg.bin", O_RDWR, path, sizeof path), dfd = open(g_dir, O_RDONLY), cfd;
     if (!CHECK(env_up(&v, NULL)) || !CHECK(fd >= 0 && dfd >= 0)) goto out;
     CHECK_ST(reg1(v.a, NIXL_FILE, 0, 4096, 1u << 20), NIXL_ERR_INVALID_PARAM);
-    CHECK(logged("is not an open file descriptor"));
+    CHECK(logged_item(NIXL_LOGITEM_POSIX_NOT_FD));
     cfd = dup(fd);
     close(cfd);
     CHECK_ST(reg1(v.a, NIXL_FILE, 0, 4096, (uint64_t)cfd), NIXL_ERR_INVALID_PARAM);
     CHECK_ST(reg1(v.a, NIXL_FILE, 0, 4096, (uint64_t)dfd), NIXL_ERR_INVALID_PARAM);
-    CHECK(logged("is not a regular file"));
+    CHECK(logged_item(NIXL_LOGITEM_POSIX_WRONG_KIND));
     CHECK_ST(reg1(v.a, NIXL_BLK, 0, 4096, (uint64_t)fd), NIXL_ERR_INVALID_PARAM);
-    CHECK(logged("is not a block device"));
+    CHECK(logged_item(NIXL_LOGITEM_POSIX_WRONG_KIND));
     CHECK_ST(reg1(v.a, NIXL_FILE, 0, 4096, (uint64_t)fd), NIXL_SUCCESS); /* and a good one still works */
     env_down(&v);
 out:
@@ -207,11 +207,11 @@ static void test_mode_and_eof(void) {
     CHECK_ST(reg1(v.a, NIXL_FILE, 0, 8 * BS, (uint64_t)ro), NIXL_SUCCESS);
     CHECK_ST(reg1(v.a, NIXL_FILE, 0, 8 * BS, (uint64_t)wo), NIXL_SUCCESS);
     CHECK_ST(move_blocks(&v, NIXL_READ, back, rw, BS, 3, NULL), NIXL_ERR_INVALID_PARAM);
-    CHECK(logged("past the end of fd"));
+    CHECK(logged_item(NIXL_LOGITEM_POSIX_READ_PAST_EOF));
     CHECK_ST(move_blocks(&v, NIXL_READ, back, wo, BS, 1, NULL), NIXL_ERR_NOT_ALLOWED);
-    CHECK(logged("open for reading, it is write-only"));
+    CHECK(logged_item(NIXL_LOGITEM_POSIX_MODE));
     CHECK_ST(move_blocks(&v, NIXL_WRITE, buf, ro, BS, 1, NULL), NIXL_ERR_NOT_ALLOWED);
-    CHECK(logged("open for writing, it is read-only"));
+    CHECK(logged_item(NIXL_LOGITEM_POSIX_MODE));
     CHECK_ST(move_blocks(&v, NIXL_READ, back, ro, BS, 2, NULL), NIXL_SUCCESS);
     CHECK(memcmp(back, buf, 2 * BS) == 0);
     env_down(&v);
@@ -252,7 +252,7 @@ static void test_runtime_errors(void) {
         nixl_status_t st = nixl_post_xfer_req(v.a, r, NULL);
         if (st == NIXL_IN_PROG) st = wait_done(v.a, r);
         CHECK_ST(st, NIXL_ERR_BACKEND);
-        CHECK(logged("end of file"));
+        CHECK(logged_item(NIXL_LOGITEM_POSIX_EOF));
         CHECK(pwrite(fd, buf, 4 * BS, 0) == 4 * BS); /* grown back: the same request works again */
         st = nixl_post_xfer_req(v.a, r, NULL);
         if (st == NIXL_IN_PROG) st = wait_done(v.a, r);
@@ -304,7 +304,7 @@ static void test_o_direct(void) {
     fdsc.dev_id = (uint64_t)fd;
     md.addr = (uintptr_t)buf + 512; /* misaligned memory */
     CHECK_ST(nixl_create_xfer_req(v.a, NIXL_WRITE, &ml, &fl, "offload", NULL, &r), NIXL_ERR_INVALID_PARAM);
-    CHECK(logged("must be multiples of 4096"));
+    CHECK(logged_item(NIXL_LOGITEM_POSIX_DIRECT_ALIGN));
     md.addr = (uintptr_t)buf;
     fdsc.addr = 100; /* misaligned offset */
     CHECK_ST(nixl_create_xfer_req(v.a, NIXL_WRITE, &ml, &fl, "offload", NULL, &r), NIXL_ERR_INVALID_PARAM);
@@ -377,7 +377,8 @@ static void test_enospc(void) {
     CHECK_ST(reg1(v.a, NIXL_DRAM, (uintptr_t)buf, (size_t)N * BS, 0), NIXL_SUCCESS);
     CHECK_ST(reg1(v.a, NIXL_FILE, 0, (size_t)N * BS, (uint64_t)fd), NIXL_SUCCESS);
     CHECK_ST(move_blocks(&v, NIXL_WRITE, buf, fd, BS, N, NULL), NIXL_ERR_BACKEND);
-    CHECK(logged("No space left on device"));
+    CHECK(seen("No space left on device")); /* the errno, as the OS words it */
+    CHECK(logged_item(NIXL_LOGITEM_POSIX_IO_FAILED));
     CHECK_ST(move_blocks(&v, NIXL_WRITE, buf, fd, BS, 4, NULL), NIXL_SUCCESS); /* 256 KiB still fits */
     env_down(&v);
 out:
@@ -399,10 +400,10 @@ static void test_engine_choice(void) {
     int fd = tmp_file("q.bin", O_RDWR, path, sizeof path);
     memset(&cfg, 0, sizeof cfg);
     cfg.name = "engines";
-    cfg.log_fn = capture_log;
+    cfg.log_item_fn = capture_log_item;
     if (!CHECK(nixl_agent_create(&cfg, &a) == NIXL_SUCCESS)) return;
     CHECK_ST(nixl_create_backend(a, nixl_posix_backend(), "engine=fast", &be), NIXL_ERR_INVALID_PARAM);
-    CHECK(logged("engine=fast: want auto, uring or threads"));
+    CHECK(logged_item(NIXL_LOGITEM_POSIX_BAD_ENGINE));
     CHECK_ST(nixl_create_backend(a, nixl_posix_backend(), "engine=threads,threads=2", &be), NIXL_SUCCESS);
     CHECK(nixl_posix_engine(be) == NIXL_POSIX_ENGINE_THREADS);
     CHECK(nixl_posix_engine(NULL) == 0);
@@ -414,7 +415,7 @@ static void test_engine_choice(void) {
     nixl_agent_destroy(a);
     CHECK(nixl_agent_create(&cfg, &a) == NIXL_SUCCESS);
     CHECK_ST(nixl_create_backend(a, nixl_posix_backend(), NULL, &be), NIXL_SUCCESS);
-    CHECK(nixl_posix_engine(be) == NIXL_POSIX_ENGINE_URING || logged("io_uring unavailable"));
+    CHECK(nixl_posix_engine(be) == NIXL_POSIX_ENGINE_URING || logged_item(NIXL_LOGITEM_POSIX_URING_UNAVAILABLE));
     nixl_agent_destroy(a);
     close(fd);
     unlink(path);
@@ -445,13 +446,13 @@ static void test_peer_claiming_posix_files(void) {
     if (!CHECK(env_up(&v, NULL)) || !CHECK(fd >= 0)) goto out;
     memset(&cfg, 0, sizeof cfg);
     cfg.name = "evil";
-    cfg.log_fn = capture_log;
+    cfg.log_item_fn = capture_log_item;
     if (!CHECK(nixl_agent_create(&cfg, &evil) == NIXL_SUCCESS)) goto out;
     CHECK_ST(nixl_create_backend(evil, &fake, NULL, &eb), NIXL_SUCCESS);
     CHECK_ST(reg1(evil, NIXL_FILE, 0, BS, (uint64_t)fd), NIXL_SUCCESS); /* "its" file: our fd number */
     CHECK_ST(nixl_get_local_md(evil, &blob, &len), NIXL_SUCCESS);
     CHECK_ST(nixl_load_remote_md(v.a, blob, len, NULL, 0), NIXL_ERR_INVALID_PARAM);
-    CHECK(logged("bad region"));
+    CHECK(logged_item(NIXL_LOGITEM_MD_BAD_REGION));
     nixl_free_md(evil, blob);
     blob = NULL;
     {
@@ -461,16 +462,16 @@ static void test_peer_claiming_posix_files(void) {
     }
     CHECK_ST(reg1(evil, NIXL_FILE, BS, BS, (uint64_t)fd), NIXL_SUCCESS);
     CHECK_ST(nixl_get_local_md(evil, &blob, &len), NIXL_SUCCESS);
-    logged("");
+    lc_reset();
     CHECK_ST(nixl_load_remote_md(v.a, blob, len, NULL, 0), NIXL_SUCCESS);
-    CHECK(seen("POSIX refused evil's connection info")); /* so none of its regions reach our file backend */
-    logged("");
+    CHECK(seen_item(NIXL_LOGITEM_MD_CONN_INFO_REFUSED)); /* so none of its regions reach our file backend */
+    lc_reset();
     ld.addr = (uintptr_t)src;
     rd.dev_id = (uint64_t)fd;
     nt_fill(src, 2 * BS, 8);
     reg_src_dst_file(&v, src, dst, 2 * BS, fd);
     CHECK_ST(nixl_create_xfer_req(v.a, NIXL_WRITE, &ll, &rl, "evil", NULL, &r), NIXL_ERR_NOT_SUPPORTED);
-    CHECK(r == NULL && logged("no backend holds both sides"));
+    CHECK(r == NULL && logged_item(NIXL_LOGITEM_XFER_NO_BACKEND));
     CHECK_ST(move_blocks(&v, NIXL_WRITE, src, fd, BS, 2, NULL), NIXL_SUCCESS); /* ours still moves */
     CHECK_ST(move_blocks(&v, NIXL_READ, dst, fd, BS, 2, NULL), NIXL_SUCCESS);
     CHECK(memcmp(src, dst, 2 * BS) == 0);
@@ -493,8 +494,8 @@ static void test_vram_without_driver(void) {
     if (!CHECK(env_up(&v, NULL))) return;
     st = reg1(v.a, NIXL_VRAM, (uintptr_t)host, sizeof host, 0);
     CHECKF(st == NIXL_ERR_NOT_SUPPORTED || st == NIXL_ERR_INVALID_PARAM, "%s", nixl_status_str(st));
-    CHECK(seen("VRAM needs the CUDA driver") || seen("is not device memory"));
-    logged("");
+    CHECK(seen_item(NIXL_LOGITEM_CUDA_NO_DRIVER) || seen_item(NIXL_LOGITEM_VRAM_NOT_DEVICE));
+    lc_reset();
     CHECK_ST(reg1(v.a, NIXL_DRAM, (uintptr_t)host, sizeof host, 0), NIXL_SUCCESS);
     env_down(&v);
 }
@@ -568,12 +569,12 @@ static void test_vram_copy_failure(void) {
     CHECK_ST(reg1(v.a, NIXL_FILE, 0, (size_t)N * BS, (uint64_t)fd), NIXL_SUCCESS);
     g.fail_done_at = 3;
     CHECK_ST(move_blocks_mem(&v, NIXL_WRITE, NIXL_VRAM, g.mem, fd, BS, N, NULL), NIXL_ERR_BACKEND);
-    CHECK(logged("the copy between GPU and host memory failed"));
+    CHECK(logged_item(NIXL_LOGITEM_POSIX_COPY_FAILED));
     g.fail_done_at = 0;
     CHECK_ST(move_blocks_mem(&v, NIXL_WRITE, NIXL_VRAM, g.mem, fd, BS, N, NULL), NIXL_SUCCESS);
     g.fail_copy_at = g.copies + 2;
     CHECK_ST(move_blocks_mem(&v, NIXL_READ, NIXL_VRAM, g.mem, fd, BS, N, NULL), NIXL_ERR_BACKEND);
-    CHECK(logged("the copy into GPU memory did not start"));
+    CHECK(logged_item(NIXL_LOGITEM_POSIX_COPY_IN_NOT_STARTED));
     g.fail_copy_at = 0;
     memset(g.mem, 0, g.size);
     CHECK_ST(move_blocks_mem(&v, NIXL_READ, NIXL_VRAM, g.mem, fd, BS, N, NULL), NIXL_SUCCESS);
@@ -594,20 +595,20 @@ static void test_vram_rules(void) {
     nixl_copy_ops_t ops;
     if (!CHECK(env_gpu(&v, NULL, &g, 1 << 20))) goto out;
     CHECK_ST(reg1(v.a, NIXL_VRAM, (uintptr_t)host, sizeof host, 0), NIXL_ERR_INVALID_PARAM);
-    CHECK(logged("is not device memory"));
+    CHECK(logged_item(NIXL_LOGITEM_VRAM_NOT_DEVICE));
     CHECK_ST(reg1(v.a, NIXL_VRAM, (uintptr_t)g.mem, g.size, 1), NIXL_ERR_INVALID_PARAM);
-    CHECK(logged("not on dev_id 1"));
+    CHECK(logged_item(NIXL_LOGITEM_VRAM_WRONG_GPU));
     CHECK_ST(reg1(v.a, NIXL_VRAM, (uintptr_t)g.mem, g.size, 0), NIXL_SUCCESS);
     ops = fake_ops(&g);
     CHECK_ST(nixl_posix_set_copy_ops(v.be, &ops), NIXL_ERR_NOT_ALLOWED);
-    CHECK(logged("the current copy engine is in use"));
+    CHECK(logged_item(NIXL_LOGITEM_COPY_ENGINE_BUSY));
     ops.copy = NULL;
     CHECK_ST(nixl_posix_set_copy_ops(v.be, &ops), NIXL_ERR_INVALID_PARAM);
     CHECK_ST(nixl_posix_set_copy_ops(NULL, &ops), NIXL_ERR_INVALID_PARAM);
     CHECK(staging_idle(&v, &g));
     env_down(&v);
     CHECK(!env_up(&v, "stage_size=6000")); /* not a multiple of direct_align */
-    CHECK(logged("want a multiple of direct_align"));
+    CHECK(logged_item(NIXL_LOGITEM_POSIX_STAGE_SIZE));
     env_down(&v);
 out:
     fake_free(&g);
@@ -635,7 +636,7 @@ static void test_vram_o_direct(void) {
     md.addr = (uintptr_t)g.mem + 512;
     fdsc.dev_id = (uint64_t)fd;
     CHECK_ST(nixl_create_xfer_req(v.a, NIXL_WRITE, &ml, &fl, "offload", NULL, &r), NIXL_ERR_INVALID_PARAM);
-    CHECK(logged("must be multiples of 4096"));
+    CHECK(logged_item(NIXL_LOGITEM_POSIX_DIRECT_ALIGN));
     CHECK_ST(move_blocks_mem(&v, NIXL_WRITE, NIXL_VRAM, g.mem + 512, fd, BS, N, NULL), NIXL_SUCCESS);
     CHECK_ST(move_blocks_mem(&v, NIXL_READ, NIXL_VRAM, g.mem + (size_t)N * BS + 1000, fd, BS, N, NULL),
              NIXL_SUCCESS);
@@ -697,7 +698,7 @@ static void test_files_not_in_metadata(void) {
     CHECK_ST(nixl_get_local_md(v.a, &blob, &len), NIXL_SUCCESS);
     memset(&cfg, 0, sizeof cfg);
     cfg.name = "peer";
-    cfg.log_fn = capture_log;
+    cfg.log_item_fn = capture_log_item;
     CHECK(nixl_agent_create(&cfg, &peer) == NIXL_SUCCESS);
     if (peer && blob) {
         CHECK_ST(nixl_load_remote_md(peer, blob, len, NULL, 0), NIXL_SUCCESS);

@@ -2032,10 +2032,9 @@ out:
    honest sender in the same process keeps getting through. */
 static int g_cut_logs;
 
-static void count_cut_log(void *user, int level, const char *msg) {
+static void count_cut_log(void *user, int level, nixl_log_item_t item, const char *msg) {
     (void)user;
-    (void)level;
-    if (strstr(msg, "floods; cut off")) __atomic_add_fetch(&g_cut_logs, 1, __ATOMIC_RELAXED);
+    if (item == NIXL_LOGITEM_UCX_FLOOD_CUT_OFF) __atomic_add_fetch(&g_cut_logs, 1, __ATOMIC_RELAXED);
     test_log(NULL, level, msg);
 }
 
@@ -2049,7 +2048,7 @@ static void window_receiver(int s) {
     memset(&cfg, 0, sizeof cfg);
     cfg.name = "sink";
     cfg.progress_thread = 1;
-    cfg.log_fn = count_cut_log;
+    cfg.log_item_fn = count_cut_log;
     cfg.auth_token = g_token;
     /* a small queue: the receiver withholds the flooder's window early */
     cfg.notif_queue_peer_bytes = 3 * FLOOD_SZ;

@@ -62,6 +62,17 @@ XU_FN nixl_agent_t *xu_agent_log(const char *name, const nixl_backend_ops_t *ops
     return xu_agent_tok(name, ops, params, log_fn, NULL, be_out);
 }
 
+/* An agent whose log lines come with their ids (log_item_fn), one backend. */
+XU_FN nixl_agent_t *xu_agent_item(const char *name, const nixl_backend_ops_t *ops, const char *params,
+                                  void (*item_fn)(void *, int, nixl_log_item_t, const char *),
+                                  nixl_backend_t **be_out) {
+    nixl_agent_config_t cfg;
+    memset(&cfg, 0, sizeof cfg);
+    cfg.name = name;
+    cfg.log_item_fn = item_fn;
+    return xu_agent_cfg(&cfg, ops, params, be_out, NULL);
+}
+
 XU_FN nixl_agent_t *xu_agent(const char *name, const nixl_backend_ops_t *ops, const char *params) {
     return xu_agent_log(name, ops, params, xu_log, NULL);
 }
