@@ -308,6 +308,7 @@ NIXL_API const nixl_backend_ops_t *nixl_ucx_backend(void);
 #define _NIXL_UCX_NOTIF_COST 64u         /* window bytes a notification costs beyond its own and the name's */
 #define _NIXL_UCX_ASK_US 10000u          /* a sender out of window asks again this often */
 #define _NIXL_UCX_CUTOFF_US 10000000u    /* a peer that flooded opens no new session for this long */
+#define _NIXL_UCX_MAX_CTL_INFLIGHT 4096u /* control messages (HELLO, WELCOME, CREDIT...) not yet sent */
 #define _NIXL_UCX_NONCE 16u
 #define _NIXL_UCX_MAC 32u
 #define _NIXL_UCX_NOTIF_HDR 12u
@@ -377,6 +378,7 @@ typedef struct _nixl_ucx_conn {
     int starved;            /* a notification waits for window: ask for it */
     uint64_t ask_at;
     int rehello;            /* the peer forgot our session: say HELLO again */
+    unsigned ready_blocked; /* the send_ready_notifs pass that found it out of window */
 } _nixl_ucx_conn_t;
 
 enum { _NIXL_UCX_SESS_WAIT = 0, _NIXL_UCX_SESS_OPEN = 1, _NIXL_UCX_SESS_PROVE = 2, _NIXL_UCX_SESS_REFUSED = -1 };
@@ -577,6 +579,8 @@ struct _nixl_ucx_engine {
     int notif_unverified;  /* accept a session on the peer's word (no secret, metadata not loaded) */
     unsigned long dropped_notifs; /* without an open session */
     unsigned long noisy;   /* warnings peers caused (rate-limited) */
+    unsigned ctl_inflight; /* control messages UCX still holds */
+    unsigned ready_pass;   /* send_ready_notifs passes (numbers the conns' ready_blocked) */
     uint64_t rkey_md_map;  /* memory domains a peer's packed key may name (ours for host memory) */
 };
 
@@ -894,14 +898,26 @@ static void _nixl_ucx_ctl_sent_cb(void *request, ucs_status_t status, void *user
     _nixl_ucx_ctl_t *m = (_nixl_ucx_ctl_t *)user_data;
     (void)status;
     ucp_request_free(request);
+    m->eng->ctl_inflight--;
     _nixl_ucx_free(m->eng, m);
 }
+
+static int _nixl_ucx_noisy(_nixl_ucx_engine_t *eng);
 
 static ucs_status_t _nixl_ucx_send_ctl(_nixl_ucx_engine_t *eng, ucp_ep_h ep, const unsigned char *msg, size_t len,
                                        int want_reply) {
     ucp_request_param_t prm;
     ucs_status_ptr_t sp;
-    _nixl_ucx_ctl_t *m = (_nixl_ucx_ctl_t *)_nixl_ucx_alloc(eng, sizeof *m);
+    _nixl_ucx_ctl_t *m;
+    /* a peer that asks and never takes the answers (it does not progress)
+       must not make us hold them without end */
+    if (eng->ctl_inflight >= _NIXL_UCX_MAX_CTL_INFLIGHT) {
+        if (_nixl_ucx_noisy(eng))
+            nixl_backend_log(eng->be, NIXL_LOG_WARN, "session: %u control messages not yet taken by their peers: "
+                             "this one dropped", (unsigned)eng->ctl_inflight);
+        return UCS_ERR_NO_RESOURCE;
+    }
+    m = (_nixl_ucx_ctl_t *)_nixl_ucx_alloc(eng, sizeof *m);
     if (!m || len > sizeof m->bytes) {
         _nixl_ucx_free(eng, m);
         return UCS_ERR_NO_MEMORY;
@@ -912,6 +928,7 @@ static ucs_status_t _nixl_ucx_send_ctl(_nixl_ucx_engine_t *eng, ucp_ep_h ep, con
     if (want_reply) prm.flags |= UCP_AM_SEND_FLAG_REPLY;
     sp = ucp_am_send_nbx(ep, _NIXL_UCX_AM_ID, NULL, 0, m->bytes, len, &prm);
     if (sp == NULL || UCS_PTR_IS_ERR(sp)) _nixl_ucx_free(eng, m);
+    else eng->ctl_inflight++;
     return UCS_PTR_IS_ERR(sp) ? UCS_PTR_STATUS(sp) : UCS_OK;
 }
 
@@ -1001,10 +1018,10 @@ static int _nixl_ucx_sess_room(_nixl_ucx_engine_t *eng) {
     _nixl_ucx_sess_t *s, *victim = NULL;
     if (eng->nsessions < _NIXL_UCX_MAX_SESSIONS) return 1;
     for (s = eng->sessions; s; s = s->next)
-        if (s->state != _NIXL_UCX_RS_OPEN && (!victim || s->born < victim->born)) victim = s;
+        if (s->state != _NIXL_UCX_RS_OPEN && !s->cut && (!victim || s->born < victim->born)) victim = s;
     if (!victim)
         for (s = eng->sessions; s; s = s->next)
-            if (!victim || s->born < victim->born) victim = s;
+            if (!s->cut && (!victim || s->born < victim->born)) victim = s;
     if (!victim) return 0;
     nixl_backend_log(eng->be, NIXL_LOG_WARN, "session: %u sessions: the oldest (%s, %s) makes room",
                      eng->nsessions, victim->name, victim->state == _NIXL_UCX_RS_OPEN ? "open" : "unproven");
@@ -1071,7 +1088,7 @@ static void _nixl_ucx_sess_forget(_nixl_ucx_engine_t *eng, const char *name, int
     _nixl_ucx_sess_t *s, *next;
     for (s = eng->sessions; s; s = next) {
         next = s->next;
-        if (strcmp(s->name, name) != 0) continue;
+        if (strcmp(s->name, name) != 0 || s->cut) continue; /* a cut-off runs its course */
         if (unloaded) _nixl_ucx_sess_drop(eng, s);
         else if (s->claimed && !s->superseded) _nixl_ucx_sess_reverify(eng, s);
     }
@@ -1214,10 +1231,15 @@ static ucs_status_t _nixl_ucx_credit_send(_nixl_ucx_engine_t *eng, ucp_ep_h ep, 
 }
 
 /* Whether the receiver may give s's window back: its queue can take a
-   whole window more of the sender's notifications (or holds none of them:
-   a queue limit below the window still moves). */
+   whole window more of the sender's notifications for each session the
+   name holds (or holds none of them: a queue limit below the window still
+   moves). */
 static int _nixl_ucx_credit_due(_nixl_ucx_engine_t *eng, const _nixl_ucx_sess_t *s) {
-    return nixl_backend_notif_room(eng->be, s->name, NIXL_UCX_NOTIF_WINDOW) ||
+    const _nixl_ucx_sess_t *o;
+    size_t windows = 0; /* a sender holds a session per endpoint (workers): each may fill a window */
+    for (o = eng->sessions; o; o = o->next)
+        if (o->state == _NIXL_UCX_RS_OPEN && !o->cut && !strcmp(o->name, s->name)) windows++;
+    return nixl_backend_notif_room(eng->be, s->name, (windows ? windows : 1) * (size_t)NIXL_UCX_NOTIF_WINDOW) ||
            nixl_backend_notif_queued(eng->be, s->name) == 0;
 }
 
@@ -1285,7 +1307,9 @@ static void _nixl_ucx_on_credit(_nixl_ucx_engine_t *eng, const unsigned char *p,
         nixl_backend_log(eng->be, NIXL_LOG_WARN, "flow control: %s no longer holds our session: HELLO again",
                          c->peer->name);
         c->sess_state = _NIXL_UCX_SESS_WAIT;
-        c->rehello = 1;
+        c->hello_at = nixl_now_us(); /* what waits keeps waiting for the new session */
+        c->sent_total = c->acked_total = 0;
+        c->rehello = 1; /* one HELLO, from progress() */
     } else {
         if (bytes > c->sent_total) {
             if (_nixl_ucx_noisy(eng))
@@ -1321,17 +1345,17 @@ static void _nixl_ucx_on_notif(_nixl_ucx_engine_t *eng, const unsigned char *p, 
                              "or from a peer that never proved who it is): dropped (%lu so far)", len, n);
         return;
     }
-    if (len > NIXL_UCX_MAX_NOTIF) { /* the receiver enforces the limit, not only senders */
-        nixl_backend_log(eng->be, NIXL_LOG_WARN, "am: notification of %zu bytes from %s exceeds NIXL_UCX_MAX_NOTIF "
-                         "(%u): dropped", len, s->name, (unsigned)NIXL_UCX_MAX_NOTIF);
-        return;
-    }
     cost = _nixl_ucx_notif_cost(len, strlen(s->name));
     if (s->recv_total - s->acked_total + cost > NIXL_UCX_NOTIF_WINDOW) {
         _nixl_ucx_cut_off(eng, s, cost);
         return;
     }
-    s->recv_total += cost;
+    s->recv_total += cost; /* counted as the sender counted it, even when dropped below */
+    if (len > NIXL_UCX_MAX_NOTIF) { /* the receiver enforces the limit, not only senders */
+        nixl_backend_log(eng->be, NIXL_LOG_WARN, "am: notification of %zu bytes from %s exceeds NIXL_UCX_MAX_NOTIF "
+                         "(%u): dropped", len, s->name, (unsigned)NIXL_UCX_MAX_NOTIF);
+        return;
+    }
     nixl_backend_notif(eng->be, s->name, p + _NIXL_UCX_NOTIF_HDR, len);
     _nixl_ucx_credit_return(eng, s, _nixl_ucx_reply_ep(param));
 }
@@ -1475,9 +1499,13 @@ static int _nixl_ucx_window_takes(_nixl_ucx_engine_t *eng, _nixl_ucx_conn_t *c, 
    takes it (takes buf). */
 static nixl_status_t _nixl_ucx_send_notif_msg(_nixl_ucx_engine_t *eng, _nixl_ucx_conn_t *c, unsigned char *buf,
                                               size_t len) {
+    uint64_t cost = _nixl_ucx_msg_cost(eng, len);
+    nixl_status_t st;
     _nixl_put64(buf + 4, c->sess);
-    c->sent_total += _nixl_ucx_msg_cost(eng, len);
-    return _nixl_ucx_send_msg(eng, c, buf, len, "gen_notif");
+    c->sent_total += cost;
+    st = _nixl_ucx_send_msg(eng, c, buf, len, "gen_notif");
+    if (st < 0) c->sent_total -= cost; /* never reached the receiver: not counted there either */
+    return st;
 }
 
 static void _nixl_ucx_flush_held(_nixl_ucx_engine_t *eng, _nixl_ucx_conn_t *c) {
@@ -1600,8 +1628,7 @@ static void _nixl_ucx_sessions_sender(_nixl_ucx_engine_t *eng, uint64_t now) {
         if (!c->peer || c->close_wanted) continue;
         if (c->rehello) {
             c->rehello = 0;
-            c->sent_total = c->acked_total = 0;
-            _nixl_ucx_conn_hello(eng, c);
+            if (c->sess_state == _NIXL_UCX_SESS_WAIT) _nixl_ucx_conn_hello(eng, c);
         }
         if (c->sess_state == _NIXL_UCX_SESS_OPEN && c->starved) _nixl_ucx_window_ask(eng, c, now);
         if (c->sess_state == _NIXL_UCX_SESS_PROVE) {
@@ -2481,6 +2508,7 @@ static nixl_status_t _nixl_ucx_req_send_notif(_nixl_ucx_req_t *r) {
     if (sp == NULL) {
         _nixl_ucx_req_finish(r, NIXL_SUCCESS);
     } else if (UCS_PTR_IS_ERR(sp)) {
+        r->conn->sent_total -= _nixl_ucx_msg_cost(r->eng, r->notif_len); /* never reached the receiver */
         _nixl_ucx_req_finish(r, _nixl_ucx_req_error(r, "ucp_am_send_nbx(notification)", UCS_PTR_STATUS(sp)));
     } else {
         _nixl_ucx_req_io_start(r, sp);
@@ -2521,13 +2549,17 @@ static void _nixl_ucx_flush_cb(void *request, ucs_status_t status, void *user_da
    (flow control: the request stays IN_PROG). */
 static int _nixl_ucx_send_ready_notifs(_nixl_ucx_engine_t *eng) {
     _nixl_ucx_req_t *r = eng->ready_head, *wait_head = NULL, *wait_tail = NULL;
+    unsigned pass = ++eng->ready_pass;
     int did = 0;
+    if (!pass) pass = ++eng->ready_pass; /* never 0: a conn's initial mark */
     eng->ready_head = eng->ready_tail = NULL;
     while (r) {
         _nixl_ucx_req_t *next = r->ready_next;
         int ready = r->state == _NIXL_UCX_REQ_NOTIF_READY && r->conn ? _nixl_ucx_sess_ready(eng, r->conn, 0) : 1;
+        /* one out of window holds back every later one on its endpoint (in order) */
         int windowed = ready == 1 && r->state == _NIXL_UCX_REQ_NOTIF_READY && r->conn &&
-                       !_nixl_ucx_window_takes(eng, r->conn, r->notif_len);
+                       (r->conn->ready_blocked == pass || !_nixl_ucx_window_takes(eng, r->conn, r->notif_len));
+        if (windowed) r->conn->ready_blocked = pass;
         r->ready_next = NULL;
         if (windowed || (ready == 0 && nixl_now_us() - r->conn->hello_at <= _NIXL_UCX_SESSION_WAIT_US)) {
             if (wait_tail) wait_tail->ready_next = r;
@@ -3748,8 +3780,10 @@ static nixl_status_t _nixl_ucx_post_xfer(void *engine, void *handle, const void 
         _nixl_ucx_req_finish(r, NIXL_SUCCESS);
         return NIXL_SUCCESS;
     }
-    if (_nixl_ucx_sess_ready(eng, r->conn, 0) != 1 || !_nixl_ucx_window_takes(eng, r->conn, r->notif_len)) {
-        /* waits for the session, or the window, in progress() */
+    if (_nixl_ucx_sess_ready(eng, r->conn, 0) != 1 || eng->ready_head ||
+        !_nixl_ucx_window_takes(eng, r->conn, r->notif_len)) {
+        /* waits for the session, or the window, in progress(): behind those
+           already waiting (in order) */
         _nixl_ucx_req_landed(r);
         return NIXL_IN_PROG;
     }
