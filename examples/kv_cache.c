@@ -19,8 +19,10 @@
      ./kv_cache [--backend VERBS|UCX] [--layers N] [--blocks N]
                 [--block-bytes N] [--tokens-per-block N] [--requests N]
                 [--max-prompt TOKENS] [--hetero-tp] [--seed N]
-     ./kv_cache --role prefill [--port P] ...        (two machines:)
+     ./kv_cache --role prefill --listen-addr A.B.C.D [--port P] ...   (two machines:)
      ./kv_cache --role decode --ip A.B.C.D --port P ...
+   Without an auth token (NIXL_AUTH_TOKEN) the metadata listener binds
+   127.0.0.1 unless --listen-addr names the address peers reach.
 
    Exit status 0 when every request finished and every byte matched. */
 #define NIXL_IMPLEMENTATION
@@ -35,14 +37,14 @@
 #include <unistd.h>
 
 typedef struct opts {
-    const char *backend, *role, *ip;
+    const char *backend, *role, *ip, *listen_addr;
     unsigned port;
     size_t layers, blocks, block_bytes, tokens_per_block, requests, max_prompt;
     int ranks; /* decode ranks: 2 with --hetero-tp */
     unsigned seed;
 } opts;
 
-static opts o = {"VERBS", "both", "127.0.0.1", 0, 4, 256, 16384, 16, 64, 1024, 1, 1};
+static opts o = {"VERBS", "both", "127.0.0.1", NULL, 0, 4, 256, 16384, 16, 64, 1024, 1, 1};
 
 static void check(nixl_status_t st, const char *what) {
     if (st != NIXL_SUCCESS) {
@@ -70,6 +72,7 @@ static nixl_agent_t *make_agent(const char *name, int listen, unsigned port) {
     cfg.name = name;
     cfg.listen_thread = listen;
     cfg.listen_port = (uint16_t)port;
+    cfg.listen_addr = o.listen_addr; /* NULL: loopback without an auth token (NIXL_AUTH_TOKEN) */
     check(nixl_agent_create(&cfg, &a), "agent_create");
     check(nixl_create_backend(a, strcmp(o.backend, "UCX") ? nixl_verbs_backend() : nixl_ucx_backend(), NULL, &b),
           "create_backend");
@@ -197,6 +200,22 @@ typedef struct decoder {
     double t_xfer;
 } decoder;
 
+/* Prefill's metadata: a fetch runs in the background and fails (logged) if
+   nobody listens yet, so ask again every second, for a minute. */
+static int decode_fetch(decoder *d) {
+    int tries;
+    for (tries = 0; tries < 60; tries++) {
+        int ms;
+        check(nixl_fetch_remote_md(d->a, "prefill-0", &d->at), "fetch_remote_md");
+        for (ms = 0; ms < 1000; ms += 10) {
+            if (nixl_check_remote_md(d->a, "prefill-0", NULL) == NIXL_SUCCESS) return 0;
+            usleep(10000);
+        }
+    }
+    fprintf(stderr, "decode-%d: no metadata from prefill-0 at %s:%u within 60 s\n", d->rank, o.ip, d->at.port);
+    return 1;
+}
+
 /* Step 1: metadata. Fetch prefill's, push ours, and learn its layout
    (prefill answers our hello with it). 0 on success. */
 static int decode_connect(decoder *d, unsigned port) {
@@ -206,8 +225,7 @@ static int decode_connect(decoder *d, unsigned port) {
     memset(&d->at, 0, sizeof d->at);
     d->at.ip = o.ip;
     d->at.port = (uint16_t)port;
-    check(nixl_fetch_remote_md(d->a, "prefill-0", &d->at), "fetch_remote_md");
-    while (nixl_check_remote_md(d->a, "prefill-0", NULL) != NIXL_SUCCESS) usleep(1000);
+    if (decode_fetch(d) != 0) return 1;
     check(nixl_send_local_md(d->a, &d->at), "send_local_md");
     memset(&d->lm, 0, sizeof d->lm);
     check(nixl_gen_notif(d->a, "prefill-0", "hello", 5, NULL), "gen_notif(hello)");
@@ -360,7 +378,7 @@ static void usage(const char *argv0) {
     fprintf(stderr,
             "usage: %s [--backend VERBS|UCX] [--layers N] [--blocks N] [--block-bytes N]\n"
             "          [--tokens-per-block N] [--requests N] [--max-prompt TOKENS] [--hetero-tp] [--seed N]\n"
-            "          [--role both|prefill|decode] [--ip A.B.C.D] [--port P]\n",
+            "          [--role both|prefill|decode] [--ip A.B.C.D] [--port P] [--listen-addr A.B.C.D]\n",
             argv0);
     exit(2);
 }
@@ -377,6 +395,7 @@ int main(int argc, char **argv) {
         if (!strcmp(a, "--backend")) o.backend = v;
         else if (!strcmp(a, "--role")) o.role = v;
         else if (!strcmp(a, "--ip")) o.ip = v;
+        else if (!strcmp(a, "--listen-addr")) o.listen_addr = v;
         else if (!strcmp(a, "--port")) o.port = (unsigned)num(v);
         else if (!strcmp(a, "--layers")) o.layers = num(v);
         else if (!strcmp(a, "--blocks")) o.blocks = num(v);
