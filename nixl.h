@@ -1685,6 +1685,25 @@ static _NIXL_CUDA_UNUSED nixl_copy_ops_t _nixl_cuda_copy_ops(_nixl_cuda_t *cu) {
     return o;
 }
 
+/* A backend's copy-engine setter: ops must have every function it calls
+   (0 with a log line otherwise). */
+static _NIXL_CUDA_UNUSED int _nixl_copy_ops_complete(nixl_backend_t *be, const char *who, const nixl_copy_ops_t *ops) {
+    if (!ops || (ops->query && ops->event_create && ops->event_destroy && ops->copy && ops->event_done)) return 1;
+    nixl_backend_log_item(be, NIXL_LOG_ERROR, NIXL_LOGITEM_COPY_OPS_INCOMPLETE,
+                          "%s: query, event_create, event_destroy, copy and event_done are required", who);
+    return 0;
+}
+
+/* Installs ops in *dst (NULL: the CUDA driver's if it is loaded, else none)
+   and says in *custom whether the application chose it. */
+static _NIXL_CUDA_UNUSED void _nixl_copy_ops_install(nixl_copy_ops_t *dst, int *custom, const nixl_copy_ops_t *ops,
+                                                     _nixl_cuda_t *cu) {
+    *custom = ops != NULL;
+    if (ops) *dst = *ops;
+    else if (cu->ok) *dst = _nixl_cuda_copy_ops(cu);
+    else memset(dst, 0, sizeof *dst);
+}
+
 typedef int (*_nixl_cuda_query_fn)(void *ctx, uintptr_t addr, size_t len, int *dev, uintptr_t *base, size_t *size);
 
 /* A VRAM descriptor must be device memory (never a host pointer taken for

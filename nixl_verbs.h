@@ -3227,9 +3227,7 @@ NIXL_API nixl_status_t nixl_verbs_set_copy_ops(nixl_backend_t *be, const nixl_ve
     _nixl_verbs_peer_t *p;
     nixl_status_t st = NIXL_SUCCESS;
     if (!e) return NIXL_ERR_INVALID_PARAM;
-    if (ops && (!ops->query || !ops->event_create || !ops->event_destroy || !ops->copy || !ops->event_done)) {
-        nixl_backend_log_item(be, NIXL_LOG_ERROR, NIXL_LOGITEM_COPY_OPS_INCOMPLETE, "nixl_verbs_set_copy_ops: query, event_create, event_destroy, copy "
-                         "and event_done are required");
+    if (!_nixl_copy_ops_complete(be, "nixl_verbs_set_copy_ops", ops)) {
         st = NIXL_ERR_INVALID_PARAM;
     } else if (e->nstaged || _nixl_verbs_staging_busy(e)) {
         nixl_backend_log_item(be, NIXL_LOG_ERROR, NIXL_LOGITEM_COPY_ENGINE_BUSY, "nixl_verbs_set_copy_ops: the current copy engine is in use (%u staged "
@@ -3244,10 +3242,7 @@ NIXL_API nixl_status_t nixl_verbs_set_copy_ops(nixl_backend_t *be, const nixl_ve
         }
         _nixl_verbs_stage_destroy(e, e->self->stage);
         e->self->stage = NULL;
-        e->copy_custom = ops != NULL;
-        if (ops) e->copy = *ops;
-        else if (e->cuda.ok) e->copy = _nixl_cuda_copy_ops(&e->cuda);
-        else memset(&e->copy, 0, sizeof e->copy);
+        _nixl_copy_ops_install(&e->copy, &e->copy_custom, ops, &e->cuda);
     }
     _nixl_unlock(be->agent);
     return st;
